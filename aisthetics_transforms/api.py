@@ -11,9 +11,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from aisthetics_transforms.decode import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image, to_model_input
-from aisthetics_transforms.model import LoadedModel, load_model
-from aisthetics_transforms.score import distribution_stats
+from aisthetics_transforms.preprocess import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image, to_model_input
+from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
 
 
 class ImageScoringError(ValueError):

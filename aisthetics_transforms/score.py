@@ -1,19 +1,119 @@
-"""Score stage: NIMA distributions -> mean and standard deviation.
+"""Score stage: batches of DecodedImage -> score rows, with one model per worker process.
 
-The mean and sd are those of a histogram over the scores 1..10 with the
-(normalised) predicted probabilities as weights, computed as the seed does.
+The model is loaded in ``setup()`` through ``apache_beam.utils.shared.Shared``: every
+DoFn instance (Beam makes one per thread, and may call ``setup`` again) in a process
+gets the same loaded model, so the weights are read and the interpreter built once per
+worker process. The ``model_loads`` counter records each real load.
 """
 from __future__ import annotations
 
+import threading
+from datetime import datetime, timezone
+from typing import Sequence
+
+import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.utils import shared
 
-SCORE_VALUES = np.arange(1, 11, dtype=np.float64)
+from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
+from aisthetics_transforms.preprocess import to_model_input
+from aisthetics_transforms.records import ERRORS, DecodedImage, error_row
 
 
-def distribution_stats(probabilities: np.ndarray) -> tuple[float, float]:
-    """(mean, sd) of the score distribution over 1..10."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    p = p / p.sum()
-    mean = float((p * SCORE_VALUES).sum())
-    sd = float(np.sqrt((np.square(SCORE_VALUES - mean) * p).sum()))
-    return mean, sd
+def score_rows(
+    images: Sequence[DecodedImage], distributions: np.ndarray, model_version: str, scored_at: datetime
+) -> list[dict]:
+    """One scores-table row per image, in the contract's column order."""
+    rows = []
+    for image, p in zip(images, distributions):
+        mean, sd = distribution_stats(p)
+        rows.append(
+            {
+                "image_id": image.ref.image_id,
+                "uri": image.ref.uri,
+                "mean_score": mean,
+                "sd_score": sd,
+                "predictions": [float(v) for v in p],
+                "model_version": model_version,
+                "scored_at": scored_at,
+                **image.ref.kept,
+            }
+        )
+    return rows
+
+
+class _ProcessModel:
+    """The per-process model, plus whether its load has been counted yet.
+
+    Metrics can only be updated inside ``process``, not in ``setup``, hence the flag.
+    """
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self.load_uncounted = True
+        self.lock = threading.Lock()
+
+
+class ScoreBatches(beam.DoFn):
+    """Batches of DecodedImage -> score rows; a batch the model rejects becomes error rows
+    (stage ``score``) rather than failing the run."""
+
+    def __init__(self, engine: str, weights: str | None, num_threads: int | None):
+        self.engine = engine
+        self.weights = weights
+        self.num_threads = num_threads
+        self._shared = shared.Shared()
+        self.scored = Metrics.counter("aisthetics", "scored")
+        self.errors = Metrics.counter("aisthetics", "score_errors")
+        self.model_loads = Metrics.counter("aisthetics", "model_loads")
+
+    def setup(self):
+        def load():
+            return _ProcessModel(load_model(self.engine, self.weights, self.num_threads))
+
+        self._process_model = self._shared.acquire(load, tag=(self.engine, self.weights, self.num_threads))
+
+    def process(self, batch: Sequence[DecodedImage]):
+        held = self._process_model
+        if held.load_uncounted:
+            with held.lock:
+                if held.load_uncounted:
+                    held.load_uncounted = False
+                    self.model_loads.inc()
+        try:
+            distributions = held.model.predict(to_model_input([image.pixels for image in batch]))
+        except Exception as exc:  # e.g. an engine fault: report these images, keep the run
+            self.errors.inc(len(batch))
+            for image in batch:
+                yield TaggedOutput(ERRORS, error_row(image.ref, "score", type(exc).__name__, str(exc)))
+            return
+        scored_at = datetime.now(timezone.utc)
+        finite = np.isfinite(distributions).all(axis=1)
+        good = [image for image, ok in zip(batch, finite) if ok]
+        for image in (image for image, ok in zip(batch, finite) if not ok):
+            self.errors.inc()
+            yield TaggedOutput(ERRORS, error_row(image.ref, "score", "InvalidPrediction", "model output is not finite"))
+        self.scored.inc(len(good))
+        yield from score_rows(good, distributions[finite], held.model.model_version, scored_at)
+
+
+class ScoreImages(beam.PTransform):
+    """DecodedImage -> score rows (main output) and error rows (``errors``), in batches of
+    at most ``batch_size``."""
+
+    def __init__(self, engine: str = "auto", weights: str | None = None, batch_size: int = 32, num_threads: int | None = None):
+        super().__init__()
+        self.engine = engine
+        self.weights = weights
+        self.batch_size = batch_size
+        self.num_threads = num_threads
+
+    def expand(self, images):
+        return (
+            images
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+            | "Infer"
+            >> beam.ParDo(ScoreBatches(self.engine, self.weights, self.num_threads)).with_outputs(ERRORS, main="scores")
+        )

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from aisthetics_transforms import ImageScoringError, get_aisthetics_model
-from aisthetics_transforms.decode import ImageDecodeError, decode_image, to_model_input
+from aisthetics_transforms.preprocess import ImageDecodeError, decode_image, to_model_input
 from aisthetics_transforms.model import DEFAULT_WEIGHTS_SHA256, WeightsError, default_weights_path, file_sha256, load_model
 from conftest import SEED_SCORES
 

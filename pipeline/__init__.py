@@ -1,0 +1,96 @@
+"""``python -m pipeline``: manifest -> fetch -> decode -> score -> Parquet tables.
+
+:func:`build_pipeline` only wires the stages of ``aisthetics_transforms``;
+:func:`run` parses the options, picks local defaults, and runs it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import DirectOptions, SetupOptions, StandardOptions
+
+from aisthetics_transforms.decode import DecodeImages
+from aisthetics_transforms.fetch import FetchImages, FetchLimits
+from aisthetics_transforms.manifest import ManifestSpec, ReadImageGlob, ReadManifest
+from aisthetics_transforms.model import engine_name, local_weights, model_version
+from aisthetics_transforms.preprocess import DecodeLimits
+from aisthetics_transforms.records import ERRORS
+from aisthetics_transforms.score import ScoreImages
+from aisthetics_transforms.write import RunInfo, WriteTables, summary_path
+from pipeline.options import AistheticsOptions
+
+LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
+
+
+def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
+    """Wire the stages; returns the PCollection holding the run summary."""
+    keep = opts.keep_column_list
+    if opts.manifest:
+        spec = ManifestSpec(opts.manifest, opts.manifest_format, opts.uri_column, opts.id_column, keep)
+        refs = p | "ReadManifest" >> ReadManifest(spec)
+    else:
+        refs = p | "ListImages" >> ReadImageGlob(opts.images)
+    fetch_limits = FetchLimits(max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline)
+    fetched = refs.refs | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits)).with_outputs(ERRORS, main="images")
+    decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
+    decoded = fetched.images | "DecodeImages" >> beam.ParDo(DecodeImages(decode_limits)).with_outputs(ERRORS, main="images")
+    scored = decoded.images | "ScoreImages" >> ScoreImages(opts.engine, opts.weights, opts.batch_size, opts.inference_threads)
+    errors = (refs[ERRORS], fetched[ERRORS], decoded[ERRORS], scored[ERRORS]) | "CollectErrors" >> beam.Flatten()
+    return (scored.scores, errors) | "WriteTables" >> WriteTables(run, keep)
+
+
+def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv: list[str]) -> None:
+    """Local runs use Beam's FnApiRunner directly (the DirectRunner would first try to
+    download Prism) with one worker process per core, and split the cores between
+    the processes' LiteRT interpreters instead of oversubscribing them."""
+    opts = options.view_as(AistheticsOptions)
+    direct = options.view_as(DirectOptions)
+    given = {arg.split("=")[0] for arg in argv}
+    cores = os.cpu_count() or 1
+    if "--direct_running_mode" not in given:
+        direct.direct_running_mode = "multi_processing"
+    if "--direct_num_workers" not in given:
+        direct.direct_num_workers = cores
+    processes = direct.direct_num_workers if direct.direct_running_mode == "multi_processing" else 1
+    if not opts.inference_threads:
+        opts.inference_threads = max(1, cores // max(1, processes))
+
+
+def run(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = AistheticsOptions(argv)
+    opts = options.view_as(AistheticsOptions)
+    problems = opts.validate_inputs()
+    if problems:
+        raise SystemExit("pipeline: " + "; ".join(problems))
+    options.view_as(SetupOptions).save_main_session = False
+    runner = options.view_as(StandardOptions).runner
+    if runner in LOCAL_RUNNERS:
+        _local_defaults(options, argv)
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        runner = FnApiRunner()
+    elif not opts.inference_threads:
+        opts.inference_threads = 1  # Dataflow runs one SDK process per vCPU
+
+    version = model_version(local_weights(opts.weights)[1], engine_name(opts.engine))
+    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images)
+    p = beam.Pipeline(runner=runner, options=options)
+    build_pipeline(p, opts, info)
+    result = p.run()
+    result.wait_until_finish()
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+        return {}
+    with beam.io.filesystems.FileSystems.open(summary_path(info.output, info.run_date)) as f:
+        return json.loads(f.read())
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.getLogger().setLevel(logging.WARNING)
+    summary = run(argv)
+    if summary:
+        print(json.dumps(summary, indent=2, sort_keys=True))
