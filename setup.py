@@ -25,13 +25,15 @@ setup(
         "numpy>=2.4,<2.5",
         "pillow>=12.3,<13",
         "pyarrow>=25,<26",
+        "duckdb>=2.0,<2.1",
+        # Its wheel ships the two photos the sample catalog is made from.
+        "scikit-learn>=1.5,<2",
         "requests>=2.32.4,<3",
         "urllib3>=2.5,<3",
     ],
     extras_require={
         "test": [
             "pytest>=9,<10",
-            "duckdb>=2.0,<2.1",
             "gcp-storage-emulator==2026.7.19",
         ],
     },

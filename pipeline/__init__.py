@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, SetupOptions, StandardOptions
@@ -60,7 +61,12 @@ def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv
         opts.inference_threads = max(1, cores // max(1, processes))
 
 
-def run(argv: list[str] | None = None) -> dict:
+class RunOutcome(NamedTuple):
+    result: object  # the Beam PipelineResult (metrics: result.metrics())
+    summary: dict  # runs/dt=DATE/summary.json; empty when the runner did not run it here
+
+
+def run(argv: list[str] | None = None) -> RunOutcome:
     argv = list(sys.argv[1:] if argv is None else argv)
     options = AistheticsOptions(argv)
     opts = options.view_as(AistheticsOptions)
@@ -84,13 +90,15 @@ def run(argv: list[str] | None = None) -> dict:
     result = p.run()
     result.wait_until_finish()
     if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
-        return {}
+        return RunOutcome(result, {})
     with beam.io.filesystems.FileSystems.open(summary_path(info.output, info.run_date)) as f:
-        return json.loads(f.read())
+        return RunOutcome(result, json.loads(f.read()))
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.getLogger().setLevel(logging.WARNING)
-    summary = run(argv)
-    if summary:
-        print(json.dumps(summary, indent=2, sort_keys=True))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Local workers forward their start-up warnings (no semi-persistent directory...) here.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    outcome = run(argv)
+    if outcome.summary:
+        print(json.dumps(outcome.summary, indent=2, sort_keys=True))
