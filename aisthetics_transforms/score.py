@@ -7,7 +7,10 @@ worker process. The ``model_loads`` counter records each real load.
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -44,14 +47,44 @@ def score_rows(
     return rows
 
 
+class ProgressLine:
+    """Prints this process's scoring count and rate to stderr every ``interval`` seconds."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.count = 0
+        self.started = self.last_time = time.monotonic()
+        self.last_count = 0
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        if self.interval <= 0:
+            return
+        with self.lock:
+            self.count += n
+            now = time.monotonic()
+            if now - self.last_time < self.interval:
+                return
+            recent = (self.count - self.last_count) / (now - self.last_time)
+            overall = self.count / (now - self.started)
+            self.last_time, self.last_count = now, self.count
+        # One write per line: worker processes share the terminal.
+        sys.stderr.write(
+            f"aisthetics worker {os.getpid()}: {self.count} images scored, "
+            f"{recent:.1f} img/s now, {overall:.1f} img/s since its first batch\n"
+        )
+        sys.stderr.flush()
+
+
 class _ProcessModel:
-    """The per-process model, plus whether its load has been counted yet.
+    """The per-process model, its progress line, and whether its load has been counted yet.
 
     Metrics can only be updated inside ``process``, not in ``setup``, hence the flag.
     """
 
-    def __init__(self, model: LoadedModel):
+    def __init__(self, model: LoadedModel, progress_seconds: float):
         self.model = model
+        self.progress = ProgressLine(progress_seconds)
         self.load_uncounted = True
         self.lock = threading.Lock()
 
@@ -60,10 +93,11 @@ class ScoreBatches(beam.DoFn):
     """Batches of DecodedImage -> score rows; a batch the model rejects becomes error rows
     (stage ``score``) rather than failing the run."""
 
-    def __init__(self, engine: str, weights: str | None, num_threads: int | None):
+    def __init__(self, engine: str, weights: str | None, num_threads: int | None, progress_seconds: float = 0):
         self.engine = engine
         self.weights = weights
         self.num_threads = num_threads
+        self.progress_seconds = progress_seconds
         self._shared = shared.Shared()
         self.scored = Metrics.counter("aisthetics", "scored")
         self.errors = Metrics.counter("aisthetics", "score_errors")
@@ -71,7 +105,7 @@ class ScoreBatches(beam.DoFn):
 
     def setup(self):
         def load():
-            return _ProcessModel(load_model(self.engine, self.weights, self.num_threads))
+            return _ProcessModel(load_model(self.engine, self.weights, self.num_threads), self.progress_seconds)
 
         self._process_model = self._shared.acquire(load, tag=(self.engine, self.weights, self.num_threads))
 
@@ -96,6 +130,7 @@ class ScoreBatches(beam.DoFn):
             self.errors.inc()
             yield TaggedOutput(ERRORS, error_row(image.ref, "score", "InvalidPrediction", "model output is not finite"))
         self.scored.inc(len(good))
+        held.progress.add(len(good))
         yield from score_rows(good, distributions[finite], held.model.model_version, scored_at)
 
 
@@ -103,17 +138,25 @@ class ScoreImages(beam.PTransform):
     """DecodedImage -> score rows (main output) and error rows (``errors``), in batches of
     at most ``batch_size``."""
 
-    def __init__(self, engine: str = "auto", weights: str | None = None, batch_size: int = 32, num_threads: int | None = None):
+    def __init__(
+        self,
+        engine: str = "auto",
+        weights: str | None = None,
+        batch_size: int = 32,
+        num_threads: int | None = None,
+        progress_seconds: float = 0,
+    ):
         super().__init__()
         self.engine = engine
         self.weights = weights
         self.batch_size = batch_size
         self.num_threads = num_threads
+        self.progress_seconds = progress_seconds
 
     def expand(self, images):
         return (
             images
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
             | "Infer"
-            >> beam.ParDo(ScoreBatches(self.engine, self.weights, self.num_threads)).with_outputs(ERRORS, main="scores")
+            >> beam.ParDo(ScoreBatches(self.engine, self.weights, self.num_threads, self.progress_seconds)).with_outputs(ERRORS, main="scores")
         )

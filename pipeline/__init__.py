@@ -39,7 +39,9 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
     fetched = refs.refs | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits)).with_outputs(ERRORS, main="images")
     decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
     decoded = fetched.images | "DecodeImages" >> beam.ParDo(DecodeImages(decode_limits)).with_outputs(ERRORS, main="images")
-    scored = decoded.images | "ScoreImages" >> ScoreImages(opts.engine, opts.weights, opts.batch_size, opts.inference_threads)
+    scored = decoded.images | "ScoreImages" >> ScoreImages(
+        opts.engine, opts.weights, opts.batch_size, opts.inference_threads, opts.progress_seconds
+    )
     errors = (refs[ERRORS], fetched[ERRORS], decoded[ERRORS], scored[ERRORS]) | "CollectErrors" >> beam.Flatten()
     return (scored.scores, errors) | "WriteTables" >> WriteTables(run, keep)
 
@@ -59,6 +61,8 @@ def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv
     processes = direct.direct_num_workers if direct.direct_running_mode == "multi_processing" else 1
     if not opts.inference_threads:
         opts.inference_threads = max(1, cores // max(1, processes))
+    if opts.progress_seconds < 0:
+        opts.progress_seconds = 10
 
 
 class RunOutcome(NamedTuple):
@@ -80,8 +84,9 @@ def run(argv: list[str] | None = None) -> RunOutcome:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         runner = FnApiRunner()
-    elif not opts.inference_threads:
-        opts.inference_threads = 1  # Dataflow runs one SDK process per vCPU
+    else:
+        opts.inference_threads = opts.inference_threads or 1  # Dataflow: one SDK process per vCPU
+        opts.progress_seconds = max(opts.progress_seconds, 0)
 
     version = model_version(local_weights(opts.weights)[1], engine_name(opts.engine))
     info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images)

@@ -39,6 +39,13 @@ class AistheticsOptions(PipelineOptions):
             help="LiteRT threads per worker process; 0: cores / local worker processes (1 on remote runners)",
         )
 
+        model.add_argument(
+            "--progress_seconds",
+            type=float,
+            default=-1,
+            help="print each worker's count and img/s this often; default 10 on local runs, off elsewhere",
+        )
+
         limits = parser.add_argument_group("limits")
         limits.add_argument("--max_image_bytes", type=int, default=50 * 2**20)
         limits.add_argument("--max_pixels", type=int, default=64_000_000)
