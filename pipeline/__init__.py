@@ -56,9 +56,10 @@ def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv
     cores = os.cpu_count() or 1
     if "--direct_running_mode" not in given:
         direct.direct_running_mode = "multi_processing"
-    if "--direct_num_workers" not in given:
+    multi = direct.direct_running_mode == "multi_processing"
+    if multi and "--direct_num_workers" not in given:
         direct.direct_num_workers = cores
-    processes = direct.direct_num_workers if direct.direct_running_mode == "multi_processing" else 1
+    processes = direct.direct_num_workers if multi else 1
     if not opts.inference_threads:
         opts.inference_threads = max(1, cores // max(1, processes))
     if opts.progress_seconds < 0:

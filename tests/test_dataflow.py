@@ -1,0 +1,135 @@
+"""The real DataflowRunner translating the pipeline offline into a job spec (a template).
+
+Staging goes to gcp-storage-emulator; ``--template_location`` makes the runner write
+the job spec to a local file instead of submitting it, so Google is never contacted.
+With runner v2 (the only one for Python) the spec carries no ``steps``: the graph
+is the Beam pipeline proto staged as ``pipeline.pb`` and named by ``pipelineUrl``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+import apache_beam
+import pytest
+from apache_beam.portability.api import beam_runner_api_pb2
+from packaging.specifiers import SpecifierSet
+
+from gcs_emulator import PROJECT, gcs  # noqa: F401  (gcs is a pytest fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_DATE = "2026-11-28"
+TIMEOUT = 110  # seconds per translation; each takes ~6 s here
+STAGES = ("FetchImages", "DecodeImages", "ScoreImages", "CollectErrors", "WriteTables")
+PACKAGE_FILES = ("setup.py", "pipeline/__init__.py", "pipeline/options.py", "aisthetics_transforms/score.py",
+                 "aisthetics_transforms/write.py")
+
+
+def translate(gcs, tmp_path: Path, source_args: list[str], root: str) -> tuple[dict, float]:
+    """Run ``python -m pipeline`` with the DataflowRunner into a template; return the spec."""
+    template = tmp_path / "job.json"
+    cmd = [
+        sys.executable, "-m", "pipeline",
+        "--runner=DataflowRunner",
+        # "p" would fail Beam's project-id validation (6-30 chars); any valid id works offline.
+        f"--project={PROJECT}",
+        "--region=us-central1",
+        f"--template_location={template}",
+        f"--staging_location={gcs.uri(root + '/staging')}",
+        f"--temp_location={gcs.uri(root + '/temp')}",
+        f"--setup_file={REPO / 'setup.py'}",
+        *source_args,
+        f"--output={gcs.uri(root + '/out')}",
+        f"--run_date={RUN_DATE}",
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=TIMEOUT)
+    seconds = time.monotonic() - started
+    print(f"\nDataflow translation took {seconds:.1f}s")
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert template.is_file(), f"no job spec at {template}\nstderr:\n{proc.stderr}"
+    return json.loads(template.read_text()), seconds
+
+
+def gcs_name(gcs, location: str) -> str:
+    """``storage.googleapis.com/BUCKET/NAME`` or ``gs://BUCKET/NAME`` -> NAME."""
+    bucket, _, name = re.sub(r"^(gs://|(https?://)?storage\.googleapis\.com/)", "", location).partition("/")
+    assert bucket == gcs.bucket, location
+    return name
+
+
+def step_names(gcs, job: dict) -> set[str]:
+    """Top-level step labels: from ``steps`` (runner v1 specs) or the staged pipeline proto."""
+    if job.get("steps"):
+        return {s["properties"]["user_name"].split("/")[0] for s in job["steps"]}
+    url = job["environment"]["sdkPipelineOptions"]["options"]["pipelineUrl"]
+    proto = beam_runner_api_pb2.Pipeline.FromString(gcs.download_bytes(gcs_name(gcs, url)))
+    # Nested transforms are named "Outer/Inner"; the top-level ones have no slash.
+    return {t.unique_name for t in proto.components.transforms.values() if "/" not in t.unique_name}
+
+
+def check_spec(gcs, job: dict, root: str, source_stage: str) -> None:
+    assert job["type"] == "JOB_TYPE_BATCH"
+
+    # The graph: our stage labels, by name.
+    names = step_names(gcs, job)
+    assert {source_stage, *STAGES} <= names, sorted(names)
+
+    # Staged files: the sdist built from setup.py, next to the pipeline proto.
+    staged = gcs.list_names(f"{root}/staging/")
+    pool = job["environment"]["workerPools"][0]
+    packages = {p["name"]: gcs_name(gcs, p["location"]) for p in pool["packages"]}
+    assert "workflow.tar.gz" in packages, packages
+    for name in packages.values():
+        assert name in staged, (name, staged)
+    pipeline_pb = gcs_name(gcs, job["environment"]["sdkPipelineOptions"]["options"]["pipelineUrl"])
+    assert pipeline_pb in staged and pipeline_pb.endswith("/pipeline.pb")
+    # run() sets save_main_session=False: the DoFns live in the package, nothing else is pickled.
+    assert not [n for n in staged if n.endswith("pickled_main_session")], staged
+    with tarfile.open(fileobj=io.BytesIO(gcs.download_bytes(packages["workflow.tar.gz"]))) as sdist:
+        members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}
+    assert set(PACKAGE_FILES) <= members, sorted(members)
+
+    # The SDK container: this interpreter's Python and the Beam version setup.py pins.
+    beam_version = apache_beam.__version__
+    pin = re.search(r'"apache-beam\[gcp\]([^"]+)"', (REPO / "setup.py").read_text()).group(1)
+    assert beam_version in SpecifierSet(pin), (beam_version, pin)
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    image = f"beam_python{py}_sdk:{beam_version}"
+    assert pool["workerHarnessContainerImage"].endswith("/" + image), pool["workerHarnessContainerImage"]
+    assert [c["containerImage"].rsplit("/", 1)[1] for c in pool["sdkHarnessContainerImages"]] == [image]
+    assert job["environment"]["userAgent"] == {"name": f"Apache Beam Python {py} SDK", "version": beam_version}
+
+    options = job["environment"]["sdkPipelineOptions"]["options"]
+    assert options["run_date"] == RUN_DATE and options["output"] == gcs.uri(root + "/out")
+    assert options["inference_threads"] == 1  # one SDK process per vCPU on Dataflow
+    assert options["save_main_session"] is False
+
+
+def test_dataflow_template_from_manifest(gcs, ava, tmp_path):
+    root = f"dataflow-manifest-{uuid.uuid4().hex[:8]}"
+    uris = [gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in sorted(ava.glob("*.jpg"))[:2]]
+    manifest = gcs.upload_bytes(f"{root}/manifest.csv", ("uri\n" + "\n".join(uris) + "\n").encode(), "text/csv")
+    job, seconds = translate(gcs, tmp_path, [f"--manifest={manifest}"], root)
+    check_spec(gcs, job, root, "ReadManifest")
+    assert job["environment"]["sdkPipelineOptions"]["options"]["manifest"] == manifest
+    assert seconds < 100
+
+
+def test_dataflow_template_from_image_glob(gcs, ava, tmp_path):
+    root = f"dataflow-images-{uuid.uuid4().hex[:8]}"
+    for p in sorted(ava.glob("*.jpg"))[:2]:
+        gcs.upload_file(f"{root}/imgs/{p.name}", p)
+    pattern = gcs.uri(f"{root}/imgs/*.jpg")
+    job, seconds = translate(gcs, tmp_path, [f"--images={pattern}"], root)
+    check_spec(gcs, job, root, "ListImages")
+    assert job["environment"]["sdkPipelineOptions"]["options"]["images"] == pattern
+    assert seconds < 100

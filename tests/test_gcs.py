@@ -1,0 +1,96 @@
+"""The whole pipeline on gs:// paths, against a real GCS API (gcp-storage-emulator) on loopback."""
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline
+from aisthetics_transforms import get_aisthetics_model
+from gcs_emulator import gcs  # noqa: F401  (pytest fixture)
+
+RUN_DATE = "2026-11-28"
+TOLERANCE = 1e-6
+PHOTOS = 3
+BROKEN_BYTES = b"<!DOCTYPE html><html><body>404 - not an image</body></html>\n"
+
+
+def read_parquet_dir(gcs, prefix: str) -> list[dict]:
+    names = [n for n in gcs.list_names(prefix) if n.endswith(".parquet")]
+    assert names, f"no parquet files under gs://{gcs.bucket}/{prefix}: {gcs.list_names()}"
+    rows = []
+    for name in names:
+        rows.extend(pq.read_table(io.BytesIO(gcs.download_bytes(name))).to_pylist())
+    return rows
+
+
+def test_pipeline_on_gcs(gcs, ava, tmp_path):
+    started = time.monotonic()
+    root = f"gcs-run-{uuid.uuid4().hex[:8]}"
+    photos = sorted(ava.glob("*.jpg"))[:PHOTOS]
+    assert len(photos) == PHOTOS, f"need {PHOTOS} photos in {ava}"
+
+    manifest = {p.stem: gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in photos}
+    manifest["broken"] = gcs.upload_bytes(f"{root}/imgs/broken.jpg", BROKEN_BYTES, "image/jpeg")
+    manifest["missing"] = gcs.uri(f"{root}/imgs/does-not-exist.jpg")
+    csv = "image_id,uri\n" + "".join(f"{image_id},{uri}\n" for image_id, uri in manifest.items())
+    manifest_uri = gcs.upload_bytes(f"{root}/manifest.csv", csv.encode(), "text/csv")
+    output = gcs.uri(f"{root}/out")
+
+    # Expected scores from the public API on local copies (downloaded back, so the
+    # bytes are the ones the pipeline reads). This also warms the model cache.
+    local = {}
+    for p in photos:
+        copy = tmp_path / p.name
+        copy.write_bytes(gcs.download_bytes(manifest[p.stem]))
+        local[p.stem] = copy
+    expected = {stem: r for stem, r in zip(local, get_aisthetics_model().predict([str(c) for c in local.values()], augmented=True))}
+
+    run_started = time.monotonic()
+    outcome = pipeline.run([
+        f"--manifest={manifest_uri}",
+        f"--output={output}",
+        f"--run_date={RUN_DATE}",
+        "--direct_running_mode=in_memory",
+    ])
+    run_seconds = time.monotonic() - run_started
+
+    scores = read_parquet_dir(gcs, f"{root}/out/scores/dt={RUN_DATE}/")
+    assert sorted(r["image_id"] for r in scores) == sorted(expected)
+    for row in scores:
+        want = expected[row["image_id"]]
+        assert row["uri"] == manifest[row["image_id"]]
+        assert row["mean_score"] == pytest.approx(want["mean_score_prediction"], abs=TOLERANCE)
+        assert row["sd_score"] == pytest.approx(want["sd_score_prediction"], abs=TOLERANCE)
+        assert len(row["predictions"]) == 10
+        assert row["predictions"] == pytest.approx(list(want["predictions"]), abs=TOLERANCE)
+        assert row["scored_at"] is not None and row["model_version"]
+
+    errors = {r["image_id"]: r for r in read_parquet_dir(gcs, f"{root}/out/errors/dt={RUN_DATE}/")}
+    assert sorted(errors) == ["broken", "missing"]
+    broken, missing = errors["broken"], errors["missing"]
+    assert (broken["stage"], broken["uri"]) == ("decode", manifest["broken"])
+    assert (missing["stage"], missing["uri"]) == ("fetch", manifest["missing"])
+    assert missing["error_type"] == "NotFound"
+    assert manifest["missing"] in missing["error_message"]
+    assert broken["error_type"] and broken["error_message"]
+
+    summary = json.loads(gcs.download_bytes(f"{root}/out/runs/dt={RUN_DATE}/summary.json"))
+    assert summary["rows"] == PHOTOS + 2
+    assert (summary["scored"], summary["reused"], summary["errors"]) == (PHOTOS, 0, 2)
+    assert summary["errors_by_stage"]["decode"] == 1 and summary["errors_by_stage"]["fetch"] == 1
+    assert summary["model_version"] == scores[0]["model_version"]
+    assert summary["started_at"] <= summary["finished_at"]
+    assert getattr(outcome, "summary", outcome) == summary  # run() returns what it wrote
+    assert not gcs.list_names(f"{root}/out/_staging/"), "staged tables were left behind"
+
+    total = time.monotonic() - started
+    print(f"\ngcs pipeline run {run_seconds:.1f}s, whole test {total:.1f}s")
+    # Without the fixture's credentials file Beam first retries google.auth.default()
+    # for 15-30 s (back-off 2+4+8+16 s, each fuzzed down by up to half).
+    assert run_seconds < 15, f"pipeline.run took {run_seconds:.0f}s: waiting for Google credentials?"
+    assert total < 60, f"test took {total:.0f}s (pipeline.run {run_seconds:.0f}s)"
