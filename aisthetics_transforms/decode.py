@@ -1,4 +1,4 @@
-"""Decode stage: FetchedImage -> DecodedImage, with the seed's preprocessing."""
+"""Decode stage: UniqueImage -> DecodedImage, with the seed's preprocessing."""
 from __future__ import annotations
 
 import apache_beam as beam
@@ -6,11 +6,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from aisthetics_transforms.preprocess import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image
-from aisthetics_transforms.records import ERRORS, DecodedImage, FetchedImage, error_row
+from aisthetics_transforms.records import ERRORS, DecodedImage, UniqueImage, error_row
 
 
 class DecodeImages(beam.DoFn):
-    """FetchedImage -> DecodedImage, or an error row (stage ``decode``) naming what is wrong.
+    """UniqueImage -> DecodedImage, or an error row (stage ``decode``) naming what is wrong
+    for each manifest row with that content.
 
     Only the declared size is trusted before decoding, so a decompression bomb costs a
     header read, not gigabytes.
@@ -21,16 +22,14 @@ class DecodeImages(beam.DoFn):
         self.decoded = Metrics.counter("aisthetics", "decoded")
         self.errors = Metrics.counter("aisthetics", "decode_errors")
 
-    def process(self, fetched: FetchedImage):
+    def process(self, image: UniqueImage):
         try:
-            pixels = decode_image(fetched.data, self.limits)
-        except ImageDecodeError as exc:
-            self.errors.inc()
-            yield TaggedOutput(ERRORS, error_row(fetched.ref, "decode", exc.error_type, str(exc)))
-            return
+            pixels = decode_image(image.data, self.limits)
         except Exception as exc:  # one strange file must not fail the bundle
-            self.errors.inc()
-            yield TaggedOutput(ERRORS, error_row(fetched.ref, "decode", type(exc).__name__, str(exc)))
+            error_type = exc.error_type if isinstance(exc, ImageDecodeError) else type(exc).__name__
+            self.errors.inc(len(image.members))
+            for member in image.members:
+                yield TaggedOutput(ERRORS, error_row(member.ref, "decode", error_type, str(exc)))
             return
         self.decoded.inc()
-        yield DecodedImage(fetched.ref, pixels)
+        yield DecodedImage(image.content_sha256, image.members, pixels)

@@ -15,13 +15,14 @@ errors table and whose message names the uri and what went wrong.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import os
 import random
 import re
 import stat
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Iterator, NamedTuple, Optional
 from urllib.parse import unquote, urljoin, urlsplit
 
 import apache_beam as beam
@@ -117,19 +118,28 @@ class _Clock:
 # Entry point
 
 
+class Fetched(NamedTuple):
+    data: bytes
+    version: Optional[str]  # the change signal seen while fetching, see source_version()
+
+
 def fetch_bytes(
     uri: str, limits: FetchLimits = DEFAULT_LIMITS, session: Optional[requests.Session] = None
 ) -> bytes:
-    """Return the bytes at ``uri`` or raise :class:`FetchError`.
+    """Return the bytes at ``uri`` or raise :class:`FetchError`."""
+    return fetch_image(uri, limits, session).data
+
+
+def fetch_image(
+    uri: str, limits: FetchLimits = DEFAULT_LIMITS, session: Optional[requests.Session] = None
+) -> Fetched:
+    """Return the bytes at ``uri`` and their version signal, or raise :class:`FetchError`.
 
     ``uri`` is a local path, a ``file://`` uri, ``gs://bucket/object`` or ``http(s)://``.
     ``session`` (from :func:`make_http_session`) is used for http(s); without one a
     temporary session is made and closed.
     """
-    if not isinstance(uri, str) or not uri.strip():
-        raise FetchError("InvalidUri", f"uri must be a non-empty string, got {uri!r}")
-    match = _SCHEME.match(uri)
-    scheme = match.group(1).lower() if match else ""
+    scheme = _scheme(uri)
     if scheme in ("http", "https"):
         if session is not None:
             return _fetch_http(uri, limits, session)
@@ -138,15 +148,86 @@ def fetch_bytes(
     if scheme == "gs":
         _check_gcs_uri(uri)
         return _fetch_filesystems(uri, limits)
+    return _fetch_local(_local_path(uri, scheme), uri, limits)
+
+
+def source_version(
+    uri: str, limits: FetchLimits = DEFAULT_LIMITS, session: Optional[requests.Session] = None
+) -> Optional[str]:
+    """The cheapest trustworthy "has it changed?" signal for ``uri``, without reading it.
+
+    Files: size and modification time; ``gs://``: size and update time; http(s): the
+    ETag, else Last-Modified (with Content-Length), from a HEAD request. None when
+    there is no such signal or the check fails: the caller then fetches the bytes and
+    compares their hash. Equal to :func:`fetch_image`'s ``version`` for an unchanged
+    source.
+    """
+    try:
+        scheme = _scheme(uri)
+        if scheme in ("http", "https"):
+            return _head_version(uri, limits, session or make_http_session(limits))
+        if scheme == "gs":
+            _check_gcs_uri(uri)
+            return _filesystems_version(uri)
+        return _stat_version(os.stat(_local_path(uri, scheme)))
+    except (FetchError, OSError, ValueError, requests.RequestException, BeamIOError):
+        return None
+
+
+def _scheme(uri: str) -> str:
+    if not isinstance(uri, str) or not uri.strip():
+        raise FetchError("InvalidUri", f"uri must be a non-empty string, got {uri!r}")
+    match = _SCHEME.match(uri)
+    return match.group(1).lower() if match else ""
+
+
+def _local_path(uri: str, scheme: str) -> str:
     if scheme == "file":
-        return _fetch_local(_file_uri_to_path(uri), uri, limits)
+        return _file_uri_to_path(uri)
     if scheme:
         raise FetchError(
             "UnsupportedScheme",
             f"unsupported uri scheme {scheme + '://'!r} in {uri} "
             "(use a local path, file://, gs://, http:// or https://)",
         )
-    return _fetch_local(uri, uri, limits)
+    return uri
+
+
+def _stat_version(info: os.stat_result) -> str:
+    return f"size={info.st_size};mtime_ns={info.st_mtime_ns}"
+
+
+def _filesystems_version(uri: str) -> Optional[str]:
+    [metadata] = FileSystems.match([uri], limits=[1])[0].metadata_list or [None]
+    if metadata is None or metadata.path != uri:
+        return None
+    return f"size={metadata.size_in_bytes};updated={metadata.last_updated_in_seconds!r}"
+
+
+def _http_version(headers) -> Optional[str]:
+    etag = headers.get("ETag")
+    if etag:
+        return f"etag={etag}"
+    modified = headers.get("Last-Modified")
+    if modified:
+        return f"last-modified={modified};length={headers.get('Content-Length', '')}"
+    return None
+
+
+def _head_version(uri: str, limits: FetchLimits, session: requests.Session) -> Optional[str]:
+    """One HEAD per hop, following redirects by the same rules as a fetch; no retries
+    (a failed check only means the bytes get fetched and hashed)."""
+    url = uri
+    for _ in range(limits.max_redirects + 1):
+        timeout = (limits.connect_timeout, limits.read_timeout)
+        with session.head(url, timeout=timeout, allow_redirects=False) as response:
+            if response.status_code in _REDIRECT_STATUSES and response.headers.get("Location"):
+                url = urljoin(url, response.headers["Location"])
+                if urlsplit(url).scheme.lower() not in ("http", "https"):
+                    return None
+                continue
+            return _http_version(response.headers) if response.status_code == 200 else None
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -194,7 +275,7 @@ def _read_capped(
     return b"".join(parts)
 
 
-def _fetch_local(path: str, uri: str, limits: FetchLimits) -> bytes:
+def _fetch_local(path: str, uri: str, limits: FetchLimits) -> Fetched:
     clock = _Clock(limits.deadline)
     try:
         # stat before open: opening a FIFO would block until someone writes to it.
@@ -206,7 +287,7 @@ def _fetch_local(path: str, uri: str, limits: FetchLimits) -> bytes:
         if info.st_size > limits.max_bytes:
             raise _too_large(uri, limits, f"file size {info.st_size} bytes")
         with open(path, "rb") as f:
-            return _read_capped(f, uri, limits, clock, info.st_size)
+            return Fetched(_read_capped(f, uri, limits, clock, info.st_size), _stat_version(info))
     except FetchError:
         raise
     except OSError as exc:
@@ -238,15 +319,16 @@ def _check_gcs_uri(uri: str) -> None:
         raise FetchError("IsADirectory", f"names a GCS folder, not an object: {uri}")
 
 
-def _fetch_filesystems(uri: str, limits: FetchLimits) -> bytes:
+def _fetch_filesystems(uri: str, limits: FetchLimits) -> Fetched:
     clock = _Clock(limits.deadline)
     try:
+        version = _filesystems_version(uri)
         # UNCOMPRESSED: AUTO would silently gunzip an object whose name ends in .gz.
         with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             size = _seekable_size(f)
             if size is not None and size > limits.max_bytes:
                 raise _too_large(uri, limits, f"object size {size} bytes")
-            return _read_capped(f, uri, limits, clock, size)
+            return Fetched(_read_capped(f, uri, limits, clock, size), version)
     except FetchError:
         raise
     except Exception as exc:  # the GCS client raises many types; classify them here
@@ -303,7 +385,7 @@ def make_http_session(
     return session
 
 
-def _fetch_http(uri: str, limits: FetchLimits, session: requests.Session) -> bytes:
+def _fetch_http(uri: str, limits: FetchLimits, session: requests.Session) -> Fetched:
     clock = _Clock(limits.deadline)
     url = uri
     hops = []  # urls redirected from, in order
@@ -363,7 +445,7 @@ def _sleep_before_retry(exc: _Retryable, failures: int, limits: FetchLimits, clo
 def _http_attempt(
     session: requests.Session, url: str, uri: str, limits: FetchLimits, clock: _Clock
 ) -> tuple:
-    """One request: returns ``(body, None)``, ``(None, location)`` or raises."""
+    """One request: returns ``(Fetched, None)``, ``(None, location)`` or raises."""
     remaining = clock.remaining()
     where = url if url == uri else f"{url} (redirected from {uri})"
     timeout = (min(limits.connect_timeout, remaining), min(limits.read_timeout, remaining))
@@ -399,7 +481,8 @@ def _http_attempt(
                 )
             return None, location
         if 200 <= status < 300:
-            return _read_http_body(response, where, limits, clock), None
+            body = _read_http_body(response, where, limits, clock)
+            return Fetched(body, _http_version(response.headers)), None
         message = f"HTTP {status} {response.reason} for {where}"
         if status in (404, 410):
             raise FetchError("NotFound", message)
@@ -539,7 +622,7 @@ class FetchImages(beam.DoFn):
         if self._session is None:  # a runner that skipped setup
             self.setup()
         try:
-            data = fetch_bytes(ref.uri, self._limits, self._session)
+            data, version = fetch_image(ref.uri, self._limits, self._session)
         except FetchError as err:
             self._errors.inc()
             yield beam.pvalue.TaggedOutput(
@@ -555,4 +638,4 @@ class FetchImages(beam.DoFn):
             return
         self._fetched.inc()
         self._bytes.inc(len(data))
-        yield records.FetchedImage(ref, data)
+        yield records.FetchedImage(ref, data, version, hashlib.sha256(data).hexdigest())

@@ -1,12 +1,13 @@
 """The records that flow between stages, and the one shape every failure takes.
 
-manifest -> ImageRef -> FetchedImage -> DecodedImage -> score row (dict) -> Parquet.
-Each stage emits its failures on the ``errors`` tagged output as an error row
-(:func:`error_row`), so every manifest row ends in exactly one of the two tables.
+manifest -> ImageRef -> FetchedImage -> UniqueImage (one per distinct content) ->
+DecodedImage -> score rows (one per manifest row) -> Parquet. Each stage emits its
+failures on the ``errors`` tagged output as error rows (:func:`error_row`), so every
+manifest row ends in exactly one of the two tables.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -25,11 +26,29 @@ class ImageRef(NamedTuple):
 class FetchedImage(NamedTuple):
     ref: ImageRef
     data: bytes
+    source_version: Optional[str]  # size+mtime, ETag...: see fetch.source_version
+    content_sha256: str
+
+
+class Member(NamedTuple):
+    """A manifest row that shares its image content with others."""
+
+    ref: ImageRef
+    source_version: Optional[str]
+
+
+class UniqueImage(NamedTuple):
+    """One distinct image content, and every manifest row that has it."""
+
+    content_sha256: str
+    data: bytes
+    members: tuple  # of Member
 
 
 class DecodedImage(NamedTuple):
-    ref: ImageRef
-    pixels: np.ndarray  # (224, 224, 3) uint8, see decode.decode_image
+    content_sha256: str
+    members: tuple  # of Member
+    pixels: np.ndarray  # (224, 224, 3) uint8, see preprocess.decode_image
 
 
 def error_row(ref: ImageRef, stage: str, error_type: str, message: str) -> dict:
@@ -43,4 +62,31 @@ def error_row(ref: ImageRef, stage: str, error_type: str, message: str) -> dict:
         "error_type": error_type,
         "error_message": message,
         **ref.kept,
+    }
+
+
+def score_row(
+    member: Member,
+    content_sha256: str,
+    predictions: list,
+    mean: float,
+    sd: float,
+    model_version: str,
+    scored_at,
+    reused: bool,
+) -> dict:
+    """The scores-table row for one manifest row: the contract's columns, the kept
+    columns, then what incremental runs need."""
+    return {
+        "image_id": member.ref.image_id,
+        "uri": member.ref.uri,
+        "mean_score": mean,
+        "sd_score": sd,
+        "predictions": predictions,
+        "model_version": model_version,
+        "scored_at": scored_at,
+        **member.ref.kept,
+        "content_sha256": content_sha256,
+        "source_version": member.source_version,
+        "reused": reused,
     }

@@ -22,29 +22,16 @@ from apache_beam.utils import shared
 
 from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
 from aisthetics_transforms.preprocess import to_model_input
-from aisthetics_transforms.records import ERRORS, DecodedImage, error_row
+from aisthetics_transforms.records import ERRORS, DecodedImage, error_row, score_row
 
 
-def score_rows(
-    images: Sequence[DecodedImage], distributions: np.ndarray, model_version: str, scored_at: datetime
-) -> list[dict]:
-    """One scores-table row per image, in the contract's column order."""
-    rows = []
+def score_rows(images: Sequence[DecodedImage], distributions: np.ndarray, model_version: str, scored_at: datetime):
+    """One scores-table row per manifest row: every member of each image gets its score."""
     for image, p in zip(images, distributions):
         mean, sd = distribution_stats(p)
-        rows.append(
-            {
-                "image_id": image.ref.image_id,
-                "uri": image.ref.uri,
-                "mean_score": mean,
-                "sd_score": sd,
-                "predictions": [float(v) for v in p],
-                "model_version": model_version,
-                "scored_at": scored_at,
-                **image.ref.kept,
-            }
-        )
-    return rows
+        predictions = [float(v) for v in p]
+        for member in image.members:
+            yield score_row(member, image.content_sha256, predictions, mean, sd, model_version, scored_at, False)
 
 
 class ProgressLine:
@@ -100,6 +87,7 @@ class ScoreBatches(beam.DoFn):
         self.progress_seconds = progress_seconds
         self._shared = shared.Shared()
         self.scored = Metrics.counter("aisthetics", "scored")
+        self.deduplicated = Metrics.counter("aisthetics", "deduplicated")
         self.errors = Metrics.counter("aisthetics", "score_errors")
         self.model_loads = Metrics.counter("aisthetics", "model_loads")
 
@@ -119,19 +107,23 @@ class ScoreBatches(beam.DoFn):
         try:
             distributions = held.model.predict(to_model_input([image.pixels for image in batch]))
         except Exception as exc:  # e.g. an engine fault: report these images, keep the run
-            self.errors.inc(len(batch))
             for image in batch:
-                yield TaggedOutput(ERRORS, error_row(image.ref, "score", type(exc).__name__, str(exc)))
+                yield from self._fail(image, type(exc).__name__, str(exc))
             return
         scored_at = datetime.now(timezone.utc)
         finite = np.isfinite(distributions).all(axis=1)
         good = [image for image, ok in zip(batch, finite) if ok]
         for image in (image for image, ok in zip(batch, finite) if not ok):
-            self.errors.inc()
-            yield TaggedOutput(ERRORS, error_row(image.ref, "score", "InvalidPrediction", "model output is not finite"))
+            yield from self._fail(image, "InvalidPrediction", "model output is not finite")
         self.scored.inc(len(good))
+        self.deduplicated.inc(sum(len(image.members) - 1 for image in good))
         held.progress.add(len(good))
         yield from score_rows(good, distributions[finite], held.model.model_version, scored_at)
+
+    def _fail(self, image: DecodedImage, error_type: str, message: str):
+        self.errors.inc(len(image.members))
+        for member in image.members:
+            yield TaggedOutput(ERRORS, error_row(member.ref, "score", error_type, message))
 
 
 class ScoreImages(beam.PTransform):

@@ -3,17 +3,24 @@
 Layout under ``--output`` (Hive-style partitions):
     scores/dt=DATE/*.parquet   errors/dt=DATE/*.parquet   runs/dt=DATE/summary.json
 
-Tables are first written under ``_staging/RUN_ID/``; only when both are complete does
-one final step replace that date's files with them and write the summary. A rerun of a
-date therefore replaces it, and a run that dies before the end leaves it as it was.
+Everything is first written under ``_staging/DATE_RUNID/``. Only when both tables are
+complete does one final step swap each staged directory with that date's partition
+(an atomic exchange on local disks; on object stores, which have no directory rename,
+the old objects are deleted before the new ones are moved in, so a reader may briefly
+see the date empty but never a mix of two runs). A rerun of a date replaces it, and a
+run that dies before the end leaves it as it was.
 """
 from __future__ import annotations
 
+import ctypes
+import glob
 import json
+import os
 import posixpath
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -22,8 +29,9 @@ from apache_beam.io.parquetio import WriteToParquet
 
 from aisthetics_transforms.records import STAGES
 
-TABLES = ("scores", "errors")
+TABLES = ("scores", "errors", "runs")
 STAGING = "_staging"
+SUMMARY = "summary.json"
 
 
 def scores_schema(keep_columns: Sequence[str] = ()) -> pa.Schema:
@@ -37,6 +45,9 @@ def scores_schema(keep_columns: Sequence[str] = ()) -> pa.Schema:
             ("model_version", pa.string()),
             ("scored_at", pa.timestamp("us", tz="UTC")),
             *[(name, pa.string()) for name in keep_columns],
+            ("content_sha256", pa.string()),
+            ("source_version", pa.string()),
+            ("reused", pa.bool_()),
         ]
     )
 
@@ -59,44 +70,69 @@ def partition_dir(output: str, table: str, run_date: str) -> str:
 
 
 def summary_path(output: str, run_date: str) -> str:
-    return FileSystems.join(partition_dir(output, "runs", run_date), "summary.json")
+    return FileSystems.join(partition_dir(output, "runs", run_date), SUMMARY)
 
 
-def _match(pattern: str) -> list[str]:
-    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+def _is_local(path: str) -> bool:
+    return "://" not in path
 
 
-def _ensure_dir(path: str) -> None:
-    if not FileSystems.exists(path):
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _objects(prefix: str) -> list[str]:
+    """Every file under ``prefix`` (object stores have no directories to ask about)."""
+    return [m.path for m in FileSystems.match([FileSystems.join(prefix, "**")])[0].metadata_list]
+
+
+def swap_into_place(staged: str, final: str) -> None:
+    """Make ``staged`` (a complete directory) the contents of ``final``."""
+    if _is_local(final):
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        if os.path.isdir(final) and _exchange(staged, final):
+            shutil.rmtree(staged)  # now holds the previous contents
+            return
+        if os.path.isdir(final):
+            aside = staged + ".previous"
+            os.rename(final, aside)
+            os.rename(staged, final)
+            shutil.rmtree(aside)
+        else:
+            os.rename(staged, final)
+        return
+    old = _objects(final)
+    if old:
+        FileSystems.delete(old)
+    new = _objects(staged)
+    if new:
+        FileSystems.rename(new, [FileSystems.join(final, posixpath.relpath(p, staged)) for p in new])
+
+
+def staging_dir(output: str, run_date: str, run_id: str) -> str:
+    return FileSystems.join(output, STAGING, f"{run_date}_{run_id}")
+
+
+def remove_staging(output: str, run_date: str) -> None:
+    """Delete every staging directory of ``run_date``: this run's, and any left by runs that died."""
+    pattern = FileSystems.join(output, STAGING, f"{run_date}_*")
+    if _is_local(output):
+        for path in glob.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
         try:
-            FileSystems.mkdirs(path)
-        except OSError:  # made concurrently, or an object store that has no directories
-            pass
-
-
-def publish_partition(output: str, run_id: str, run_date: str, table: str) -> list[str]:
-    """Move this run's staged files of ``table`` into ``dt=run_date``, then delete the files
-    an earlier run left there. Safe to call again if it was interrupted."""
-    staged_dir = FileSystems.join(output, STAGING, run_id, table)
-    final_dir = partition_dir(output, table, run_date)
-    staged = _match(FileSystems.join(staged_dir, "*.parquet"))
-    _ensure_dir(final_dir)
-    moved = [FileSystems.join(final_dir, posixpath.basename(path)) for path in staged]
-    if staged:
-        FileSystems.rename(staged, moved)
-    ours = f"{run_id}-"
-    stale = [p for p in _match(FileSystems.join(final_dir, "*.parquet")) if not posixpath.basename(p).startswith(ours)]
-    if stale:
-        FileSystems.delete(stale)
-    return [p for p in _match(FileSystems.join(final_dir, "*.parquet"))]
-
-
-def write_summary(output: str, run_date: str, summary: dict) -> str:
-    path = summary_path(output, run_date)
-    _ensure_dir(posixpath.dirname(path))
-    with FileSystems.create(path, mime_type="application/json") as f:
-        f.write(json.dumps(summary, indent=2, sort_keys=True).encode() + b"\n")
-    return path
+            os.rmdir(os.path.join(output, STAGING))
+        except OSError:
+            pass  # other dates are staging
+        return
+    leftovers = [m.path for m in FileSystems.match([pattern + "/**"])[0].metadata_list]
+    if leftovers:
+        FileSystems.delete(leftovers)
 
 
 @dataclass(frozen=True)
@@ -107,40 +143,65 @@ class RunInfo:
     model_version: str
     started_at: str
     source: str  # the manifest or image glob, for the summary
+    previous_partition: Optional[str] = None  # what an incremental run reuses from
 
     @classmethod
-    def new(cls, output: str, run_date: str, model_version: str, source: str) -> "RunInfo":
+    def new(
+        cls, output: str, run_date: str, model_version: str, source: str, previous_partition: Optional[str] = None
+    ) -> "RunInfo":
         now = datetime.now(timezone.utc)
         run_id = now.strftime("%Y%m%dT%H%M%S%fZ")
-        return cls(output.rstrip("/"), run_date, run_id, model_version, now.isoformat(), source)
+        return cls(output.rstrip("/"), run_date, run_id, model_version, now.isoformat(), source, previous_partition)
 
 
-def _publish(_, score_files, error_files, scored: int, error_stages: list, run: RunInfo) -> dict:
-    """Runs once, after both tables are fully written (their file lists are side inputs)."""
-    for table in TABLES:
-        publish_partition(run.output, run.run_id, run.run_date, table)
-    staging_root = FileSystems.join(run.output, STAGING, run.run_id)
-    if FileSystems.exists(staging_root):
-        FileSystems.delete([staging_root])
+def summarize(scores: Sequence[tuple], error_stages: Sequence[tuple], run: "RunInfo") -> dict:
+    """Counts for summary.json. ``scores`` holds (reused, contents) per kind of row: how
+    many rows were reused, and the (rows, distinct contents) inferred in this run."""
+    counts = dict(scores)
+    reused = counts.get(True, (0, 0))[0]
+    fresh_rows, inferred = counts.get(False, (0, 0))
     by_stage = dict.fromkeys(STAGES, 0)
-    for stage, count in error_stages:
-        by_stage[stage] = count
+    by_stage.update(dict(error_stages))
     errors = sum(by_stage.values())
-    summary = {
+    return {
         "run_date": run.run_date,
         "run_id": run.run_id,
         "source": run.source,
-        "rows": scored + errors,
-        "scored": scored,
-        "reused": 0,
+        "rows": fresh_rows + reused + errors,
+        "scored": inferred,
+        "deduplicated": fresh_rows - inferred,
+        "reused": reused,
         "errors": errors,
         "errors_by_stage": by_stage,
         "model_version": run.model_version,
+        "incremental_from": run.previous_partition,
         "started_at": run.started_at,
-        "finished_at": datetime.now(timezone.utc).isoformat(),
     }
-    write_summary(run.output, run.run_date, summary)
+
+
+def _publish(_, score_files, error_files, scores: list, error_stages: list, run: "RunInfo") -> dict:
+    """Runs once, after both tables are fully written (their file lists are side inputs)."""
+    summary = summarize(scores, error_stages, run)
+    summary["finished_at"] = datetime.now(timezone.utc).isoformat()
+    staged = staging_dir(run.output, run.run_date, run.run_id)
+    if _objects(FileSystems.join(staged, "scores")):  # not yet published by an earlier attempt
+        runs_dir = FileSystems.join(staged, "runs")
+        if _is_local(runs_dir):
+            os.makedirs(runs_dir, exist_ok=True)
+        with FileSystems.create(FileSystems.join(runs_dir, SUMMARY), mime_type="application/json") as f:
+            f.write(json.dumps(summary, indent=2, sort_keys=True).encode() + b"\n")
+        for table in TABLES:
+            swap_into_place(FileSystems.join(staged, table), partition_dir(run.output, table, run.run_date))
+    remove_staging(run.output, run.run_date)
     return summary
+
+
+def _add_pairs(pairs) -> tuple[int, int]:
+    rows = contents = 0
+    for r, c in pairs:
+        rows += r
+        contents += c
+    return rows, contents
 
 
 class WriteTables(beam.PTransform):
@@ -153,7 +214,8 @@ class WriteTables(beam.PTransform):
         self.keep_columns = tuple(keep_columns)
 
     def _write(self, rows, table: str, schema: pa.Schema):
-        prefix = FileSystems.join(self.run.output, STAGING, self.run.run_id, table, self.run.run_id)
+        staged = staging_dir(self.run.output, self.run.run_date, self.run.run_id)
+        prefix = FileSystems.join(staged, table, self.run.run_id)
         return rows | f"Write{table.title()}" >> WriteToParquet(
             prefix, schema, codec="snappy", file_name_suffix=".parquet"
         )
@@ -162,7 +224,15 @@ class WriteTables(beam.PTransform):
         scores, errors = tables
         score_files = self._write(scores, "scores", scores_schema(self.keep_columns))
         error_files = self._write(errors, "errors", errors_schema(self.keep_columns))
-        scored = scores | "CountScored" >> beam.combiners.Count.Globally()
+        # (reused, (rows, distinct contents)), counted in two combines so no worker
+        # ever holds a set of all hashes.
+        score_counts = (
+            scores
+            | "KeyByContent" >> beam.Map(lambda row: ((row["reused"], row["content_sha256"]), 1))
+            | "RowsPerContent" >> beam.CombinePerKey(sum)
+            | "ByKind" >> beam.Map(lambda kv: (kv[0][0], (kv[1], 1)))
+            | "TotalsPerKind" >> beam.CombinePerKey(_add_pairs)
+        )
         error_stages = errors | "ErrorStages" >> beam.Map(lambda row: row["stage"]) | beam.combiners.Count.PerElement()
         return (
             scores.pipeline
@@ -172,7 +242,7 @@ class WriteTables(beam.PTransform):
                 _publish,
                 beam.pvalue.AsList(score_files),
                 beam.pvalue.AsList(error_files),
-                beam.pvalue.AsSingleton(scored),
+                beam.pvalue.AsList(score_counts),
                 beam.pvalue.AsList(error_stages),
                 run=self.run,
             )

@@ -20,6 +20,7 @@ from aisthetics_transforms.manifest import ManifestSpec, ReadImageGlob, ReadMani
 from aisthetics_transforms.model import engine_name, local_weights, model_version
 from aisthetics_transforms.preprocess import DecodeLimits
 from aisthetics_transforms.records import ERRORS
+from aisthetics_transforms.reuse import REUSED, GroupByContent, ReadPreviousScores, ReuseUnchanged, find_previous_partition
 from aisthetics_transforms.score import ScoreImages
 from aisthetics_transforms.write import RunInfo, WriteTables, summary_path
 from pipeline.options import AistheticsOptions
@@ -36,14 +37,22 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
     else:
         refs = p | "ListImages" >> ReadImageGlob(opts.images)
     fetch_limits = FetchLimits(max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline)
-    fetched = refs.refs | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits)).with_outputs(ERRORS, main="images")
+    to_fetch, reused = refs.refs, []
+    previous = None
+    if run.previous_partition:
+        previous = p | "ReadPreviousScores" >> ReadPreviousScores(run.previous_partition, run.model_version)
+        unchanged = refs.refs | "ReuseUnchanged" >> ReuseUnchanged(previous, fetch_limits)
+        to_fetch, reused = unchanged.changed, [unchanged[REUSED]]
+    fetched = to_fetch | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits)).with_outputs(ERRORS, main="images")
+    unique = fetched.images | "GroupByContent" >> GroupByContent(previous)
     decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
-    decoded = fetched.images | "DecodeImages" >> beam.ParDo(DecodeImages(decode_limits)).with_outputs(ERRORS, main="images")
+    decoded = unique.images | "DecodeImages" >> beam.ParDo(DecodeImages(decode_limits)).with_outputs(ERRORS, main="images")
     scored = decoded.images | "ScoreImages" >> ScoreImages(
         opts.engine, opts.weights, opts.batch_size, opts.inference_threads, opts.progress_seconds
     )
-    errors = (refs[ERRORS], fetched[ERRORS], decoded[ERRORS], scored[ERRORS]) | "CollectErrors" >> beam.Flatten()
-    return (scored.scores, errors) | "WriteTables" >> WriteTables(run, keep)
+    scores = [scored.scores, unique[REUSED], *reused] | "CollectScores" >> beam.Flatten()
+    errors = [refs[ERRORS], fetched[ERRORS], decoded[ERRORS], scored[ERRORS]] | "CollectErrors" >> beam.Flatten()
+    return (scores, errors) | "WriteTables" >> WriteTables(run, keep)
 
 
 def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv: list[str]) -> None:
@@ -90,7 +99,8 @@ def run(argv: list[str] | None = None) -> RunOutcome:
         opts.progress_seconds = max(opts.progress_seconds, 0)
 
     version = model_version(local_weights(opts.weights)[1], engine_name(opts.engine))
-    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images)
+    previous = find_previous_partition(opts.output, opts.run_date) if opts.incremental else None
+    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images, previous)
     p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, opts, info)
     result = p.run()

@@ -27,6 +27,11 @@ class AistheticsOptions(PipelineOptions):
         out = parser.add_argument_group("output")
         out.add_argument("--output", help="directory (local or gs://) holding scores/, errors/ and runs/")
         out.add_argument("--run_date", default=_today(), help="partition date YYYY-MM-DD (default: today, UTC)")
+        out.add_argument(
+            "--incremental",
+            action="store_true",
+            help="reuse the newest earlier partition's scores for images that did not change",
+        )
 
         model = parser.add_argument_group("model")
         model.add_argument("--engine", choices=ENGINES, default="auto")

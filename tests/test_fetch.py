@@ -342,7 +342,9 @@ def test_filesystems_reader_on_a_local_path(tmp_path):
     # The code path gs:// takes, exercised through Beam's local filesystem.
     path = tmp_path / "a.jpg.gz"  # a .gz name must not be decompressed
     path.write_bytes(PAYLOAD)
-    assert fetch._fetch_filesystems(str(path), FAST) == PAYLOAD
+    fetched = fetch._fetch_filesystems(str(path), FAST)
+    assert fetched.data == PAYLOAD
+    assert fetched.version.startswith(f"size={len(PAYLOAD)};updated=")
     with pytest.raises(FetchError) as info:
         fetch._fetch_filesystems(str(path), FetchLimits(max_bytes=100))
     assert info.value.error_type == "TooLarge"

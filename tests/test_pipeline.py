@@ -3,6 +3,7 @@ HTTP server; every manifest row must land in exactly one table."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import threading
@@ -202,7 +203,11 @@ def test_summary_counts_and_stage_counters(catalog, first_run):
     assert summary == on_disk
     expected = [r["expect"] for r in catalog["rows"]]
     assert summary["rows"] == len(expected)
-    assert summary["scored"] == sum(e[0] == "scores" for e in expected)
+    # The two http photos have the same bytes as a local one: inferred once for three rows.
+    scored_rows = [r for r in catalog["rows"] if r["expect"] == ("scores",)]
+    contents = {hashlib.sha256(Path(r["local"]).read_bytes()).hexdigest() for r in scored_rows}
+    assert summary["scored"] == len(contents) == len(scored_rows) - 2
+    assert summary["deduplicated"] == 2
     assert summary["reused"] == 0
     assert summary["errors"] == sum(e[0] == "errors" for e in expected)
     for stage in ("manifest", "fetch", "decode", "score"):
@@ -210,6 +215,7 @@ def test_summary_counts_and_stage_counters(catalog, first_run):
     result = first_run["outcome"].result
     assert counter(result, "manifest_rows") == len(expected)
     assert counter(result, "scored") == summary["scored"]
+    assert counter(result, "deduplicated") == summary["deduplicated"]
     assert counter(result, "fetch_errors") == summary["errors_by_stage"]["fetch"]
     assert counter(result, "decode_errors") == summary["errors_by_stage"]["decode"]
     assert not list(first_run["output"].glob("_staging/*"))
@@ -234,5 +240,7 @@ def test_rerunning_a_date_replaces_it(catalog, first_run, tmp_path):
     after = sorted(p.name for p in (output / "scores" / f"dt={RUN_DATE}").iterdir())
     assert not set(before) & set(after)
     scores = read_table(output, "scores")
-    assert len(scores) == outcome.summary["scored"] == first_run["outcome"].summary["scored"]
+    assert outcome.summary["scored"] == first_run["outcome"].summary["scored"]
+    assert len(scores) == outcome.summary["scored"] + outcome.summary["deduplicated"]
+    assert len({r["image_id"] for r in scores}) == len(scores)
     assert len(read_table(output, "errors")) == outcome.summary["errors"]

@@ -1,0 +1,181 @@
+"""Nightly mode: incremental reuse, deduplication, idempotent reruns, and a killed run."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import duckdb
+import pytest
+from PIL import Image
+
+import pipeline
+from aisthetics_transforms.reuse import find_previous_partition
+from aisthetics_transforms.sample import write_sample_catalog
+
+NIGHTS = ["2026-11-26", "2026-11-27", "2026-11-28"]
+
+
+def write_manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "uri"])
+        writer.writerows(rows)
+    return path
+
+
+def night(manifest: Path, output: Path, run_date: str, *extra: str) -> dict:
+    argv = [f"--manifest={manifest}", f"--output={output}", f"--run_date={run_date}", "--direct_running_mode=in_memory"]
+    return pipeline.run([*argv, "--incremental", *extra]).summary
+
+
+def scores(output: Path, run_date: str) -> dict[str, dict]:
+    rows = duckdb.sql(
+        f"SELECT * FROM read_parquet('{output}/scores/dt={run_date}/*.parquet') ORDER BY image_id"
+    ).to_arrow_table().to_pylist()
+    assert len(rows) == len({r["image_id"] for r in rows}), "duplicate image_id rows"
+    return {r["image_id"]: r for r in rows}
+
+
+def partition_digest(output: Path, run_date: str) -> dict[str, str]:
+    found = {}
+    for table in ("scores", "errors", "runs"):
+        for path in sorted((output / table / f"dt={run_date}").iterdir()):
+            found[f"{table}/{path.name}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory, ava):
+    root = tmp_path_factory.mktemp("nightly")
+    images = root / "images"
+    images.mkdir()
+    for photo in sorted(ava.glob("*.jpg")):
+        shutil.copy(photo, images / photo.name)
+    shutil.copy(ava / "42039.jpg", images / "copy-of-42039.jpg")  # same bytes, another file
+    rows = [(f"ava-{p.stem}", str(p)) for p in sorted(images.glob("*.jpg"))]
+    rows.append(("same-file-again", str(images / "42040.jpg")))  # a second row for one file
+    return {"root": root, "images": images, "rows": rows}
+
+
+@pytest.fixture(scope="module")
+def nights(catalog, ava):
+    """Three nights: 1 from scratch, 2 unchanged, 3 with one image changed in place and one added."""
+    root, images, rows = catalog["root"], catalog["images"], catalog["rows"]
+    output = root / "out"
+    manifest = write_manifest(root / "manifest.csv", rows)
+    first = night(manifest, output, NIGHTS[0])
+    second = night(manifest, output, NIGHTS[1])
+
+    os.utime(images / "42044.jpg", ns=(1, 1))  # touched: new mtime, same bytes
+    Image.open(ava / "42042.jpg").save(images / "42042.jpg", quality=70)  # changed in place
+    sample = write_sample_catalog(root / "sample", count=1, broken=False)
+    added = next(iter(csv.DictReader(open(sample))))["uri"]
+    third_manifest = write_manifest(root / "manifest-3.csv", rows + [("added", added)])
+    third = night(third_manifest, output, NIGHTS[2])
+    return {"output": output, "manifest": third_manifest, "summaries": [first, second, third], "n": len(rows)}
+
+
+def test_night_one_scores_every_row_and_infers_each_content_once(nights):
+    first = nights["summaries"][0]
+    n = nights["n"]
+    # 6 files, one of them listed twice, one a byte copy of another: 5 distinct contents.
+    assert (first["rows"], first["scored"], first["deduplicated"], first["reused"], first["errors"]) == (n, 5, 2, 0, 0)
+    assert first["incremental_from"] is None
+    rows = scores(nights["output"], NIGHTS[0])
+    assert len(rows) == n and not any(r["reused"] for r in rows.values())
+    assert rows["ava-42039"]["content_sha256"] == rows["ava-copy-of-42039"]["content_sha256"]
+    assert rows["ava-42039"]["mean_score"] == rows["ava-copy-of-42039"]["mean_score"]
+    assert rows["same-file-again"]["predictions"] == rows["ava-42040"]["predictions"]
+
+
+def test_night_two_unchanged_infers_nothing_and_writes_everything(nights):
+    second = nights["summaries"][1]
+    assert second["incremental_from"].endswith(f"dt={NIGHTS[0]}")
+    assert (second["rows"], second["scored"], second["reused"], second["errors"]) == (nights["n"], 0, nights["n"], 0)
+    before, after = scores(nights["output"], NIGHTS[0]), scores(nights["output"], NIGHTS[1])
+    assert set(before) == set(after)
+    for image_id, row in after.items():
+        assert row["reused"] is True
+        for column in ("mean_score", "sd_score", "predictions", "scored_at", "content_sha256", "model_version"):
+            assert row[column] == before[image_id][column], (image_id, column)
+
+
+def test_night_three_infers_exactly_the_changed_and_the_new(nights):
+    third = nights["summaries"][2]
+    assert third["incremental_from"].endswith(f"dt={NIGHTS[1]}")
+    assert third["rows"] == nights["n"] + 1
+    assert third["scored"] == 2  # 42042 changed in place, "added" is new
+    assert third["reused"] == nights["n"] - 1  # the touched 42044 is matched by its content
+    rows = scores(nights["output"], NIGHTS[2])
+    fresh = sorted(i for i, r in rows.items() if not r["reused"])
+    assert fresh == ["added", "ava-42042"]
+    previous = scores(nights["output"], NIGHTS[1])
+    assert rows["ava-42042"]["content_sha256"] != previous["ava-42042"]["content_sha256"]
+    assert rows["ava-42044"]["reused"] and rows["ava-42044"]["source_version"] != previous["ava-42044"]["source_version"]
+
+
+def test_rerunning_night_three_gives_the_same_rows(nights):
+    output = nights["output"]
+    before = scores(output, NIGHTS[2])
+    again = night(nights["manifest"], output, NIGHTS[2])
+    after = scores(output, NIGHTS[2])
+    assert (again["rows"], again["scored"], again["reused"]) == (nights["n"] + 1, 2, nights["n"] - 1)
+    assert set(after) == set(before)
+    for image_id, row in after.items():
+        for column in ("mean_score", "sd_score", "predictions", "content_sha256", "reused", "uri"):
+            assert row[column] == before[image_id][column], (image_id, column)
+    assert len(list((output / "runs" / f"dt={NIGHTS[2]}").iterdir())) == 1
+    assert not (output / "_staging").exists()
+
+
+def test_a_different_model_version_reuses_nothing(nights, tmp_path):
+    output = tmp_path / "out"
+    shutil.copytree(nights["output"] / "scores" / f"dt={NIGHTS[0]}", output / "scores" / f"dt={NIGHTS[0]}")
+    summary = night(nights["manifest"], output, NIGHTS[1], "--engine=keras")
+    assert summary["model_version"].endswith("-keras")
+    assert summary["reused"] == 0
+    assert summary["scored"] + summary["deduplicated"] == summary["rows"]
+
+
+def test_previous_partition_is_the_newest_strictly_earlier_one(nights):
+    output = str(nights["output"])
+    assert find_previous_partition(output, NIGHTS[0]) is None
+    assert find_previous_partition(output, NIGHTS[2]).endswith(f"dt={NIGHTS[1]}")
+    assert find_previous_partition(output, "2027-01-01").endswith(f"dt={NIGHTS[2]}")
+
+
+def test_a_run_killed_mid_write_leaves_the_date_intact(nights, tmp_path):
+    output = nights["output"]
+    intact = partition_digest(output, NIGHTS[2])
+    # A bigger manifest so the run is still writing when it is killed.
+    sample = write_sample_catalog(tmp_path / "big", count=160, broken=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", f"--manifest={sample}", f"--output={output}", f"--run_date={NIGHTS[2]}",
+         "--direct_running_mode=multi_processing", "--direct_num_workers=2", "--batch_size=4"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    staged = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        staged = next((p for p in output.glob("_staging/*/scores/**/*") if p.is_file()), None)
+        if staged is not None:
+            break
+        time.sleep(0.05)
+    assert staged is not None, "the run never started writing"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert partition_digest(output, NIGHTS[2]) == intact
+    assert list(output.glob("_staging/*"))  # what the killed run left behind
+    # The next run of that date publishes cleanly and clears the leftovers.
+    night(nights["manifest"], output, NIGHTS[2])
+    assert not (output / "_staging").exists()
+    assert len(scores(output, NIGHTS[2])) == nights["n"] + 1
