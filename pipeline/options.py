@@ -13,6 +13,12 @@ def _today() -> str:
     return datetime.now(timezone.utc).date().isoformat()
 
 
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value.lower() == "true"
+
+
 class AistheticsOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -29,8 +35,12 @@ class AistheticsOptions(PipelineOptions):
         out.add_argument("--run_date", default=_today(), help="partition date YYYY-MM-DD (default: today, UTC)")
         out.add_argument(
             "--incremental",
-            action="store_true",
-            help="reuse the newest earlier partition's scores for images that did not change",
+            nargs="?",
+            const=True,
+            default=False,
+            type=_flag,
+            help="reuse the newest earlier partition's scores for images that did not change "
+            "(--incremental, or =true/false as Flex Templates pass it)",
         )
 
         model = parser.add_argument_group("model")

@@ -1,0 +1,44 @@
+"""The Dataflow packaging agrees with the pinned versions and the pipeline's options."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import apache_beam
+import pytest
+
+from pipeline.options import AistheticsOptions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_worker_image_matches_the_pinned_beam_and_python():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    [tag] = re.findall(r"^FROM apache/beam_python(\d+\.\d+)_sdk:(\S+)$", dockerfile, re.M)
+    assert tag == (f"{sys.version_info.major}.{sys.version_info.minor}", apache_beam.__version__)
+    pinned = re.search(r'"apache-beam\[gcp\]>=([\d.]+),', (REPO / "setup.py").read_text()).group(1)
+    assert apache_beam.__version__.startswith(pinned)
+    assert f"python{sys.version_info.major}{sys.version_info.minor}-template-launcher-base" in dockerfile
+    launch = re.search(r"FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/aisthetics/(\S+)", dockerfile).group(1)
+    assert (REPO / launch).is_file()
+
+
+def test_flex_template_parameters_are_pipeline_options():
+    metadata = json.loads((REPO / "dataflow" / "metadata.json").read_text())
+    names = [p["name"] for p in metadata["parameters"]]
+    argv = [f"--{name}=2026-11-28" if name == "run_date" else f"--{name}=true" if name == "incremental" else f"--{name}=x"
+            for name in names if name != "batch_size"] + ["--batch_size=8"]
+    opts = AistheticsOptions(argv).view_as(AistheticsOptions)
+    parsed = opts.get_all_options()
+    for name in names:
+        assert name in parsed, name
+    assert opts.incremental is True and opts.batch_size == 8 and opts.run_date == "2026-11-28"
+    required = {p["name"] for p in metadata["parameters"] if not p.get("isOptional")}
+    assert required == {"manifest", "output"}
+
+
+@pytest.mark.parametrize("argv, expected", [([], False), (["--incremental"], True), (["--incremental=false"], False)])
+def test_incremental_flag_forms(argv, expected):
+    assert AistheticsOptions(argv).view_as(AistheticsOptions).incremental is expected
