@@ -24,6 +24,7 @@ setup(
         "h5py>=3.14,<4",
         "numpy>=2.4,<2.5",
         "pillow>=12.3,<13",
+        "pillow-heif>=1.8,<2",
         "pyarrow>=25,<26",
         "duckdb>=2.0,<2.1",
         # Its wheel ships the two photos the sample catalog is made from.

@@ -5,7 +5,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from aisthetics_transforms.preprocess import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image
+from aisthetics_transforms.preprocess import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image_and_orientation
 from aisthetics_transforms.records import ERRORS, DecodedImage, UniqueImage, error_row
 
 
@@ -24,7 +24,7 @@ class DecodeImages(beam.DoFn):
 
     def process(self, image: UniqueImage):
         try:
-            pixels = decode_image(image.data, self.limits)
+            pixels, orientation = decode_image_and_orientation(image.data, self.limits)
         except Exception as exc:  # one strange file must not fail the bundle
             error_type = exc.error_type if isinstance(exc, ImageDecodeError) else type(exc).__name__
             self.errors.inc(len(image.members))
@@ -32,4 +32,4 @@ class DecodeImages(beam.DoFn):
                 yield TaggedOutput(ERRORS, error_row(member.ref, "decode", error_type, str(exc)))
             return
         self.decoded.inc()
-        yield DecodedImage(image.content_sha256, image.members, pixels)
+        yield DecodedImage(image.content_sha256, image.members, pixels, orientation)

@@ -33,6 +33,7 @@ from apache_beam.metrics import Metrics
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import (
     DecodeError,
+    LocationParseError,
     NameResolutionError,
     ProtocolError,
     ReadTimeoutError,
@@ -462,7 +463,7 @@ def _http_attempt(
     except requests.exceptions.SSLError as exc:
         raise FetchError("TlsError", f"TLS failed for {where}: {_root_cause(exc)}") from None
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema) as exc:
+            requests.exceptions.InvalidSchema, LocationParseError) as exc:
         raise FetchError("InvalidUri", f"invalid url {where}: {exc}") from None
     except requests.exceptions.ConnectionError as exc:
         cause = _root_cause(exc)

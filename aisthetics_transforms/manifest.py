@@ -42,10 +42,7 @@ _DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".lzma":
 
 # Kept columns are appended to the scores and errors tables, so they must not
 # shadow a column those tables already have (error_row would overwrite it).
-RESERVED_COLUMNS = frozenset({
-    "image_id", "uri", "stage", "error_type", "error_message", "mean_score",
-    "sd_score", "predictions", "model_version", "scored_at",
-})
+RESERVED_COLUMNS = records.reserved_columns()
 
 # An unterminated quote makes the csv module read on into the following rows;
 # past this many physical lines one record is treated as broken and re-read.
@@ -217,7 +214,7 @@ class _RowBuilder:
                 where, "InvalidRow",
                 f"{unit} {where}: {spec.id_column!r} must be a string or a number, got "
                 f"{type(raw_id).__name__}", uri=uri, kept=kept)
-        return ImageRef(image_id or uri, uri, kept)
+        return ImageRef(image_id or uri, uri, kept, f"{self.path}:{where}")
 
 
 _INVALID = object()
@@ -487,8 +484,43 @@ def _split(items):
         records.ERRORS, main="refs")
 
 
+def _source_order(ref: ImageRef) -> tuple:
+    path, _, line = ref.source.rpartition(":")
+    return (path, int(line)) if line.isdigit() else (ref.source, 0)
+
+
+_DUPLICATES = Metrics.counter("aisthetics", "manifest_errors")
+
+
+def keep_first_of_each_id(element):
+    """(image_id, refs) -> the earliest row in manifest order; the others are error rows."""
+    image_id, refs = element
+    first, *others = sorted(refs, key=_source_order)
+    yield first
+    for ref in others:
+        _DUPLICATES.inc()
+        yield beam.pvalue.TaggedOutput(records.ERRORS, records.error_row(
+            ref, "manifest", "DuplicateImageId",
+            f"{ref.source}: image_id {image_id!r} is already used at {first.source}; "
+            "only that row is scored"))
+
+
+class UniqueImageIds(beam.PTransform):
+    """ImageRef -> ``{"refs": ..., errors: ...}`` with one row per image_id: an image_id is a
+    key of the output tables, so a repeated one is an error row, not a second score."""
+
+    def expand(self, refs):
+        result = (
+            refs
+            | "ById" >> beam.Map(lambda ref: (ref.image_id, ref))
+            | "GroupById" >> beam.GroupByKey()
+            | "KeepFirst" >> beam.FlatMap(keep_first_of_each_id).with_outputs(records.ERRORS, main="refs")
+        )
+        return {"refs": result.refs, records.ERRORS: result[records.ERRORS]}
+
+
 class ReadManifest(beam.PTransform):
-    """Manifest files -> ``result.refs`` (ImageRef) and ``result[records.ERRORS]`` (error rows)."""
+    """Manifest files -> ``{"refs": ImageRef, records.ERRORS: error rows}``, one ref per image_id."""
 
     def __init__(self, spec: ManifestSpec, label: str | None = None):
         super().__init__(label)
@@ -504,10 +536,12 @@ class ReadManifest(beam.PTransform):
             pbegin
             | "ManifestFiles" >> beam.Create(files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRows" >> beam.FlatMap(read_manifest_file, spec)
-            # One big manifest file is read by one worker; spread its rows out.
-            | "SpreadRows" >> beam.Reshuffle())
-        return _split(items)
+            | "ReadRows" >> beam.FlatMap(read_manifest_file, spec))
+        rows = _split(items)
+        # Grouping by image_id also spreads the rows of one big file over the workers.
+        unique = rows.refs | "UniqueImageIds" >> UniqueImageIds()
+        errors = (rows[records.ERRORS], unique[records.ERRORS]) | "ManifestErrors" >> beam.Flatten()
+        return {"refs": unique["refs"], records.ERRORS: errors}
 
 
 class ReadImageGlob(beam.PTransform):
@@ -532,4 +566,5 @@ class ReadImageGlob(beam.PTransform):
             | "ImagePattern" >> beam.Create([self.pattern])
             | "ListImages" >> beam.FlatMap(image_glob_refs, self.keep_columns)
             | "SpreadRows" >> beam.Reshuffle())
-        return _split(items)
+        rows = _split(items)  # paths are unique, so image_ids are
+        return {"refs": rows.refs, records.ERRORS: rows[records.ERRORS]}

@@ -12,10 +12,15 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+import pillow_heif
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+# HEIC/HEIF photos (iPhones) through the maintained pillow-heif plugin; AVIF and WebP
+# are built into Pillow.
+pillow_heif.register_heif_opener()
 
 MODEL_SIZE = (224, 224)
 
@@ -79,7 +84,19 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
     Animated images contribute their first frame. EXIF orientation is ignored, as
     the seed ignores it. Raises :class:`ImageDecodeError` for anything unscorable.
     """
+    return decode_image_and_orientation(data, limits)[0]
+
+
+def decode_image_and_orientation(
+    data: bytes, limits: DecodeLimits = DEFAULT_LIMITS
+) -> tuple[np.ndarray, Optional[int]]:
+    """:func:`decode_image`, plus the EXIF orientation tag (1-8) when the file has one:
+    the pixels are scored unrotated, as the seed scores them, and the tag is recorded."""
     image = open_image(data, limits)
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
+    except Exception:  # a damaged EXIF block does not make the pixels unscorable
+        orientation = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -90,7 +107,8 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarr
         raise ImageDecodeError(
             "CorruptImage", f"{image.format} {image.size[0]}x{image.size[1]} could not be decoded: {exc}"
         ) from None
-    return np.asarray(resized, dtype=np.uint8)
+    valid = isinstance(orientation, int) and 1 <= orientation <= 8
+    return np.asarray(resized, dtype=np.uint8), orientation if valid else None
 
 
 # The seed normalises in float64 (np.empty defaults to it) and Keras casts to float32;

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import numpy as np
+import pyarrow as pa
 
 ERRORS = "errors"  # tag of every stage's failure output
 STAGES = ("manifest", "fetch", "decode", "score")
@@ -21,6 +22,7 @@ class ImageRef(NamedTuple):
     image_id: str
     uri: str
     kept: dict  # --keep_columns, as strings (None for a missing value)
+    source: str = ""  # where the row is: "manifest-file:line"; orders duplicates
 
 
 class FetchedImage(NamedTuple):
@@ -49,6 +51,7 @@ class DecodedImage(NamedTuple):
     content_sha256: str
     members: tuple  # of Member
     pixels: np.ndarray  # (224, 224, 3) uint8, see preprocess.decode_image
+    exif_orientation: Optional[int] = None  # recorded, not applied (the seed ignores it)
 
 
 def error_row(ref: ImageRef, stage: str, error_type: str, message: str) -> dict:
@@ -74,6 +77,7 @@ def score_row(
     model_version: str,
     scored_at,
     reused: bool,
+    exif_orientation: Optional[int] = None,
 ) -> dict:
     """The scores-table row for one manifest row: the contract's columns, the kept
     columns, then what incremental runs need."""
@@ -89,4 +93,45 @@ def score_row(
         "content_sha256": content_sha256,
         "source_version": member.source_version,
         "reused": reused,
+        "exif_orientation": exif_orientation,
     }
+
+
+# --- the tables' schemas: the contract's columns, the kept columns, then more ---
+
+
+def scores_schema(keep_columns: Sequence[str] = ()) -> pa.Schema:
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("uri", pa.string()),
+            ("mean_score", pa.float64()),
+            ("sd_score", pa.float64()),
+            ("predictions", pa.list_(pa.float32())),
+            ("model_version", pa.string()),
+            ("scored_at", pa.timestamp("us", tz="UTC")),
+            *[(name, pa.string()) for name in keep_columns],
+            ("content_sha256", pa.string()),
+            ("source_version", pa.string()),
+            ("reused", pa.bool_()),
+            ("exif_orientation", pa.int32()),
+        ]
+    )
+
+
+def errors_schema(keep_columns: Sequence[str] = ()) -> pa.Schema:
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("uri", pa.string()),
+            ("stage", pa.string()),
+            ("error_type", pa.string()),
+            ("error_message", pa.string()),
+            *[(name, pa.string()) for name in keep_columns],
+        ]
+    )
+
+
+def reserved_columns() -> frozenset:
+    """Names a kept column may not take: the tables' own columns and the partition key."""
+    return frozenset(scores_schema().names) | frozenset(errors_schema().names) | {"dt"}

@@ -31,6 +31,7 @@ from aisthetics_transforms.records import ImageRef, Member, UniqueImage, score_r
 REUSED = "reused"
 PREVIOUS_COLUMNS = [
     "uri", "mean_score", "sd_score", "predictions", "model_version", "scored_at", "content_sha256", "source_version",
+    "exif_orientation",
 ]
 _DATE_DIR = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
 
@@ -59,6 +60,7 @@ def reused_row(previous: dict, member: Member) -> dict:
         previous["model_version"],
         previous["scored_at"],
         reused=True,
+        exif_orientation=previous["exif_orientation"],
     )
 
 

@@ -31,7 +31,9 @@ def score_rows(images: Sequence[DecodedImage], distributions: np.ndarray, model_
         mean, sd = distribution_stats(p)
         predictions = [float(v) for v in p]
         for member in image.members:
-            yield score_row(member, image.content_sha256, predictions, mean, sd, model_version, scored_at, False)
+            yield score_row(
+                member, image.content_sha256, predictions, mean, sd, model_version, scored_at, False, image.exif_orientation
+            )
 
 
 class ProgressLine:

@@ -27,42 +27,11 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
-from aisthetics_transforms.records import STAGES
+from aisthetics_transforms.records import STAGES, errors_schema, scores_schema
 
 TABLES = ("scores", "errors", "runs")
 STAGING = "_staging"
 SUMMARY = "summary.json"
-
-
-def scores_schema(keep_columns: Sequence[str] = ()) -> pa.Schema:
-    return pa.schema(
-        [
-            ("image_id", pa.string()),
-            ("uri", pa.string()),
-            ("mean_score", pa.float64()),
-            ("sd_score", pa.float64()),
-            ("predictions", pa.list_(pa.float32())),
-            ("model_version", pa.string()),
-            ("scored_at", pa.timestamp("us", tz="UTC")),
-            *[(name, pa.string()) for name in keep_columns],
-            ("content_sha256", pa.string()),
-            ("source_version", pa.string()),
-            ("reused", pa.bool_()),
-        ]
-    )
-
-
-def errors_schema(keep_columns: Sequence[str] = ()) -> pa.Schema:
-    return pa.schema(
-        [
-            ("image_id", pa.string()),
-            ("uri", pa.string()),
-            ("stage", pa.string()),
-            ("error_type", pa.string()),
-            ("error_message", pa.string()),
-            *[(name, pa.string()) for name in keep_columns],
-        ]
-    )
 
 
 def partition_dir(output: str, table: str, run_date: str) -> str:

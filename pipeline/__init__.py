@@ -37,11 +37,11 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
     else:
         refs = p | "ListImages" >> ReadImageGlob(opts.images)
     fetch_limits = FetchLimits(max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline)
-    to_fetch, reused = refs.refs, []
+    to_fetch, reused = refs["refs"], []
     previous = None
     if run.previous_partition:
         previous = p | "ReadPreviousScores" >> ReadPreviousScores(run.previous_partition, run.model_version)
-        unchanged = refs.refs | "ReuseUnchanged" >> ReuseUnchanged(previous, fetch_limits)
+        unchanged = refs["refs"] | "ReuseUnchanged" >> ReuseUnchanged(previous, fetch_limits)
         to_fetch, reused = unchanged.changed, [unchanged[REUSED]]
     fetched = to_fetch | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits)).with_outputs(ERRORS, main="images")
     unique = fetched.images | "GroupByContent" >> GroupByContent(previous)

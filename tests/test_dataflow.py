@@ -16,13 +16,18 @@ import sys
 import tarfile
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import apache_beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.portability.api import beam_runner_api_pb2
 from packaging.specifiers import SpecifierSet
 
+from aisthetics_transforms.model import engine_name, local_weights, model_version
+from aisthetics_transforms.write import scores_schema
 from gcs_emulator import PROJECT, gcs  # noqa: F401  (gcs is a pytest fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +79,20 @@ def step_names(gcs, job: dict) -> set[str]:
     proto = beam_runner_api_pb2.Pipeline.FromString(gcs.download_bytes(gcs_name(gcs, url)))
     # Nested transforms are named "Outer/Inner"; the top-level ones have no slash.
     return {t.unique_name for t in proto.components.transforms.values() if "/" not in t.unique_name}
+
+
+def display_values(gcs, job: dict, prefix: str, key: str) -> set[str]:
+    """The string display data ``key`` of the staged pipeline proto's transforms under ``prefix``."""
+    url = job["environment"]["sdkPipelineOptions"]["options"]["pipelineUrl"]
+    proto = beam_runner_api_pb2.Pipeline.FromString(gcs.download_bytes(gcs_name(gcs, url)))
+    found = set()
+    for transform in proto.components.transforms.values():
+        if transform.unique_name.startswith(prefix):
+            for item in transform.display_data:
+                payload = beam_runner_api_pb2.LabelledPayload.FromString(item.payload)
+                if payload.key == key:
+                    found.add(payload.string_value)
+    return found
 
 
 def check_spec(gcs, job: dict, root: str, source_stage: str) -> None:
@@ -132,4 +151,38 @@ def test_dataflow_template_from_image_glob(gcs, ava, tmp_path):
     job, seconds = translate(gcs, tmp_path, [f"--images={pattern}"], root)
     check_spec(gcs, job, root, "ListImages")
     assert job["environment"]["sdkPipelineOptions"]["options"]["images"] == pattern
+    assert seconds < 100
+
+
+def scores_partition_bytes(uris: list[str]) -> bytes:
+    """A real earlier scores partition: a Parquet file in the scores schema, one row per uri."""
+    version = model_version(local_weights(None)[1], engine_name("auto"))
+    scored_at = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
+    predictions = [0.0, 0.0, 0.05, 0.15, 0.3, 0.3, 0.15, 0.05, 0.0, 0.0]
+    rows = [
+        {"image_id": uri, "uri": uri, "mean_score": 5.5, "sd_score": 1.4, "predictions": predictions,
+         "model_version": version, "scored_at": scored_at, "content_sha256": f"{i:064x}",
+         "source_version": f"size=1;updated={i}.0", "reused": False}
+        for i, uri in enumerate(uris)
+    ]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=scores_schema()), buffer, compression="snappy")
+    return buffer.getvalue()
+
+
+def test_dataflow_template_incremental(gcs, ava, tmp_path):
+    root = f"dataflow-incremental-{uuid.uuid4().hex[:8]}"
+    uris = [gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in sorted(ava.glob("*.jpg"))[:2]]
+    manifest = gcs.upload_bytes(f"{root}/manifest.csv", ("uri\n" + "\n".join(uris) + "\n").encode(), "text/csv")
+    previous = gcs.upload_bytes(f"{root}/out/scores/dt=2026-11-27/part-0.parquet", scores_partition_bytes(uris))
+    job, seconds = translate(gcs, tmp_path, [f"--manifest={manifest}", "--incremental"], root)
+    check_spec(gcs, job, root, "ReadManifest")
+    names = step_names(gcs, job)
+    assert {"ReadPreviousScores", "ReuseUnchanged", "GroupByContent"} <= names, sorted(names)
+    options = job["environment"]["sdkPipelineOptions"]["options"]
+    assert options["incremental"] is True
+    assert options["manifest"] == manifest
+    # The launcher found the uploaded partition on gs:// and the job reads exactly it.
+    partition = previous.rsplit("/", 1)[0]
+    assert display_values(gcs, job, "ReadPreviousScores/", "file_pattern") == {f"{partition}/*.parquet"}
     assert seconds < 100

@@ -63,9 +63,14 @@ def error(path, where, error_type, uri="", image_id=None, **kept):
             "error_type": error_type, **kept}
 
 
+def without_source(ref: ImageRef) -> ImageRef:
+    return ref._replace(source="")
+
+
 def split(items):
+    """Refs (their source position checked separately) and error rows."""
     items = list(items)
-    refs = [i for i in items if isinstance(i, ImageRef)]
+    refs = [without_source(i) for i in items if isinstance(i, ImageRef)]
     errors = [i for i in items if not isinstance(i, ImageRef)]
     return refs, errors
 
@@ -193,7 +198,7 @@ def test_explicit_format_and_gzip(tmp_path):
     with gzip.open(path, "wt", encoding="utf-8") as f:
         f.write(json.dumps({"uri": "/a.jpg"}) + "\n")
     assert list(read_manifest_file(path, ManifestSpec(path, format="jsonl"))) == [
-        ImageRef("/a.jpg", "/a.jpg", {})]
+        ImageRef("/a.jpg", "/a.jpg", {}, f"{path}:1")]
     with pytest.raises(ManifestError, match="format"):
         list(read_manifest_file(path, ManifestSpec(path)))
     with pytest.raises(ManifestError, match="unknown manifest format"):
@@ -274,10 +279,17 @@ def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
     image = str(tmp_path / "img" / "a.jpg")
     p = BeamTestPipeline(argv=PIPELINE_ARGS)
     result = p | ReadManifest(spec)
-    assert_that(result.refs, equal_to(expected_refs), label="Refs")
-    assert_that(result[records.ERRORS], equal_to(expected_errors), label="Errors")
+    # image_id "a" is in both files: the JSON Lines row (the later file) is the duplicate.
+    [duplicate] = [r for r in expected_refs if r.uri == "gs://bucket/a.jpg"]
+    expected_refs.remove(duplicate)
+    is_duplicate = lambda row: row["error_type"] == "DuplicateImageId"  # noqa: E731
+    assert_that(result["refs"] | beam.Map(without_source), equal_to(expected_refs), label="Refs")
+    errors = result[records.ERRORS]
+    assert_that(errors | beam.Filter(lambda r: not is_duplicate(r)), equal_to(expected_errors), label="Errors")
+    assert_that(errors | beam.Filter(is_duplicate) | beam.Map(lambda r: (r["image_id"], r["uri"])),
+                equal_to([("a", "gs://bucket/a.jpg")]), label="Duplicates")
     images = p | "Images" >> ReadImageGlob(str(tmp_path / "img" / "*.jpg"))
-    assert_that(images.refs, equal_to([ImageRef(image, image, {})]), label="ImageRefs")
+    assert_that(images["refs"], equal_to([ImageRef(image, image, {})]), label="ImageRefs")
     assert_that(images[records.ERRORS], equal_to([]), label="ImageErrors")
     run = p.run()
     run.wait_until_finish()
@@ -286,10 +298,31 @@ def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
     totals = {}
     for counter in counters:
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + counter.committed
-    assert totals == {"manifest_rows": 11 + 1, "manifest_errors": 6}
+    assert totals == {"manifest_rows": 11 + 1, "manifest_errors": 6 + 1}  # + the duplicate id
 
 
 def test_read_manifest_fails_before_the_run_on_a_bad_header(tmp_path):
     write(tmp_path / "m.csv", "url\n/a.jpg\n")
     with pytest.raises(ManifestError, match="'url'"):
         beam.Pipeline(argv=PIPELINE_ARGS) | ReadManifest(ManifestSpec(str(tmp_path / "m.csv")))
+
+
+def test_refs_know_their_file_and_line(tmp_path):
+    path = write(tmp_path / "m.csv", "uri\n/a.jpg\n\n/b.jpg\n")
+    refs = list(read_manifest_file(str(path), ManifestSpec(str(path))))
+    assert [r.source for r in refs] == [f"{path}:2", f"{path}:4"]
+
+
+def test_duplicate_image_ids_keep_the_first_row_in_manifest_order(tmp_path):
+    first = write(tmp_path / "a.csv", "image_id,uri\nx,/1.jpg\ny,/2.jpg\n")
+    second = write(tmp_path / "b.csv", "image_id,uri\nx,/3.jpg\nx,/4.jpg\n")
+    spec = ManifestSpec(str(tmp_path / "*.csv"))
+    with BeamTestPipeline(argv=PIPELINE_ARGS) as p:
+        result = p | ReadManifest(spec)
+        kept = result["refs"] | beam.Map(lambda r: (r.image_id, r.uri))
+        dropped = result[records.ERRORS] | beam.Map(lambda r: (r["uri"], r["error_type"], r["error_message"]))
+        assert_that(kept, equal_to([("x", "/1.jpg"), ("y", "/2.jpg")]), label="Kept")
+        assert_that(dropped, equal_to([
+            ("/3.jpg", "DuplicateImageId", f"{second}:2: image_id 'x' is already used at {first}:2; only that row is scored"),
+            ("/4.jpg", "DuplicateImageId", f"{second}:3: image_id 'x' is already used at {first}:2; only that row is scored"),
+        ]), label="Duplicates")
