@@ -30,3 +30,9 @@ Tables written under $out/:
 Look at them with DuckDB:
   $python -c "import duckdb; duckdb.sql(\"SELECT category, count(*) AS n, round(avg(mean_score), 3) AS mean FROM read_parquet('$out/scores/*/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY mean DESC\").show()"
 TXT
+
+# The nightly report of the run just written (the newest night under $out).
+report="$("$python" -m aisthetics_transforms.cli report "$PWD/$out")"
+echo
+echo "Report (one self-contained HTML page; open it in a browser):"
+echo "  $report"

@@ -36,6 +36,8 @@ setup(
         "test": [
             "pytest>=9,<10",
             "gcp-storage-emulator==2026.7.19",
+            # Drives headless Chromium over the DevTools protocol in tests/test_report.py.
+            "websockets>=13,<18",
         ],
     },
     entry_points={"console_scripts": ["aisthetics=aisthetics_transforms.cli:main"]},
