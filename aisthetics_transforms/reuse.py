@@ -60,7 +60,7 @@ def reused_row(previous: dict, member: Member) -> dict:
         previous["model_version"],
         previous["scored_at"],
         reused=True,
-        exif_orientation=previous["exif_orientation"],
+        exif_orientation=previous.get("exif_orientation"),  # absent in partitions from before it existed
     )
 
 
@@ -98,8 +98,10 @@ class ReadPreviousScores(beam.PTransform):
         )
 
 
-class CheckVersions(beam.DoFn):
-    """ImageRef -> (uri, Member) with the uri's current version signal; no bytes are read."""
+class MatchVersions(beam.DoFn):
+    """Per uri: check the source's version signal once (however many rows share the uri),
+    reuse last night's score for rows whose version is unchanged, pass the rest on to fetch.
+    No bytes are read here."""
 
     def __init__(self, limits: FetchLimits = DEFAULT_LIMITS):
         self.limits = limits
@@ -110,19 +112,16 @@ class CheckVersions(beam.DoFn):
     def teardown(self):
         self.session.close()
 
-    def process(self, ref: ImageRef):
-        yield ref.uri, Member(ref, source_version(ref.uri, self.limits, self.session))
-
-
-def _match_versions(element):
-    """Per uri: rows whose version equals last night's are reused; the rest are fetched."""
-    _, sides = element
-    previous = next(iter(sides["previous"]), None)
-    for member in sides["current"]:
-        if previous is not None and member.source_version is not None and member.source_version == previous["source_version"]:
-            yield beam.pvalue.TaggedOutput(REUSED, reused_row(previous, member))
-        else:
-            yield member.ref
+    def process(self, element):
+        uri, sides = element
+        previous = next(iter(sides["previous"]), None)
+        refs = sides["current"]
+        version = source_version(uri, self.limits, self.session) if previous is not None else None
+        for ref in refs:
+            if version is not None and version == previous["source_version"]:
+                yield beam.pvalue.TaggedOutput(REUSED, reused_row(previous, Member(ref, version)))
+            else:
+                yield ref
 
 
 class ReuseUnchanged(beam.PTransform):
@@ -134,16 +133,16 @@ class ReuseUnchanged(beam.PTransform):
         self.limits = limits
 
     def expand(self, refs):
-        current = refs | "CheckVersions" >> beam.ParDo(CheckVersions(self.limits))
+        current = refs | "ByUri" >> beam.Map(lambda ref: (ref.uri, ref))
         previous = (
             self.previous
-            | "ByUri" >> beam.Map(lambda row: (row["uri"], row))
+            | "PreviousByUri" >> beam.Map(lambda row: (row["uri"], row))
             | "OnePerUri" >> beam.CombinePerKey(AnyOne())
         )
         return (
             {"current": current, "previous": previous}
             | "JoinOnUri" >> beam.CoGroupByKey()
-            | "Match" >> beam.FlatMap(_match_versions).with_outputs(REUSED, main="changed")
+            | "MatchVersions" >> beam.ParDo(MatchVersions(self.limits)).with_outputs(REUSED, main="changed")
         )
 
 
