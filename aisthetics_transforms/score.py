@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 import time
 from datetime import datetime, timezone
 from typing import Sequence
@@ -18,6 +19,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
@@ -78,9 +80,19 @@ class _ProcessModel:
         self.lock = threading.Lock()
 
 
+def _infer(model: LoadedModel, batch: Sequence[DecodedImage]) -> tuple[np.ndarray, datetime]:
+    distributions = model.predict(to_model_input([image.pixels for image in batch]))
+    return distributions, datetime.now(timezone.utc)
+
+
 class ScoreBatches(beam.DoFn):
     """Batches of DecodedImage -> score rows; a batch the model rejects becomes error rows
-    (stage ``score``) rather than failing the run."""
+    (stage ``score``) rather than failing the run.
+
+    Inference runs one batch behind, on a thread of its own: while LiteRT (which releases
+    the GIL) scores batch N, the stage goes on decoding batch N+1, whose ``process`` call
+    then emits the rows of batch N. ``finish_bundle`` emits the last batch's rows.
+    """
 
     def __init__(self, engine: str, weights: str | None, num_threads: int | None, progress_seconds: float = 0):
         self.engine = engine
@@ -98,6 +110,13 @@ class ScoreBatches(beam.DoFn):
             return _ProcessModel(load_model(self.engine, self.weights, self.num_threads), self.progress_seconds)
 
         self._process_model = self._shared.acquire(load, tag=(self.engine, self.weights, self.num_threads))
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aisthetics-inference")
+
+    def teardown(self):
+        self._inference.shutdown(wait=True)
+
+    def start_bundle(self):
+        self._pending = None  # (batch, future) of the batch being inferred
 
     def process(self, batch: Sequence[DecodedImage]):
         held = self._process_model
@@ -106,13 +125,28 @@ class ScoreBatches(beam.DoFn):
                 if held.load_uncounted:
                     held.load_uncounted = False
                     self.model_loads.inc()
+        previous, self._pending = self._pending, (batch, self._inference.submit(_infer, held.model, batch))
+        if previous is not None:
+            yield from self._rows(*previous)
+
+    def finish_bundle(self):
+        if self._pending is None:
+            return
+        previous, self._pending = self._pending, None
+        for output in self._rows(*previous):
+            if isinstance(output, TaggedOutput):
+                yield TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+            else:
+                yield GlobalWindows.windowed_value(output)
+
+    def _rows(self, batch: Sequence[DecodedImage], inference: Future):
+        held = self._process_model
         try:
-            distributions = held.model.predict(to_model_input([image.pixels for image in batch]))
+            distributions, scored_at = inference.result()
         except Exception as exc:  # e.g. an engine fault: report these images, keep the run
             for image in batch:
                 yield from self._fail(image, type(exc).__name__, str(exc))
             return
-        scored_at = datetime.now(timezone.utc)
         finite = np.isfinite(distributions).all(axis=1)
         good = [image for image, ok in zip(batch, finite) if ok]
         for image in (image for image, ok in zip(batch, finite) if not ok):
