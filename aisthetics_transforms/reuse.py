@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet
 
 from aisthetics_transforms.fetch import DEFAULT_LIMITS, FetchLimits, make_http_session, source_version
-from aisthetics_transforms.records import ImageRef, Member, UniqueImage, score_row
+from aisthetics_transforms.records import Member, UniqueImage, score_row
 
 REUSED = "reused"
 PREVIOUS_COLUMNS = [

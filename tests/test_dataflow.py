@@ -22,7 +22,6 @@ from pathlib import Path
 import apache_beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from apache_beam.portability.api import beam_runner_api_pb2
 from packaging.specifiers import SpecifierSet
 

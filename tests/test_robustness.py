@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import apache_beam as beam
