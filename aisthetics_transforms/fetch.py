@@ -596,12 +596,12 @@ def _read_body_chunks(raw, limits: FetchLimits, clock: _Clock) -> Iterator[bytes
 
 
 class FetchImages(beam.DoFn):
-    """Fetch each :class:`~records.ImageRef`'s bytes and emit a ``FetchedImage``.
+    """Fetch each :class:`~records.UriRows`'s bytes once and emit a ``FetchedImage``.
 
     One HTTP connection pool per DoFn instance is made in ``setup`` and closed in
     ``teardown``. A uri that cannot be fetched, for any reason including an
-    unexpected exception, becomes an error row with stage ``fetch`` on the
-    ``records.ERRORS`` tagged output; it never fails the bundle.
+    unexpected exception, becomes an error row with stage ``fetch`` for each of its
+    rows on the ``records.ERRORS`` tagged output; it never fails the bundle.
     """
 
     def __init__(self, limits: FetchLimits = DEFAULT_LIMITS):
@@ -619,24 +619,20 @@ class FetchImages(beam.DoFn):
             self._session.close()
             self._session = None
 
-    def process(self, ref: records.ImageRef):
+    def process(self, rows: records.UriRows):
         if self._session is None:  # a runner that skipped setup
             self.setup()
         try:
-            data, version = fetch_image(ref.uri, self._limits, self._session)
-        except FetchError as err:
-            self._errors.inc()
-            yield beam.pvalue.TaggedOutput(
-                records.ERRORS, records.error_row(ref, "fetch", err.error_type, str(err))
-            )
-            return
+            data, version = fetch_image(rows.uri, self._limits, self._session)
         except Exception as exc:  # one bad image must not fail the bundle
-            self._errors.inc()
-            message = f"unexpected error fetching {ref.uri!r}: {exc}"
-            yield beam.pvalue.TaggedOutput(
-                records.ERRORS, records.error_row(ref, "fetch", type(exc).__name__, message)
-            )
+            if isinstance(exc, FetchError):
+                error_type, message = exc.error_type, str(exc)
+            else:
+                error_type, message = type(exc).__name__, f"unexpected error fetching {rows.uri!r}: {exc}"
+            self._errors.inc(len(rows.refs))
+            for ref in rows.refs:
+                yield beam.pvalue.TaggedOutput(records.ERRORS, records.error_row(ref, "fetch", error_type, message))
             return
         self._fetched.inc()
         self._bytes.inc(len(data))
-        yield records.FetchedImage(ref, data, version, hashlib.sha256(data).hexdigest())
+        yield records.FetchedImage(rows.uri, rows.refs, data, version, hashlib.sha256(data).hexdigest())

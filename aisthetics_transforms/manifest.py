@@ -19,6 +19,8 @@ import csv
 import datetime
 import decimal
 import gzip
+import io
+import itertools
 import json
 import lzma
 import posixpath
@@ -26,11 +28,15 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import csv as pa_csv
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from aisthetics_transforms import records
+from aisthetics_transforms import buckets, records
 from aisthetics_transforms.records import ImageRef
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -47,7 +53,6 @@ RESERVED_COLUMNS = records.reserved_columns()
 # An unterminated quote makes the csv module read on into the following rows;
 # past this many physical lines one record is treated as broken and re-read.
 MAX_RECORD_LINES = 1000
-PARQUET_BATCH_ROWS = 10_000
 
 
 class ManifestError(ValueError):
@@ -85,12 +90,17 @@ class ManifestSpec:
 # --------------------------------------------------------------------------- files
 
 
-def _match(pattern: str) -> list[str]:
+def _match_metadata(pattern: str) -> list:
+    """FileMetadata of the files ``pattern`` matches, sorted by path."""
     try:
         result = FileSystems.match([pattern])[0]
     except Exception as exc:  # BeamIOError or a filesystem-specific error
         raise ManifestError(f"cannot list {pattern!r}: {exc}") from exc
-    return sorted(m.path for m in result.metadata_list if not m.path.endswith("/"))
+    return sorted((m for m in result.metadata_list if not m.path.endswith("/")), key=lambda m: m.path)
+
+
+def _match(pattern: str) -> list[str]:
+    return [m.path for m in _match_metadata(pattern)]
 
 
 def list_manifest_files(spec: ManifestSpec) -> list[str]:
@@ -137,9 +147,9 @@ def _open_binary(path: str):
             yield stream
 
 
-def _numbered_lines(stream) -> Iterator[tuple[int, str, bool]]:
+def _numbered_lines(stream, start: int = 1) -> Iterator[tuple[int, str, bool]]:
     """Yield ``(line_number, text, decoded_ok)``; undecodable bytes become U+FFFD."""
-    for number, raw in enumerate(stream, start=1):
+    for number, raw in enumerate(stream, start=start):
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         try:
@@ -317,22 +327,31 @@ def _is_blank(row: list[str]) -> bool:
 
 
 def _read_csv(path: str, spec: ManifestSpec, stream) -> Iterator[ImageRef | dict]:
-    builder = _RowBuilder(path, spec)
     feed = _LineFeed(_numbered_lines(stream))
-    reader = _csv_reader(feed)
+    header = _csv_header(path, feed)
+    if header is not None:
+        _check_columns(path, spec, header)
+        yield from _csv_body(path, spec, header, feed)
 
-    header = None
-    while header is None:
+
+def _csv_header(path: str, feed: _LineFeed) -> list[str] | None:
+    """The header's column names (None for an empty file)."""
+    reader = _csv_reader(feed)
+    while True:
         try:
             row, lines, problem = _next_csv_record(feed, reader)
         except StopIteration:
-            return  # an empty file has no rows
+            return None
         if problem:
             raise ManifestError(f"manifest {path}: cannot parse the header on line "
                                 f"{lines[0][0] if lines else 1}: {problem}")
         if not _is_blank(row):
-            header = [name.strip() for name in row]
-    _check_columns(path, spec, header)
+            return [name.strip() for name in row]
+
+
+def _csv_body(path: str, spec: ManifestSpec, header: list[str], feed: _LineFeed) -> Iterator[ImageRef | dict]:
+    builder = _RowBuilder(path, spec)
+    reader = _csv_reader(feed)
     index = {name: i for i, name in reversed(list(enumerate(header)))}
     uri_i = index[spec.uri_column]
     id_i = index.get(spec.id_column)
@@ -405,22 +424,12 @@ def _read_jsonl(path: str, spec: ManifestSpec, stream) -> Iterator[ImageRef | di
 
 
 def _read_parquet(path: str, spec: ManifestSpec, stream) -> Iterator[ImageRef | dict]:
-    import pyarrow.parquet as pq  # only Parquet manifests pay for the import
-
-    try:
-        parquet = pq.ParquetFile(stream)
-    except Exception as exc:  # pyarrow raises ArrowInvalid and friends
-        raise ManifestError(f"manifest {path} is not a readable Parquet file: {exc}") from exc
-    present = list(parquet.schema_arrow.names)
-    _check_columns(path, spec, present)
-    columns = list(dict.fromkeys(
-        c for c in (spec.uri_column, spec.id_column, *spec.keep_columns) if c in present))
-    builder = _RowBuilder(path, spec)
-    number = 0
-    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-        for row in batch.to_pylist():
-            number += 1
-            yield builder.build(row, number, "row")
+    for item in _parquet_items(path, spec, stream):
+        if isinstance(item, pa.Table):
+            for ref, line in zip(records.table_refs(item, spec.keep_columns), item.column("manifest_line").to_pylist()):
+                yield ref._replace(source=f"{path}:{line}")
+        else:
+            yield item
 
 
 _READERS = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}
@@ -449,6 +458,170 @@ def check_manifest_columns(path: str, spec: ManifestSpec) -> None:
         rows.close()
 
 
+# --------------------------------------------------------------------------- tables
+#
+# The pipeline reads a manifest as Arrow tables of rows (records.refs_schema). Plain
+# rows -- one line each, no quotes, values without surrounding space, a uri -- are
+# parsed and checked by Arrow in bulk; every other row goes through the row-by-row
+# readers above, so both ways give the same refs and the same error rows.
+
+ROWS_PER_TABLE = 50_000
+CSV_BLOCK_BYTES = 4 << 20
+
+
+def read_manifest_tables(indexed_path: tuple[int, str], spec: ManifestSpec) -> Iterator[pa.Table | dict]:
+    """The rows of manifest file number ``index`` as refs tables, and its bad rows as error rows."""
+    index, path = indexed_path
+    fmt = manifest_format(path, spec)
+    with _open_binary(path) as stream:
+        if fmt == "csv":
+            items = _csv_items(path, spec, stream)
+        elif fmt == "parquet":
+            items = _parquet_items(path, spec, stream)
+        else:
+            items = _READERS[fmt](path, spec, stream)
+        yield from _tables_of(items, spec, index)
+
+
+def _tables_of(items: Iterator[pa.Table | ImageRef | dict], spec: ManifestSpec, index: int):
+    """Collect single ImageRefs into tables; pass tables and error rows through."""
+    refs: list[ImageRef] = []
+    for item in items:
+        if isinstance(item, ImageRef):
+            refs.append(item)
+            if len(refs) >= ROWS_PER_TABLE:
+                yield records.refs_table(refs, spec.keep_columns, index)
+                refs = []
+        elif isinstance(item, pa.Table):
+            yield item.append_column("manifest_file", pa.array([index] * item.num_rows, pa.int32())).select(
+                records.refs_schema(spec.keep_columns).names)
+        else:
+            yield item
+    if refs:
+        yield records.refs_table(refs, spec.keep_columns, index)
+
+
+def _plain_rows(columns: dict[str, pa.Array], lines: np.ndarray, spec: ManifestSpec):
+    """(a refs table without manifest_file for the rows Arrow can take as they are,
+    the positions of the others)."""
+    uri = columns[spec.uri_column]
+    plain = pc.and_(pc.is_valid(uri), pc.greater(pc.binary_length(uri), 0))
+    for name in dict.fromkeys([spec.uri_column, spec.id_column, *spec.keep_columns]):
+        if name in columns:
+            value = columns[name]
+            untrimmed = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(value), value), True)
+            plain = pc.and_(plain, untrimmed)
+    plain = pc.fill_null(plain, False).to_numpy(zero_copy_only=False)
+    keep = pa.array(plain)
+    if spec.id_column in columns:
+        ids = columns[spec.id_column]
+        image_id = pc.if_else(pc.fill_null(pc.greater(pc.binary_length(ids), 0), False), ids, uri)
+    else:
+        image_id = uri
+    table = pa.table(
+        {
+            "image_id": pc.filter(image_id, keep),
+            "uri": pc.filter(uri, keep),
+            **{name: pc.filter(columns[name], keep) for name in spec.keep_columns},
+            "manifest_line": pa.array(lines[plain], pa.int64()),
+        }
+    )
+    return table, np.flatnonzero(~plain)
+
+
+def _csv_items(path: str, spec: ManifestSpec, stream) -> Iterator[pa.Table | ImageRef | dict]:
+    """A CSV manifest: blocks of plain lines through Arrow's CSV parser; from the first
+    block that is not plain (quotes, CR, blank lines, a parse error) on, the row reader."""
+    first = stream.readline()
+    if first.startswith(b"\xef\xbb\xbf") or any(c in first for c in (b'"', b"\r")) or not first.strip():
+        yield from _read_csv(path, spec, itertools.chain([first], stream))
+        return
+    header = [name.strip() for name in next(csv.reader([first.decode("utf-8", errors="replace")]))]
+    _check_columns(path, spec, header)
+    wanted = [c for c in dict.fromkeys([spec.uri_column, spec.id_column, *spec.keep_columns]) if c in header]
+    index = {name: i for i, name in reversed(list(enumerate(header)))}
+    names = [f"c{i}" for i in range(len(header))]
+    options = dict(
+        read_options=pa_csv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES + (1 << 20)),
+        parse_options=pa_csv.ParseOptions(quote_char=False, newlines_in_values=False, ignore_empty_lines=False),
+        convert_options=pa_csv.ConvertOptions(
+            include_columns=[names[index[c]] for c in wanted], column_types={n: pa.string() for n in names},
+            strings_can_be_null=False),
+    )
+    builder = _RowBuilder(path, spec)
+    line = 2  # of the block's first line
+    pending = b""
+    while True:
+        chunk = stream.read(CSV_BLOCK_BYTES)
+        block = pending + chunk
+        cut = len(block) if not chunk else block.rfind(b"\n") + 1
+        block, pending = block[:cut], block[cut:]
+        if not block:
+            if not chunk:
+                return
+            continue
+        table = None
+        if _plain_block(block):
+            try:
+                table = pa_csv.read_csv(io.BytesIO(block), **options)
+            except pa.ArrowInvalid:  # a wrong field count, invalid UTF-8...
+                table = None
+        count = block.count(b"\n") + (not block.endswith(b"\n"))
+        if table is None or table.num_rows != count:
+            rest = itertools.chain(block.splitlines(keepends=True), [pending] if pending else [], stream)
+            yield from _csv_body(path, spec, header, _LineFeed(_numbered_lines(rest, start=line)))
+            return
+        columns = {c: table.column(names[index[c]]).combine_chunks() for c in wanted}
+        refs, others = _plain_rows(columns, np.arange(line, line + count), spec)
+        yield refs
+        for i in others.tolist():
+            values = {c: columns[c][i].as_py() for c in wanted}
+            if len(header) == 1 and not values[header[0]].strip():
+                continue  # a blank line, as the row reader skips it
+            yield builder.build(values, line + i, "line")
+        line += count
+        if not chunk:
+            return
+
+
+def _plain_block(block: bytes) -> bool:
+    """Whether every line of ``block`` is one record Arrow parses as the row reader would."""
+    if b'"' in block or b"\r" in block or b"\n\n" in block or block.startswith(b"\n"):
+        return False
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _parquet_items(path: str, spec: ManifestSpec, stream) -> Iterator[pa.Table | ImageRef | dict]:
+    """A Parquet manifest: batches whose columns are all strings through Arrow, others row by row."""
+    import pyarrow.parquet as pq  # only Parquet manifests pay for the import
+
+    try:
+        parquet = pq.ParquetFile(stream)
+    except Exception as exc:  # pyarrow raises ArrowInvalid and friends
+        raise ManifestError(f"manifest {path} is not a readable Parquet file: {exc}") from exc
+    present = list(parquet.schema_arrow.names)
+    _check_columns(path, spec, present)
+    columns = list(dict.fromkeys(
+        c for c in (spec.uri_column, spec.id_column, *spec.keep_columns) if c in present))
+    builder = _RowBuilder(path, spec)
+    number = 1
+    for batch in parquet.iter_batches(batch_size=ROWS_PER_TABLE, columns=columns):
+        if all(pa.types.is_string(batch.column(c).type) for c in columns):
+            values = {c: batch.column(c) for c in columns}
+            refs, others = _plain_rows(values, np.arange(number, number + batch.num_rows), spec)
+            yield refs
+            for i in others.tolist():
+                yield builder.build({c: values[c][i].as_py() for c in columns}, number + i, "row")
+        else:
+            for i, row in enumerate(batch.to_pylist()):
+                yield builder.build(row, number + i, "row")
+        number += batch.num_rows
+
+
 # --------------------------------------------------------------------------- --images
 
 
@@ -460,21 +633,29 @@ def image_glob_refs(pattern: str, keep_columns: tuple = ()) -> list[ImageRef]:
     return [ImageRef(f, f, {c: None for c in keep_columns}) for f in files]
 
 
+def image_glob_tables(pattern: str, keep_columns: tuple = ()) -> Iterator[pa.Table]:
+    refs = image_glob_refs(pattern, keep_columns)
+    for start in range(0, len(refs), ROWS_PER_TABLE):
+        table = records.refs_table(refs[start : start + ROWS_PER_TABLE], keep_columns)
+        yield table.drop_columns(["manifest_file", "manifest_line"])  # paths are unique: no order needed
+
+
 # --------------------------------------------------------------------------- Beam
 
 
 class SplitManifestRowsFn(beam.DoFn):
-    """Routes manifest items: ImageRefs to the main output, error rows to ``errors``, counting both."""
+    """Routes manifest items: refs tables to the main output, error rows to ``errors``, counting both."""
 
     def __init__(self):
         self.rows = Metrics.counter("aisthetics", "manifest_rows")
         self.errors = Metrics.counter("aisthetics", "manifest_errors")
 
     def process(self, item):
-        self.rows.inc()
-        if isinstance(item, ImageRef):
+        if isinstance(item, pa.Table):
+            self.rows.inc(item.num_rows)
             yield item
         else:
+            self.rows.inc()
             self.errors.inc()
             yield beam.pvalue.TaggedOutput(records.ERRORS, item)
 
@@ -484,62 +665,81 @@ def _split(items):
         records.ERRORS, main="refs")
 
 
-def _source_order(ref: ImageRef) -> tuple:
-    path, _, line = ref.source.rpartition(":")
-    return (path, int(line)) if line.isdigit() else (ref.source, 0)
-
-
 _DUPLICATES = Metrics.counter("aisthetics", "manifest_errors")
 
 
-def keep_first_of_each_id(element):
-    """(image_id, refs) -> the earliest row in manifest order; the others are error rows."""
-    image_id, refs = element
-    first, *others = sorted(refs, key=_source_order)
-    yield first
-    for ref in others:
+def keep_first_of_each_id(element, files: list[str], keep_columns: tuple):
+    """(bucket, refs tables) -> one table of the earliest row of each image_id in manifest
+    order; the other rows of an image_id become error rows."""
+    _, tables = element
+    table = buckets.concat(tables)
+    table = table.take(pc.sort_indices(table, [("image_id", "ascending"), ("manifest_file", "ascending"),
+                                               ("manifest_line", "ascending")]))
+    ids = table.column("image_id")
+    repeated = np.zeros(table.num_rows, dtype=bool)
+    if table.num_rows > 1:
+        repeated[1:] = pc.equal(ids.slice(1), ids.slice(0, table.num_rows - 1)).to_numpy(zero_copy_only=False)
+    yield table.filter(pa.array(~repeated)).drop_columns(["manifest_file", "manifest_line"])
+    if not repeated.any():
+        return
+    # each repeated row's first row: the last non-repeated position at or before it
+    first_of = np.maximum.accumulate(np.where(repeated, 0, np.arange(table.num_rows)))
+    where = lambda i: f"{files[table['manifest_file'][i].as_py()]}:{table['manifest_line'][i].as_py()}"
+    for i in np.flatnonzero(repeated).tolist():
+        ref = next(records.table_refs(table.slice(i, 1), keep_columns))
         _DUPLICATES.inc()
         yield beam.pvalue.TaggedOutput(records.ERRORS, records.error_row(
             ref, "manifest", "DuplicateImageId",
-            f"{ref.source}: image_id {image_id!r} is already used at {first.source}; "
+            f"{where(i)}: image_id {ref.image_id!r} is already used at {where(first_of[i])}; "
             "only that row is scored"))
 
 
 class UniqueImageIds(beam.PTransform):
-    """ImageRef -> ``{"refs": ..., errors: ...}`` with one row per image_id: an image_id is a
-    key of the output tables, so a repeated one is an error row, not a second score."""
+    """Refs tables -> ``{"refs": ..., errors: ...}`` with one row per image_id: an image_id
+    is a key of the output tables, so a repeated one is an error row, not a second score."""
 
-    def expand(self, refs):
+    def __init__(self, files: list[str], keep_columns: tuple, bucket_count: int):
+        super().__init__()
+        self.files = files
+        self.keep_columns = keep_columns
+        self.bucket_count = bucket_count
+
+    def expand(self, tables):
         result = (
-            refs
-            | "ById" >> beam.Map(lambda ref: (ref.image_id, ref))
+            tables
+            | "ById" >> beam.FlatMap(buckets.split_by_bucket, "image_id", self.bucket_count)
             | "GroupById" >> beam.GroupByKey()
-            | "KeepFirst" >> beam.FlatMap(keep_first_of_each_id).with_outputs(records.ERRORS, main="refs")
+            | "KeepFirst" >> beam.FlatMap(keep_first_of_each_id, self.files, self.keep_columns).with_outputs(
+                records.ERRORS, main="refs")
         )
         return {"refs": result.refs, records.ERRORS: result[records.ERRORS]}
 
 
 class ReadManifest(beam.PTransform):
-    """Manifest files -> ``{"refs": ImageRef, records.ERRORS: error rows}``, one ref per image_id."""
+    """Manifest files -> ``{"refs": refs tables, records.ERRORS: error rows}``, one row per
+    image_id. ``bucket_count`` is how many buckets later joins split rows into (from the
+    manifest's size)."""
 
     def __init__(self, spec: ManifestSpec, label: str | None = None):
         super().__init__(label)
         self.spec = spec
+        metadata = _match_metadata(spec.pattern)
+        self.files = [m.path for m in metadata]
+        self.bucket_count = buckets.bucket_count(sum(m.size_in_bytes for m in metadata))
+        if not self.files:
+            raise ManifestError(f"manifest {spec.pattern!r} matches no file")
 
     def expand(self, pbegin):
-        files = list_manifest_files(self.spec)
-        for path in files:
+        for path in self.files:
             manifest_format(path, self.spec)
-        check_manifest_columns(files[0], self.spec)
-        spec = self.spec
+        check_manifest_columns(self.files[0], self.spec)
         items = (
             pbegin
-            | "ManifestFiles" >> beam.Create(files)
+            | "ManifestFiles" >> beam.Create(list(enumerate(self.files)))
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRows" >> beam.FlatMap(read_manifest_file, spec))
+            | "ReadRows" >> beam.FlatMap(read_manifest_tables, self.spec))
         rows = _split(items)
-        # Grouping by image_id also spreads the rows of one big file over the workers.
-        unique = rows.refs | "UniqueImageIds" >> UniqueImageIds()
+        unique = rows.refs | "UniqueImageIds" >> UniqueImageIds(self.files, self.spec.keep_columns, self.bucket_count)
         errors = (rows[records.ERRORS], unique[records.ERRORS]) | "ManifestErrors" >> beam.Flatten()
         return {"refs": unique["refs"], records.ERRORS: errors}
 
@@ -551,6 +751,7 @@ class ReadImageGlob(beam.PTransform):
         super().__init__(label)
         self.pattern = pattern
         self.keep_columns = tuple(keep_columns)
+        self.bucket_count = buckets.bucket_count(0)
 
     def expand(self, pbegin):
         # Listing happens on a worker so millions of paths never go into the job
@@ -561,10 +762,10 @@ class ReadImageGlob(beam.PTransform):
             raise ManifestError(f"cannot list {self.pattern!r}: {exc}") from exc
         if not found:
             raise ManifestError(f"--images {self.pattern!r} matches no file")
-        items = (
+        tables = (
             pbegin
             | "ImagePattern" >> beam.Create([self.pattern])
-            | "ListImages" >> beam.FlatMap(image_glob_refs, self.keep_columns)
+            | "ListImages" >> beam.FlatMap(image_glob_tables, self.keep_columns)
             | "SpreadRows" >> beam.Reshuffle())
-        rows = _split(items)  # paths are unique, so image_ids are
+        rows = _split(tables)  # paths are unique, so image_ids are
         return {"refs": rows.refs, records.ERRORS: rows[records.ERRORS]}

@@ -1,13 +1,15 @@
 """The records that flow between stages, and the one shape every failure takes.
 
-manifest -> ImageRef -> FetchedImage -> UniqueImage (one per distinct content) ->
-DecodedImage -> score rows (one per manifest row) -> Parquet. Each stage emits its
-failures on the ``errors`` tagged output as error rows (:func:`error_row`), so every
-manifest row ends in exactly one of the two tables.
+Manifest rows travel as Arrow tables (:func:`refs_schema`), so a catalog of millions of
+rows costs the pipeline a few thousand elements, not millions. Images travel one by
+one: manifest tables -> UriRows (one per distinct uri) -> FetchedImage -> UniqueImage
+(one per distinct content) -> DecodedImage -> tables of score rows (one row per manifest
+row) -> Parquet. Each stage emits its failures on the ``errors`` tagged output as error
+rows (:func:`error_row`), so every manifest row ends in exactly one of the two tables.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,8 +27,16 @@ class ImageRef(NamedTuple):
     source: str = ""  # where the row is: "manifest-file:line"; orders duplicates
 
 
+class UriRows(NamedTuple):
+    """One distinct uri and every manifest row that names it: fetched once."""
+
+    uri: str
+    refs: tuple  # of ImageRef
+
+
 class FetchedImage(NamedTuple):
-    ref: ImageRef
+    uri: str
+    refs: tuple  # of ImageRef: the rows of this uri
     data: bytes
     source_version: Optional[str]  # size+mtime, ETag...: see fetch.source_version
     content_sha256: str
@@ -98,6 +108,45 @@ def score_row(
 
 
 # --- the tables' schemas: the contract's columns, the kept columns, then more ---
+
+
+def refs_schema(keep_columns: Sequence[str] = ()) -> pa.Schema:
+    """Manifest rows in flight; ``manifest_file`` (index into the sorted manifest files)
+    and ``manifest_line`` give manifest order, which decides between duplicate ids."""
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("uri", pa.string()),
+            *[(name, pa.string()) for name in keep_columns],
+            ("manifest_file", pa.int32()),
+            ("manifest_line", pa.int64()),
+        ]
+    )
+
+
+def refs_table(refs: Sequence[ImageRef], keep_columns: Sequence[str], manifest_file: int = 0) -> pa.Table:
+    """ImageRefs (their ``source`` ends in ``:LINE``) -> a table of :func:`refs_schema`."""
+    columns = {
+        "image_id": [ref.image_id for ref in refs],
+        "uri": [ref.uri for ref in refs],
+        **{name: [ref.kept.get(name) for ref in refs] for name in keep_columns},
+        "manifest_file": [manifest_file] * len(refs),
+        "manifest_line": [int(ref.source.rpartition(":")[2] or 0) for ref in refs],
+    }
+    return pa.table(columns, schema=refs_schema(keep_columns))
+
+
+def table_refs(table: pa.Table, keep_columns: Sequence[str]) -> Iterable[ImageRef]:
+    """The rows of a refs table as ImageRefs (without their manifest position)."""
+    ids, uris = table.column("image_id").to_pylist(), table.column("uri").to_pylist()
+    kept = [table.column(name).to_pylist() for name in keep_columns]
+    for i, (image_id, uri) in enumerate(zip(ids, uris)):
+        yield ImageRef(image_id, uri, {name: values[i] for name, values in zip(keep_columns, kept)})
+
+
+def score_table(rows: Iterable[dict], keep_columns: Sequence[str]) -> pa.Table:
+    """Score rows (:func:`score_row`) -> a table of :func:`scores_schema`."""
+    return pa.Table.from_pylist(list(rows), schema=scores_schema(keep_columns))
 
 
 def scores_schema(keep_columns: Sequence[str] = ()) -> pa.Schema:

@@ -1,32 +1,39 @@
 """Score each distinct image once: deduplication within a run, reuse across nights.
 
-Between fetch and decode, rows are grouped by the sha256 of their bytes, so identical
-bytes under many rows are decoded and inferred once (:class:`GroupByContent`). With
-``--incremental`` the newest earlier ``scores/dt=*`` partition is read back, and a row
-is not inferred again when
+Before fetch, rows are grouped by uri, so a uri named by many rows is fetched once
+(:class:`GroupByUri`); between fetch and decode, by the sha256 of the bytes, so
+identical bytes under many uris are decoded and inferred once (:class:`GroupByContent`).
+With ``--incremental`` the newest earlier ``scores/dt=*`` partition is read back, and a
+row is not inferred again when
 
 - its uri's version signal (size and mtime for files and gs://, ETag or Last-Modified
   for http) equals the one recorded last time: the bytes are not even read
-  (:class:`ReuseUnchanged`); or
+  (:class:`GroupByUri`); or
 - its bytes hash to a content scored last time (:class:`GroupByContent`), which covers
   servers that give no validators and files touched without changing.
 
-Both are joins in Beam (CoGroupByKey), so the earlier partition is never held in one
-worker's memory. Reused rows keep their original ``scored_at`` and say ``reused``; an
+Both are joins in Beam (CoGroupByKey over hash buckets of Arrow tables, see
+``buckets``), so the earlier partition is never held in one worker's memory, and
+millions of unchanged rows cost a few thousand elements. Reused rows keep their original ``scored_at`` and say ``reused``; an
 earlier row scored by another model_version is never reused.
 """
 from __future__ import annotations
 
+import itertools
 import posixpath
 import re
 from typing import Optional
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadFromParquet
+from apache_beam.io.parquetio import ReadFromParquetBatched
 
+from aisthetics_transforms import buckets
 from aisthetics_transforms.fetch import DEFAULT_LIMITS, FetchLimits, make_http_session, source_version
-from aisthetics_transforms.records import Member, UniqueImage, score_row
+from aisthetics_transforms.records import Member, UniqueImage, UriRows, score_row, score_table, scores_schema, table_refs
 
 REUSED = "reused"
 PREVIOUS_COLUMNS = [
@@ -64,6 +71,39 @@ def reused_row(previous: dict, member: Member) -> dict:
     )
 
 
+def reused_table(rows: pa.Table, previous: pa.Table, keep_columns: tuple) -> pa.Table:
+    """Score rows for the refs ``rows``, each carrying the score of the ``previous`` row
+    of its uri (``previous`` holds one row per uri)."""
+    match = previous.take(pc.index_in(rows.column("uri"), value_set=previous.column("uri")))
+    schema = scores_schema(keep_columns)
+    columns = {
+        "image_id": rows.column("image_id"),
+        "uri": rows.column("uri"),
+        **{name: match.column(name) for name in ("mean_score", "sd_score", "predictions", "model_version", "scored_at")},
+        **{name: rows.column(name) for name in keep_columns},
+        "content_sha256": match.column("content_sha256"),
+        "source_version": match.column("source_version"),
+        "reused": pa.array(np.ones(rows.num_rows, dtype=bool)),
+        "exif_orientation": (
+            match.column("exif_orientation")
+            if "exif_orientation" in match.column_names
+            else pa.nulls(rows.num_rows, pa.int32())  # partitions from before it existed
+        ),
+    }
+    return pa.table([columns[f.name].cast(f.type) for f in schema], schema=schema)
+
+
+def first_per_key(table: pa.Table, key: str) -> pa.Table:
+    """One row of ``table`` per distinct ``key`` (any one: they are interchangeable)."""
+    if table.num_rows < 2:
+        return table
+    table = table.take(pc.sort_indices(table, [(key, "ascending")]))
+    keys = table.column(key)
+    first = np.ones(table.num_rows, dtype=bool)
+    first[1:] = ~pc.equal(keys.slice(1), keys.slice(0, table.num_rows - 1)).to_numpy(zero_copy_only=False)
+    return table.filter(pa.array(first))
+
+
 class AnyOne(beam.CombineFn):
     """Keeps one value per key: enough where all values of a key are interchangeable,
     and cheap, since Beam combines before the shuffle."""
@@ -81,8 +121,12 @@ class AnyOne(beam.CombineFn):
         return accumulator
 
 
+def _same_model(table: pa.Table, model_version: str) -> pa.Table:
+    return table.filter(pc.equal(table.column("model_version"), model_version))
+
+
 class ReadPreviousScores(beam.PTransform):
-    """The rows of an earlier scores partition that ``model_version`` may reuse."""
+    """Tables of the rows of an earlier scores partition that ``model_version`` may reuse."""
 
     def __init__(self, partition: str, model_version: str):
         super().__init__()
@@ -90,20 +134,21 @@ class ReadPreviousScores(beam.PTransform):
         self.model_version = model_version
 
     def expand(self, pbegin):
-        version = self.model_version
+        pattern = posixpath.join(self.partition, "*.parquet")
         return (
             pbegin
-            | "Read" >> ReadFromParquet(posixpath.join(self.partition, "*.parquet"), columns=PREVIOUS_COLUMNS)
-            | "SameModel" >> beam.Filter(lambda row: row["model_version"] == version)
+            | "Read" >> ReadFromParquetBatched(pattern, columns=PREVIOUS_COLUMNS)
+            | "SameModel" >> beam.Map(_same_model, self.model_version)
         )
 
 
 class MatchVersions(beam.DoFn):
-    """Per uri: check the source's version signal once (however many rows share the uri),
-    reuse last night's score for rows whose version is unchanged, pass the rest on to fetch.
-    No bytes are read here."""
+    """Per bucket of uris: check each uri's version signal once (however many rows share
+    it), reuse the earlier score for the rows of unchanged uris (a table on ``reused``),
+    and emit one UriRows per other uri, to be fetched. No bytes are read here."""
 
-    def __init__(self, limits: FetchLimits = DEFAULT_LIMITS):
+    def __init__(self, keep_columns: tuple, limits: FetchLimits = DEFAULT_LIMITS):
+        self.keep_columns = keep_columns
         self.limits = limits
 
     def setup(self):
@@ -113,67 +158,97 @@ class MatchVersions(beam.DoFn):
         self.session.close()
 
     def process(self, element):
-        uri, sides = element
-        previous = next(iter(sides["previous"]), None)
-        refs = sides["current"]
-        version = source_version(uri, self.limits, self.session) if previous is not None else None
-        for ref in refs:
-            if version is not None and version == previous["source_version"]:
-                yield beam.pvalue.TaggedOutput(REUSED, reused_row(previous, Member(ref, version)))
-            else:
-                yield ref
+        _, sides = element
+        current = buckets.concat(sides["current"])
+        if current is None:
+            return
+        previous = buckets.concat(sides.get("previous", ()))
+        if previous is not None and previous.num_rows:
+            previous = first_per_key(previous, "uri")
+            known = previous.filter(pc.is_in(previous.column("uri"), value_set=pc.unique(current.column("uri"))))
+            unchanged = [
+                uri
+                for uri, version in zip(known.column("uri").to_pylist(), known.column("source_version").to_pylist())
+                if version is not None and source_version(uri, self.limits, self.session) == version
+            ]
+            reuse = pc.is_in(current.column("uri"), value_set=pa.array(unchanged, pa.string()))
+            if unchanged:
+                yield beam.pvalue.TaggedOutput(REUSED, reused_table(current.filter(reuse), previous, self.keep_columns))
+                current = current.filter(pc.invert(reuse))
+        current = current.take(pc.sort_indices(current, [("uri", "ascending")]))
+        for uri, refs in itertools.groupby(table_refs(current, self.keep_columns), key=lambda ref: ref.uri):
+            yield UriRows(uri, tuple(refs))
 
 
-class ReuseUnchanged(beam.PTransform):
-    """ImageRef -> ImageRefs to fetch (main output) and reused score rows (``reused``)."""
+class GroupByUri(beam.PTransform):
+    """Refs tables -> one UriRows per distinct uri (main output), and, with the tables of
+    an earlier partition as ``previous``, tables of reused score rows (``reused``) for
+    the rows whose uri did not change."""
 
-    def __init__(self, previous, limits: FetchLimits = DEFAULT_LIMITS):
+    def __init__(self, keep_columns: tuple, bucket_count: int, previous=None, limits: FetchLimits = DEFAULT_LIMITS):
         super().__init__()
+        self.keep_columns = keep_columns
+        self.bucket_count = bucket_count
         self.previous = previous
         self.limits = limits
 
     def expand(self, refs):
-        current = refs | "ByUri" >> beam.Map(lambda ref: (ref.uri, ref))
-        previous = (
-            self.previous
-            | "PreviousByUri" >> beam.Map(lambda row: (row["uri"], row))
-            | "OnePerUri" >> beam.CombinePerKey(AnyOne())
-        )
+        n = self.bucket_count
+        sides = {"current": refs | "ByUri" >> beam.FlatMap(buckets.split_by_bucket, "uri", n)}
+        if self.previous is not None:
+            sides["previous"] = self.previous | "PreviousByUri" >> beam.FlatMap(buckets.split_by_bucket, "uri", n)
         return (
-            {"current": current, "previous": previous}
+            sides
             | "JoinOnUri" >> beam.CoGroupByKey()
-            | "MatchVersions" >> beam.ParDo(MatchVersions(self.limits)).with_outputs(REUSED, main="changed")
+            | "MatchVersions" >> beam.ParDo(MatchVersions(self.keep_columns, self.limits)).with_outputs(REUSED, main="uris")
         )
 
 
-def _reuse_or_infer(element):
+def _previous_of_fetched(element):
+    """(bucket, fetched hashes and previous tables) -> (hash, an earlier row) per fetched
+    hash the earlier partition scored."""
+    _, sides = element
+    wanted = set(sides["wanted"])
+    previous = buckets.concat(sides["previous"])
+    if not wanted or previous is None:
+        return
+    hits = first_per_key(previous.filter(pc.is_in(previous.column("content_sha256"), value_set=pa.array(list(wanted)))),
+                         "content_sha256")
+    for row in hits.to_pylist():
+        yield row["content_sha256"], row
+
+
+def _reuse_or_infer(element, keep_columns: tuple):
     """Per content: reuse an earlier score for all its rows, or pass it on to be inferred."""
     sha, sides = element
-    members = tuple(sides["members"])  # empty: a content scored last night that no row has tonight
+    members = tuple(Member(ref, version) for refs, version in sides["members"] for ref in refs)
     previous = next(iter(sides.get("previous", ())), None)
     if previous is not None:
-        for member in members:
-            yield beam.pvalue.TaggedOutput(REUSED, reused_row(previous, member))
-    elif members:
+        yield beam.pvalue.TaggedOutput(REUSED, score_table((reused_row(previous, m) for m in members), keep_columns))
+    else:
         [data] = sides["data"]
         yield UniqueImage(sha, data, members)
 
 
 class GroupByContent(beam.PTransform):
-    """FetchedImage -> one UniqueImage per distinct content (main output), and reused
-    score rows (``reused``) for contents an earlier partition already scored.
+    """FetchedImage -> one UniqueImage per distinct content (main output), and tables of
+    reused score rows (``reused``) for contents an earlier partition already scored.
 
     Only one copy of each content's bytes crosses the shuffle: the rows travel as
-    small Members, the bytes through a combine that keeps one.
+    small refs, the bytes through a combine that keeps one. The earlier partition is
+    joined in hash buckets against the contents fetched tonight only, so its rows do
+    not become one element each.
     """
 
-    def __init__(self, previous=None):
+    def __init__(self, keep_columns: tuple, bucket_count: int, previous=None):
         super().__init__()
+        self.keep_columns = keep_columns
+        self.bucket_count = bucket_count
         self.previous = previous
 
     def expand(self, fetched):
         sides = {
-            "members": fetched | "Members" >> beam.Map(lambda f: (f.content_sha256, Member(f.ref, f.source_version))),
+            "members": fetched | "Members" >> beam.Map(lambda f: (f.content_sha256, (f.refs, f.source_version))),
             "data": (
                 fetched
                 | "Bytes" >> beam.Map(lambda f: (f.content_sha256, f.data))
@@ -181,13 +256,19 @@ class GroupByContent(beam.PTransform):
             ),
         }
         if self.previous is not None:
+            n = self.bucket_count
             sides["previous"] = (
-                self.previous
-                | "ByContent" >> beam.Map(lambda row: (row["content_sha256"], row))
-                | "OnePerContent" >> beam.CombinePerKey(AnyOne())
+                {
+                    "wanted": fetched | "WantedByBucket" >> beam.Map(
+                        lambda f: (buckets.bucket_of(f.content_sha256, n), f.content_sha256)),
+                    "previous": self.previous | "PreviousByContent" >> beam.FlatMap(
+                        buckets.split_by_bucket, "content_sha256", n),
+                }
+                | "JoinPreviousOnContent" >> beam.CoGroupByKey()
+                | "PreviousOfFetched" >> beam.FlatMap(_previous_of_fetched)
             )
         return (
             sides
             | "JoinOnContent" >> beam.CoGroupByKey()
-            | "ReuseOrInfer" >> beam.FlatMap(_reuse_or_infer).with_outputs(REUSED, main="images")
+            | "ReuseOrInfer" >> beam.FlatMap(_reuse_or_infer, self.keep_columns).with_outputs(REUSED, main="images")
         )

@@ -1,4 +1,4 @@
-"""Score stage: batches of DecodedImage -> score rows, with one model per worker process.
+"""Score stage: batches of DecodedImage -> tables of score rows, with one model per worker process.
 
 The model is loaded in ``setup()`` through ``apache_beam.utils.shared.Shared``: every
 DoFn instance (Beam makes one per thread, and may call ``setup`` again) in a process
@@ -24,7 +24,7 @@ from apache_beam.utils import shared
 
 from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
 from aisthetics_transforms.preprocess import to_model_input
-from aisthetics_transforms.records import ERRORS, DecodedImage, error_row, score_row
+from aisthetics_transforms.records import ERRORS, DecodedImage, error_row, score_row, score_table
 
 
 def score_rows(images: Sequence[DecodedImage], distributions: np.ndarray, model_version: str, scored_at: datetime):
@@ -86,16 +86,19 @@ def _infer(model: LoadedModel, batch: Sequence[DecodedImage]) -> tuple[np.ndarra
 
 
 class ScoreBatches(beam.DoFn):
-    """Batches of DecodedImage -> score rows; a batch the model rejects becomes error rows
-    (stage ``score``) rather than failing the run.
+    """Batches of DecodedImage -> a table of score rows per batch; a batch the model
+    rejects becomes error rows (stage ``score``) rather than failing the run.
 
     Inference runs one batch behind, on a thread of its own: while LiteRT (which releases
     the GIL) scores batch N, the stage goes on decoding batch N+1, whose ``process`` call
     then emits the rows of batch N. ``finish_bundle`` emits the last batch's rows.
     """
 
-    def __init__(self, engine: str, weights: str | None, num_threads: int | None, progress_seconds: float = 0):
+    def __init__(
+        self, engine: str, weights: str | None, num_threads: int | None, progress_seconds: float = 0, keep_columns=()
+    ):
         self.engine = engine
+        self.keep_columns = tuple(keep_columns)
         self.weights = weights
         self.num_threads = num_threads
         self.progress_seconds = progress_seconds
@@ -154,7 +157,10 @@ class ScoreBatches(beam.DoFn):
         self.scored.inc(len(good))
         self.deduplicated.inc(sum(len(image.members) - 1 for image in good))
         held.progress.add(len(good))
-        yield from score_rows(good, distributions[finite], held.model.model_version, scored_at)
+        if good:
+            yield score_table(
+                score_rows(good, distributions[finite], held.model.model_version, scored_at), self.keep_columns
+            )
 
     def _fail(self, image: DecodedImage, error_type: str, message: str):
         self.errors.inc(len(image.members))
@@ -163,8 +169,8 @@ class ScoreBatches(beam.DoFn):
 
 
 class ScoreImages(beam.PTransform):
-    """DecodedImage -> score rows (main output) and error rows (``errors``), in batches of
-    at most ``batch_size``."""
+    """DecodedImage -> tables of score rows (main output) and error rows (``errors``), in
+    batches of at most ``batch_size``."""
 
     def __init__(
         self,
@@ -173,8 +179,10 @@ class ScoreImages(beam.PTransform):
         batch_size: int = 32,
         num_threads: int | None = None,
         progress_seconds: float = 0,
+        keep_columns=(),
     ):
         super().__init__()
+        self.keep_columns = tuple(keep_columns)
         self.engine = engine
         self.weights = weights
         self.batch_size = batch_size
@@ -186,5 +194,5 @@ class ScoreImages(beam.PTransform):
             images
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
             | "Infer"
-            >> beam.ParDo(ScoreBatches(self.engine, self.weights, self.num_threads, self.progress_seconds)).with_outputs(ERRORS, main="scores")
+            >> beam.ParDo(ScoreBatches(self.engine, self.weights, self.num_threads, self.progress_seconds, self.keep_columns)).with_outputs(ERRORS, main="scores")
         )

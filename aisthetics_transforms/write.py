@@ -1,4 +1,4 @@
-"""Write stage: score and error rows -> Parquet tables, a run summary, and a swap into place.
+"""Write stage: tables of score rows and error rows -> Parquet tables, a run summary, and a swap into place.
 
 Layout under ``--output`` (Hive-style partitions):
     scores/dt=DATE/*.parquet   errors/dt=DATE/*.parquet   runs/dt=DATE/summary.json
@@ -24,14 +24,17 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquet
+from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
+from apache_beam.transforms.window import GlobalWindows
 
 from aisthetics_transforms.records import STAGES, errors_schema, scores_schema
 
 TABLES = ("scores", "errors", "runs")
 STAGING = "_staging"
 SUMMARY = "summary.json"
+ROW_GROUP_ROWS = 100_000  # score rows per Parquet row group (about 20 MB in memory)
 
 
 def partition_dir(output: str, table: str, run_date: str) -> str:
@@ -173,35 +176,80 @@ def _add_pairs(pairs) -> tuple[int, int]:
     return rows, contents
 
 
+class RowGroups(beam.DoFn):
+    """Small tables of score rows -> tables of about ``rows`` rows, so the Parquet files
+    get large row groups however small the batches that made them."""
+
+    def __init__(self, rows: int = ROW_GROUP_ROWS):
+        self.rows = rows
+
+    def start_bundle(self):
+        self.held, self.held_rows = [], 0
+
+    def process(self, table: pa.Table):
+        self.held.append(table)
+        self.held_rows += table.num_rows
+        if self.held_rows >= self.rows:
+            yield self._take()
+
+    def finish_bundle(self):
+        if self.held:
+            yield GlobalWindows.windowed_value(self._take())
+
+    def _take(self) -> pa.Table:
+        table = pa.concat_tables(self.held).combine_chunks()
+        self.held, self.held_rows = [], 0
+        return table
+
+
+def score_counts(table: pa.Table):
+    """(reused, (rows, 0)) for reused rows; ((False, content), rows) per content scored tonight."""
+    reused = table.column("reused").to_numpy(zero_copy_only=False)
+    if reused.any():
+        yield True, (int(reused.sum()), 0)
+    if not reused.all():
+        fresh = table.filter(pa.array(~reused)).column("content_sha256")
+        for item in pc.value_counts(fresh).to_pylist():
+            yield (False, item["values"]), item["counts"]
+
+
 class WriteTables(beam.PTransform):
-    """(scores, errors) PCollections of row dicts -> the tables of one run date, published
-    together with its summary.json. Outputs the summary dict."""
+    """(scores, errors): PCollections of tables of score rows and of error row dicts ->
+    the tables of one run date, published together with its summary.json. Outputs the
+    summary dict."""
 
     def __init__(self, run: RunInfo, keep_columns: Sequence[str] = ()):
         super().__init__()
         self.run = run
         self.keep_columns = tuple(keep_columns)
 
-    def _write(self, rows, table: str, schema: pa.Schema):
+    def _prefix(self, table: str) -> str:
         staged = staging_dir(self.run.output, self.run.run_date, self.run.run_id)
-        prefix = FileSystems.join(staged, table, self.run.run_id)
-        return rows | f"Write{table.title()}" >> WriteToParquet(
-            prefix, schema, codec="snappy", file_name_suffix=".parquet"
-        )
+        return FileSystems.join(staged, table, self.run.run_id)
 
     def expand(self, tables):
         scores, errors = tables
-        score_files = self._write(scores, "scores", scores_schema(self.keep_columns))
-        error_files = self._write(errors, "errors", errors_schema(self.keep_columns))
-        # (reused, (rows, distinct contents)), counted in two combines so no worker
-        # ever holds a set of all hashes.
-        score_counts = (
+        score_files = (
             scores
-            | "KeyByContent" >> beam.Map(lambda row: ((row["reused"], row["content_sha256"]), 1))
+            | "RowGroups" >> beam.ParDo(RowGroups())
+            | "WriteScores" >> WriteToParquetBatched(
+                self._prefix("scores"), scores_schema(self.keep_columns), codec="snappy", file_name_suffix=".parquet"
+            )
+        )
+        error_files = errors | "WriteErrors" >> WriteToParquet(
+            self._prefix("errors"), errors_schema(self.keep_columns), codec="snappy", file_name_suffix=".parquet"
+        )
+        # (reused, (rows, distinct contents)), counted in combines so no worker ever
+        # holds a set of all hashes.
+        counts = scores | "CountRows" >> beam.FlatMap(score_counts)
+        fresh = (
+            counts
+            | "Fresh" >> beam.Filter(lambda kv: kv[0] is not True)
             | "RowsPerContent" >> beam.CombinePerKey(sum)
             | "ByKind" >> beam.Map(lambda kv: (kv[0][0], (kv[1], 1)))
-            | "TotalsPerKind" >> beam.CombinePerKey(_add_pairs)
         )
+        reused = counts | "Reused" >> beam.Filter(lambda kv: kv[0] is True)
+        totals = (fresh, reused) | "Kinds" >> beam.Flatten() | "TotalsPerKind" >> beam.CombinePerKey(_add_pairs)
         error_stages = errors | "ErrorStages" >> beam.Map(lambda row: row["stage"]) | beam.combiners.Count.PerElement()
         return (
             scores.pipeline
@@ -211,7 +259,7 @@ class WriteTables(beam.PTransform):
                 _publish,
                 beam.pvalue.AsList(score_files),
                 beam.pvalue.AsList(error_files),
-                beam.pvalue.AsList(score_counts),
+                beam.pvalue.AsList(totals),
                 beam.pvalue.AsList(error_stages),
                 run=self.run,
             )

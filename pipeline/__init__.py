@@ -20,7 +20,7 @@ from aisthetics_transforms.manifest import ManifestSpec, ReadImageGlob, ReadMani
 from aisthetics_transforms.model import engine_name, local_weights, model_version
 from aisthetics_transforms.preprocess import DecodeLimits
 from aisthetics_transforms.records import ERRORS
-from aisthetics_transforms.reuse import REUSED, GroupByContent, ReadPreviousScores, ReuseUnchanged, find_previous_partition
+from aisthetics_transforms.reuse import REUSED, GroupByContent, GroupByUri, ReadPreviousScores, find_previous_partition
 from aisthetics_transforms.score import ScoreImages
 from aisthetics_transforms.write import RunInfo, WriteTables, summary_path
 from pipeline.options import AistheticsOptions
@@ -32,25 +32,23 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
     """Wire the stages; returns the PCollection holding the run summary."""
     keep = opts.keep_column_list
     if opts.manifest:
-        spec = ManifestSpec(opts.manifest, opts.manifest_format, opts.uri_column, opts.id_column, keep)
-        refs = p | "ReadManifest" >> ReadManifest(spec)
+        read = ReadManifest(ManifestSpec(opts.manifest, opts.manifest_format, opts.uri_column, opts.id_column, keep))
     else:
-        refs = p | "ListImages" >> ReadImageGlob(opts.images)
+        read = ReadImageGlob(opts.images, keep)
+    refs = p | "ReadManifest" >> read
     fetch_limits = FetchLimits(max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline)
-    to_fetch, reused = refs["refs"], []
     previous = None
     if run.previous_partition:
         previous = p | "ReadPreviousScores" >> ReadPreviousScores(run.previous_partition, run.model_version)
-        unchanged = refs["refs"] | "ReuseUnchanged" >> ReuseUnchanged(previous, fetch_limits)
-        to_fetch, reused = unchanged.changed, [unchanged[REUSED]]
-    fetched = to_fetch | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits)).with_outputs(ERRORS, main="images")
-    unique = fetched.images | "GroupByContent" >> GroupByContent(previous)
+    uris = refs["refs"] | "GroupByUri" >> GroupByUri(keep, read.bucket_count, previous, fetch_limits)
+    fetched = uris.uris | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits)).with_outputs(ERRORS, main="images")
+    unique = fetched.images | "GroupByContent" >> GroupByContent(keep, read.bucket_count, previous)
     decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
     decoded = unique.images | "DecodeImages" >> beam.ParDo(DecodeImages(decode_limits)).with_outputs(ERRORS, main="images")
     scored = decoded.images | "ScoreImages" >> ScoreImages(
-        opts.engine, opts.weights, opts.batch_size, opts.inference_threads, opts.progress_seconds
+        opts.engine, opts.weights, opts.batch_size, opts.inference_threads, opts.progress_seconds, keep
     )
-    scores = [scored.scores, unique[REUSED], *reused] | "CollectScores" >> beam.Flatten()
+    scores = (scored.scores, uris[REUSED], unique[REUSED]) | "CollectScores" >> beam.Flatten()
     errors = [refs[ERRORS], fetched[ERRORS], decoded[ERRORS], scored[ERRORS]] | "CollectErrors" >> beam.Flatten()
     return (scores, errors) | "WriteTables" >> WriteTables(run, keep)
 

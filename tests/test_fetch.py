@@ -364,17 +364,21 @@ def test_fetch_images_in_a_pipeline(base, tmp_path):
         records.ImageRef("local-ok", str(local), {"sku": "2"}),
         records.ImageRef("http-404", f"{base}/missing", {"sku": "3"}),
         records.ImageRef("local-missing", str(tmp_path / "gone.jpg"), {"sku": "4"}),
+        records.ImageRef("local-missing-too", str(tmp_path / "gone.jpg"), {"sku": "5"}),
         records.ImageRef("empty", "", {"sku": None}),
     ]
+    by_uri = {}
+    for ref in refs:
+        by_uri.setdefault(ref.uri, []).append(ref)
     options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
     with test_pipeline.TestPipeline(options=options) as p:
         outputs = (
             p
-            | beam.Create(refs)
+            | beam.Create([records.UriRows(uri, tuple(rows)) for uri, rows in by_uri.items()])
             | beam.ParDo(FetchImages(FAST)).with_outputs(records.ERRORS, main="fetched")
         )
         fetched = outputs.fetched | "Summarize" >> beam.Map(
-            lambda f: (type(f).__name__, f.ref.image_id, len(f.data), f.ref.kept["sku"])
+            lambda f: (type(f).__name__, f.refs[0].image_id, len(f.data), f.refs[0].kept["sku"])
         )
         errors = outputs[records.ERRORS] | "ErrorKeys" >> beam.Map(
             lambda r: (r["image_id"], r["stage"], r["error_type"], r["sku"])
@@ -392,6 +396,7 @@ def test_fetch_images_in_a_pipeline(base, tmp_path):
             equal_to([
                 ("http-404", "fetch", "NotFound", "3"),
                 ("local-missing", "fetch", "NotFound", "4"),
+                ("local-missing-too", "fetch", "NotFound", "5"),
                 ("empty", "fetch", "InvalidUri", None),
             ]),
             label="CheckErrors",

@@ -218,8 +218,9 @@ def test_night_two_unchanged_infers_nothing_and_gets_only_what_has_no_validator(
     # ETag and Last-Modified answer the HEAD: the bytes are not fetched at all.
     assert requests["main"]["/etag.jpg"] == {"GET": 0, "HEAD": 1}
     assert requests["main"]["/lastmod.jpg"] == {"GET": 0, "HEAD": 1}
-    # No validator: fetched and hashed, then matched by content; still no inference.
-    assert requests["main"]["/none.jpg"] == {"GET": 1, "HEAD": 1}
+    # No validator last night, so no HEAD tonight: fetched and hashed, then matched by
+    # content; still no inference.
+    assert requests["main"]["/none.jpg"] == {"GET": 1, "HEAD": 0}
     # HEAD refused with 405: a plain fallback to GET + hash, not an error.
     assert requests["no_head"]["/photo.jpg"] == {"GET": 1, "HEAD": 1}
     assert read_rows(nights["output"], "errors", NIGHTS[1]) == {}
@@ -240,7 +241,7 @@ def test_night_three_infers_exactly_the_two_changed_photos(nights):
     requests = nights["requests"][2]
     assert requests["main"]["/etag.jpg"] == {"GET": 1, "HEAD": 1}  # new ETag: fetched
     assert requests["main"]["/lastmod.jpg"] == {"GET": 0, "HEAD": 1}
-    assert requests["main"]["/none.jpg"] == {"GET": 1, "HEAD": 1}
+    assert requests["main"]["/none.jpg"] == {"GET": 1, "HEAD": 0}
     assert requests["no_head"]["/photo.jpg"] == {"GET": 1, "HEAD": 1}
 
     rows = read_rows(nights["output"], "scores", NIGHTS[2])

@@ -283,13 +283,15 @@ def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
     [duplicate] = [r for r in expected_refs if r.uri == "gs://bucket/a.jpg"]
     expected_refs.remove(duplicate)
     is_duplicate = lambda row: row["error_type"] == "DuplicateImageId"  # noqa: E731
-    assert_that(result["refs"] | beam.Map(without_source), equal_to(expected_refs), label="Refs")
+    refs = result["refs"] | beam.FlatMap(records.table_refs, ("category",))
+    assert_that(refs | beam.Map(without_source), equal_to(expected_refs), label="Refs")
     errors = result[records.ERRORS]
     assert_that(errors | beam.Filter(lambda r: not is_duplicate(r)), equal_to(expected_errors), label="Errors")
     assert_that(errors | beam.Filter(is_duplicate) | beam.Map(lambda r: (r["image_id"], r["uri"])),
                 equal_to([("a", "gs://bucket/a.jpg")]), label="Duplicates")
     images = p | "Images" >> ReadImageGlob(str(tmp_path / "img" / "*.jpg"))
-    assert_that(images["refs"], equal_to([ImageRef(image, image, {})]), label="ImageRefs")
+    assert_that(images["refs"] | "ImageRows" >> beam.FlatMap(records.table_refs, ()), equal_to([ImageRef(image, image, {})]),
+                label="ImageRefs")
     assert_that(images[records.ERRORS], equal_to([]), label="ImageErrors")
     run = p.run()
     run.wait_until_finish()
@@ -319,10 +321,77 @@ def test_duplicate_image_ids_keep_the_first_row_in_manifest_order(tmp_path):
     spec = ManifestSpec(str(tmp_path / "*.csv"))
     with BeamTestPipeline(argv=PIPELINE_ARGS) as p:
         result = p | ReadManifest(spec)
-        kept = result["refs"] | beam.Map(lambda r: (r.image_id, r.uri))
+        kept = result["refs"] | beam.FlatMap(records.table_refs, ()) | beam.Map(lambda r: (r.image_id, r.uri))
         dropped = result[records.ERRORS] | beam.Map(lambda r: (r["uri"], r["error_type"], r["error_message"]))
         assert_that(kept, equal_to([("x", "/1.jpg"), ("y", "/2.jpg")]), label="Kept")
         assert_that(dropped, equal_to([
             ("/3.jpg", "DuplicateImageId", f"{second}:2: image_id 'x' is already used at {first}:2; only that row is scored"),
             ("/4.jpg", "DuplicateImageId", f"{second}:3: image_id 'x' is already used at {first}:2; only that row is scored"),
         ]), label="Duplicates")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _table_items(path, spec, index=0):
+    """read_manifest_tables as (ImageRefs with their file:line, error rows)."""
+    refs, errors = [], []
+    for item in manifest.read_manifest_tables((index, str(path)), spec):
+        if isinstance(item, pa.Table):
+            lines = item.column("manifest_line").to_pylist()
+            assert item.column("manifest_file").to_pylist() == [index] * item.num_rows
+            refs += [r._replace(source=f"{path}:{line}") for r, line in zip(records.table_refs(item, spec.keep_columns), lines)]
+        else:
+            errors.append(item)
+    return refs, errors
+
+
+def _with_sources(items):
+    items = list(items)
+    return [i for i in items if isinstance(i, ImageRef)], [i for i in items if not isinstance(i, ImageRef)]
+
+
+TRICKY_CSVS = {
+    "plain": "image_id,uri,category\n" + "".join(f"id{i},/img/{i % 7}.jpg,c{i % 3}\n" for i in range(300)),
+    "no trailing newline": "image_id,uri,category\na,/a.jpg,x\nb,/b.jpg,y",
+    "spaces, empty and missing values": "image_id,uri,category\n a ,/a.jpg,x\n,/b.jpg, y\nc,,z\nd, ,\ne,/e.jpg,\n",
+    "quotes later in the file": "image_id,uri,category\n" + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(120))
+    + 'q,"/q.jpg","a, b"\nm,/m.jpg,"two\nlines"\nz,/z.jpg,c\n',
+    "unclosed quote": "image_id,uri,category\n" + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(50))
+    + 'bad,"/bad.jpg,c\nok,/ok.jpg,c\n',
+    "wrong field count": "image_id,uri,category\n" + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(90))
+    + "x,/x.jpg\ny,/y.jpg,c,extra\nw,/w.jpg,c\n",
+    "blank lines and CRLF": "image_id,uri,category\r\na,/a.jpg,x\r\n\r\nb,/b.jpg,y\r\n",
+    "BOM": "\ufeffimage_id,uri,category\na,/a.jpg,x\n",
+    "unicode spaces": "image_id,uri,category\na\u00a0,/a.jpg,x\u2003\nb,/b.jpg,\x1fy\n",
+    "one column": "uri,category\n/a.jpg,x\n   ,y\n/b.jpg,\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRICKY_CSVS))
+def test_tables_give_the_same_rows_as_the_row_reader(tmp_path, monkeypatch, name):
+    """The bulk (Arrow) path of read_manifest_tables against the row-by-row reader,
+    with blocks small enough that the files span several."""
+    monkeypatch.setattr(manifest, "CSV_BLOCK_BYTES", 256)
+    path = tmp_path / "m.csv"
+    path.write_bytes(TRICKY_CSVS[name].encode())
+    spec = ManifestSpec(str(path), keep_columns=("category",))
+    expected_refs, expected_errors = _with_sources(read_manifest_file(str(path), spec))
+    refs, errors = _table_items(path, spec)
+    assert sorted(refs) == sorted(expected_refs)
+    assert sorted(errors, key=repr) == sorted(expected_errors, key=repr)
+    assert refs or errors
+
+
+def test_tables_of_invalid_utf8_and_parquet_match_the_row_reader(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"image_id,uri,category\na,/a.jpg,x\nb,/b.jpg,\xff\nc,/c.jpg,z\n")
+    spec = ManifestSpec(str(path), keep_columns=("category",))
+    assert _table_items(path, spec) == _with_sources(read_manifest_file(str(path), spec))
+    parquet = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"image_id": ["a", None, " c", "d"], "uri": ["/a.jpg", "/b.jpg", "/c.jpg", None],
+                             "category": ["x", None, "z", "w"]}), parquet)
+    spec = ManifestSpec(str(parquet), keep_columns=("category",))
+    refs, errors = _table_items(parquet, spec, index=3)
+    assert (refs, errors) == _with_sources(read_manifest_file(str(parquet), spec))
+    assert [r.image_id for r in refs] == ["a", "/b.jpg", "c"] and len(errors) == 1

@@ -1,0 +1,91 @@
+"""Hash buckets: how tables of rows are joined and grouped in Beam without one element per row.
+
+A join key (image_id, uri, content hash) picks one of ``n`` buckets; every table is split
+by bucket, keyed by the bucket number, and a GroupByKey/CoGroupByKey brings each bucket's
+pieces of every input together, where the join is done with Arrow and plain Python. The
+bucket count grows with the input (:func:`bucket_count`), so a bucket, and so what one
+worker holds, stays about the same size however large the catalog.
+
+The hash is computed here with numpy rather than Python's ``hash`` (salted per process)
+so that every worker agrees on it.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+MANIFEST_BYTES_PER_BUCKET = 8 << 20  # ~100,000 CSV rows
+MAX_BUCKETS = 4096
+# One pseudo-random odd 64-bit multiplier per byte position (positions past the table wrap).
+_MULTIPLIERS = np.random.default_rng(20261129).integers(1, 2**63, size=256, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def bucket_count(input_bytes: int, minimum: int = 4) -> int:
+    """Buckets for an input of ``input_bytes`` (manifest file sizes)."""
+    return int(min(MAX_BUCKETS, max(minimum, -(-input_bytes // MANIFEST_BYTES_PER_BUCKET))))
+
+
+def string_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A stable 64-bit hash of each string (null hashes like the empty string)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    encoded = pc.dictionary_encode(pc.fill_null(values, ""))  # hash each distinct value once
+    distinct = encoded.dictionary.cast(pa.large_binary())
+    step = 8192  # keeps the per-byte temporaries in cache
+    hashes = np.concatenate(
+        [_hash_distinct(distinct.slice(i, step)) for i in range(0, len(distinct), step)] or [np.zeros(0, np.uint64)]
+    )
+    return hashes[encoded.indices.to_numpy()]
+
+
+def _hash_distinct(values: pa.LargeBinaryArray) -> np.ndarray:
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    lengths = np.diff(offsets)
+    sums = np.zeros(len(values), dtype=np.uint64)
+    if offsets[-1] > offsets[0]:
+        data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+        starts = offsets[:-1] - offsets[0]
+        # byte j of string i contributes byte * multiplier[position of j within string i]
+        positions = np.arange(data.size, dtype=np.int64) - np.repeat(starts, lengths)
+        terms = data.astype(np.uint64) * _MULTIPLIERS[positions % _MULTIPLIERS.size]
+        nonempty = lengths > 0
+        sums[nonempty] = np.add.reduceat(terms, starts[nonempty])
+    sums ^= lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    # finalise (splitmix64's mixer) so every output bit depends on every input bit
+    sums ^= sums >> np.uint64(30)
+    sums *= np.uint64(0xBF58476D1CE4E5B9)
+    sums ^= sums >> np.uint64(27)
+    sums *= np.uint64(0x94D049BB133111EB)
+    sums ^= sums >> np.uint64(31)
+    return sums
+
+
+def buckets_of(values: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
+    return (string_hashes(values) % np.uint64(n)).astype(np.int64)
+
+
+def bucket_of(value: str, n: int) -> int:
+    return int(buckets_of(pa.array([value], pa.string()), n)[0])
+
+
+def split_by_bucket(table: pa.Table, column: str, n: int) -> Iterator[tuple[int, pa.Table]]:
+    """(bucket, the rows of ``table`` whose ``column`` falls in it), for each non-empty bucket."""
+    if table.num_rows == 0:
+        return
+    buckets = buckets_of(table.column(column), n)
+    order = np.argsort(buckets, kind="stable")
+    sorted_buckets = buckets[order]
+    bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
+    for start, stop in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
+        yield int(sorted_buckets[start]), table.take(order[start:stop])
+
+
+def concat(tables) -> pa.Table | None:
+    """One table of a bucket's pieces (None when there are none)."""
+    tables = list(tables)
+    if not tables:
+        return None
+    return pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
