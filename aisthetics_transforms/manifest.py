@@ -733,11 +733,10 @@ class ReadManifest(beam.PTransform):
         for path in self.files:
             manifest_format(path, self.spec)
         check_manifest_columns(self.files[0], self.spec)
-        items = (
-            pbegin
-            | "ManifestFiles" >> beam.Create(list(enumerate(self.files)))
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRows" >> beam.FlatMap(read_manifest_tables, self.spec))
+        files = pbegin | "ManifestFiles" >> beam.Create(list(enumerate(self.files)))
+        if len(self.files) > 1:
+            files = files | "SpreadFiles" >> beam.Reshuffle()
+        items = files | "ReadRows" >> beam.FlatMap(read_manifest_tables, self.spec)
         rows = _split(items)
         unique = rows.refs | "UniqueImageIds" >> UniqueImageIds(self.files, self.spec.keep_columns, self.bucket_count)
         errors = (rows[records.ERRORS], unique[records.ERRORS]) | "ManifestErrors" >> beam.Flatten()

@@ -94,14 +94,12 @@ def reused_table(rows: pa.Table, previous: pa.Table, keep_columns: tuple) -> pa.
 
 
 def first_per_key(table: pa.Table, key: str) -> pa.Table:
-    """One row of ``table`` per distinct ``key`` (any one: they are interchangeable)."""
+    """One row of ``table`` per distinct ``key`` (the first: they are interchangeable)."""
     if table.num_rows < 2:
         return table
-    table = table.take(pc.sort_indices(table, [(key, "ascending")]))
-    keys = table.column(key)
-    first = np.ones(table.num_rows, dtype=bool)
-    first[1:] = ~pc.equal(keys.slice(1), keys.slice(0, table.num_rows - 1)).to_numpy(zero_copy_only=False)
-    return table.filter(pa.array(first))
+    codes = pc.dictionary_encode(pc.fill_null(table.column(key), "")).combine_chunks().indices.to_numpy()
+    _, first = np.unique(codes, return_index=True)
+    return table if len(first) == table.num_rows else table.take(np.sort(first))
 
 
 class AnyOne(beam.CombineFn):
@@ -126,20 +124,29 @@ def _same_model(table: pa.Table, model_version: str) -> pa.Table:
 
 
 class ReadPreviousScores(beam.PTransform):
-    """Tables of the rows of an earlier scores partition that ``model_version`` may reuse."""
+    """Tables of the rows of an earlier scores partition that ``model_version`` may reuse:
+    ``{"by_uri": one row per uri, "by_content": one row per content}`` within each table
+    (all rows of a uri, or of a content, carry the same score), split into
+    ``bucket_count`` hash buckets of that key for the joins."""
 
-    def __init__(self, partition: str, model_version: str):
+    def __init__(self, partition: str, model_version: str, bucket_count: int):
         super().__init__()
         self.partition = partition
         self.model_version = model_version
+        self.bucket_count = bucket_count
 
     def expand(self, pbegin):
-        pattern = posixpath.join(self.partition, "*.parquet")
-        return (
-            pbegin
-            | "Read" >> ReadFromParquetBatched(pattern, columns=PREVIOUS_COLUMNS)
-            | "SameModel" >> beam.Map(_same_model, self.model_version)
+        n, version = self.bucket_count, self.model_version
+        tables = pbegin | "Read" >> ReadFromParquetBatched(
+            posixpath.join(self.partition, "*.parquet"), columns=PREVIOUS_COLUMNS
         )
+        # A partition is written by one run, so a uri's or a content's rows share one model_version.
+        return {
+            key: tables
+            | f"OnePer{key.title()}" >> beam.Map(lambda table, column: _same_model(first_per_key(table, column), version), column)
+            | f"{key.title()}Buckets" >> beam.FlatMap(buckets.split_by_bucket, column, n)
+            for key, column in (("uri", "uri"), ("content", "content_sha256"))
+        }
 
 
 class MatchVersions(beam.DoFn):
@@ -189,14 +196,13 @@ class GroupByUri(beam.PTransform):
         super().__init__()
         self.keep_columns = keep_columns
         self.bucket_count = bucket_count
-        self.previous = previous
+        self.previous = previous  # ReadPreviousScores()["uri"]
         self.limits = limits
 
     def expand(self, refs):
-        n = self.bucket_count
-        sides = {"current": refs | "ByUri" >> beam.FlatMap(buckets.split_by_bucket, "uri", n)}
+        sides = {"current": refs | "ByUri" >> beam.FlatMap(buckets.split_by_bucket, "uri", self.bucket_count)}
         if self.previous is not None:
-            sides["previous"] = self.previous | "PreviousByUri" >> beam.FlatMap(buckets.split_by_bucket, "uri", n)
+            sides["previous"] = self.previous
         return (
             sides
             | "JoinOnUri" >> beam.CoGroupByKey()
@@ -244,7 +250,7 @@ class GroupByContent(beam.PTransform):
         super().__init__()
         self.keep_columns = keep_columns
         self.bucket_count = bucket_count
-        self.previous = previous
+        self.previous = previous  # ReadPreviousScores()["content"]
 
     def expand(self, fetched):
         sides = {
@@ -261,8 +267,7 @@ class GroupByContent(beam.PTransform):
                 {
                     "wanted": fetched | "WantedByBucket" >> beam.Map(
                         lambda f: (buckets.bucket_of(f.content_sha256, n), f.content_sha256)),
-                    "previous": self.previous | "PreviousByContent" >> beam.FlatMap(
-                        buckets.split_by_bucket, "content_sha256", n),
+                    "previous": self.previous,
                 }
                 | "JoinPreviousOnContent" >> beam.CoGroupByKey()
                 | "PreviousOfFetched" >> beam.FlatMap(_previous_of_fetched)

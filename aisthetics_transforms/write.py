@@ -214,34 +214,42 @@ def score_counts(table: pa.Table):
 
 
 class WriteTables(beam.PTransform):
-    """(scores, errors): PCollections of tables of score rows and of error row dicts ->
-    the tables of one run date, published together with its summary.json. Outputs the
-    summary dict."""
+    """``{"errors": error row dicts, NAME: tables of score rows, ...}`` -> the tables of
+    one run date, published together with its summary.json; outputs the summary dict.
+    Each PCollection of score tables is written by its own sink (files ``RUNID-NAME-*``),
+    so rows are written in the stage that made them rather than first gathered in one
+    place."""
 
     def __init__(self, run: RunInfo, keep_columns: Sequence[str] = ()):
         super().__init__()
         self.run = run
         self.keep_columns = tuple(keep_columns)
 
-    def _prefix(self, table: str) -> str:
+    def _prefix(self, table: str, part: str = "") -> str:
         staged = staging_dir(self.run.output, self.run.run_date, self.run.run_id)
-        return FileSystems.join(staged, table, self.run.run_id)
+        return FileSystems.join(staged, table, self.run.run_id + part)
 
-    def expand(self, tables):
-        scores, errors = tables
-        score_files = (
+    def _write_scores(self, name: str, scores):
+        return (
             scores
-            | "RowGroups" >> beam.ParDo(RowGroups())
-            | "WriteScores" >> WriteToParquetBatched(
-                self._prefix("scores"), scores_schema(self.keep_columns), codec="snappy", file_name_suffix=".parquet"
+            | f"RowGroups_{name}" >> beam.ParDo(RowGroups())
+            | f"WriteScores_{name}" >> WriteToParquetBatched(
+                self._prefix("scores", f"-{name}"), scores_schema(self.keep_columns), codec="snappy",
+                file_name_suffix=".parquet",
             )
         )
+
+    def expand(self, tables):
+        errors = tables["errors"]
+        scores = {name: part for name, part in sorted(tables.items()) if name != "errors"}
+        score_files = [self._write_scores(name, part) for name, part in scores.items()]
         error_files = errors | "WriteErrors" >> WriteToParquet(
             self._prefix("errors"), errors_schema(self.keep_columns), codec="snappy", file_name_suffix=".parquet"
         )
         # (reused, (rows, distinct contents)), counted in combines so no worker ever
         # holds a set of all hashes.
-        counts = scores | "CountRows" >> beam.FlatMap(score_counts)
+        counts = [part | f"CountRows_{name}" >> beam.FlatMap(score_counts) for name, part in scores.items()]
+        counts = counts | "AllCounts" >> beam.Flatten()
         fresh = (
             counts
             | "Fresh" >> beam.Filter(lambda kv: kv[0] is not True)
@@ -251,8 +259,9 @@ class WriteTables(beam.PTransform):
         reused = counts | "Reused" >> beam.Filter(lambda kv: kv[0] is True)
         totals = (fresh, reused) | "Kinds" >> beam.Flatten() | "TotalsPerKind" >> beam.CombinePerKey(_add_pairs)
         error_stages = errors | "ErrorStages" >> beam.Map(lambda row: row["stage"]) | beam.combiners.Count.PerElement()
+        score_files = score_files | "ScoreFiles" >> beam.Flatten()
         return (
-            scores.pipeline
+            errors.pipeline
             | "Once" >> beam.Create([None])
             | "Publish"
             >> beam.Map(

@@ -32,25 +32,30 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
     """Wire the stages; returns the PCollection holding the run summary."""
     keep = opts.keep_column_list
     if opts.manifest:
-        read = ReadManifest(ManifestSpec(opts.manifest, opts.manifest_format, opts.uri_column, opts.id_column, keep))
+        spec = ManifestSpec(opts.manifest, opts.manifest_format, opts.uri_column, opts.id_column, keep)
+        read = ReadManifest(spec, label="ReadManifest")
     else:
-        read = ReadImageGlob(opts.images, keep)
-    refs = p | "ReadManifest" >> read
+        read = ReadImageGlob(opts.images, keep, label="ListImages")
+    refs = p | read
     fetch_limits = FetchLimits(max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline)
-    previous = None
+    previous = {}
     if run.previous_partition:
-        previous = p | "ReadPreviousScores" >> ReadPreviousScores(run.previous_partition, run.model_version)
-    uris = refs["refs"] | "GroupByUri" >> GroupByUri(keep, read.bucket_count, previous, fetch_limits)
+        previous = p | "ReadPreviousScores" >> ReadPreviousScores(
+            run.previous_partition, run.model_version, read.bucket_count
+        )
+    uris = refs["refs"] | "GroupByUri" >> GroupByUri(keep, read.bucket_count, previous.get("uri"), fetch_limits)
     fetched = uris.uris | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits)).with_outputs(ERRORS, main="images")
-    unique = fetched.images | "GroupByContent" >> GroupByContent(keep, read.bucket_count, previous)
+    unique = fetched.images | "GroupByContent" >> GroupByContent(keep, read.bucket_count, previous.get("content"))
     decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
     decoded = unique.images | "DecodeImages" >> beam.ParDo(DecodeImages(decode_limits)).with_outputs(ERRORS, main="images")
     scored = decoded.images | "ScoreImages" >> ScoreImages(
         opts.engine, opts.weights, opts.batch_size, opts.inference_threads, opts.progress_seconds, keep
     )
-    scores = (scored.scores, uris[REUSED], unique[REUSED]) | "CollectScores" >> beam.Flatten()
     errors = [refs[ERRORS], fetched[ERRORS], decoded[ERRORS], scored[ERRORS]] | "CollectErrors" >> beam.Flatten()
-    return (scores, errors) | "WriteTables" >> WriteTables(run, keep)
+    tables = {"errors": errors, "scored": scored.scores}
+    if previous:  # reused rows are written where they are found, not gathered first
+        tables.update(unchanged=uris[REUSED], same_content=unique[REUSED])
+    return tables | "WriteTables" >> WriteTables(run, keep)
 
 
 def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv: list[str]) -> None:

@@ -177,7 +177,7 @@ def test_dataflow_template_incremental(gcs, ava, tmp_path):
     job, seconds = translate(gcs, tmp_path, [f"--manifest={manifest}", "--incremental"], root)
     check_spec(gcs, job, root, "ReadManifest")
     names = step_names(gcs, job)
-    assert {"ReadPreviousScores", "ReuseUnchanged", "GroupByContent"} <= names, sorted(names)
+    assert {"ReadPreviousScores", "GroupByUri", "GroupByContent"} <= names, sorted(names)
     options = job["environment"]["sdkPipelineOptions"]["options"]
     assert options["incremental"] is True
     assert options["manifest"] == manifest
