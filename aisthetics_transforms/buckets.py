@@ -7,7 +7,9 @@ bucket count grows with the input (:func:`bucket_count`), so a bucket, and so wh
 worker holds, stays about the same size however large the catalog.
 
 The hash is computed here with numpy rather than Python's ``hash`` (salted per process)
-so that every worker agrees on it.
+so that every worker agrees on it. A bucket's pieces cross the shuffle as zstd-compressed
+Arrow IPC (uris share long prefixes: ~8x smaller than pickled tables), which is what
+the shuffle, and the local runner that holds it in memory, has to carry.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-MANIFEST_BYTES_PER_BUCKET = 8 << 20  # ~100,000 CSV rows
+MANIFEST_BYTES_PER_BUCKET = 1 << 20  # ~12,000 CSV rows: what one worker holds at a time
 MAX_BUCKETS = 4096
 # One pseudo-random odd 64-bit multiplier per byte position (positions past the table wrap).
 _MULTIPLIERS = np.random.default_rng(20261129).integers(1, 2**63, size=256, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
@@ -71,8 +73,23 @@ def bucket_of(value: str, n: int) -> int:
     return int(buckets_of(pa.array([value], pa.string()), n)[0])
 
 
-def split_by_bucket(table: pa.Table, column: str, n: int) -> Iterator[tuple[int, pa.Table]]:
-    """(bucket, the rows of ``table`` whose ``column`` falls in it), for each non-empty bucket."""
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+
+
+def pack(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def unpack(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
+
+
+def split_by_bucket(table: pa.Table, column: str, n: int) -> Iterator[tuple[int, bytes]]:
+    """(bucket, the rows of ``table`` whose ``column`` falls in it, packed), for each
+    non-empty bucket; :func:`concat` unpacks a bucket's pieces."""
     if table.num_rows == 0:
         return
     buckets = buckets_of(table.column(column), n)
@@ -80,12 +97,12 @@ def split_by_bucket(table: pa.Table, column: str, n: int) -> Iterator[tuple[int,
     sorted_buckets = buckets[order]
     bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
     for start, stop in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
-        yield int(sorted_buckets[start]), table.take(order[start:stop])
+        yield int(sorted_buckets[start]), pack(table.take(order[start:stop]))
 
 
-def concat(tables) -> pa.Table | None:
-    """One table of a bucket's pieces (None when there are none)."""
-    tables = list(tables)
+def concat(pieces) -> pa.Table | None:
+    """One table of a bucket's packed pieces (None when there are none)."""
+    tables = [unpack(piece) for piece in pieces]
     if not tables:
         return None
     return pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]

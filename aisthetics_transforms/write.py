@@ -34,7 +34,7 @@ from aisthetics_transforms.records import STAGES, errors_schema, scores_schema
 TABLES = ("scores", "errors", "runs")
 STAGING = "_staging"
 SUMMARY = "summary.json"
-ROW_GROUP_ROWS = 100_000  # score rows per Parquet row group (about 20 MB in memory)
+ROW_GROUP_ROWS = 50_000  # score rows per Parquet row group (about 10 MB in memory)
 
 
 def partition_dir(output: str, table: str, run_date: str) -> str:
