@@ -20,6 +20,7 @@ earlier row scored by another model_version is never reused.
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 import posixpath
 import re
 from typing import Optional
@@ -36,6 +37,7 @@ from aisthetics_transforms.fetch import DEFAULT_LIMITS, FetchLimits, make_http_s
 from aisthetics_transforms.records import Member, UniqueImage, UriRows, score_row, score_table, scores_schema, table_refs
 
 REUSED = "reused"
+VERSION_CHECKS_AT_ONCE = 16
 PREVIOUS_COLUMNS = [
     "uri", "mean_score", "sd_score", "predictions", "model_version", "scored_at", "content_sha256", "source_version",
     "exif_orientation",
@@ -119,13 +121,16 @@ class AnyOne(beam.CombineFn):
         return accumulator
 
 
-def _same_model(table: pa.Table, model_version: str) -> pa.Table:
+def _reusable(table: pa.Table, key: str, model_version: str) -> pa.Table:
+    """One row per ``key`` of those scored by ``model_version`` (a partition is written by
+    one run, so all rows of a key share one model_version: deduplicating first is cheaper)."""
+    table = first_per_key(table, key)
     return table.filter(pc.equal(table.column("model_version"), model_version))
 
 
 class ReadPreviousScores(beam.PTransform):
-    """Tables of the rows of an earlier scores partition that ``model_version`` may reuse:
-    ``{"by_uri": one row per uri, "by_content": one row per content}`` within each table
+    """The rows of an earlier scores partition that ``model_version`` may reuse, as
+    ``{"uri": one row per uri, "content": one row per content}`` within each table read
     (all rows of a uri, or of a content, carry the same score), split into
     ``bucket_count`` hash buckets of that key for the joins."""
 
@@ -140,10 +145,9 @@ class ReadPreviousScores(beam.PTransform):
         tables = pbegin | "Read" >> ReadFromParquetBatched(
             posixpath.join(self.partition, "*.parquet"), columns=PREVIOUS_COLUMNS
         )
-        # A partition is written by one run, so a uri's or a content's rows share one model_version.
         return {
             key: tables
-            | f"OnePer{key.title()}" >> beam.Map(lambda table, column: _same_model(first_per_key(table, column), version), column)
+            | f"OnePer{key.title()}" >> beam.Map(_reusable, column, version)
             | f"{key.title()}Buckets" >> beam.FlatMap(buckets.split_by_bucket, column, n)
             for key, column in (("uri", "uri"), ("content", "content_sha256"))
         }
@@ -159,10 +163,16 @@ class MatchVersions(beam.DoFn):
         self.limits = limits
 
     def setup(self):
-        self.session = make_http_session(self.limits)
+        self.session = make_http_session(self.limits, pool_size=VERSION_CHECKS_AT_ONCE)
+        # HEAD requests and gs:// metadata calls wait on the network: check many at once.
+        self.pool = ThreadPoolExecutor(VERSION_CHECKS_AT_ONCE, thread_name_prefix="aisthetics-version")
 
     def teardown(self):
+        self.pool.shutdown()
         self.session.close()
+
+    def _version(self, uri: str):
+        return source_version(uri, self.limits, self.session)
 
     def process(self, element):
         _, sides = element
@@ -173,11 +183,11 @@ class MatchVersions(beam.DoFn):
         if previous is not None and previous.num_rows:
             previous = first_per_key(previous, "uri")
             known = previous.filter(pc.is_in(previous.column("uri"), value_set=pc.unique(current.column("uri"))))
-            unchanged = [
-                uri
-                for uri, version in zip(known.column("uri").to_pylist(), known.column("source_version").to_pylist())
-                if version is not None and source_version(uri, self.limits, self.session) == version
-            ]
+            known = known.filter(pc.is_valid(known.column("source_version")))  # no signal last time: fetch
+            uris = known.column("uri").to_pylist()
+            now = self.pool.map(self._version, uris) if len(uris) > 1 else map(self._version, uris)
+            unchanged = [uri for uri, before, after in zip(uris, known.column("source_version").to_pylist(), now)
+                         if after == before]
             reuse = pc.is_in(current.column("uri"), value_set=pa.array(unchanged, pa.string()))
             if unchanged:
                 yield beam.pvalue.TaggedOutput(REUSED, reused_table(current.filter(reuse), previous, self.keep_columns))

@@ -1,7 +1,7 @@
 """Nightly scale run: a first night and an incremental night on the local runner.
 
     python benchmarks/bench_nightly.py [--rows 200000] [--small-rows 50000]
-                                       [--distinct 2000] [--size 640x480] [--out FILE]
+                                       [--distinct 4000] [--size 640x480] [--out FILE]
                                        [--commit REV] [--profile auto|always|never]
 
 A catalog of ``--distinct`` JPEG files (``write_sample_catalog``: crops of the photos
@@ -12,8 +12,9 @@ cached under benchmarks/.cache/nightly/. Then, for ``--small-rows`` and for ``--
 - night 1: ``python -m pipeline --manifest=M --output=O --run_date=2026-11-01 --keep_columns=category``
 - night 2: the same with ``--incremental --run_date=2026-11-02`` (nothing changed),
 
-each in a fresh process on the pipeline's local default (FnApiRunner, multi_processing,
-one worker process per core), timed from the parent around the whole process. A thread
+each in a fresh process on the pipeline's local default (Beam's FnApiRunner with its SDK
+worker in the same process, LiteRT on every core), timed from the parent around the
+whole process. A thread
 samples /proc/PID/status VmHWM of every process in the run's tree every
 ``--sample-interval`` seconds and keeps each process's peak. The two sizes side by side
 show whether any process's memory grows with the row count.
@@ -608,7 +609,8 @@ def report(data: dict) -> str:
         f"{c['total_mb']:.0f} MB) from `write_sample_catalog(broken=False)`; manifests of "
         f"{runs['big_1']['rows']:,} and {runs['small_1']['rows']:,} rows over them (CSV: image_id, uri, category; "
         f"each file used rows/{c['distinct_files']} times, order shuffled with seed {MANIFEST_SEED}). "
-        "Local default runner: FnApiRunner, multi_processing, one worker process per core. "
+        "Local default runner: FnApiRunner with the SDK worker in the same process (`in_memory`), so that one "
+        "process is both the runner, which holds every stage's output (the shuffle) in memory, and the worker. "
         "Each run is a fresh `python -m pipeline` process timed from start to exit.",
         "",
         "## Nights",
@@ -639,8 +641,9 @@ def report(data: dict) -> str:
         "earlier night's score; deduplicated = rows scored this night that shared their image with another row. "
         "CPU = user+system seconds of the whole process tree. Peak RSS = VmHWM of each process of the run's tree, "
         f"sampled every {data['args']['sample_interval']} s and labelled by command line: launcher = "
-        "`python -m pipeline ...` (the FnApiRunner: it schedules the stages and holds the data between them), "
-        f"worker N = `{worker_cmd(runs['big_1'])}` (each started through a `/bin/sh -c` wrapper of ~2 MB, not "
+        "`python -m pipeline ...` (the FnApiRunner: it schedules the stages and holds the data between them; "
+        "in the default in_memory mode it is also the only worker), worker N = SDK worker processes of the "
+        "multi_processing mode, if any (each started through a `/bin/sh -c` wrapper of ~2 MB, not "
         "listed). other CPU = cores used by other processes meanwhile.",
         "",
         "## Peak RSS vs row count",
@@ -671,7 +674,7 @@ def report(data: dict) -> str:
             "## Where night 2 spends its time",
             "",
             f"Night 2 ({runs['big_2']['rows']:,} rows) again, in one process: `{prof['command']}`. "
-            f"Without a profiler: {plain['process_wall_s']:.1f} s (multi_processing: {runs['big_2']['wall_s']:.1f} s); "
+            f"Without a profiler: {plain['process_wall_s']:.1f} s (in the timed run above: {runs['big_2']['wall_s']:.1f} s); "
             f"under cProfile: {cp['process_wall_s']:.1f} s. Peak RSS of that one process: "
             f"{plain['peak_rss_mb']:.0f} MB.",
             "",
@@ -742,7 +745,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="manifest rows of the main runs (default 200,000)")
     parser.add_argument("--small-rows", type=int, default=50_000,
                         help="manifest rows of the comparison runs for memory vs row count (default 50,000)")
-    parser.add_argument("--distinct", type=int, default=2000, help="distinct JPEG files (default 2000)")
+    parser.add_argument("--distinct", type=int, default=4000, help="distinct JPEG files (default 4000)")
     parser.add_argument("--size", default="640x480", help="catalog image size WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
     parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between /proc samples")
