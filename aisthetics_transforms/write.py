@@ -3,8 +3,10 @@
 Layout under ``--output`` (Hive-style partitions):
     scores/dt=DATE/*.parquet   errors/dt=DATE/*.parquet   runs/dt=DATE/summary.json
 
-Everything is first written under ``_staging/DATE_RUNID/``. Only when both tables are
-complete does one final step swap each staged directory with that date's partition
+Everything is first written under ``_staging/DATE_RUNID/``, one Parquet file per bundle
+(:class:`WriteParquetFiles`). Only when both tables are complete does one final step
+delete the files of bundle attempts that did not commit and swap each staged directory
+with that date's partition
 (an atomic exchange on local disks; on object stores, which have no directory rename,
 the old objects are deleted before the new ones are moved in, so a reader may briefly
 see the date empty but never a mix of two runs). A rerun of a date replaces it, and a
@@ -22,11 +24,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional, Sequence
 
+import uuid
+
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
 from apache_beam.transforms.window import GlobalWindows
 
 from aisthetics_transforms.records import STAGES, errors_schema, scores_schema
@@ -116,25 +120,28 @@ class RunInfo:
     started_at: str
     source: str  # the manifest or image glob, for the summary
     previous_partition: Optional[str] = None  # what an incremental run reuses from
+    keep_columns: tuple = ()
 
     @classmethod
     def new(
-        cls, output: str, run_date: str, model_version: str, source: str, previous_partition: Optional[str] = None
+        cls, output: str, run_date: str, model_version: str, source: str, previous_partition: Optional[str] = None,
+        keep_columns: Sequence[str] = (),
     ) -> "RunInfo":
         now = datetime.now(timezone.utc)
         run_id = now.strftime("%Y%m%dT%H%M%S%fZ")
-        return cls(output.rstrip("/"), run_date, run_id, model_version, now.isoformat(), source, previous_partition)
+        return cls(output.rstrip("/"), run_date, run_id, model_version, now.isoformat(), source, previous_partition,
+                   tuple(keep_columns))
 
 
-def summarize(scores: Sequence[tuple], error_stages: Sequence[tuple], run: "RunInfo") -> dict:
-    """Counts for summary.json. ``scores`` holds (reused, contents) per kind of row: how
-    many rows were reused, and the (rows, distinct contents) inferred in this run."""
-    counts = dict(scores)
-    reused = counts.get(True, (0, 0))[0]
-    fresh_rows, inferred = counts.get(False, (0, 0))
-    by_stage = dict.fromkeys(STAGES, 0)
-    by_stage.update(dict(error_stages))
+def summarize(files: Sequence[dict], run: "RunInfo") -> dict:
+    """Counts for summary.json from what the committed Parquet files hold (:func:`file_counts`)."""
+    totals: dict = {}
+    for f in files:
+        for key, n in f["counts"].items():
+            totals[key] = totals.get(key, 0) + n
+    by_stage = {stage: totals.get(f"errors_{stage}", 0) for stage in STAGES}
     errors = sum(by_stage.values())
+    fresh_rows, inferred, reused = totals.get("fresh_rows", 0), totals.get("fresh_contents", 0), totals.get("reused", 0)
     return {
         "run_date": run.run_date,
         "run_id": run.run_id,
@@ -151,13 +158,38 @@ def summarize(scores: Sequence[tuple], error_stages: Sequence[tuple], run: "RunI
     }
 
 
-def _publish(_, score_files, error_files, scores: list, error_stages: list, run: "RunInfo") -> dict:
-    """Runs once, after both tables are fully written (their file lists are side inputs)."""
-    summary = summarize(scores, error_stages, run)
+def file_counts(table: pa.Table, kind: str) -> dict:
+    """What summary.json needs to know of ``table``. Every distinct image scored tonight
+    has all its rows in one table (one inference batch's), so distinct contents can be
+    counted per table and summed."""
+    if kind == "errors":
+        return {f"errors_{v['values']}": v["counts"] for v in pc.value_counts(table.column("stage")).to_pylist()}
+    reused = table.column("reused").to_numpy(zero_copy_only=False)
+    fresh = table.filter(pa.array(~reused)).column("content_sha256")
+    return {"reused": int(reused.sum()), "fresh_rows": len(fresh), "fresh_contents": len(pc.unique(fresh))}
+
+
+def _leftovers(directory: str, committed: set) -> list[str]:
+    """Files in a staged table directory that no committed bundle wrote: what a failed
+    bundle attempt left behind before Beam retried it."""
+    return [path for path in _objects(directory) if path not in committed]
+
+
+def _publish(_, files: list, run: "RunInfo") -> dict:
+    """Runs once, after every bundle that writes has committed (their files are the side input)."""
+    summary = summarize(files, run)
     summary["finished_at"] = datetime.now(timezone.utc).isoformat()
     staged = staging_dir(run.output, run.run_date, run.run_id)
-    if _objects(FileSystems.join(staged, "scores")):  # not yet published by an earlier attempt
-        runs_dir = FileSystems.join(staged, "runs")
+    runs_dir = FileSystems.join(staged, "runs")
+    if not _objects(runs_dir):  # not yet published by an earlier attempt of this step
+        committed = {f["path"] for f in files}
+        for table, schema in (("scores", scores_schema(run.keep_columns)), ("errors", errors_schema(run.keep_columns))):
+            directory = FileSystems.join(staged, table)
+            leftovers = _leftovers(directory, committed)
+            if leftovers:
+                FileSystems.delete(leftovers)
+            if not any(f["table"] == table for f in files):  # an empty table is one file with the schema
+                write_parquet(FileSystems.join(directory, f"{run.run_id}-empty.parquet"), [schema.empty_table()], schema)
         if _is_local(runs_dir):
             os.makedirs(runs_dir, exist_ok=True)
         with FileSystems.create(FileSystems.join(runs_dir, SUMMARY), mime_type="application/json") as f:
@@ -168,108 +200,86 @@ def _publish(_, score_files, error_files, scores: list, error_stages: list, run:
     return summary
 
 
-def _add_pairs(pairs) -> tuple[int, int]:
-    rows = contents = 0
-    for r, c in pairs:
-        rows += r
-        contents += c
-    return rows, contents
+def write_parquet(path: str, tables: Sequence[pa.Table], schema: pa.Schema) -> None:
+    """``tables`` -> one Parquet file (snappy), a row group per table."""
+    if _is_local(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with FileSystems.create(path, mime_type="application/x-parquet") as f:
+        with pq.ParquetWriter(f, schema, compression="snappy") as writer:
+            for table in tables:
+                writer.write_table(table, row_group_size=max(1, table.num_rows))
 
 
-class RowGroups(beam.DoFn):
-    """Small tables of score rows -> tables of about ``rows`` rows, so the Parquet files
-    get large row groups however small the batches that made them."""
+class WriteParquetFiles(beam.DoFn):
+    """Tables of score rows, or error row dicts -> one Parquet file per bundle in the staged
+    table directory, in row groups of ``rows`` rows; emits ``{"table", "path", "counts"}``
+    for each file once it is complete.
 
-    def __init__(self, rows: int = ROW_GROUP_ROWS):
+    Beam's own Parquet sink would do the same through a temporary directory and a
+    finalizing step; here the staging directory already is that, and the publish step
+    deletes the files of bundle attempts that did not commit."""
+
+    def __init__(self, directory: str, run_id: str, table: str, schema: pa.Schema, rows: int = ROW_GROUP_ROWS):
+        self.directory = directory
+        self.run_id = run_id
+        self.table = table
+        self.schema = schema
         self.rows = rows
 
     def start_bundle(self):
+        self.path = FileSystems.join(self.directory, f"{self.run_id}-{uuid.uuid4().hex}.parquet")
+        self.writer, self.file, self.counts = None, None, {}
         self.held, self.held_rows = [], 0
 
-    def process(self, table: pa.Table):
+    def process(self, item):
+        table = item if isinstance(item, pa.Table) else pa.Table.from_pylist([item], schema=self.schema)
         self.held.append(table)
         self.held_rows += table.num_rows
+        for key, n in file_counts(table, self.table).items():
+            self.counts[key] = self.counts.get(key, 0) + n
         if self.held_rows >= self.rows:
-            yield self._take()
+            self._write_row_group()
 
     def finish_bundle(self):
         if self.held:
-            yield GlobalWindows.windowed_value(self._take())
+            self._write_row_group()
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.file.close()
+        yield GlobalWindows.windowed_value({"table": self.table, "path": self.path, "counts": self.counts})
 
-    def _take(self) -> pa.Table:
-        table = pa.concat_tables(self.held).combine_chunks()
+    def _write_row_group(self):
+        if self.writer is None:
+            if _is_local(self.path):
+                os.makedirs(self.directory, exist_ok=True)
+            self.file = FileSystems.create(self.path, mime_type="application/x-parquet")
+            self.writer = pq.ParquetWriter(self.file, self.schema, compression="snappy")
+        group = pa.concat_tables(self.held).combine_chunks()
+        self.writer.write_table(group, row_group_size=max(1, group.num_rows))
         self.held, self.held_rows = [], 0
-        return table
-
-
-def score_counts(table: pa.Table):
-    """(reused, (rows, 0)) for reused rows; ((False, content), rows) per content scored tonight."""
-    reused = table.column("reused").to_numpy(zero_copy_only=False)
-    if reused.any():
-        yield True, (int(reused.sum()), 0)
-    if not reused.all():
-        fresh = table.filter(pa.array(~reused)).column("content_sha256")
-        for item in pc.value_counts(fresh).to_pylist():
-            yield (False, item["values"]), item["counts"]
 
 
 class WriteTables(beam.PTransform):
     """``{"errors": error row dicts, NAME: tables of score rows, ...}`` -> the tables of
     one run date, published together with its summary.json; outputs the summary dict.
-    Each PCollection of score tables is written by its own sink (files ``RUNID-NAME-*``),
-    so rows are written in the stage that made them rather than first gathered in one
-    place."""
+    Each input is written where it is made, not first gathered in one place."""
 
-    def __init__(self, run: RunInfo, keep_columns: Sequence[str] = ()):
+    def __init__(self, run: RunInfo):
         super().__init__()
         self.run = run
-        self.keep_columns = tuple(keep_columns)
-
-    def _prefix(self, table: str, part: str = "") -> str:
-        staged = staging_dir(self.run.output, self.run.run_date, self.run.run_id)
-        return FileSystems.join(staged, table, self.run.run_id + part)
-
-    def _write_scores(self, name: str, scores):
-        return (
-            scores
-            | f"RowGroups_{name}" >> beam.ParDo(RowGroups())
-            | f"WriteScores_{name}" >> WriteToParquetBatched(
-                self._prefix("scores", f"-{name}"), scores_schema(self.keep_columns), codec="snappy",
-                file_name_suffix=".parquet",
-            )
-        )
 
     def expand(self, tables):
-        errors = tables["errors"]
-        scores = {name: part for name, part in sorted(tables.items()) if name != "errors"}
-        score_files = [self._write_scores(name, part) for name, part in scores.items()]
-        error_files = errors | "WriteErrors" >> WriteToParquet(
-            self._prefix("errors"), errors_schema(self.keep_columns), codec="snappy", file_name_suffix=".parquet"
-        )
-        # (reused, (rows, distinct contents)), counted in combines so no worker ever
-        # holds a set of all hashes.
-        counts = [part | f"CountRows_{name}" >> beam.FlatMap(score_counts) for name, part in scores.items()]
-        counts = counts | "AllCounts" >> beam.Flatten()
-        fresh = (
-            counts
-            | "Fresh" >> beam.Filter(lambda kv: kv[0] is not True)
-            | "RowsPerContent" >> beam.CombinePerKey(sum)
-            | "ByKind" >> beam.Map(lambda kv: (kv[0][0], (kv[1], 1)))
-        )
-        reused = counts | "Reused" >> beam.Filter(lambda kv: kv[0] is True)
-        totals = (fresh, reused) | "Kinds" >> beam.Flatten() | "TotalsPerKind" >> beam.CombinePerKey(_add_pairs)
-        error_stages = errors | "ErrorStages" >> beam.Map(lambda row: row["stage"]) | beam.combiners.Count.PerElement()
-        score_files = score_files | "ScoreFiles" >> beam.Flatten()
+        staged = staging_dir(self.run.output, self.run.run_date, self.run.run_id)
+        schemas = {"scores": scores_schema(self.run.keep_columns), "errors": errors_schema(self.run.keep_columns)}
+        files = []
+        for name, part in sorted(tables.items()):
+            table = "errors" if name == "errors" else "scores"
+            files.append(part | f"Write_{name}" >> beam.ParDo(
+                WriteParquetFiles(FileSystems.join(staged, table), self.run.run_id, table, schemas[table])))
+        files = files | "Files" >> beam.Flatten()
         return (
-            errors.pipeline
+            files.pipeline
             | "Once" >> beam.Create([None])
-            | "Publish"
-            >> beam.Map(
-                _publish,
-                beam.pvalue.AsList(score_files),
-                beam.pvalue.AsList(error_files),
-                beam.pvalue.AsList(totals),
-                beam.pvalue.AsList(error_stages),
-                run=self.run,
-            )
+            | "Publish" >> beam.Map(_publish, beam.pvalue.AsList(files), run=self.run)
         )

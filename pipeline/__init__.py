@@ -55,7 +55,7 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
     tables = {"errors": errors, "scored": scored.scores}
     if previous:  # reused rows are written where they are found, not gathered first
         tables.update(unchanged=uris[REUSED], same_content=unique[REUSED])
-    return tables | "WriteTables" >> WriteTables(run, keep)
+    return tables | "WriteTables" >> WriteTables(run)
 
 
 def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv: list[str]) -> None:
@@ -106,7 +106,7 @@ def run(argv: list[str] | None = None) -> RunOutcome:
 
     version = model_version(local_weights(opts.weights)[1], engine_name(opts.engine))
     previous = find_previous_partition(opts.output, opts.run_date) if opts.incremental else None
-    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images, previous)
+    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images, previous, opts.keep_column_list)
     p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, opts, info)
     result = p.run()

@@ -19,7 +19,7 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from PIL import Image
 
 import pipeline
-from aisthetics_transforms import score
+from aisthetics_transforms import score, write
 from aisthetics_transforms.preprocess import decode_image, to_model_input
 from aisthetics_transforms.write import RunInfo
 from pipeline.options import AistheticsOptions
@@ -276,3 +276,38 @@ def test_a_worker_fault_is_retried_without_duplicates_or_losses(bad_catalog, tmp
     expected_csv_cases = {k for k in bad_catalog["expected"] if k not in ("json-ok", "invalid-json", "not-an-object")}
     assert len(scores) + len(errors) == len(expected_csv_cases)
     assert len(scores) == sum(v == SCORED for k, v in bad_catalog["expected"].items() if k in expected_csv_cases)
+
+
+def test_files_of_a_failed_write_attempt_are_not_published(bad_catalog, tmp_path, monkeypatch):
+    """Each writer's first attempt writes its whole Parquet file and then dies; Beam retries
+    the bundle, which writes another file. Only the committed files may be published."""
+    attempts: list[str] = []
+    original = write.WriteParquetFiles.finish_bundle
+
+    def dying_finish_bundle(self):
+        outputs = list(original(self))
+        attempts.append(self.path)
+        if len(attempts) <= 2 and outputs:  # the first file of each table, written in full
+            raise RuntimeError("injected fault after the file was written")
+        yield from outputs
+
+    monkeypatch.setattr(write.WriteParquetFiles, "finish_bundle", dying_finish_bundle)
+    output = tmp_path / "out"
+    argv = [f"--manifest={bad_catalog['manifest']}", f"--output={output}", f"--run_date={RUN_DATE}"]
+    opts = AistheticsOptions(argv).view_as(AistheticsOptions)
+    info = RunInfo.new(str(output), RUN_DATE, "nima-mobilenet-e563ad91b3d4-litert", str(bad_catalog["manifest"]))
+    p = beam.Pipeline(runner=BundleBasedDirectRunner(), options=opts)
+    pipeline.build_pipeline(p, opts, info)
+    p.run().wait_until_finish()
+
+    failed = attempts[:2]
+    assert len(attempts) >= 4, attempts  # both failed bundles were retried
+    assert all(path.startswith(str(output / "_staging")) for path in failed)
+    published = sorted(str(f.relative_to(output)) for f in output.glob("*/dt=*/*.parquet"))
+    assert not any(os.path.basename(path) in " ".join(published) for path in failed), published
+    assert not (output / "_staging").exists()
+    scores = duckdb.sql(f"SELECT image_id FROM read_parquet('{output}/scores/*/*.parquet')").fetchall()
+    errors = duckdb.sql(f"SELECT image_id FROM read_parquet('{output}/errors/*/*.parquet')").fetchall()
+    expected_csv_cases = {k for k in bad_catalog["expected"] if k not in ("json-ok", "invalid-json", "not-an-object")}
+    assert len(scores) + len(errors) == len(expected_csv_cases)
+    assert len(scores) == len(set(scores))
