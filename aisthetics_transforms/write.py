@@ -219,15 +219,15 @@ class WriteParquetFiles(beam.DoFn):
     finalizing step; here the staging directory already is that, and the publish step
     deletes the files of bundle attempts that did not commit."""
 
-    def __init__(self, directory: str, run_id: str, table: str, schema: pa.Schema, rows: int = ROW_GROUP_ROWS):
+    def __init__(self, directory: str, prefix: str, table: str, schema: pa.Schema, rows: int = ROW_GROUP_ROWS):
         self.directory = directory
-        self.run_id = run_id
+        self.prefix = prefix  # of the file names: RUNID-INPUT
         self.table = table
         self.schema = schema
         self.rows = rows
 
     def start_bundle(self):
-        self.path = FileSystems.join(self.directory, f"{self.run_id}-{uuid.uuid4().hex}.parquet")
+        self.path = FileSystems.join(self.directory, f"{self.prefix}-{uuid.uuid4().hex}.parquet")
         self.writer, self.file, self.counts = None, None, {}
         self.held, self.held_rows = [], 0
 
@@ -276,7 +276,7 @@ class WriteTables(beam.PTransform):
         for name, part in sorted(tables.items()):
             table = "errors" if name == "errors" else "scores"
             files.append(part | f"Write_{name}" >> beam.ParDo(
-                WriteParquetFiles(FileSystems.join(staged, table), self.run.run_id, table, schemas[table])))
+                WriteParquetFiles(FileSystems.join(staged, table), f"{self.run.run_id}-{name}", table, schemas[table])))
         files = files | "Files" >> beam.Flatten()
         return (
             files.pipeline
