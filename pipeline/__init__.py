@@ -46,9 +46,9 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
     fetched = to_fetch | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits)).with_outputs(ERRORS, main="images")
     unique = fetched.images | "GroupByContent" >> GroupByContent(previous)
     decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
-    decoded = unique.images | "DecodeImages" >> beam.ParDo(DecodeImages(decode_limits, opts.decode_threads)).with_outputs(
-        ERRORS, main="images"
-    )
+    decoded = unique.images | "DecodeImages" >> beam.ParDo(
+        DecodeImages(decode_limits, opts.decode_threads, fetch_limits)
+    ).with_outputs(ERRORS, main="images")
     scored = decoded.images | "ScoreImages" >> ScoreImages(
         opts.engine, opts.weights, opts.batch_size, opts.inference_threads, opts.progress_seconds
     )

@@ -68,3 +68,29 @@ def test_decode_threads_give_the_same_outputs_and_error_rows(threads):
         assert_that(outputs.images | "Summarize" >> beam.Map(summary), equal_to(expected_decoded), label="CheckDecoded")
         errors = outputs[ERRORS] | "ErrorKeys" >> beam.Map(lambda r: (r["image_id"], r["stage"], r["error_type"]))
         assert_that(errors, equal_to(expected_errors), label="CheckErrors")
+
+
+def test_local_files_are_read_again_and_checked_against_their_hash(tmp_path):
+    """Fetch carries no bytes for local files (data is None): decode reads them again, and
+    a file that changed or vanished since it was fetched is a fetch error, not a wrong score."""
+    images, expected_decoded, expected_errors = [], [], []
+    for name, change in (("same", None), ("rewritten", b"other bytes"), ("deleted", "unlink")):
+        path = tmp_path / f"{name}.jpg"
+        data = jpeg(len(images), (200, 150))
+        path.write_bytes(data)
+        member = Member(ImageRef(name, str(path), {}), None)
+        images.append(UniqueImage(hashlib.sha256(data).hexdigest(), None, (member,)))
+        if change is None:
+            pixels, _ = decode_image_and_orientation(data)
+            expected_decoded.append((images[-1].content_sha256, (name,), hashlib.sha256(pixels.tobytes()).hexdigest(), (224, 224, 3)))
+        elif change == "unlink":
+            path.unlink()
+            expected_errors.append((name, "fetch", "NotFound"))
+        else:
+            path.write_bytes(change)
+            expected_errors.append((name, "fetch", "ChangedDuringRun"))
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        outputs = p | beam.Create(images) | beam.ParDo(DecodeImages(threads=2)).with_outputs(ERRORS, main="images")
+        assert_that(outputs.images | "Summarize" >> beam.Map(summary), equal_to(expected_decoded), label="CheckDecoded")
+        errors = outputs[ERRORS] | "ErrorKeys" >> beam.Map(lambda r: (r["image_id"], r["stage"], r["error_type"]))
+        assert_that(errors, equal_to(expected_errors), label="CheckErrors")
