@@ -22,7 +22,7 @@ import re
 import stat
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, NamedTuple, Optional
+from typing import BinaryIO, Iterable, Iterator, NamedTuple, Optional
 from urllib.parse import unquote, urljoin, urlsplit
 
 import apache_beam as beam
@@ -150,6 +150,32 @@ def fetch_image(
         _check_gcs_uri(uri)
         return _fetch_filesystems(uri, limits)
     return _fetch_local(_local_path(uri, scheme), uri, limits)
+
+
+def is_local_file(uri: str) -> bool:
+    """A local path or ``file://`` uri: bytes that are cheaper to read again than to carry."""
+    return _scheme(uri) in ("", "file")
+
+
+def read_again(uris: Iterable[str], content_sha256: str, limits: FetchLimits = DEFAULT_LIMITS) -> bytes:
+    """The bytes of the first of ``uris`` (local files, already fetched once) that still
+    hash to ``content_sha256``; when none does, the last one's :class:`FetchError`.
+
+    :class:`FetchImages` does not carry local files' bytes through the shuffle that
+    groups rows by content (the local runner holds every shuffled byte in memory, in
+    several copies); decode reads them here instead, from the page cache.
+    """
+    failure = None
+    for uri in uris:
+        try:
+            data = fetch_image(uri, limits).data
+        except FetchError as err:
+            failure = err
+            continue
+        if hashlib.sha256(data).hexdigest() == content_sha256:
+            return data
+        failure = FetchError("ChangedDuringRun", f"{uri} changed between two reads in this run (sha256 differs)")
+    raise failure or FetchError("NotFound", "no uri to read")
 
 
 def source_version(
@@ -596,7 +622,8 @@ def _read_body_chunks(raw, limits: FetchLimits, clock: _Clock) -> Iterator[bytes
 
 
 class FetchImages(beam.DoFn):
-    """Fetch each :class:`~records.UriRows`'s bytes once and emit a ``FetchedImage``.
+    """Fetch each :class:`~records.UriRows`'s bytes once and emit a ``FetchedImage``; for
+    a local file it carries only the bytes' hash (``data`` is None, see :func:`read_again`).
 
     One HTTP connection pool per DoFn instance is made in ``setup`` and closed in
     ``teardown``. A uri that cannot be fetched, for any reason including an
@@ -635,4 +662,5 @@ class FetchImages(beam.DoFn):
             return
         self._fetched.inc()
         self._bytes.inc(len(data))
-        yield records.FetchedImage(rows.uri, rows.refs, data, version, hashlib.sha256(data).hexdigest())
+        carried = None if is_local_file(rows.uri) else data  # see read_again
+        yield records.FetchedImage(rows.uri, rows.refs, carried, version, hashlib.sha256(data).hexdigest())

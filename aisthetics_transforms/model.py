@@ -14,6 +14,7 @@ TensorFlow. Everything TensorFlow-related is imported lazily for that reason.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -82,6 +83,14 @@ def default_weights_path() -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    # A pipeline run hashes the weights for its model_version and again when the model
+    # loads in the same process: remember the digest while size and mtime are unchanged.
+    info = os.stat(path)
+    return _file_sha256(os.fspath(path), info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -37,7 +37,7 @@ class UriRows(NamedTuple):
 class FetchedImage(NamedTuple):
     uri: str
     refs: tuple  # of ImageRef: the rows of this uri
-    data: bytes
+    data: Optional[bytes]  # None for a local file: decode reads it again (fetch.read_again)
     source_version: Optional[str]  # size+mtime, ETag...: see fetch.source_version
     content_sha256: str
 
@@ -53,7 +53,7 @@ class UniqueImage(NamedTuple):
     """One distinct image content, and every manifest row that has it."""
 
     content_sha256: str
-    data: bytes
+    data: Optional[bytes]  # None when all its uris are local files
     members: tuple  # of Member
 
 

@@ -19,9 +19,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
-from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
+from aisthetics_transforms.bundles import in_global_window
 from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
 from aisthetics_transforms.preprocess import to_model_input
 from aisthetics_transforms.records import ERRORS, DecodedImage, error_row, score_row, score_table
@@ -136,11 +136,7 @@ class ScoreBatches(beam.DoFn):
         if self._pending is None:
             return
         previous, self._pending = self._pending, None
-        for output in self._rows(*previous):
-            if isinstance(output, TaggedOutput):
-                yield TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
-            else:
-                yield GlobalWindows.windowed_value(output)
+        yield from in_global_window(self._rows(*previous))
 
     def _rows(self, batch: Sequence[DecodedImage], inference: Future):
         held = self._process_model

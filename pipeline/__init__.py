@@ -47,7 +47,9 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
     fetched = uris.uris | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits)).with_outputs(ERRORS, main="images")
     unique = fetched.images | "GroupByContent" >> GroupByContent(keep, read.bucket_count, previous.get("content"))
     decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
-    decoded = unique.images | "DecodeImages" >> beam.ParDo(DecodeImages(decode_limits)).with_outputs(ERRORS, main="images")
+    decoded = unique.images | "DecodeImages" >> beam.ParDo(
+        DecodeImages(decode_limits, opts.decode_threads, fetch_limits)
+    ).with_outputs(ERRORS, main="images")
     scored = decoded.images | "ScoreImages" >> ScoreImages(
         opts.engine, opts.weights, opts.batch_size, opts.inference_threads, opts.progress_seconds, keep
     )
@@ -75,8 +77,9 @@ def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv
     if multi and "--direct_num_workers" not in given:
         direct.direct_num_workers = cores
     processes = direct.direct_num_workers if multi else 1
-    if not opts.inference_threads:
-        opts.inference_threads = max(1, cores // max(1, processes))
+    per_process = max(1, cores // max(1, processes))
+    opts.inference_threads = opts.inference_threads or per_process
+    opts.decode_threads = opts.decode_threads or per_process
     if opts.progress_seconds < 0:
         opts.progress_seconds = 10
 
@@ -101,7 +104,9 @@ def run(argv: list[str] | None = None) -> RunOutcome:
 
         runner = FnApiRunner()
     else:
-        opts.inference_threads = opts.inference_threads or 1  # Dataflow: one SDK process per vCPU
+        # Dataflow: one SDK process per vCPU
+        opts.inference_threads = opts.inference_threads or 1
+        opts.decode_threads = opts.decode_threads or 1
         opts.progress_seconds = max(opts.progress_seconds, 0)
 
     version = model_version(local_weights(opts.weights)[1], engine_name(opts.engine))

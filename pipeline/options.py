@@ -55,6 +55,12 @@ class AistheticsOptions(PipelineOptions):
         )
 
         model.add_argument(
+            "--decode_threads",
+            type=int,
+            default=0,
+            help="threads decoding images per worker process; 0: cores / local worker processes (1 on remote runners)",
+        )
+        model.add_argument(
             "--progress_seconds",
             type=float,
             default=-1,
@@ -80,6 +86,8 @@ class AistheticsOptions(PipelineOptions):
             problems.append(f"--run_date must be YYYY-MM-DD, got {self.run_date!r}")
         if self.batch_size < 1:
             problems.append("--batch_size must be at least 1")
+        if self.decode_threads < 0:
+            problems.append("--decode_threads must be at least 0 (0: the default)")
         return problems
 
     @property

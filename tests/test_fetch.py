@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import socket
 import threading
 import time
@@ -353,6 +354,23 @@ def test_filesystems_reader_on_a_local_path(tmp_path):
     assert info.value.error_type == "NotFound"
 
 
+def test_read_again_returns_only_the_bytes_that_were_hashed(tmp_path):
+    first, second = tmp_path / "first.jpg", tmp_path / "second.jpg"
+    first.write_bytes(PAYLOAD)
+    second.write_bytes(PAYLOAD)
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    assert fetch.read_again([str(first), second.as_uri()], sha) == PAYLOAD
+    first.write_bytes(b"rewritten since it was fetched")
+    assert fetch.read_again([str(first), str(second)], sha) == PAYLOAD  # the next uri still has them
+    second.unlink()
+    with pytest.raises(FetchError) as info:
+        fetch.read_again([str(first)], sha)
+    assert info.value.error_type == "ChangedDuringRun" and str(first) in str(info.value)
+    with pytest.raises(FetchError) as info:
+        fetch.read_again([str(first), str(second)], sha)
+    assert info.value.error_type == "NotFound"
+
+
 # --- the DoFn in a pipeline ---------------------------------------------------
 
 
@@ -378,7 +396,7 @@ def test_fetch_images_in_a_pipeline(base, tmp_path):
             | beam.ParDo(FetchImages(FAST)).with_outputs(records.ERRORS, main="fetched")
         )
         fetched = outputs.fetched | "Summarize" >> beam.Map(
-            lambda f: (type(f).__name__, f.refs[0].image_id, len(f.data), f.refs[0].kept["sku"])
+            lambda f: (type(f).__name__, f.refs[0].image_id, f.data and len(f.data), f.content_sha256, f.refs[0].kept["sku"])
         )
         errors = outputs[records.ERRORS] | "ErrorKeys" >> beam.Map(
             lambda r: (r["image_id"], r["stage"], r["error_type"], r["sku"])
@@ -386,8 +404,9 @@ def test_fetch_images_in_a_pipeline(base, tmp_path):
         assert_that(
             fetched,
             equal_to([
-                ("FetchedImage", "http-ok", len(PAYLOAD), "1"),
-                ("FetchedImage", "local-ok", 100, "2"),
+                ("FetchedImage", "http-ok", len(PAYLOAD), hashlib.sha256(PAYLOAD).hexdigest(), "1"),
+                # A local file's bytes are not carried: decode reads them again.
+                ("FetchedImage", "local-ok", None, hashlib.sha256(PAYLOAD[:100]).hexdigest(), "2"),
             ]),
             label="CheckFetched",
         )
