@@ -1,6 +1,6 @@
 """The pipeline end to end against the seed's way and Beam's own RunInference, one corpus.
 
-    python benchmarks/bench_pipeline.py [--images 2000] [--large-images 300]
+    python benchmarks/bench_pipeline.py [--images 2000] [--large-images 1000]
                                         [--seed-images 100] [--runinference-images 500] [--out FILE]
 
 A corpus of catalog-like JPEGs (``write_sample_catalog``: crops of the photos scikit-learn
@@ -567,7 +567,7 @@ def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="800x600 corpus size (default 2000)")
-    parser.add_argument("--large-images", type=int, default=300, help="1600x1200 corpus size (default 300; 0: skip)")
+    parser.add_argument("--large-images", type=int, default=1000, help="1600x1200 corpus size (default 1000; 0: skip)")
     parser.add_argument("--seed-images", type=int, default=100, help="seed way on this many images per size (default 100)")
     parser.add_argument("--runinference-images", type=int, default=500,
                         help="RunInference on at most this many images per size (default 500; 0: all). It runs "
