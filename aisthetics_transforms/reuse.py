@@ -33,7 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquetBatched
 
 from aisthetics_transforms import buckets
-from aisthetics_transforms.fetch import DEFAULT_LIMITS, FetchLimits, make_http_session, source_version
+from aisthetics_transforms.fetch import DEFAULT_LIMITS, FetchLimits, is_local_file, make_http_session, source_version
 from aisthetics_transforms.records import Member, UniqueImage, UriRows, score_row, score_table, scores_schema, table_refs
 
 REUSED = "reused"
@@ -185,7 +185,8 @@ class MatchVersions(beam.DoFn):
             known = previous.filter(pc.is_in(previous.column("uri"), value_set=pc.unique(current.column("uri"))))
             known = known.filter(pc.is_valid(known.column("source_version")))  # no signal last time: fetch
             uris = known.column("uri").to_pylist()
-            now = self.pool.map(self._version, uris) if len(uris) > 1 else map(self._version, uris)
+            remote = any(not is_local_file(uri) for uri in uris)  # a local stat is quicker than a thread hand-off
+            now = self.pool.map(self._version, uris) if remote else map(self._version, uris)
             unchanged = [uri for uri, before, after in zip(uris, known.column("source_version").to_pylist(), now)
                          if after == before]
             reuse = pc.is_in(current.column("uri"), value_set=pa.array(unchanged, pa.string()))
