@@ -105,8 +105,10 @@ def first_per_key(table: pa.Table, key: str) -> pa.Table:
 
 
 class AnyOne(beam.CombineFn):
-    """Keeps one value per key: enough where all values of a key are interchangeable,
-    and cheap, since Beam combines before the shuffle."""
+    """Keeps one value per key, preferring one that is not None: enough where all values
+    of a key are interchangeable, and cheap, since Beam combines before the shuffle. For a
+    content fetched from both a local file (no bytes carried) and gs:// or http, this keeps
+    the carried bytes."""
 
     def create_accumulator(self):
         return None

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -190,5 +190,7 @@ class ScoreImages(beam.PTransform):
             images
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
             | "Infer"
-            >> beam.ParDo(ScoreBatches(self.engine, self.weights, self.num_threads, self.progress_seconds, self.keep_columns)).with_outputs(ERRORS, main="scores")
+            >> beam.ParDo(
+                ScoreBatches(self.engine, self.weights, self.num_threads, self.progress_seconds, self.keep_columns)
+            ).with_outputs(ERRORS, main="scores")
         )

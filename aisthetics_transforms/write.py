@@ -22,9 +22,8 @@ import posixpath
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Optional, Sequence
-
 import uuid
+from typing import Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -158,14 +157,14 @@ def summarize(files: Sequence[dict], run: "RunInfo") -> dict:
     }
 
 
-def file_counts(table: pa.Table, kind: str) -> dict:
-    """What summary.json needs to know of ``table``. Every distinct image scored tonight
-    has all its rows in one table (one inference batch's), so distinct contents can be
-    counted per table and summed."""
-    if kind == "errors":
-        return {f"errors_{v['values']}": v["counts"] for v in pc.value_counts(table.column("stage")).to_pylist()}
-    reused = table.column("reused").to_numpy(zero_copy_only=False)
-    fresh = table.filter(pa.array(~reused)).column("content_sha256")
+def file_counts(item: pa.Table | dict) -> dict:
+    """What summary.json needs to know of a table of score rows or of one error row.
+    Every distinct image scored tonight has all its rows in one table (one inference
+    batch's), so distinct contents can be counted per table and summed."""
+    if isinstance(item, dict):
+        return {f"errors_{item['stage']}": 1}
+    reused = item.column("reused").to_numpy(zero_copy_only=False)
+    fresh = item.filter(pa.array(~reused)).column("content_sha256")
     return {"reused": int(reused.sum()), "fresh_rows": len(fresh), "fresh_contents": len(pc.unique(fresh))}
 
 
@@ -189,7 +188,9 @@ def _publish(_, files: list, run: "RunInfo") -> dict:
             if leftovers:
                 FileSystems.delete(leftovers)
             if not any(f["table"] == table for f in files):  # an empty table is one file with the schema
-                write_parquet(FileSystems.join(directory, f"{run.run_id}-empty.parquet"), [schema.empty_table()], schema)
+                parquet, writer = open_parquet(FileSystems.join(directory, f"{run.run_id}-empty.parquet"), schema)
+                writer.close()
+                parquet.close()
         if _is_local(runs_dir):
             os.makedirs(runs_dir, exist_ok=True)
         with FileSystems.create(FileSystems.join(runs_dir, SUMMARY), mime_type="application/json") as f:
@@ -200,14 +201,12 @@ def _publish(_, files: list, run: "RunInfo") -> dict:
     return summary
 
 
-def write_parquet(path: str, tables: Sequence[pa.Table], schema: pa.Schema) -> None:
-    """``tables`` -> one Parquet file (snappy), a row group per table."""
+def open_parquet(path: str, schema: pa.Schema):
+    """(the file, a snappy ParquetWriter on it) for a new Parquet file at ``path``; close both."""
     if _is_local(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    with FileSystems.create(path, mime_type="application/x-parquet") as f:
-        with pq.ParquetWriter(f, schema, compression="snappy") as writer:
-            for table in tables:
-                writer.write_table(table, row_group_size=max(1, table.num_rows))
+    parquet = FileSystems.create(path, mime_type="application/x-parquet")
+    return parquet, pq.ParquetWriter(parquet, schema, compression="snappy")
 
 
 class WriteParquetFiles(beam.DoFn):
@@ -219,29 +218,34 @@ class WriteParquetFiles(beam.DoFn):
     finalizing step; here the staging directory already is that, and the publish step
     deletes the files of bundle attempts that did not commit."""
 
-    def __init__(self, directory: str, prefix: str, table: str, schema: pa.Schema, rows: int = ROW_GROUP_ROWS):
+    def __init__(
+        self, directory: str, prefix: str, table: str, schema: pa.Schema, row_group_rows: int = ROW_GROUP_ROWS
+    ):
         self.directory = directory
         self.prefix = prefix  # of the file names: RUNID-INPUT
         self.table = table
         self.schema = schema
-        self.rows = rows
+        self.row_group_rows = row_group_rows
 
     def start_bundle(self):
         self.path = FileSystems.join(self.directory, f"{self.prefix}-{uuid.uuid4().hex}.parquet")
         self.writer, self.file, self.counts = None, None, {}
-        self.held, self.held_rows = [], 0
+        self.held_tables, self.held_dicts, self.held_rows = [], [], 0
 
     def process(self, item):
-        table = item if isinstance(item, pa.Table) else pa.Table.from_pylist([item], schema=self.schema)
-        self.held.append(table)
-        self.held_rows += table.num_rows
-        for key, n in file_counts(table, self.table).items():
+        if isinstance(item, pa.Table):
+            self.held_tables.append(item)
+            self.held_rows += item.num_rows
+        else:
+            self.held_dicts.append(item)
+            self.held_rows += 1
+        for key, n in file_counts(item).items():
             self.counts[key] = self.counts.get(key, 0) + n
-        if self.held_rows >= self.rows:
+        if self.held_rows >= self.row_group_rows:
             self._write_row_group()
 
     def finish_bundle(self):
-        if self.held:
+        if self.held_rows:
             self._write_row_group()
         if self.writer is None:
             return
@@ -251,13 +255,12 @@ class WriteParquetFiles(beam.DoFn):
 
     def _write_row_group(self):
         if self.writer is None:
-            if _is_local(self.path):
-                os.makedirs(self.directory, exist_ok=True)
-            self.file = FileSystems.create(self.path, mime_type="application/x-parquet")
-            self.writer = pq.ParquetWriter(self.file, self.schema, compression="snappy")
-        group = pa.concat_tables(self.held).combine_chunks()
-        self.writer.write_table(group, row_group_size=max(1, group.num_rows))
-        self.held, self.held_rows = [], 0
+            self.file, self.writer = open_parquet(self.path, self.schema)
+        if self.held_dicts:
+            self.held_tables.append(pa.Table.from_pylist(self.held_dicts, schema=self.schema))
+        group = pa.concat_tables(self.held_tables).combine_chunks()
+        self.writer.write_table(group, row_group_size=group.num_rows)
+        self.held_tables, self.held_dicts, self.held_rows = [], [], 0
 
 
 class WriteTables(beam.PTransform):

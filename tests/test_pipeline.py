@@ -243,3 +243,19 @@ def test_rerunning_a_date_replaces_it(catalog, first_run, tmp_path):
     assert len(scores) == outcome.summary["scored"] + outcome.summary["deduplicated"]
     assert len({r["image_id"] for r in scores}) == len(scores)
     assert len(read_table(output, "errors")) == outcome.summary["errors"]
+
+
+def test_one_copy_of_a_content_keeps_carried_bytes_over_a_local_files_none():
+    """A content fetched from a local file (bytes not carried, None) and from http (bytes
+    carried) must reach decode with the bytes, whatever order the combine sees them in."""
+    from aisthetics_transforms.reuse import AnyOne
+
+    one = AnyOne()
+    for values in ([None, b"jpeg"], [b"jpeg", None], [None, None, b"jpeg", None]):
+        accumulators = [one.add_input(one.create_accumulator(), v) for v in values]
+        assert one.extract_output(one.merge_accumulators(accumulators)) == b"jpeg"
+        folded = one.create_accumulator()
+        for v in values:
+            folded = one.add_input(folded, v)
+        assert one.extract_output(folded) == b"jpeg"
+    assert one.extract_output(one.merge_accumulators([None, None])) is None
