@@ -1,14 +1,13 @@
 """Decode stage: UniqueImage -> DecodedImage, with the seed's preprocessing."""
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from aisthetics_transforms.bundles import in_global_window
+from aisthetics_transforms.bundles import OrderedPool, in_global_window
 from aisthetics_transforms.fetch import DEFAULT_LIMITS as DEFAULT_FETCH_LIMITS
 from aisthetics_transforms.fetch import FetchError, FetchLimits, read_again
 from aisthetics_transforms.preprocess import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image_and_orientation
@@ -53,23 +52,21 @@ class DecodeImages(beam.DoFn):
         self.fetch_errors = Metrics.counter("aisthetics", "fetch_errors")
 
     def setup(self):
-        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="aisthetics-decode")
+        self._pool = OrderedPool(self.threads, IN_FLIGHT_PER_THREAD, "aisthetics-decode")
 
     def teardown(self):
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown()
 
     def start_bundle(self):
-        self._in_flight: deque[tuple[UniqueImage, Future]] = deque()
+        self._pool.start()
 
     def process(self, image: UniqueImage):
-        decoding = self._pool.submit(decode_unique_image, image, self.limits, self.fetch_limits)
-        self._in_flight.append((image, decoding))
-        while len(self._in_flight) > IN_FLIGHT_PER_THREAD * self.threads:
-            yield from self._outputs(*self._in_flight.popleft())
+        for done in self._pool.submit(image, decode_unique_image, image, self.limits, self.fetch_limits):
+            yield from self._outputs(*done)
 
     def finish_bundle(self):
-        while self._in_flight:
-            yield from in_global_window(self._outputs(*self._in_flight.popleft()))
+        for done in self._pool.drain():
+            yield from in_global_window(self._outputs(*done))
 
     def _outputs(self, image: UniqueImage, decoding: Future):
         # Counters are only recorded on the bundle's own thread, so count here, not in the pool.

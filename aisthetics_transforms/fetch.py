@@ -20,7 +20,9 @@ import os
 import random
 import re
 import stat
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, NamedTuple, Optional
 from urllib.parse import unquote, urljoin, urlsplit
@@ -42,6 +44,7 @@ from urllib3.exceptions import (
 from urllib3.util.retry import Retry
 
 from aisthetics_transforms import records
+from aisthetics_transforms.bundles import OrderedPool, in_global_window
 
 MiB = 1024 * 1024
 _CHUNK = 1 * MiB
@@ -621,36 +624,68 @@ def _read_body_chunks(raw, limits: FetchLimits, clock: _Clock) -> Iterator[bytes
 # Beam
 
 
+# Fetches in flight per thread: enough to keep every thread busy while the bundle's own
+# thread emits the finished ones in order.
+IN_FLIGHT_PER_THREAD = 2
+# Waiting on the network costs no CPU: this many fetches at once per worker process.
+DEFAULT_FETCH_THREADS = 16
+
+
 class FetchImages(beam.DoFn):
     """Fetch each :class:`~records.UriRows`'s bytes once and emit a ``FetchedImage``; for
     a local file it carries only the bytes' hash (``data`` is None, see :func:`read_again`).
 
-    One HTTP connection pool per DoFn instance is made in ``setup`` and closed in
-    ``teardown``. A uri that cannot be fetched, for any reason including an
-    unexpected exception, becomes an error row with stage ``fetch`` for each of its
-    rows on the ``records.ERRORS`` tagged output; it never fails the bundle.
+    Up to ``threads`` uris are fetched at once (an http or gs:// fetch mostly waits on the
+    network), each thread with its own HTTP connection pool; outputs leave in input order.
+    A uri that cannot be fetched, for any reason including an unexpected exception,
+    becomes an error row with stage ``fetch`` for each of its rows on the
+    ``records.ERRORS`` tagged output; it never fails the bundle.
     """
 
-    def __init__(self, limits: FetchLimits = DEFAULT_LIMITS):
+    def __init__(self, limits: FetchLimits = DEFAULT_LIMITS, threads: int = DEFAULT_FETCH_THREADS):
         self._limits = limits
-        self._session = None
+        self._threads = max(1, threads)
         self._fetched = Metrics.counter("aisthetics", "fetched")
         self._errors = Metrics.counter("aisthetics", "fetch_errors")
         self._bytes = Metrics.counter("aisthetics", "fetched_bytes")
 
     def setup(self):
-        self._session = make_http_session(self._limits)
+        self._pool = OrderedPool(self._threads, IN_FLIGHT_PER_THREAD, "aisthetics-fetch")
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
 
     def teardown(self):
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        self._pool.shutdown()
+        for session in self._sessions:
+            session.close()
+        self._sessions.clear()
+
+    def start_bundle(self):
+        self._pool.start()
 
     def process(self, rows: records.UriRows):
-        if self._session is None:  # a runner that skipped setup
-            self.setup()
+        for done in self._pool.submit(rows, self._fetch, rows.uri):
+            yield from self._outputs(*done)
+
+    def finish_bundle(self):
+        for done in self._pool.drain():
+            yield from in_global_window(self._outputs(*done))
+
+    def _fetch(self, uri: str) -> tuple[records.FetchedImage, int]:
+        """On a pool thread: the FetchedImage (its rows are added later) and the size read."""
+        session = getattr(self._local, "session", None)
+        if session is None:  # requests.Session is not documented thread-safe: one per thread
+            session = self._local.session = make_http_session(self._limits)
+            with self._sessions_lock:
+                self._sessions.append(session)
+        data, version = fetch_image(uri, self._limits, session)
+        carried = None if is_local_file(uri) else data  # see read_again
+        return records.FetchedImage(uri, (), carried, version, hashlib.sha256(data).hexdigest()), len(data)
+
+    def _outputs(self, rows: records.UriRows, fetching: Future):
         try:
-            data, version = fetch_image(rows.uri, self._limits, self._session)
+            image, size = fetching.result()
         except Exception as exc:  # one bad image must not fail the bundle
             if isinstance(exc, FetchError):
                 error_type, message = exc.error_type, str(exc)
@@ -661,6 +696,5 @@ class FetchImages(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(records.ERRORS, records.error_row(ref, "fetch", error_type, message))
             return
         self._fetched.inc()
-        self._bytes.inc(len(data))
-        carried = None if is_local_file(rows.uri) else data  # see read_again
-        yield records.FetchedImage(rows.uri, rows.refs, carried, version, hashlib.sha256(data).hexdigest())
+        self._bytes.inc(size)
+        yield image._replace(refs=rows.refs)

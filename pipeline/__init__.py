@@ -44,7 +44,9 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
             run.previous_partition, run.model_version, read.bucket_count
         )
     uris = refs["refs"] | "GroupByUri" >> GroupByUri(keep, read.bucket_count, previous.get("uri"), fetch_limits)
-    fetched = uris.uris | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits)).with_outputs(ERRORS, main="images")
+    fetched = uris.uris | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits, opts.fetch_threads)).with_outputs(
+        ERRORS, main="images"
+    )
     unique = fetched.images | "GroupByContent" >> GroupByContent(keep, read.bucket_count, previous.get("content"))
     decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
     decoded = unique.images | "DecodeImages" >> beam.ParDo(

@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS
 from aisthetics_transforms.manifest import FORMATS
 from aisthetics_transforms.model import ENGINES
 
@@ -61,6 +62,12 @@ class AistheticsOptions(PipelineOptions):
             help="threads decoding images per worker process; 0: cores / local worker processes (1 on remote runners)",
         )
         model.add_argument(
+            "--fetch_threads",
+            type=int,
+            default=DEFAULT_FETCH_THREADS,
+            help="images fetched at once per worker process (http and gs:// fetches mostly wait on the network)",
+        )
+        model.add_argument(
             "--progress_seconds",
             type=float,
             default=-1,
@@ -86,6 +93,8 @@ class AistheticsOptions(PipelineOptions):
             problems.append(f"--run_date must be YYYY-MM-DD, got {self.run_date!r}")
         if self.batch_size < 1:
             problems.append("--batch_size must be at least 1")
+        if self.fetch_threads < 1:
+            problems.append("--fetch_threads must be at least 1")
         if self.decode_threads < 0:
             problems.append("--decode_threads must be at least 0 (0: the default)")
         return problems

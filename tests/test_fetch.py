@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -31,6 +32,17 @@ class _Server(ThreadingHTTPServer):
         self.hits = collections.Counter()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.active = 0  # /slow/ requests being served now
+        self.most_active = 0
+
+    def enter_slow(self) -> None:
+        with self.lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+
+    def leave_slow(self) -> None:
+        with self.lock:
+            self.active -= 1
 
     def hit(self, path: str) -> int:
         with self.lock:
@@ -61,6 +73,14 @@ class _Handler(BaseHTTPRequestHandler):
         stopping = self.server.stopping
         if path.startswith("/ok/"):
             self._send(200, PAYLOAD, [("Content-Type", "application/octet-stream")])
+        elif path.startswith("/slow/"):
+            # A distant server: each answer takes 50 ms; how many wait at once is recorded.
+            self.server.enter_slow()
+            try:
+                time.sleep(0.05)
+                self._send(200, path.encode() + PAYLOAD)
+            finally:
+                self.server.leave_slow()
         elif path == "/missing":
             self._send(404, b"nope")
         elif path.startswith("/flaky503/"):
@@ -420,3 +440,36 @@ def test_fetch_images_in_a_pipeline(base, tmp_path):
             ]),
             label="CheckErrors",
         )
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_fetch_threads_fetch_at_once_and_keep_every_row(server, base, threads):
+    """``threads`` uris are fetched at once (the server sees that many requests waiting
+    together, never more), and the outputs are what fetching one at a time gives: every
+    uri once, with all its rows, failures as error rows, whether an output left from
+    ``process`` or from ``finish_bundle``."""
+    rows = []
+    for i in range(30):
+        refs = tuple(records.ImageRef(f"slow-{i}-{r}", f"{base}/slow/{threads}/{i}", {}) for r in range(1 + i % 3))
+        rows.append(records.UriRows(refs[0].uri, refs))
+    rows[7:7] = [records.UriRows(f"{base}/missing", (records.ImageRef("gone", f"{base}/missing", {}),))]
+    with server.lock:
+        server.most_active = 0
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        outputs = (
+            p
+            | beam.Create(rows, reshuffle=False)
+            | beam.ParDo(FetchImages(FAST, threads=threads)).with_outputs(records.ERRORS, main="fetched")
+        )
+        fetched = outputs.fetched | "Summarize" >> beam.Map(
+            lambda f: (f.uri, tuple(r.image_id for r in f.refs), f.content_sha256)
+        )
+        expected = [
+            (r.uri, tuple(ref.image_id for ref in r.refs), hashlib.sha256(r.uri[len(base):].encode() + PAYLOAD).hexdigest())
+            for r in rows
+            if "/slow/" in r.uri
+        ]
+        assert_that(fetched, equal_to(expected), label="CheckFetched")
+        errors = outputs[records.ERRORS] | "ErrorKeys" >> beam.Map(lambda r: (r["image_id"], r["error_type"]))
+        assert_that(errors, equal_to([("gone", "NotFound")]), label="CheckErrors")
+    assert server.most_active == threads
