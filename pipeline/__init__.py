@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -128,6 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Local workers forward their start-up warnings (no semi-persistent directory...) here.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # Beam's modules and the graph are hundreds of thousands of objects that live until exit:
+    # frozen, the garbage collector stops walking them during the run (~0.1 s) and at
+    # interpreter exit (~0.3 s), a sixth of a local run's fixed cost.
+    gc.freeze()
     outcome = run(argv)
     if outcome.summary:
         print(json.dumps(outcome.summary, indent=2, sort_keys=True))
+    gc.freeze()
