@@ -259,3 +259,30 @@ def test_one_copy_of_a_content_keeps_carried_bytes_over_a_local_files_none():
             folded = one.add_input(folded, v)
         assert one.extract_output(folded) == b"jpeg"
     assert one.extract_output(one.merge_accumulators([None, None])) is None
+
+
+def test_bad_options_are_refused_before_anything_runs(tmp_path):
+    """Every problem with the options is named at once, and nothing is written."""
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit) as refused:
+        pipeline.run(
+            [
+                f"--manifest={tmp_path / 'missing.csv'}",
+                f"--images={tmp_path}/*.jpg",
+                f"--output={output}",
+                "--run_date=28.11.2026",
+                "--batch_size=0",
+                "--fetch_threads=0",
+                "--decode_threads=-1",
+            ]
+        )
+    message = str(refused.value)
+    for problem in (
+        "exactly one of --manifest or --images",
+        "--run_date must be YYYY-MM-DD, got '28.11.2026'",
+        "--batch_size must be at least 1",
+        "--fetch_threads must be at least 1",
+        "--decode_threads must be at least 0",
+    ):
+        assert problem in message
+    assert not output.exists()
