@@ -34,7 +34,16 @@ from apache_beam.io.parquetio import ReadFromParquetBatched
 
 from aisthetics_transforms import buckets
 from aisthetics_transforms.fetch import DEFAULT_LIMITS, FetchLimits, is_local_file, make_http_session, source_version
-from aisthetics_transforms.records import Member, UniqueImage, UriRows, score_row, score_table, scores_schema, table_refs
+from aisthetics_transforms.records import (
+    Member,
+    UniqueImage,
+    UriRows,
+    refs_table,
+    score_row,
+    score_table,
+    scores_schema,
+    table_refs,
+)
 
 REUSED = "reused"
 VERSION_CHECKS_AT_ONCE = 16
@@ -240,7 +249,11 @@ def _previous_of_fetched(element):
 def _reuse_or_infer(element, keep_columns: tuple):
     """Per content: reuse an earlier score for all its rows, or pass it on to be inferred."""
     sha, sides = element
-    members = tuple(Member(ref, version) for refs, version in sides["members"] for ref in refs)
+    members = tuple(
+        Member(ref, version)
+        for packed, version in sides["members"]
+        for ref in table_refs(buckets.unpack(packed), keep_columns)
+    )
     previous = next(iter(sides.get("previous", ())), None)
     if previous is not None:
         yield beam.pvalue.TaggedOutput(REUSED, score_table((reused_row(previous, m) for m in members), keep_columns))
@@ -267,7 +280,11 @@ class GroupByContent(beam.PTransform):
 
     def expand(self, fetched):
         sides = {
-            "members": fetched | "Members" >> beam.Map(lambda f: (f.content_sha256, (f.refs, f.source_version))),
+            # A uri's rows cross the shuffle as one compressed table (~20 bytes a row, not ~200).
+            "members": fetched | "Members" >> beam.Map(
+                lambda f, keep: (f.content_sha256, (buckets.pack(refs_table(f.refs, keep)), f.source_version)),
+                self.keep_columns,
+            ),
             "data": (
                 fetched
                 | "Bytes" >> beam.Map(lambda f: (f.content_sha256, f.data))

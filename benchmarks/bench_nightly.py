@@ -271,7 +271,8 @@ def child_env() -> dict:
 
 
 def git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.strip()
+    # rstrip only: a porcelain status line starts with a space when the index is clean.
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.rstrip()
 
 
 def checkout(commit: str | None) -> dict:
