@@ -16,7 +16,8 @@ each in a fresh process on the pipeline's local default (Beam's FnApiRunner with
 worker in the same process, LiteRT on every core), timed from the parent around the
 whole process. A thread
 samples /proc/PID/status VmHWM of every process in the run's tree every
-``--sample-interval`` seconds and keeps each process's peak. The two sizes side by side
+``--sample-interval`` seconds and keeps each process's peak; the launcher's own peak also
+comes exact from ``wait4`` when it exits. The two sizes side by side
 show whether any process's memory grows with the row count.
 
 If night 2 takes 10% or more of night 1's time (or with ``--profile=always``), night 2
@@ -327,7 +328,10 @@ def run_night(label: str, manifest: dict, output: Path, night: int, args) -> dic
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=SOURCE)
         sampler = TreeSampler(proc.pid, args.sample_interval)
         sampler.start()
-        rc = proc.wait()
+        # wait4 gives the launcher's own exact peak: the sampler can miss one reached in its
+        # last interval, which on a 4 s night is often where it is (writing the tables).
+        _, status, usage = os.wait4(proc.pid, 0)
+        rc = proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
         sampler.stop()
         own = bs.children_cpu_seconds() - own0
@@ -338,6 +342,9 @@ def run_night(label: str, manifest: dict, output: Path, night: int, args) -> dic
     run_date = NIGHT1_DATE if night == 1 else NIGHT2_DATE
     summary = summary_of(str(output), run_date)
     procs = sampler.result()
+    launcher = next(p for p in procs if p["role"] == "launcher")
+    launcher["sampled_peak_rss_mb"] = launcher["peak_rss_mb"]
+    launcher["peak_rss_mb"] = max(launcher["peak_rss_mb"], usage.ru_maxrss / 1024)  # ru_maxrss is in KB
     result = {
         "label": label,
         "night": night,
@@ -552,6 +559,8 @@ def goals(data: dict) -> list[str]:
     lines = [
         f"{'PASS' if frac < GOAL_INCREMENTAL_FRACTION else 'FAIL'}  incremental night < {GOAL_INCREMENTAL_FRACTION:.0%} "
         f"of first night's wall time ({n1['rows']:,} rows): {n2['wall_s']:.1f} s / {n1['wall_s']:.1f} s = {frac:.1%}"
+        + (f" (night 2: the median of {len(n2['repeat_walls_s'])} runs, "
+           f"{', '.join('%.1f' % w for w in n2['repeat_walls_s'])} s)" if len(n2.get("repeat_walls_s", [])) > 1 else "")
     ]
     small = runs["small_1"]["rows"]
     grown = [g for g in data["memory"] if g["ratio"] >= GOAL_RSS_GROWTH and not g["process"].startswith("all")]
@@ -641,7 +650,8 @@ def report(data: dict) -> str:
         "inferences = summary.json `scored` (distinct contents run through the model); reused = rows given an "
         "earlier night's score; deduplicated = rows scored this night that shared their image with another row. "
         "CPU = user+system seconds of the whole process tree. Peak RSS = VmHWM of each process of the run's tree, "
-        f"sampled every {data['args']['sample_interval']} s and labelled by command line: launcher = "
+        f"sampled every {data['args']['sample_interval']} s (the launcher's: the larger of that and wait4's exact "
+        "ru_maxrss at exit) and labelled by command line: launcher = "
         "`python -m pipeline ...` (the FnApiRunner: it schedules the stages and holds the data between them; "
         "in the default in_memory mode it is also the only worker), worker N = SDK worker processes of the "
         "multi_processing mode, if any (each started through a `/bin/sh -c` wrapper of ~2 MB, not "
@@ -749,6 +759,8 @@ def main(argv=None) -> None:
     parser.add_argument("--distinct", type=int, default=4000, help="distinct JPEG files (default 4000)")
     parser.add_argument("--size", default="640x480", help="catalog image size WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
+    parser.add_argument("--night2-runs", type=int, default=3,
+                        help="runs of each incremental night; the median is kept (default 3)")
     parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between /proc samples")
     parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                         help="profile night 2 in one process: when it misses its goal (auto), always, or never")
@@ -795,7 +807,16 @@ def main(argv=None) -> None:
         shutil.rmtree(output, ignore_errors=True)
         for night in (1, 2):
             label = f"night {night}{' (incremental)' if night == 2 else ''}, {manifest['rows']:,} rows"
-            runs[f"{size_key}_{night}"] = run_night(label, manifest, output, night, args)
+            # Night 2 is a few seconds, as long as this machine's speed takes to drift by 20%:
+            # it runs --night2-runs times (each replaces the same partition) and keeps its median run.
+            repeats = [run_night(label, manifest, output, night, args)
+                       for _ in range(args.night2_runs if night == 2 else 1)]
+            chosen = sorted(repeats, key=lambda r: r["wall_s"])[(len(repeats) - 1) // 2]
+            chosen["repeat_walls_s"] = [r["wall_s"] for r in repeats]
+            # Memory is judged on the largest launcher peak of the repeats, not the median run's.
+            peaks = [p["peak_rss_mb"] for r in repeats for p in r["processes"] if p["role"] == "launcher"]
+            next(p for p in chosen["processes"] if p["role"] == "launcher")["peak_rss_mb"] = max(peaks)
+            runs[f"{size_key}_{night}"] = chosen
 
     machine = bs.machine_info()
     machine.update(versions())
