@@ -415,6 +415,31 @@ def make_http_session(
     return session
 
 
+class ThreadSessions:
+    """One ``requests.Session`` per thread (a Session is not documented thread-safe), for
+    DoFns that fetch or check many uris at once on a thread pool; ``close`` closes all."""
+
+    def __init__(self, limits: FetchLimits = DEFAULT_LIMITS):
+        self.limits = limits
+        self._local = threading.local()
+        self._all: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = make_http_session(self.limits)
+            with self._lock:
+                self._all.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._all:
+                session.close()
+            self._all.clear()
+
+
 def _fetch_http(uri: str, limits: FetchLimits, session: requests.Session) -> Fetched:
     clock = _Clock(limits.deadline)
     url = uri
@@ -651,15 +676,11 @@ class FetchImages(beam.DoFn):
 
     def setup(self):
         self._pool = OrderedPool(self._threads, IN_FLIGHT_PER_THREAD, "aisthetics-fetch")
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
-        self._sessions_lock = threading.Lock()
+        self._sessions = ThreadSessions(self._limits)
 
     def teardown(self):
         self._pool.shutdown()
-        for session in self._sessions:
-            session.close()
-        self._sessions.clear()
+        self._sessions.close()
 
     def start_bundle(self):
         self._pool.start()
@@ -674,12 +695,7 @@ class FetchImages(beam.DoFn):
 
     def _fetch(self, uri: str) -> tuple[records.FetchedImage, int]:
         """On a pool thread: the FetchedImage (its rows are added later) and the size read."""
-        session = getattr(self._local, "session", None)
-        if session is None:  # requests.Session is not documented thread-safe: one per thread
-            session = self._local.session = make_http_session(self._limits)
-            with self._sessions_lock:
-                self._sessions.append(session)
-        data, version = fetch_image(uri, self._limits, session)
+        data, version = fetch_image(uri, self._limits, self._sessions.get())
         carried = None if is_local_file(uri) else data  # see read_again
         return records.FetchedImage(uri, (), carried, version, hashlib.sha256(data).hexdigest()), len(data)
 

@@ -462,23 +462,23 @@ def fetch_thumbnails(
 ) -> dict[str, Thumbnail]:
     """{uri: Thumbnail} for each distinct uri, fetched in a pool of ``workers`` threads.
     Whatever is not done after ``budget_s`` seconds becomes a ``Timeout`` placeholder."""
-    from aisthetics_transforms.fetch import make_http_session
+    from aisthetics_transforms.fetch import ThreadSessions
 
     uris = list(dict.fromkeys(u for u in uris if u))
     if not uris:
         return {}
     limits = limits or thumbnail_limits()
     found = {u: Thumbnail(problem="Timeout") for u in uris}
-    session = make_http_session(limits, pool_size=workers)
+    sessions = ThreadSessions(limits)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, len(uris)), thread_name_prefix="thumb")
     try:
-        futures = {pool.submit(_one_thumbnail, u, limits, session): u for u in uris}
+        futures = {pool.submit(lambda u: _one_thumbnail(u, limits, sessions.get()), u): u for u in uris}
         done, _ = concurrent.futures.wait(futures, timeout=budget_s)
         for future in done:
             found[futures[future]] = future.result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        session.close()
+        sessions.close()
     return found
 
 

@@ -20,9 +20,9 @@ earlier row scored by another model_version is never reused.
 from __future__ import annotations
 
 import itertools
-from concurrent.futures import ThreadPoolExecutor
 import posixpath
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import apache_beam as beam
@@ -33,7 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquetBatched
 
 from aisthetics_transforms import buckets
-from aisthetics_transforms.fetch import DEFAULT_LIMITS, FetchLimits, is_local_file, make_http_session, source_version
+from aisthetics_transforms.fetch import DEFAULT_LIMITS, FetchLimits, ThreadSessions, is_local_file, source_version
 from aisthetics_transforms.records import (
     ImageRef,
     Member,
@@ -174,16 +174,16 @@ class MatchVersions(beam.DoFn):
         self.limits = limits
 
     def setup(self):
-        self.session = make_http_session(self.limits, pool_size=VERSION_CHECKS_AT_ONCE)
+        self.sessions = ThreadSessions(self.limits)
         # HEAD requests and gs:// metadata calls wait on the network: check many at once.
         self.pool = ThreadPoolExecutor(VERSION_CHECKS_AT_ONCE, thread_name_prefix="aisthetics-version")
 
     def teardown(self):
         self.pool.shutdown()
-        self.session.close()
+        self.sessions.close()
 
     def _version(self, uri: str):
-        return source_version(uri, self.limits, self.session)
+        return source_version(uri, self.limits, self.sessions.get())
 
     def process(self, element):
         _, sides = element

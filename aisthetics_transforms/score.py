@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -21,7 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils import shared
 
-from aisthetics_transforms.bundles import in_global_window
+from aisthetics_transforms.bundles import OrderedPool, in_global_window
 from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
 from aisthetics_transforms.preprocess import to_model_input
 from aisthetics_transforms.records import ERRORS, DecodedImage, error_row, score_row, score_table
@@ -113,13 +113,14 @@ class ScoreBatches(beam.DoFn):
             return _ProcessModel(load_model(self.engine, self.weights, self.num_threads), self.progress_seconds)
 
         self._process_model = self._shared.acquire(load, tag=(self.engine, self.weights, self.num_threads))
-        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aisthetics-inference")
+        # One inference thread, at most one batch in flight beyond the one being collected.
+        self._inference = OrderedPool(1, 1, "aisthetics-inference")
 
     def teardown(self):
-        self._inference.shutdown(wait=True)
+        self._inference.shutdown()
 
     def start_bundle(self):
-        self._pending = None  # (batch, future) of the batch being inferred
+        self._inference.start()
 
     def process(self, batch: Sequence[DecodedImage]):
         held = self._process_model
@@ -128,15 +129,12 @@ class ScoreBatches(beam.DoFn):
                 if held.load_uncounted:
                     held.load_uncounted = False
                     self.model_loads.inc()
-        previous, self._pending = self._pending, (batch, self._inference.submit(_infer, held.model, batch))
-        if previous is not None:
-            yield from self._rows(*previous)
+        for done in self._inference.submit(batch, _infer, held.model, batch):
+            yield from self._rows(*done)
 
     def finish_bundle(self):
-        if self._pending is None:
-            return
-        previous, self._pending = self._pending, None
-        yield from in_global_window(self._rows(*previous))
+        for done in self._inference.drain():
+            yield from in_global_window(self._rows(*done))
 
     def _rows(self, batch: Sequence[DecodedImage], inference: Future):
         held = self._process_model

@@ -20,9 +20,9 @@ import json
 import os
 import posixpath
 import shutil
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-import uuid
 from typing import Optional, Sequence
 
 import apache_beam as beam

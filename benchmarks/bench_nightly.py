@@ -304,6 +304,11 @@ def checkout(commit: str | None) -> dict:
             "subject": git("log", "-1", "--format=%s", sha)}
 
 
+def median_run(runs: list[dict], key) -> dict:
+    """A copy of the run with the median ``key`` (the lower middle one of an even count)."""
+    return dict(sorted(runs, key=key)[(len(runs) - 1) // 2])
+
+
 def night_args(manifest: str, output: str, night: int) -> list[str]:
     args = [f"--manifest={manifest}", f"--output={output}", "--keep_columns=category"]
     if night == 1:
@@ -811,7 +816,7 @@ def main(argv=None) -> None:
             # it runs --night2-runs times (each replaces the same partition) and keeps its median run.
             repeats = [run_night(label, manifest, output, night, args)
                        for _ in range(args.night2_runs if night == 2 else 1)]
-            chosen = sorted(repeats, key=lambda r: r["wall_s"])[(len(repeats) - 1) // 2]
+            chosen = median_run(repeats, key=lambda r: r["wall_s"])
             chosen["repeat_walls_s"] = [r["wall_s"] for r in repeats]
             # Memory is judged on the largest launcher peak of the repeats, not the median run's.
             peaks = [p["peak_rss_mb"] for r in repeats for p in r["processes"] if p["role"] == "launcher"]

@@ -418,13 +418,6 @@ def rate(r: dict) -> float:
     return r["images"] / r["seconds"]
 
 
-def median_run(runs: list[dict]) -> dict:
-    """The run with the median rate (the lower middle one of an even count), knowing all rates."""
-    chosen = dict(sorted(runs, key=rate)[(len(runs) - 1) // 2])
-    chosen["round_rates"] = [rate(r) for r in runs]
-    return chosen
-
-
 def ideal_rate(model: float, decode: float, cores: int) -> float:
     return 1.0 / (1.0 / model + 1.0 / (cores * decode))
 
@@ -669,7 +662,8 @@ def main(argv=None) -> None:
                                                  f"e2e_{size}"))
         rounds["seed_800x600"].append(bs_row("seed", images_dir, min(counts["800x600"], args.seed_images), args))
     for key, runs in rounds.items():
-        rows[key] = median_run(runs)
+        rows[key] = bn.median_run(runs, key=rate)
+        rows[key]["round_rates"] = [rate(r) for r in runs]
     for size in sizes:
         cat, n = catalogs[size], counts[size]
         if size != "800x600":  # its seed row is not behind a goal: one run
