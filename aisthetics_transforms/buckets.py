@@ -3,8 +3,8 @@
 A join key (image_id, uri, content hash) picks one of ``n`` buckets; every table is split
 by bucket, keyed by the bucket number, and a GroupByKey/CoGroupByKey brings each bucket's
 pieces of every input together, where the join is done with Arrow and plain Python. The
-bucket count grows with the input (:func:`bucket_count`), so a bucket, and so what one
-worker holds, stays about the same size however large the catalog.
+bucket count follows the row count (:func:`bucket_count`), so a bucket, and so what one
+element holds, stays about the same size however large the catalog.
 
 The hash is computed here with numpy rather than Python's ``hash`` (salted per process)
 so that every worker agrees on it. A bucket's pieces cross the shuffle as zstd-compressed
@@ -19,15 +19,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-MANIFEST_BYTES_PER_BUCKET = 1 << 20  # ~12,000 CSV rows: what one worker holds at a time
-MAX_BUCKETS = 256  # each of T tables splits into B pieces: keep B x T elements sane
+ROWS_PER_BUCKET = 20_000  # rows one element holds at most (a few MB as Arrow), however large the catalog
+MIN_BUCKETS = 4
 # One pseudo-random odd 64-bit multiplier per byte position (positions past the table wrap).
 _MULTIPLIERS = np.random.default_rng(20261129).integers(1, 2**63, size=256, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
-def bucket_count(input_bytes: int, minimum: int = 4) -> int:
-    """Buckets for an input of ``input_bytes`` (manifest file sizes)."""
-    return int(min(MAX_BUCKETS, max(minimum, -(-input_bytes // MANIFEST_BYTES_PER_BUCKET))))
+def bucket_count(rows: int) -> int:
+    """Buckets for ``rows`` rows: about :data:`ROWS_PER_BUCKET` each, with no upper bound, so a
+    bucket stays the same size as the catalog grows."""
+    return int(max(MIN_BUCKETS, -(-int(rows) // ROWS_PER_BUCKET)))
 
 
 def string_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -90,9 +91,8 @@ def unpack(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(raw).read_all()
 
 
-def split_by_bucket(table: pa.Table, column: str, n: int) -> Iterator[tuple[int, bytes]]:
-    """(bucket, the rows of ``table`` whose ``column`` falls in it, packed), for each
-    non-empty bucket; :func:`concat` unpacks a bucket's pieces."""
+def split_table(table: pa.Table, column: str, n: int) -> Iterator[tuple[int, pa.Table]]:
+    """(bucket, the rows of ``table`` whose ``column`` hashes to it), for each non-empty bucket."""
     if table.num_rows == 0:
         return
     buckets = buckets_of(table.column(column), n)
@@ -100,7 +100,13 @@ def split_by_bucket(table: pa.Table, column: str, n: int) -> Iterator[tuple[int,
     sorted_buckets = buckets[order]
     bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
     for start, stop in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(order)]])):
-        yield int(sorted_buckets[start]), pack(table.take(order[start:stop]))
+        yield int(sorted_buckets[start]), table.take(order[start:stop])
+
+
+def split_by_bucket(table: pa.Table, column: str, n: int) -> Iterator[tuple[int, bytes]]:
+    """:func:`split_table`, each piece packed; :func:`concat` unpacks a bucket's pieces."""
+    for bucket, piece in split_table(table, column, n):
+        yield bucket, pack(piece)
 
 
 def concat(pieces) -> pa.Table | None:

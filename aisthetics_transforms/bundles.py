@@ -2,7 +2,7 @@
 ``finish_bundle`` (fetch's and decode's thread pools, score's inference thread)."""
 from __future__ import annotations
 
-from collections import deque
+import queue
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Tuple
 
@@ -20,32 +20,49 @@ def in_global_window(outputs: Iterable):
             yield GlobalWindows.windowed_value(output)
 
 
-class OrderedPool:
-    """Runs one call per element on a pool of ``threads`` threads and hands back
-    ``(element, future)`` pairs in the order the elements came, keeping at most
-    ``threads * per_thread`` of them unfinished: the caller emits each pair's outputs on
-    the bundle's own thread (Beam counters and outputs belong there).
+class WorkPool:
+    """Runs one call per element on ``threads`` threads and hands back ``(element, future)``
+    pairs as the calls finish, not in input order, so one slow call (a dead host) holds
+    one thread, never the others' results. At most ``threads * per_thread`` calls are
+    unfinished at a time; the caller emits each pair's outputs on the bundle's own thread
+    (Beam counters and outputs belong there).
 
-    ``start`` begins a bundle; ``submit`` returns the pairs that fell out of the window;
-    ``drain`` returns the rest (call it from ``finish_bundle``)."""
+    ``start`` begins a bundle; ``submit`` returns the pairs finished so far, first waiting
+    for one when the window is full; ``drain`` returns the rest (call it from
+    ``finish_bundle``)."""
 
     def __init__(self, threads: int, per_thread: int, name: str):
         self.threads = max(1, threads)
-        self.limit = self.threads * per_thread
+        self.limit = self.threads * max(1, per_thread)
         self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix=name)
-        self._in_flight: deque[Tuple[object, Future]] = deque()
+        self._finished: queue.SimpleQueue = queue.SimpleQueue()
+        self._unfinished = 0
 
     def start(self) -> None:
-        self._in_flight.clear()
+        self._unfinished = 0
+        self._finished = queue.SimpleQueue()  # a failed bundle's leftovers stay in the old queue
 
     def submit(self, element, call: Callable, *args) -> Iterator[Tuple[object, Future]]:
-        self._in_flight.append((element, self._executor.submit(call, *args)))
-        while len(self._in_flight) > self.limit:
-            yield self._in_flight.popleft()
+        future = self._executor.submit(call, *args)
+        self._unfinished += 1
+        finished = self._finished
+        future.add_done_callback(lambda f: finished.put((element, f)))
+        if self._unfinished >= self.limit:
+            yield self._next(block=True)
+        while self._unfinished:
+            try:
+                yield self._next(block=False)
+            except queue.Empty:
+                return
 
     def drain(self) -> Iterator[Tuple[object, Future]]:
-        while self._in_flight:
-            yield self._in_flight.popleft()
+        while self._unfinished:
+            yield self._next(block=True)
+
+    def _next(self, block: bool) -> Tuple[object, Future]:
+        pair = self._finished.get(block=block)
+        self._unfinished -= 1
+        return pair
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)

@@ -1,4 +1,11 @@
-"""Decode stage: UniqueImage -> DecodedImage, with the seed's preprocessing."""
+"""Decode stage: ContentTask -> DecodedImage, with the seed's preprocessing.
+
+Fetch hashed the bytes and dropped them; here one uri of each distinct content is read
+again (local files from the page cache, http and gs:// with one more request, gs://
+pinned to the generation fetch saw) and must still hash to the same content. So image
+bytes exist only while their image is in flight, never in a shuffle. Only the declared
+size is trusted before decoding, so a decompression bomb costs a header read.
+"""
 from __future__ import annotations
 
 from concurrent.futures import Future
@@ -7,39 +14,46 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from aisthetics_transforms.bundles import OrderedPool, in_global_window
+from aisthetics_transforms.bundles import WorkPool, in_global_window
 from aisthetics_transforms.fetch import DEFAULT_LIMITS as DEFAULT_FETCH_LIMITS
-from aisthetics_transforms.fetch import FetchError, FetchLimits, read_again
+from aisthetics_transforms.fetch import FetchError, FetchLimits, ThreadSessions, refetch
 from aisthetics_transforms.preprocess import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image_and_orientation
-from aisthetics_transforms.records import ERRORS, DecodedImage, UniqueImage, error_row
+from aisthetics_transforms.records import ContentResult, ContentTask, DecodedImage, Failure
 
-# Images submitted but not yet emitted, per decode thread. Enough for the pool to decode
+FAILED = "failed"
+# Images submitted but not yet emitted, per decode thread: enough for the pool to decode
 # about a batch ahead while the stage thread waits on inference; each holds a 150 KB
 # array once decoded (and its bytes while decoding).
 IN_FLIGHT_PER_THREAD = 16
 
 
-def decode_unique_image(image: UniqueImage, limits: DecodeLimits, fetch_limits: FetchLimits):
-    """(pixels, EXIF orientation) of one distinct image; a local file's bytes, which
-    fetch does not carry, are read again first (:func:`fetch.read_again`)."""
-    data = image.data
-    if data is None:
-        data = read_again(dict.fromkeys(m.ref.uri for m in image.members), image.content_sha256, fetch_limits)
-    return decode_image_and_orientation(data, limits)
+def decode_content(
+    task: ContentTask, limits: DecodeLimits = DEFAULT_LIMITS, fetch_limits: FetchLimits = DEFAULT_FETCH_LIMITS,
+    session=None,
+) -> DecodedImage | ContentResult:
+    """Read ``task``'s content again from the first of its uris that still has it, and
+    decode it; a ContentResult with the failure when that is impossible."""
+    failure = None
+    for uri, pin in task.sources:
+        try:
+            data = refetch(uri, task.content_sha256, pin, fetch_limits, session)
+        except FetchError as exc:
+            failure = Failure("fetch", exc.error_type, str(exc))
+            continue
+        try:
+            pixels, orientation = decode_image_and_orientation(data, limits)
+        except ImageDecodeError as exc:
+            return ContentResult(task.content_sha256, failure=Failure("decode", exc.error_type, f"{uri}: {exc}"))
+        return DecodedImage(task.content_sha256, uri, pixels, orientation)
+    return ContentResult(task.content_sha256, failure=failure)
 
 
 class DecodeImages(beam.DoFn):
-    """UniqueImage -> DecodedImage, or an error row naming what is wrong for each manifest
-    row with that content: stage ``decode``, or ``fetch`` when a local file read again
-    has gone or changed since it was fetched.
+    """ContentTask -> DecodedImage (main), or a ContentResult with the failure (``FAILED``):
+    stage ``decode``, or ``fetch`` when the content cannot be read again.
 
-    Only the declared size is trusted before decoding, so a decompression bomb costs a
-    header read, not gigabytes.
-
-    Images are decoded on a pool of ``threads`` threads (Pillow releases the GIL while it
-    decodes and resizes), at most ``IN_FLIGHT_PER_THREAD`` per thread at a time, and
-    emitted in the order they came; ``finish_bundle`` emits the ones still in flight.
-    """
+    Images are read and decoded on a pool of ``threads`` threads (Pillow releases the GIL
+    while it decodes and resizes) and emitted as they finish."""
 
     def __init__(
         self, limits: DecodeLimits = DEFAULT_LIMITS, threads: int = 1, fetch_limits: FetchLimits = DEFAULT_FETCH_LIMITS
@@ -49,41 +63,38 @@ class DecodeImages(beam.DoFn):
         self.fetch_limits = fetch_limits
         self.decoded = Metrics.counter("aisthetics", "decoded")
         self.errors = Metrics.counter("aisthetics", "decode_errors")
-        self.fetch_errors = Metrics.counter("aisthetics", "fetch_errors")
 
     def setup(self):
-        self._pool = OrderedPool(self.threads, IN_FLIGHT_PER_THREAD, "aisthetics-decode")
+        self._pool = WorkPool(self.threads, IN_FLIGHT_PER_THREAD, "aisthetics-decode")
+        self._sessions = ThreadSessions(self.fetch_limits)
 
     def teardown(self):
         self._pool.shutdown()
+        self._sessions.close()
 
     def start_bundle(self):
         self._pool.start()
 
-    def process(self, image: UniqueImage):
-        for done in self._pool.submit(image, decode_unique_image, image, self.limits, self.fetch_limits):
+    def process(self, task: ContentTask):
+        for done in self._pool.submit(task, self._decode, task):
             yield from self._outputs(*done)
 
     def finish_bundle(self):
-        for done in self._pool.drain():
-            yield from in_global_window(self._outputs(*done))
+        yield from in_global_window([out for done in self._pool.drain() for out in self._outputs(*done)])
 
-    def _outputs(self, image: UniqueImage, decoding: Future):
+    def _decode(self, task: ContentTask):
+        return decode_content(task, self.limits, self.fetch_limits, self._sessions.get())
+
+    def _outputs(self, task: ContentTask, decoding: Future):
         # Counters are only recorded on the bundle's own thread, so count here, not in the pool.
         try:
-            pixels, orientation = decoding.result()
-        except FetchError as exc:  # reading a local file again failed
-            self.fetch_errors.inc(len(image.members))
-            yield from self._errors(image, "fetch", exc.error_type, exc)
-            return
+            result = decoding.result()
         except Exception as exc:  # one strange file must not fail the bundle
-            self.errors.inc(len(image.members))
-            error_type = exc.error_type if isinstance(exc, ImageDecodeError) else type(exc).__name__
-            yield from self._errors(image, "decode", error_type, exc)
-            return
-        self.decoded.inc()
-        yield DecodedImage(image.content_sha256, image.members, pixels, orientation)
-
-    def _errors(self, image: UniqueImage, stage: str, error_type: str, exc: Exception):
-        for member in image.members:
-            yield TaggedOutput(ERRORS, error_row(member.ref, stage, error_type, str(exc)))
+            uri = task.sources[0][0]
+            result = ContentResult(task.content_sha256, failure=Failure("decode", "UnexpectedError", f"{uri}: {exc!r}"))
+        if isinstance(result, ContentResult):
+            self.errors.inc()
+            yield TaggedOutput(FAILED, result)
+        else:
+            self.decoded.inc()
+            yield result

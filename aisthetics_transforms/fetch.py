@@ -22,16 +22,13 @@ import re
 import stat
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator, NamedTuple, Optional
 from urllib.parse import unquote, urljoin, urlsplit
 
-import apache_beam as beam
 import requests
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import (
     DecodeError,
@@ -43,8 +40,6 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import Retry
 
-from aisthetics_transforms import records
-from aisthetics_transforms.bundles import OrderedPool, in_global_window
 
 MiB = 1024 * 1024
 _CHUNK = 1 * MiB
@@ -125,6 +120,7 @@ class _Clock:
 class Fetched(NamedTuple):
     data: bytes
     version: Optional[str]  # the change signal seen while fetching, see source_version()
+    pin: Optional[str] = None  # what a refetch needs to get exactly these bytes (gs: generation)
 
 
 def fetch_bytes(
@@ -135,7 +131,7 @@ def fetch_bytes(
 
 
 def fetch_image(
-    uri: str, limits: FetchLimits = DEFAULT_LIMITS, session: Optional[requests.Session] = None
+    uri: str, limits: FetchLimits = DEFAULT_LIMITS, session: Optional[requests.Session] = None, *, known=None
 ) -> Fetched:
     """Return the bytes at ``uri`` and their version signal, or raise :class:`FetchError`.
 
@@ -649,68 +645,29 @@ def _read_body_chunks(raw, limits: FetchLimits, clock: _Clock) -> Iterator[bytes
 # Beam
 
 
-# Fetches in flight per thread: enough to keep every thread busy while the bundle's own
-# thread emits the finished ones in order.
-IN_FLIGHT_PER_THREAD = 2
 # Waiting on the network costs no CPU: this many fetches at once per worker process.
 DEFAULT_FETCH_THREADS = 16
 
 
-class FetchImages(beam.DoFn):
-    """Fetch each :class:`~records.UriRows`'s bytes once and emit a ``FetchedImage``; for
-    a local file it carries only the bytes' hash (``data`` is None, see :func:`read_again`).
+# ---------------------------------------------------------------------------
+# Interim: the interface the per-uri stages call (replaced by the fetch branch).
 
-    Up to ``threads`` uris are fetched at once (an http or gs:// fetch mostly waits on the
-    network), each thread with its own HTTP connection pool; outputs leave in input order.
-    A uri that cannot be fetched, for any reason including an unexpected exception,
-    becomes an error row with stage ``fetch`` for each of its rows on the
-    ``records.ERRORS`` tagged output; it never fails the bundle.
-    """
 
-    def __init__(self, limits: FetchLimits = DEFAULT_LIMITS, threads: int = DEFAULT_FETCH_THREADS):
-        self._limits = limits
-        self._threads = max(1, threads)
-        self._fetched = Metrics.counter("aisthetics", "fetched")
-        self._errors = Metrics.counter("aisthetics", "fetch_errors")
-        self._bytes = Metrics.counter("aisthetics", "fetched_bytes")
+class Version(NamedTuple):
+    value: Optional[str]  # the change signal; None when there is none or the check failed
+    failed: Optional[str] = None  # why the check failed; None when it did not
+    info: object = None  # opaque: pass to fetch_image(known=...)
 
-    def setup(self):
-        self._pool = OrderedPool(self._threads, IN_FLIGHT_PER_THREAD, "aisthetics-fetch")
-        self._sessions = ThreadSessions(self._limits)
 
-    def teardown(self):
-        self._pool.shutdown()
-        self._sessions.close()
+def check_version(uri: str, limits: FetchLimits = DEFAULT_LIMITS, session: Optional[requests.Session] = None) -> Version:
+    return Version(source_version(uri, limits, session))
 
-    def start_bundle(self):
-        self._pool.start()
 
-    def process(self, rows: records.UriRows):
-        for done in self._pool.submit(rows, self._fetch, rows.uri):
-            yield from self._outputs(*done)
-
-    def finish_bundle(self):
-        for done in self._pool.drain():
-            yield from in_global_window(self._outputs(*done))
-
-    def _fetch(self, uri: str) -> tuple[records.FetchedImage, int]:
-        """On a pool thread: the FetchedImage (its rows are added later) and the size read."""
-        data, version = fetch_image(uri, self._limits, self._sessions.get())
-        carried = None if is_local_file(uri) else data  # see read_again
-        return records.FetchedImage(uri, (), carried, version, hashlib.sha256(data).hexdigest()), len(data)
-
-    def _outputs(self, rows: records.UriRows, fetching: Future):
-        try:
-            image, size = fetching.result()
-        except Exception as exc:  # one bad image must not fail the bundle
-            if isinstance(exc, FetchError):
-                error_type, message = exc.error_type, str(exc)
-            else:
-                error_type, message = type(exc).__name__, f"unexpected error fetching {rows.uri!r}: {exc}"
-            self._errors.inc(len(rows.refs))
-            for ref in rows.refs:
-                yield beam.pvalue.TaggedOutput(records.ERRORS, records.error_row(ref, "fetch", error_type, message))
-            return
-        self._fetched.inc()
-        self._bytes.inc(size)
-        yield image._replace(refs=rows.refs)
+def refetch(
+    uri: str, content_sha256: str, pin: Optional[str], limits: FetchLimits = DEFAULT_LIMITS,
+    session: Optional[requests.Session] = None,
+) -> bytes:
+    data = fetch_image(uri, limits, session).data
+    if hashlib.sha256(data).hexdigest() != content_sha256:
+        raise FetchError("ChangedDuringRun", f"{uri} changed between two reads in this run (sha256 differs)")
+    return data

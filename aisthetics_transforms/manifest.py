@@ -716,16 +716,14 @@ class UniqueImageIds(beam.PTransform):
 
 
 class ReadManifest(beam.PTransform):
-    """Manifest files -> ``{"refs": refs tables, records.ERRORS: error rows}``, one row per
-    image_id. ``bucket_count`` is how many buckets later joins split rows into (from the
-    manifest's size)."""
+    """Manifest files -> ``{"refs": refs tables, records.ERRORS: error rows}`` (image_ids are
+    made unique by ``dedupe.UniqueImageIds``)."""
 
     def __init__(self, spec: ManifestSpec, label: str | None = None):
         super().__init__(label)
         self.spec = spec
         metadata = _match_metadata(spec.pattern)
         self.files = [m.path for m in metadata]
-        self.bucket_count = buckets.bucket_count(sum(m.size_in_bytes for m in metadata))
         if not self.files:
             raise ManifestError(f"manifest {spec.pattern!r} matches no file")
 
@@ -738,9 +736,7 @@ class ReadManifest(beam.PTransform):
             files = files | "SpreadFiles" >> beam.Reshuffle()
         items = files | "ReadRows" >> beam.FlatMap(read_manifest_tables, self.spec)
         rows = _split(items)
-        unique = rows.refs | "UniqueImageIds" >> UniqueImageIds(self.files, self.spec.keep_columns, self.bucket_count)
-        errors = (rows[records.ERRORS], unique[records.ERRORS]) | "ManifestErrors" >> beam.Flatten()
-        return {"refs": unique["refs"], records.ERRORS: errors}
+        return {"refs": rows.refs, records.ERRORS: rows[records.ERRORS]}
 
 
 class ReadImageGlob(beam.PTransform):
@@ -750,7 +746,7 @@ class ReadImageGlob(beam.PTransform):
         super().__init__(label)
         self.pattern = pattern
         self.keep_columns = tuple(keep_columns)
-        self.bucket_count = buckets.bucket_count(0)
+        self.files: list[str] = []
 
     def expand(self, pbegin):
         # Listing happens on a worker so millions of paths never go into the job

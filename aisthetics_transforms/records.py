@@ -1,20 +1,24 @@
-"""The records that flow between stages, and the one shape every failure takes.
+"""The records that flow between stages, and the shapes of the output tables.
 
-Manifest rows travel as Arrow tables (:func:`refs_schema`), so a catalog of millions of
-rows costs the pipeline a few thousand elements, not millions. Images travel one by
-one: manifest tables -> UriRows (one per distinct uri) -> FetchedImage -> UniqueImage
-(one per distinct content) -> DecodedImage -> tables of score rows (one row per manifest
-row) -> Parquet. Each stage emits its failures on the ``errors`` tagged output as error
-rows (:func:`error_row`), so every manifest row ends in exactly one of the two tables.
+Manifest rows travel as Arrow tables (:func:`refs_schema`) in hash buckets, so a catalog
+of millions of rows costs the pipeline a few thousand elements, and they never ride
+inside an image's element. Images travel one by one, as small records: UriTask (one per
+distinct uri) -> ContentClaim (keyed by content hash) -> ContentTask (one per distinct
+content) -> DecodedImage -> ContentResult -> UriOutcome, which goes back to the row
+buckets naming the uri, where every row takes its uri's Score or Failure (``join``). A
+manifest row that cannot even be read is an error row (:func:`error_row`) at once. So
+every manifest row ends in exactly one of the two tables.
 """
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 ERRORS = "errors"  # tag of every stage's failure output
+STATS = "stats"  # tag of the counts stages report for summary.json
 STAGES = ("manifest", "fetch", "decode", "score")
 
 
@@ -27,41 +31,94 @@ class ImageRef(NamedTuple):
     source: str = ""  # where the row is: "manifest-file:line"; orders duplicates
 
 
-class UriRows(NamedTuple):
-    """One distinct uri and every manifest row that names it: fetched once."""
+class Score(NamedTuple):
+    """NIMA's verdict on one image content."""
 
-    uri: str
-    refs: tuple  # of ImageRef
+    mean_score: float
+    sd_score: float
+    predictions: tuple  # 10 floats
+    model_version: str
+    scored_at: datetime
+    exif_orientation: Optional[int] = None  # recorded, not applied (the seed ignores it)
 
 
-class FetchedImage(NamedTuple):
-    uri: str
-    refs: tuple  # of ImageRef: the rows of this uri
-    data: Optional[bytes]  # None for a local file: decode reads it again (fetch.read_again)
-    source_version: Optional[str]  # size+mtime, ETag...: see fetch.source_version
+class Failure(NamedTuple):
+    """Why an image has no score: the errors table's stage, error_type and error_message."""
+
+    stage: str
+    error_type: str
+    message: str
+
+
+class PreviousScore(NamedTuple):
+    """An earlier night's row for one uri or one content, as ``--incremental`` may reuse it."""
+
     content_sha256: str
-
-
-class Member(NamedTuple):
-    """A manifest row that shares its image content with others."""
-
-    ref: ImageRef
     source_version: Optional[str]
+    score: Score
 
 
-class UniqueImage(NamedTuple):
-    """One distinct image content, and every manifest row that has it."""
+class UriTask(NamedTuple):
+    """One distinct uri to check and fetch, the row buckets whose rows name it, and what an
+    earlier night recorded for it (None without ``--incremental`` or for a new uri)."""
+
+    uri: str
+    buckets: tuple  # of int
+    previous: Optional[PreviousScore] = None
+
+
+class ContentClaim(NamedTuple):
+    """A fetched uri whose content still needs a score (keyed by its content_sha256)."""
+
+    uri: str
+    source_version: Optional[str]
+    pin: Optional[str]  # what a refetch needs to get exactly these bytes (gs: the generation)
+    buckets: tuple  # of int: the row buckets naming the uri
+
+
+class ContentTask(NamedTuple):
+    """One distinct content to decode and score, and where to read it again: a few
+    (uri, pin) pairs, tried in turn should one have changed since fetch."""
 
     content_sha256: str
-    data: Optional[bytes]  # None when all its uris are local files
-    members: tuple  # of Member
+    sources: tuple
 
 
 class DecodedImage(NamedTuple):
     content_sha256: str
-    members: tuple  # of Member
+    uri: str
     pixels: np.ndarray  # (224, 224, 3) uint8, see preprocess.decode_image
-    exif_orientation: Optional[int] = None  # recorded, not applied (the seed ignores it)
+    exif_orientation: Optional[int] = None
+
+
+class ContentResult(NamedTuple):
+    """What became of one content: a score (inferred tonight, or reused) or a failure."""
+
+    content_sha256: str
+    score: Optional[Score] = None
+    reused: bool = False
+    failure: Optional[Failure] = None
+
+
+class UriOutcome(NamedTuple):
+    """What became of one uri, sent to every row bucket that names it: the rows of the
+    uri get this score or this failure."""
+
+    uri: str
+    content_sha256: Optional[str] = None
+    source_version: Optional[str] = None
+    score: Optional[Score] = None
+    reused: bool = False
+    failure: Optional[Failure] = None
+
+
+def previous_score(row: dict) -> PreviousScore:
+    """An earlier scores-table row (a dict) as a PreviousScore."""
+    score = Score(
+        row["mean_score"], row["sd_score"], tuple(row["predictions"]), row["model_version"], row["scored_at"],
+        row.get("exif_orientation"),  # absent in partitions from before it existed
+    )
+    return PreviousScore(row["content_sha256"], row.get("source_version"), score)
 
 
 def error_row(ref: ImageRef, stage: str, error_type: str, message: str) -> dict:
@@ -75,35 +132,6 @@ def error_row(ref: ImageRef, stage: str, error_type: str, message: str) -> dict:
         "error_type": error_type,
         "error_message": message,
         **ref.kept,
-    }
-
-
-def score_row(
-    member: Member,
-    content_sha256: str,
-    predictions: list,
-    mean: float,
-    sd: float,
-    model_version: str,
-    scored_at,
-    reused: bool,
-    exif_orientation: Optional[int] = None,
-) -> dict:
-    """The scores-table row for one manifest row: the contract's columns, the kept
-    columns, then what incremental runs need."""
-    return {
-        "image_id": member.ref.image_id,
-        "uri": member.ref.uri,
-        "mean_score": mean,
-        "sd_score": sd,
-        "predictions": predictions,
-        "model_version": model_version,
-        "scored_at": scored_at,
-        **member.ref.kept,
-        "content_sha256": content_sha256,
-        "source_version": member.source_version,
-        "reused": reused,
-        "exif_orientation": exif_orientation,
     }
 
 
@@ -142,11 +170,6 @@ def table_refs(table: pa.Table, keep_columns: Sequence[str]) -> Iterable[ImageRe
     kept = [table.column(name).to_pylist() for name in keep_columns]
     for i, (image_id, uri) in enumerate(zip(ids, uris)):
         yield ImageRef(image_id, uri, {name: values[i] for name, values in zip(keep_columns, kept)})
-
-
-def score_table(rows: Iterable[dict], keep_columns: Sequence[str]) -> pa.Table:
-    """Score rows (:func:`score_row`) -> a table of :func:`scores_schema`."""
-    return pa.Table.from_pylist(list(rows), schema=scores_schema(keep_columns))
 
 
 def scores_schema(keep_columns: Sequence[str] = ()) -> pa.Schema:

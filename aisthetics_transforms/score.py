@@ -1,4 +1,4 @@
-"""Score stage: batches of DecodedImage -> tables of score rows, with one model per worker process.
+"""Score stage: batches of DecodedImage -> one ContentResult per distinct content, with one model per worker process.
 
 The model is loaded in ``setup()`` through ``apache_beam.utils.shared.Shared``: every
 DoFn instance (Beam makes one per thread, and may call ``setup`` again) in a process
@@ -12,8 +12,9 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -21,21 +22,28 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils import shared
 
-from aisthetics_transforms.bundles import OrderedPool, in_global_window
+from aisthetics_transforms.bundles import WorkPool, in_global_window
 from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
 from aisthetics_transforms.preprocess import to_model_input
-from aisthetics_transforms.records import ERRORS, DecodedImage, error_row, score_row, score_table
+from aisthetics_transforms.records import STATS, ContentResult, DecodedImage, Failure, Score
 
 
-def score_rows(images: Sequence[DecodedImage], distributions: np.ndarray, model_version: str, scored_at: datetime):
-    """One scores-table row per manifest row: every member of each image gets its score."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model scores, and how: the score stage's options."""
+
+    engine: str = "auto"
+    weights: Optional[str] = None
+    batch_size: int = 32
+    inference_threads: Optional[int] = None  # LiteRT threads per worker process
+
+
+def content_results(images: Sequence[DecodedImage], distributions: np.ndarray, model_version: str, scored_at: datetime):
+    """One ContentResult per image of a batch: its distribution, mean and sd."""
     for image, p in zip(images, distributions):
         mean, sd = distribution_stats(p)
-        predictions = [float(v) for v in p]
-        for member in image.members:
-            yield score_row(
-                member, image.content_sha256, predictions, mean, sd, model_version, scored_at, False, image.exif_orientation
-            )
+        score = Score(mean, sd, tuple(float(v) for v in p), model_version, scored_at, image.exif_orientation)
+        yield ContentResult(image.content_sha256, score)
 
 
 class ProgressLine:
@@ -86,41 +94,38 @@ def _infer(model: LoadedModel, batch: Sequence[DecodedImage]) -> tuple[np.ndarra
 
 
 class ScoreBatches(beam.DoFn):
-    """Batches of DecodedImage -> a table of score rows per batch; a batch the model
-    rejects becomes error rows (stage ``score``) rather than failing the run.
+    """Batches of DecodedImage -> one ContentResult per image; a batch the model rejects
+    gives failures (stage ``score``) rather than failing the run.
 
     Inference runs one batch behind, on a thread of its own: while LiteRT (which releases
     the GIL) scores batch N, the stage goes on decoding batch N+1, whose ``process`` call
-    then emits the rows of batch N. ``finish_bundle`` emits the last batch's rows.
+    then emits the results of batch N. ``finish_bundle`` emits the last batch's.
     """
 
-    def __init__(
-        self, engine: str, weights: str | None, num_threads: int | None, progress_seconds: float = 0, keep_columns=()
-    ):
-        self.engine = engine
-        self.keep_columns = tuple(keep_columns)
-        self.weights = weights
-        self.num_threads = num_threads
+    def __init__(self, model: ModelSpec, progress_seconds: float = 0):
+        self.model = model
         self.progress_seconds = progress_seconds
         self._shared = shared.Shared()
         self.scored = Metrics.counter("aisthetics", "scored")
-        self.deduplicated = Metrics.counter("aisthetics", "deduplicated")
         self.errors = Metrics.counter("aisthetics", "score_errors")
         self.model_loads = Metrics.counter("aisthetics", "model_loads")
 
     def setup(self):
-        def load():
-            return _ProcessModel(load_model(self.engine, self.weights, self.num_threads), self.progress_seconds)
+        spec = self.model
 
-        self._process_model = self._shared.acquire(load, tag=(self.engine, self.weights, self.num_threads))
+        def load():
+            return _ProcessModel(load_model(spec.engine, spec.weights, spec.inference_threads), self.progress_seconds)
+
+        self._process_model = self._shared.acquire(load, tag=(spec.engine, spec.weights, spec.inference_threads))
         # One inference thread, at most one batch in flight beyond the one being collected.
-        self._inference = OrderedPool(1, 1, "aisthetics-inference")
+        self._inference = WorkPool(1, 1, "aisthetics-inference")
 
     def teardown(self):
         self._inference.shutdown()
 
     def start_bundle(self):
         self._inference.start()
+        self._inferred = 0
 
     def process(self, batch: Sequence[DecodedImage]):
         held = self._process_model
@@ -130,65 +135,48 @@ class ScoreBatches(beam.DoFn):
                     held.load_uncounted = False
                     self.model_loads.inc()
         for done in self._inference.submit(batch, _infer, held.model, batch):
-            yield from self._rows(*done)
+            yield from self._results(*done)
 
     def finish_bundle(self):
-        for done in self._inference.drain():
-            yield from in_global_window(self._rows(*done))
+        outputs = [out for done in self._inference.drain() for out in self._results(*done)]
+        if self._inferred:
+            outputs.append(TaggedOutput(STATS, {"inferred": self._inferred}))
+        yield from in_global_window(outputs)
 
-    def _rows(self, batch: Sequence[DecodedImage], inference: Future):
+    def _results(self, batch: Sequence[DecodedImage], inference: Future):
         held = self._process_model
         try:
             distributions, scored_at = inference.result()
         except Exception as exc:  # e.g. an engine fault: report these images, keep the run
-            for image in batch:
-                yield from self._fail(image, type(exc).__name__, str(exc))
+            yield from self._fail(batch, "InferenceFailed", f"the model failed on a batch of {len(batch)}: {exc}")
             return
         finite = np.isfinite(distributions).all(axis=1)
         good = [image for image, ok in zip(batch, finite) if ok]
-        for image in (image for image, ok in zip(batch, finite) if not ok):
-            yield from self._fail(image, "InvalidPrediction", "model output is not finite")
+        yield from self._fail([image for image, ok in zip(batch, finite) if not ok], "InvalidPrediction",
+                              "model output is not finite")
         self.scored.inc(len(good))
-        self.deduplicated.inc(sum(len(image.members) - 1 for image in good))
+        self._inferred += len(good)
         held.progress.add(len(good))
-        if good:
-            yield score_table(
-                score_rows(good, distributions[finite], held.model.model_version, scored_at), self.keep_columns
-            )
+        yield from content_results(good, distributions[finite], held.model.model_version, scored_at)
 
-    def _fail(self, image: DecodedImage, error_type: str, message: str):
-        self.errors.inc(len(image.members))
-        for member in image.members:
-            yield TaggedOutput(ERRORS, error_row(member.ref, "score", error_type, message))
+    def _fail(self, images: Sequence[DecodedImage], error_type: str, message: str):
+        self.errors.inc(len(images))
+        for image in images:
+            yield ContentResult(image.content_sha256, failure=Failure("score", error_type, f"{image.uri}: {message}"))
 
 
 class ScoreImages(beam.PTransform):
-    """DecodedImage -> tables of score rows (main output) and error rows (``errors``), in
-    batches of at most ``batch_size``."""
+    """DecodedImage -> ContentResult (``results``) and counts (``STATS``), in batches of at
+    most ``model.batch_size``."""
 
-    def __init__(
-        self,
-        engine: str = "auto",
-        weights: str | None = None,
-        batch_size: int = 32,
-        num_threads: int | None = None,
-        progress_seconds: float = 0,
-        keep_columns=(),
-    ):
+    def __init__(self, model: ModelSpec = ModelSpec(), progress_seconds: float = 0):
         super().__init__()
-        self.keep_columns = tuple(keep_columns)
-        self.engine = engine
-        self.weights = weights
-        self.batch_size = batch_size
-        self.num_threads = num_threads
+        self.model = model
         self.progress_seconds = progress_seconds
 
     def expand(self, images):
         return (
             images
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-            | "Infer"
-            >> beam.ParDo(
-                ScoreBatches(self.engine, self.weights, self.num_threads, self.progress_seconds, self.keep_columns)
-            ).with_outputs(ERRORS, main="scores")
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.model.batch_size)
+            | "Infer" >> beam.ParDo(ScoreBatches(self.model, self.progress_seconds)).with_outputs(STATS, main="results")
         )

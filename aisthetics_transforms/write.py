@@ -132,15 +132,17 @@ class RunInfo:
                    tuple(keep_columns))
 
 
-def summarize(files: Sequence[dict], run: "RunInfo") -> dict:
-    """Counts for summary.json from what the committed Parquet files hold (:func:`file_counts`)."""
+def summarize(files: Sequence[dict], stats: dict, run: "RunInfo") -> dict:
+    """summary.json: row counts from what the committed Parquet files hold
+    (:func:`file_counts`), and what the stages counted (``stats``: inferences, fetches...)."""
     totals: dict = {}
     for f in files:
         for key, n in f["counts"].items():
             totals[key] = totals.get(key, 0) + n
     by_stage = {stage: totals.get(f"errors_{stage}", 0) for stage in STAGES}
     errors = sum(by_stage.values())
-    fresh_rows, inferred, reused = totals.get("fresh_rows", 0), totals.get("fresh_contents", 0), totals.get("reused", 0)
+    fresh_rows, reused = totals.get("fresh_rows", 0), totals.get("reused", 0)
+    inferred = stats.get("inferred", 0)
     return {
         "run_date": run.run_date,
         "run_id": run.run_id,
@@ -151,6 +153,11 @@ def summarize(files: Sequence[dict], run: "RunInfo") -> dict:
         "reused": reused,
         "errors": errors,
         "errors_by_stage": by_stage,
+        "uris": stats.get("uris", 0),
+        "fetched": stats.get("fetched", 0),
+        "version_checks": stats.get("version_checks", 0),
+        "version_checks_failed": stats.get("version_checks_failed", 0),
+        "previous_files_unreadable": stats.get("previous_files_unreadable", 0),
         "model_version": run.model_version,
         "incremental_from": run.previous_partition,
         "started_at": run.started_at,
@@ -158,14 +165,24 @@ def summarize(files: Sequence[dict], run: "RunInfo") -> dict:
 
 
 def file_counts(item: pa.Table | dict) -> dict:
-    """What summary.json needs to know of a table of score rows or of one error row.
-    Every distinct image scored tonight has all its rows in one table (one inference
-    batch's), so distinct contents can be counted per table and summed."""
+    """What summary.json needs to know of a table of score rows, a table of error rows,
+    or one error row (a dict)."""
     if isinstance(item, dict):
         return {f"errors_{item['stage']}": 1}
-    reused = item.column("reused").to_numpy(zero_copy_only=False)
-    fresh = item.filter(pa.array(~reused)).column("content_sha256")
-    return {"reused": int(reused.sum()), "fresh_rows": len(fresh), "fresh_contents": len(pc.unique(fresh))}
+    if "stage" in item.column_names:
+        counts = pc.value_counts(item.column("stage")).to_pylist()
+        return {f"errors_{c['values']}": c["counts"] for c in counts}
+    reused = int(pc.sum(item.column("reused")).as_py() or 0)
+    return {"reused": reused, "fresh_rows": item.num_rows - reused}
+
+
+def sum_counts(dicts) -> dict:
+    """Adds up dicts of counts (the stages' STATS outputs)."""
+    total: dict = {}
+    for d in dicts:
+        for key, n in d.items():
+            total[key] = total.get(key, 0) + n
+    return total
 
 
 def _leftovers(directory: str, committed: set) -> list[str]:
@@ -174,9 +191,9 @@ def _leftovers(directory: str, committed: set) -> list[str]:
     return [path for path in _objects(directory) if path not in committed]
 
 
-def _publish(_, files: list, run: "RunInfo") -> dict:
+def _publish(_, files: list, stats: dict, run: "RunInfo") -> dict:
     """Runs once, after every bundle that writes has committed (their files are the side input)."""
-    summary = summarize(files, run)
+    summary = summarize(files, stats, run)
     summary["finished_at"] = datetime.now(timezone.utc).isoformat()
     staged = staging_dir(run.output, run.run_date, run.run_id)
     runs_dir = FileSystems.join(staged, "runs")
@@ -264,9 +281,10 @@ class WriteParquetFiles(beam.DoFn):
 
 
 class WriteTables(beam.PTransform):
-    """``{"errors": error row dicts, NAME: tables of score rows, ...}`` -> the tables of
-    one run date, published together with its summary.json; outputs the summary dict.
-    Each input is written where it is made, not first gathered in one place."""
+    """``{"scores": tables of score rows, "errors": tables of error rows or error row dicts,
+    "stats": dicts of counts}`` -> the tables of one run date, published together with its
+    summary.json; outputs the summary dict. Each table is written where it is made, not
+    first gathered in one place."""
 
     def __init__(self, run: RunInfo):
         super().__init__()
@@ -275,14 +293,15 @@ class WriteTables(beam.PTransform):
     def expand(self, tables):
         staged = staging_dir(self.run.output, self.run.run_date, self.run.run_id)
         schemas = {"scores": scores_schema(self.run.keep_columns), "errors": errors_schema(self.run.keep_columns)}
-        files = []
-        for name, part in sorted(tables.items()):
-            table = "errors" if name == "errors" else "scores"
-            files.append(part | f"Write_{name}" >> beam.ParDo(
-                WriteParquetFiles(FileSystems.join(staged, table), f"{self.run.run_id}-{name}", table, schemas[table])))
+        files = [
+            tables[table] | f"Write{table.title()}" >> beam.ParDo(
+                WriteParquetFiles(FileSystems.join(staged, table), f"{self.run.run_id}-{table}", table, schemas[table]))
+            for table in ("scores", "errors")
+        ]
         files = files | "Files" >> beam.Flatten()
+        stats = tables["stats"] | "SumStats" >> beam.CombineGlobally(sum_counts)
         return (
             files.pipeline
             | "Once" >> beam.Create([None])
-            | "Publish" >> beam.Map(_publish, beam.pvalue.AsList(files), run=self.run)
+            | "Publish" >> beam.Map(_publish, beam.pvalue.AsList(files), beam.pvalue.AsSingleton(stats), run=self.run)
         )

@@ -15,52 +15,71 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, SetupOptions, StandardOptions
 
-from aisthetics_transforms.decode import DecodeImages
-from aisthetics_transforms.fetch import FetchImages, FetchLimits
+from aisthetics_transforms import dedupe
+from aisthetics_transforms.buckets import bucket_count
+from aisthetics_transforms.decode import FAILED, DecodeImages
+from aisthetics_transforms.dedupe import DedupeContent, PlanFetches, ResultsToUris, UniqueImageIds
+from aisthetics_transforms.fetch import FetchLimits
+from aisthetics_transforms.fetch_stage import OUTCOMES, FetchImages
+from aisthetics_transforms.incremental import ReadPreviousNight, find_previous_night
+from aisthetics_transforms.join import JoinRows
 from aisthetics_transforms.manifest import ManifestSpec, ReadImageGlob, ReadManifest
 from aisthetics_transforms.model import engine_name, local_weights, model_version
 from aisthetics_transforms.preprocess import DecodeLimits
-from aisthetics_transforms.records import ERRORS
-from aisthetics_transforms.reuse import REUSED, GroupByContent, GroupByUri, ReadPreviousScores, find_previous_partition
-from aisthetics_transforms.score import ScoreImages
+from aisthetics_transforms.records import ERRORS, STATS
+from aisthetics_transforms.score import ModelSpec, ScoreImages
 from aisthetics_transforms.write import RunInfo, WriteTables, summary_path
 from pipeline.options import AistheticsOptions
 
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
 
 
-def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
-    """Wire the stages; returns the PCollection holding the run summary."""
+def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, previous=None):
+    """Wire the stages; ``previous`` is the earlier night an incremental run reuses.
+    Returns the PCollection holding the run summary."""
     keep = opts.keep_column_list
     if opts.manifest:
         spec = ManifestSpec(opts.manifest, opts.manifest_format, opts.uri_column, opts.id_column, keep)
-        read = ReadManifest(spec, label="ReadManifest")
+        manifest = p | "ReadManifest" >> (read := ReadManifest(spec))
     else:
-        read = ReadImageGlob(opts.images, keep, label="ListImages")
-    refs = p | read
+        manifest = p | "ListImages" >> (read := ReadImageGlob(opts.images, keep))
+    rows = manifest["refs"] | "UniqueImageIds" >> UniqueImageIds(read.files, keep)
+    previous_rows = previous.rows if previous else 0
+    uri_buckets = rows["row_count"] | "UriBuckets" >> beam.Map(lambda n: bucket_count(max(n, previous_rows)))
+    earlier = {}
+    if previous:
+        earlier = p | "ReadPreviousNight" >> ReadPreviousNight(
+            previous, run.model_version, uri_buckets, bucket_count(previous_rows))
     fetch_limits = FetchLimits(max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline)
-    previous = {}
-    if run.previous_partition:
-        previous = p | "ReadPreviousScores" >> ReadPreviousScores(
-            run.previous_partition, run.model_version, read.bucket_count
-        )
-    uris = refs["refs"] | "GroupByUri" >> GroupByUri(keep, read.bucket_count, previous.get("uri"), fetch_limits)
-    fetched = uris.uris | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits, opts.fetch_threads)).with_outputs(
-        ERRORS, main="images"
+    fetched = (
+        rows[dedupe.URIS]
+        | "PlanFetches" >> PlanFetches(uri_buckets, earlier.get("uri"))
+        | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits, opts.fetch_threads)).with_outputs(
+            OUTCOMES, STATS, main="claims")
     )
-    unique = fetched.images | "GroupByContent" >> GroupByContent(keep, read.bucket_count, previous.get("content"))
+    contents = fetched.claims | "DedupeContent" >> DedupeContent(earlier.get("content"), bucket_count(previous_rows))
     decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
-    decoded = unique.images | "DecodeImages" >> beam.ParDo(
-        DecodeImages(decode_limits, opts.decode_threads, fetch_limits)
-    ).with_outputs(ERRORS, main="images")
-    scored = decoded.images | "ScoreImages" >> ScoreImages(
-        opts.engine, opts.weights, opts.batch_size, opts.inference_threads, opts.progress_seconds, keep
+    decoded = (
+        contents["tasks"]
+        | "SpreadContents" >> beam.Reshuffle()
+        | "DecodeImages" >> beam.ParDo(DecodeImages(decode_limits, opts.decode_threads, fetch_limits)).with_outputs(
+            FAILED, main="images")
     )
-    errors = [refs[ERRORS], fetched[ERRORS], decoded[ERRORS], scored[ERRORS]] | "CollectErrors" >> beam.Flatten()
-    tables = {"errors": errors, "scored": scored.scores}
-    if previous:  # reused rows are written where they are found, not gathered first
-        tables.update(unchanged=uris[REUSED], same_content=unique[REUSED])
-    return tables | "WriteTables" >> WriteTables(run)
+    model = ModelSpec(opts.engine, opts.weights, opts.batch_size, opts.inference_threads)
+    scored = decoded.images | "ScoreImages" >> ScoreImages(model, opts.progress_seconds)
+    results, stats = [scored.results, decoded[FAILED]], [fetched[STATS], scored[STATS]]
+    if previous:
+        results.append(contents[dedupe.REUSED])
+        stats.append(earlier[STATS])
+    results = results | "Results" >> beam.Flatten()
+    outcomes = (
+        [fetched[OUTCOMES], {"claims": fetched.claims, "results": results} | "ResultsToUris" >> ResultsToUris()]
+        | "Outcomes" >> beam.Flatten()
+    )
+    joined = {"rows": rows[dedupe.ROWS], "outcomes": outcomes} | "JoinRows" >> JoinRows(keep)
+    errors = [manifest[ERRORS], rows[ERRORS], joined[ERRORS]] | "Errors" >> beam.Flatten()
+    stats = stats | "Stats" >> beam.Flatten()
+    return {"scores": joined.scores, "errors": errors, "stats": stats} | "WriteTables" >> WriteTables(run)
 
 
 def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv: list[str]) -> None:
@@ -113,10 +132,11 @@ def run(argv: list[str] | None = None) -> RunOutcome:
         opts.progress_seconds = max(opts.progress_seconds, 0)
 
     version = model_version(local_weights(opts.weights)[1], engine_name(opts.engine))
-    previous = find_previous_partition(opts.output, opts.run_date) if opts.incremental else None
-    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images, previous, opts.keep_column_list)
+    previous = find_previous_night(opts.output, opts.run_date) if opts.incremental else None
+    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images,
+                       previous.partition if previous else None, opts.keep_column_list)
     p = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(p, opts, info)
+    build_pipeline(p, opts, info, previous)
     result = p.run()
     result.wait_until_finish()
     if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:

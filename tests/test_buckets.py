@@ -50,7 +50,9 @@ def test_split_and_concat_keep_every_row_once():
     assert buckets.concat([]) is None
 
 
-def test_bucket_count_follows_the_input_size():
-    assert buckets.bucket_count(0) == 4
-    assert buckets.bucket_count(100 * buckets.MANIFEST_BYTES_PER_BUCKET) == 100
-    assert buckets.bucket_count(10**15) == buckets.MAX_BUCKETS
+def test_bucket_count_follows_the_row_count_without_a_cap():
+    assert buckets.bucket_count(0) == buckets.MIN_BUCKETS
+    assert buckets.bucket_count(100 * buckets.ROWS_PER_BUCKET) == 100
+    assert buckets.bucket_count(100 * buckets.ROWS_PER_BUCKET + 1) == 101
+    # 100 million rows: buckets keep their size instead of growing with the catalog.
+    assert buckets.bucket_count(10**8) * buckets.ROWS_PER_BUCKET >= 10**8

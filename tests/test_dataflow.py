@@ -32,9 +32,9 @@ from gcs_emulator import PROJECT, gcs  # noqa: F401  (gcs is a pytest fixture)
 REPO = Path(__file__).resolve().parents[1]
 RUN_DATE = "2026-11-28"
 TIMEOUT = 110  # seconds per translation; each takes ~6 s here
-STAGES = ("FetchImages", "DecodeImages", "ScoreImages", "CollectErrors", "WriteTables")
+STAGES = ("UniqueImageIds", "PlanFetches", "FetchImages", "DedupeContent", "DecodeImages", "ScoreImages", "JoinRows", "WriteTables")
 PACKAGE_FILES = ("setup.py", "pipeline/__init__.py", "pipeline/options.py", "aisthetics_transforms/score.py",
-                 "aisthetics_transforms/write.py")
+                 "aisthetics_transforms/write.py", "aisthetics_transforms/dedupe.py")
 
 
 def translate(gcs, tmp_path: Path, source_args: list[str], root: str) -> tuple[dict, float]:
@@ -80,6 +80,26 @@ def step_names(gcs, job: dict) -> set[str]:
     return {t.unique_name for t in proto.components.transforms.values() if "/" not in t.unique_name}
 
 
+def staged_proto(gcs, job: dict) -> beam_runner_api_pb2.Pipeline:
+    url = job["environment"]["sdkPipelineOptions"]["options"]["pipelineUrl"]
+    return beam_runner_api_pb2.Pipeline.FromString(gcs.download_bytes(gcs_name(gcs, url)))
+
+
+def nearest_shuffle(proto: beam_runner_api_pb2.Pipeline, name: str) -> str:
+    """The GroupByKey that feeds the transform ``name`` most directly: walking up its
+    input through the transforms fused with it (anything but a GroupByKey)."""
+    transforms = proto.components.transforms
+    producer = {pcoll: t.unique_name for t in transforms.values() if not t.subtransforms for pcoll in t.outputs.values()}
+    by_name = {t.unique_name: t for t in transforms.values()}
+    current = by_name[name]
+    for _ in range(100):
+        [pcoll] = [p for tag, p in current.inputs.items() if not tag.startswith("side")]
+        current = by_name[producer[pcoll]]
+        if current.spec.urn == "beam:transform:group_by_key:v1":
+            return current.unique_name
+    raise AssertionError(f"no shuffle above {name}")
+
+
 def display_values(gcs, job: dict, prefix: str, key: str) -> set[str]:
     """The string display data ``key`` of the staged pipeline proto's transforms under ``prefix``."""
     url = job["environment"]["sdkPipelineOptions"]["options"]["pipelineUrl"]
@@ -100,6 +120,12 @@ def check_spec(gcs, job: dict, root: str, source_stage: str) -> None:
     # The graph: our stage labels, by name.
     names = step_names(gcs, job)
     assert {source_stage, *STAGES} <= names, sorted(names)
+
+    # The per-image stages sit behind a shuffle of one element per uri / per content, not a
+    # bucket of rows: Dataflow spreads them over every worker and can split them.
+    proto = staged_proto(gcs, job)
+    assert nearest_shuffle(proto, "FetchImages").startswith("PlanFetches/SpreadUris/"), nearest_shuffle(proto, "FetchImages")
+    assert nearest_shuffle(proto, "DecodeImages").startswith("SpreadContents/")
 
     # Staged files: the sdist built from setup.py, next to the pipeline proto.
     staged = gcs.list_names(f"{root}/staging/")
@@ -173,15 +199,17 @@ def test_dataflow_template_incremental(gcs, ava, tmp_path):
     root = f"dataflow-incremental-{uuid.uuid4().hex[:8]}"
     uris = [gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in sorted(ava.glob("*.jpg"))[:2]]
     manifest = gcs.upload_bytes(f"{root}/manifest.csv", ("uri\n" + "\n".join(uris) + "\n").encode(), "text/csv")
-    previous = gcs.upload_bytes(f"{root}/out/scores/dt=2026-11-27/part-0.parquet", scores_partition_bytes(uris))
+    run_id = "20261127T020000000000Z"
+    previous = gcs.upload_bytes(f"{root}/out/scores/dt=2026-11-27/{run_id}-scores-0.parquet", scores_partition_bytes(uris))
+    summary = {"run_id": run_id, "run_date": "2026-11-27", "rows": len(uris)}
+    gcs.upload_bytes(f"{root}/out/runs/dt=2026-11-27/summary.json", json.dumps(summary).encode(), "application/json")
     job, seconds = translate(gcs, tmp_path, [f"--manifest={manifest}", "--incremental"], root)
     check_spec(gcs, job, root, "ReadManifest")
     names = step_names(gcs, job)
-    assert {"ReadPreviousScores", "GroupByUri", "GroupByContent"} <= names, sorted(names)
+    assert "ReadPreviousNight" in names, sorted(names)
     options = job["environment"]["sdkPipelineOptions"]["options"]
     assert options["incremental"] is True
     assert options["manifest"] == manifest
-    # The launcher found the uploaded partition on gs:// and the job reads exactly it.
-    partition = previous.rsplit("/", 1)[0]
-    assert display_values(gcs, job, "ReadPreviousScores/", "file_pattern") == {f"{partition}/*.parquet"}
+    # The launcher found the published night on gs:// and the job reads exactly its file.
+    assert display_values(gcs, job, "ReadPreviousNight/", "night") == {previous.rsplit("/", 1)[0]}
     assert seconds < 100

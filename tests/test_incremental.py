@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import pipeline
-from aisthetics_transforms.reuse import find_previous_partition
+from aisthetics_transforms.incremental import find_previous_night
 from aisthetics_transforms.sample import write_sample_catalog
 
 NIGHTS = ["2026-11-26", "2026-11-27", "2026-11-28"]
@@ -137,7 +137,8 @@ def test_rerunning_night_three_gives_the_same_rows(nights):
 
 def test_a_different_model_version_reuses_nothing(nights, tmp_path):
     output = tmp_path / "out"
-    shutil.copytree(nights["output"] / "scores" / f"dt={NIGHTS[0]}", output / "scores" / f"dt={NIGHTS[0]}")
+    for table in ("scores", "runs"):
+        shutil.copytree(nights["output"] / table / f"dt={NIGHTS[0]}", output / table / f"dt={NIGHTS[0]}")
     summary = night(nights["manifest"], output, NIGHTS[1], "--engine=keras")
     assert summary["model_version"].endswith("-keras")
     assert summary["reused"] == 0
@@ -146,9 +147,9 @@ def test_a_different_model_version_reuses_nothing(nights, tmp_path):
 
 def test_previous_partition_is_the_newest_strictly_earlier_one(nights):
     output = str(nights["output"])
-    assert find_previous_partition(output, NIGHTS[0]) is None
-    assert find_previous_partition(output, NIGHTS[2]).endswith(f"dt={NIGHTS[1]}")
-    assert find_previous_partition(output, "2027-01-01").endswith(f"dt={NIGHTS[2]}")
+    assert find_previous_night(output, NIGHTS[0]) is None
+    assert find_previous_night(output, NIGHTS[2]).run_date == NIGHTS[1]
+    assert find_previous_night(output, "2027-01-01").run_date == NIGHTS[2]
 
 
 def test_a_run_killed_mid_write_leaves_the_date_intact(nights, tmp_path):

@@ -195,14 +195,18 @@ def nights(servers, ava, tmp_path_factory):
     }
 
 
-def test_night_one_fetches_everything_once_and_checks_nothing(nights):
+def test_night_one_fetches_everything_once_reads_each_content_once_more_and_checks_nothing(nights):
     first = nights["summaries"][0]
     # 5 rows, 3 distinct contents: /photo.jpg = /etag.jpg, the local file = /lastmod.jpg.
     assert (first["rows"], first["scored"], first["deduplicated"], first["reused"], first["errors"]) == (5, 3, 2, 0, 0)
     assert first["incremental_from"] is None
     requests = nights["requests"][0]
-    assert requests["main"] == {p: {"GET": 1, "HEAD": 0} for p in ("/etag.jpg", "/lastmod.jpg", "/none.jpg")}
-    assert requests["no_head"] == {"/photo.jpg": {"GET": 1, "HEAD": 0}}
+    # Every uri is fetched once to hash it; decode then reads each content to score once
+    # more, from a local file where it has one (42040), else from one of its uris.
+    assert requests["main"]["/lastmod.jpg"] == {"GET": 1, "HEAD": 0}
+    assert requests["main"]["/none.jpg"] == {"GET": 2, "HEAD": 0}
+    same_content = [requests["main"]["/etag.jpg"], requests["no_head"]["/photo.jpg"]]
+    assert sorted(r["GET"] for r in same_content) == [1, 2] and {r["HEAD"] for r in same_content} == {0}
     rows = read_rows(nights["output"], "scores", NIGHTS[0])
     assert rows["http-etag"]["source_version"] == f"etag={nights['etags']['42039']}"
     length = len(nights["bodies"]["42040"])
@@ -239,9 +243,9 @@ def test_night_three_infers_exactly_the_two_changed_photos(nights):
     assert third["incremental_from"].endswith(f"dt={NIGHTS[1]}")
     assert (third["rows"], third["scored"], third["deduplicated"], third["reused"], third["errors"]) == (5, 2, 0, 3, 0)
     requests = nights["requests"][2]
-    assert requests["main"]["/etag.jpg"] == {"GET": 1, "HEAD": 1}  # new ETag: fetched
+    assert requests["main"]["/etag.jpg"] == {"GET": 2, "HEAD": 1}  # new ETag: fetched, then read to score
     assert requests["main"]["/lastmod.jpg"] == {"GET": 0, "HEAD": 1}
-    assert requests["main"]["/none.jpg"] == {"GET": 1, "HEAD": 0}
+    assert requests["main"]["/none.jpg"] == {"GET": 2, "HEAD": 0}
     assert requests["no_head"]["/photo.jpg"] == {"GET": 1, "HEAD": 1}
 
     rows = read_rows(nights["output"], "scores", NIGHTS[2])

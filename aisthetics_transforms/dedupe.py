@@ -1,0 +1,292 @@
+"""Dedupe stage: every image_id once, every uri fetched once, every content scored once.
+
+Rows never ride inside an image's element. They wait in row buckets (Arrow tables hashed
+by image_id, see ``buckets``) until the join stage; what travels per image is small:
+
+    refs tables   --UniqueImageIds-->  row buckets (b, rows) + uri requests (uri, b)
+    uri requests (+ an earlier night's row per uri)  --PlanFetches-->  one UriTask per uri
+    claims (content_sha256, ContentClaim)  --DedupeContent-->  one ContentTask per content
+    content results + claims  --ResultsToUris-->  (b, UriOutcome) per row bucket of each uri
+
+A uri named by millions of rows is one UriTask listing the row buckets that hold those
+rows (at most the bucket count), and its outcome goes back to each of them: no element
+grows with the popularity of a uri. Between PlanFetches and fetch, and between
+DedupeContent and decode, a shuffle keyed per uri or per content spreads the image work
+over every worker (on Dataflow, dynamic work rebalancing can split it there).
+"""
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from operator import itemgetter
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.pvalue import AsSingleton, TaggedOutput
+
+from aisthetics_transforms import buckets
+from aisthetics_transforms.bundles import in_global_window
+from aisthetics_transforms.fetch import is_local_file
+from aisthetics_transforms.manifest import keep_first_of_each_id
+from aisthetics_transforms.records import (
+    ERRORS,
+    ContentClaim,
+    ContentResult,
+    ContentTask,
+    Failure,
+    UriOutcome,
+    UriTask,
+    previous_score,
+)
+
+ROWS = "rows"  # (row bucket, packed rows): one row per image_id
+URIS = "uris"  # tables of (uri, bucket): the distinct uris of each row bucket
+REUSED = "reused"  # ContentResults an earlier night scored
+READABLE_COPIES = 3  # uris a content can be read again from, should one have changed meanwhile
+
+
+class SplitByBucket(beam.DoFn):
+    """Tables -> ``(bucket, packed rows)`` by the hash of ``column`` into ``n`` buckets (a
+    side input). Pieces of one bucket from several tables of a bundle are packed together
+    up to ``piece_rows`` rows, holding at most ``held_rows`` rows, so a large bucket count
+    does not turn every table into thousands of tiny elements."""
+
+    def __init__(self, column: str, piece_rows: int = 5_000, held_rows: int = 200_000):
+        self.column = column
+        self.piece_rows = piece_rows
+        self.held_rows = held_rows
+
+    def start_bundle(self):
+        self._held: dict[int, list[pa.Table]] = defaultdict(list)
+        self._rows: dict[int, int] = defaultdict(int)
+        self._total = 0
+
+    def process(self, table: pa.Table, n: int):
+        for bucket, piece in buckets.split_table(table, self.column, n):
+            self._held[bucket].append(piece)
+            self._rows[bucket] += piece.num_rows
+            self._total += piece.num_rows
+            if self._rows[bucket] >= self.piece_rows:
+                yield self._flush(bucket)
+        if self._total >= self.held_rows:
+            for bucket in list(self._held):
+                yield self._flush(bucket)
+
+    def finish_bundle(self):
+        yield from in_global_window([self._flush(bucket) for bucket in list(self._held)])
+
+    def _flush(self, bucket: int) -> tuple[int, bytes]:
+        pieces = self._held.pop(bucket)
+        self._total -= self._rows.pop(bucket)
+        return bucket, buckets.pack(pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0])
+
+
+def _with_position(table: pa.Table) -> pa.Table:
+    """Refs tables without a manifest position (``--images``: paths are unique) get one."""
+    if "manifest_file" in table.column_names:
+        return table
+    table = table.append_column("manifest_file", pa.array(np.zeros(table.num_rows, np.int32)))
+    return table.append_column("manifest_line", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+
+def keep_first_rows(element, files: list, keep_columns: tuple):
+    """(bucket, refs pieces) -> the bucket's rows, one per image_id (main, packed), its
+    distinct uris (``URIS``) and an error row for each repeated image_id (``ERRORS``)."""
+    bucket = element[0]
+    for item in keep_first_of_each_id(element, files, keep_columns):
+        if isinstance(item, TaggedOutput):
+            yield item
+            continue
+        yield bucket, buckets.pack(item)
+        uris = pc.unique(item.column("uri"))
+        yield TaggedOutput(URIS, pa.table({"uri": uris, "bucket": pa.array(np.full(len(uris), bucket, np.int32))}))
+
+
+class UniqueImageIds(beam.PTransform):
+    """Refs tables -> ``{ROWS: (bucket, packed rows), URIS: tables of (uri, bucket), ERRORS:
+    error rows, "row_count": the number of rows read}``. An image_id is a key of the output
+    tables, so a repeated one is an error row (the first in manifest order is kept). The
+    bucket count follows the row count."""
+
+    def __init__(self, files: list, keep_columns: tuple):
+        super().__init__()
+        self.files = files
+        self.keep_columns = keep_columns
+
+    def expand(self, tables):
+        tables = tables | "Position" >> beam.Map(_with_position)
+        row_count = tables | "RowsOf" >> beam.Map(lambda t: t.num_rows) | "CountRows" >> beam.CombineGlobally(sum)
+        n = row_count | "RowBuckets" >> beam.Map(buckets.bucket_count)
+        kept = (
+            tables
+            | "ById" >> beam.ParDo(SplitByBucket("image_id"), AsSingleton(n))
+            | "GroupById" >> beam.GroupByKey()
+            | "KeepFirst" >> beam.FlatMap(keep_first_rows, self.files, self.keep_columns).with_outputs(
+                URIS, ERRORS, main=ROWS)
+        )
+        return {ROWS: kept[ROWS], URIS: kept[URIS], ERRORS: kept[ERRORS], "row_count": row_count}
+
+
+def uri_tasks(element):
+    """(uri bucket, {"requests": pieces of (uri, bucket), "previous": pieces of earlier
+    rows}) -> one UriTask per distinct uri, with the earlier night's row of that uri."""
+    _, sides = element
+    requests = buckets.concat(sides["requests"])
+    if requests is None:
+        return
+    known = {}
+    previous = buckets.concat(sides.get("previous", ()))
+    if previous is not None and previous.num_rows:
+        previous = previous.filter(pc.is_in(previous.column("uri"), value_set=pc.unique(requests.column("uri"))))
+        known = {row["uri"]: previous_score(row) for row in previous.to_pylist()}
+    requests = requests.take(pc.sort_indices(requests, [("uri", "ascending"), ("bucket", "ascending")]))
+    pairs = zip(requests.column("uri").to_pylist(), requests.column("bucket").to_pylist())
+    for uri, group in itertools.groupby(pairs, key=itemgetter(0)):
+        yield UriTask(uri, tuple(sorted({bucket for _, bucket in group})), known.get(uri))
+
+
+class PlanFetches(beam.PTransform):
+    """Uri requests -> one UriTask per distinct uri, spread over the workers. ``uri_buckets``
+    is a singleton PCollection with the bucket count (the same ``previous`` is split by);
+    ``previous``: an earlier night's rows, one per uri, as ``(uri bucket, packed)``."""
+
+    def __init__(self, uri_buckets, previous=None):
+        super().__init__()
+        self.uri_buckets = uri_buckets
+        self.previous = previous
+
+    def expand(self, requests):
+        sides = {"requests": requests | "ByUri" >> beam.ParDo(SplitByBucket("uri"), AsSingleton(self.uri_buckets))}
+        if self.previous is not None:
+            sides["previous"] = self.previous
+        return (
+            sides
+            | "JoinOnUri" >> beam.CoGroupByKey()
+            | "OnePerUri" >> beam.FlatMap(uri_tasks)
+            | "SpreadUris" >> beam.Reshuffle()
+        )
+
+
+def _cheapest_first(claim: ContentClaim) -> tuple:
+    """Local files first (reading one again costs a page-cache hit, not a request), then by uri."""
+    return not is_local_file(claim.uri), claim.uri
+
+
+class FirstClaims(beam.CombineFn):
+    """At most READABLE_COPIES claims of one content, local files first, then the
+    smallest uris: enough to read the content again, bounded however many uris share it
+    (combined before the shuffle, so a content under many uris is not a hot key)."""
+
+    def create_accumulator(self):
+        return ()
+
+    def add_input(self, accumulator, claim):
+        return self.merge_accumulators([accumulator, (claim,)])
+
+    def merge_accumulators(self, accumulators):
+        return tuple(sorted(itertools.chain.from_iterable(accumulators), key=_cheapest_first)[:READABLE_COPIES])
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def content_task(content_sha256: str, claims: tuple) -> ContentTask:
+    return ContentTask(content_sha256, tuple((claim.uri, claim.pin) for claim in claims))
+
+
+def previous_of_wanted(element):
+    """(content bucket, {"wanted": hashes fetched tonight, "previous": pieces}) ->
+    ``(content_sha256, PreviousScore)`` for each wanted hash an earlier night scored."""
+    _, sides = element
+    wanted = list(sides["wanted"])
+    previous = buckets.concat(sides["previous"])
+    if not wanted or previous is None:
+        return
+    hits = previous.filter(pc.is_in(previous.column("content_sha256"), value_set=pa.array(wanted, pa.string())))
+    seen = set()
+    for row in hits.to_pylist():
+        if row["content_sha256"] not in seen:
+            seen.add(row["content_sha256"])
+            yield row["content_sha256"], previous_score(row)
+
+
+def reuse_or_score(element):
+    """Per content: the earlier night's score (``REUSED``), or a task to score it."""
+    sha, sides = element
+    previous = sides["previous"]
+    if previous:
+        yield TaggedOutput(REUSED, ContentResult(sha, previous[0].score, reused=True))
+    else:
+        yield content_task(sha, sides["copies"][0])
+
+
+class DedupeContent(beam.PTransform):
+    """Claims ``(content_sha256, ContentClaim)`` -> ``{"tasks": one ContentTask per distinct
+    content to score, REUSED: ContentResults of contents an earlier night scored}``.
+
+    ``previous`` (an earlier night's rows, one per content, as ``(content bucket, packed)``
+    in ``content_buckets`` buckets) is joined against tonight's hashes only, in buckets,
+    so its rows never become one element each."""
+
+    def __init__(self, previous=None, content_buckets: int = 0):
+        super().__init__()
+        self.previous = previous
+        self.content_buckets = content_buckets
+
+    def expand(self, claims):
+        copies = claims | "ReadableCopies" >> beam.CombinePerKey(FirstClaims())
+        if self.previous is None:
+            return {"tasks": copies | "ToScore" >> beam.MapTuple(content_task)}
+        n = self.content_buckets
+        found = (
+            {
+                "wanted": copies | "WantedByBucket" >> beam.MapTuple(lambda sha, _: (buckets.bucket_of(sha, n), sha)),
+                "previous": self.previous,
+            }
+            | "JoinPreviousOnContent" >> beam.CoGroupByKey()
+            | "PreviousOfWanted" >> beam.FlatMap(previous_of_wanted)
+        )
+        decided = (
+            {"copies": copies, "previous": found}
+            | "JoinOnContent" >> beam.CoGroupByKey()
+            | "ReuseOrScore" >> beam.FlatMap(reuse_or_score).with_outputs(REUSED, main="tasks")
+        )
+        return {"tasks": decided.tasks, REUSED: decided[REUSED]}
+
+
+def failure_for(failure: Failure | None, uri: str) -> Failure | None:
+    """A content's failure as the rows of ``uri`` see it: messages name the uri that was
+    read; another uri with the same bytes says so."""
+    if failure is None or failure.message.startswith(uri):
+        return failure
+    return failure._replace(message=f"{uri}: same content as {failure.message}")
+
+
+def outcomes_of_content(element):
+    """(content_sha256, {"claims": [...], "results": [one ContentResult]}) -> (row bucket,
+    UriOutcome) for every row bucket of every uri with that content."""
+    sha, sides = element
+    results = list(sides["results"])
+    if len(results) != 1:  # a wiring bug, never bad input: fail loudly rather than lose rows
+        raise RuntimeError(f"content {sha} has {len(results)} results, expected 1")
+    [result] = results
+    for claim in sides["claims"]:
+        outcome = UriOutcome(
+            claim.uri, sha, claim.source_version, result.score, result.reused, failure_for(result.failure, claim.uri)
+        )
+        for bucket in claim.buckets:
+            yield bucket, outcome
+
+
+class ResultsToUris(beam.PTransform):
+    """``{"claims": (sha, ContentClaim), "results": ContentResult}`` -> (row bucket, UriOutcome)."""
+
+    def expand(self, inputs):
+        results = inputs["results"] | "ByContent" >> beam.Map(lambda r: (r.content_sha256, r))
+        return (
+            {"claims": inputs["claims"], "results": results}
+            | "JoinResultsOnContent" >> beam.CoGroupByKey()
+            | "ToUris" >> beam.FlatMap(outcomes_of_content)
+        )

@@ -1,0 +1,143 @@
+"""Fetch stage: each distinct uri once -> unchanged, the same content, a claim on its content, or a failure.
+
+Per UriTask, on a pool of threads (fetches wait on the network, not the CPU):
+
+1. with an earlier night's row for the uri, check its version signal (no bytes read);
+   equal -> the earlier score is reused;
+2. otherwise fetch the bytes, hash them, and drop them: equal to the content recorded
+   for the uri -> the earlier score is reused; else a ContentClaim keyed by the hash goes
+   on to ``dedupe.DedupeContent``, which picks one uri per content for decode to read again.
+
+No image bytes leave this stage, so no shuffle, combine or side input ever holds them.
+Results leave as they finish, not in input order: a dead host holds one thread for one
+deadline. Outputs: claims ``(content_sha256, ContentClaim)`` (main), ``(row bucket,
+UriOutcome)`` on ``OUTCOMES``, and per-bundle counts on ``STATS``.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from concurrent.futures import Future
+from typing import NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from aisthetics_transforms.bundles import WorkPool, in_global_window
+from aisthetics_transforms.fetch import (
+    DEFAULT_FETCH_THREADS,
+    DEFAULT_LIMITS,
+    FetchError,
+    FetchLimits,
+    ThreadSessions,
+    check_version,
+    fetch_image,
+)
+from aisthetics_transforms.records import STATS, ContentClaim, Failure, UriOutcome, UriTask
+
+OUTCOMES = "outcomes"
+IN_FLIGHT_PER_THREAD = 2  # keeps every thread busy while the bundle's thread emits results
+
+
+class Examined(NamedTuple):
+    """What fetching one uri found (its bytes already dropped)."""
+
+    unchanged: bool  # the version signal equals the earlier night's: nothing was read
+    content_sha256: Optional[str] = None
+    source_version: Optional[str] = None
+    pin: Optional[str] = None
+    version_checked: bool = False
+    version_check_failed: Optional[str] = None
+
+
+def examine_uri(task: UriTask, limits: FetchLimits = DEFAULT_LIMITS, session=None) -> Examined:
+    """Check ``task.uri``'s version against the earlier night's, else fetch and hash it.
+    Raises :class:`~fetch.FetchError` when it cannot be fetched."""
+    known, failed = None, None
+    previous = task.previous
+    checked = previous is not None and previous.source_version is not None
+    if checked:
+        version = check_version(task.uri, limits, session)
+        if version.value is not None and version.value == previous.source_version:
+            return Examined(True, previous.content_sha256, previous.source_version, version_checked=True)
+        known, failed = version.info, version.failed
+    fetched = fetch_image(task.uri, limits, session, known=known)
+    sha = hashlib.sha256(fetched.data).hexdigest()
+    return Examined(False, sha, fetched.version, fetched.pin, checked, failed)
+
+
+class FetchImages(beam.DoFn):
+    """UriTask -> a claim on its content (main), or its UriOutcome (``OUTCOMES``) when it
+    is reused or cannot be fetched; per-bundle counts on ``STATS``. See the module doc."""
+
+    def __init__(self, limits: FetchLimits = DEFAULT_LIMITS, threads: int = DEFAULT_FETCH_THREADS):
+        self.limits = limits
+        self.threads = max(1, threads)
+        self.fetched = Metrics.counter("aisthetics", "fetched")
+        self.reused = Metrics.counter("aisthetics", "uris_unchanged")
+        self.errors = Metrics.counter("aisthetics", "fetch_errors")
+        self.failed_checks = Metrics.counter("aisthetics", "version_checks_failed")
+
+    def setup(self):
+        self._pool = WorkPool(self.threads, IN_FLIGHT_PER_THREAD, "aisthetics-fetch")
+        self._sessions = ThreadSessions(self.limits)
+
+    def teardown(self):
+        self._pool.shutdown()
+        self._sessions.close()
+
+    def start_bundle(self):
+        self._pool.start()
+        self._stats = Counter()
+
+    def process(self, task: UriTask):
+        for done in self._pool.submit(task, self._examine, task):
+            yield from self._outputs(*done)
+
+    def finish_bundle(self):
+        outputs = [out for done in self._pool.drain() for out in self._outputs(*done)]
+        if self._stats:
+            outputs.append(TaggedOutput(STATS, dict(self._stats)))
+        yield from in_global_window(outputs)
+
+    def _examine(self, task: UriTask) -> Examined:
+        return examine_uri(task, self.limits, self._sessions.get())
+
+    def _outputs(self, task: UriTask, examining: Future):
+        self._stats["uris"] += 1
+        try:
+            found = examining.result()
+        except Exception as exc:  # one bad uri must not fail the bundle
+            if isinstance(exc, FetchError):
+                failure = Failure("fetch", exc.error_type, str(exc))
+            else:
+                failure = Failure("fetch", "UnexpectedError", f"unexpected error fetching {task.uri}: {exc!r}")
+            self.errors.inc()
+            self._stats["fetch_errors"] += 1
+            yield from _to_buckets(task, UriOutcome(task.uri, failure=failure))
+            return
+        self._stats["version_checks"] += found.version_checked
+        if found.version_check_failed:
+            self._stats["version_checks_failed"] += 1
+            self.failed_checks.inc()
+        previous = task.previous
+        if found.unchanged:
+            self._stats["uris_unchanged"] += 1
+            self.reused.inc()
+            outcome = UriOutcome(task.uri, previous.content_sha256, previous.source_version, previous.score, True)
+            yield from _to_buckets(task, outcome)
+            return
+        self._stats["fetched"] += 1
+        self.fetched.inc()
+        if previous is not None and previous.content_sha256 == found.content_sha256:
+            self._stats["uris_same_content"] += 1
+            outcome = UriOutcome(task.uri, found.content_sha256, found.source_version, previous.score, True)
+            yield from _to_buckets(task, outcome)
+            return
+        yield found.content_sha256, ContentClaim(task.uri, found.source_version, found.pin, task.buckets)
+
+
+def _to_buckets(task: UriTask, outcome: UriOutcome):
+    for bucket in task.buckets:
+        yield TaggedOutput(OUTCOMES, (bucket, outcome))

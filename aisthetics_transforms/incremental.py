@@ -1,0 +1,148 @@
+"""Incremental nights: read back what an earlier night scored, so tonight reuses it.
+
+With ``--incremental`` the newest published night before ``--run_date`` is read back
+(only the files of the run its summary names) and reduced to one row per uri and one
+per content, each split into hash buckets for the joins in ``dedupe``. A row is not
+inferred again when
+
+- its uri's version signal (size and mtime for files, generation for gs://, ETag or
+  Last-Modified for http) equals the one recorded: the bytes are not read at all;
+- its bytes hash to the content recorded for its uri (a touched file, a server without
+  validators): fetched and hashed, not decoded;
+- its bytes hash to a content the earlier night scored under any uri (a photo moved).
+
+Reused rows keep their original ``scored_at`` and say ``reused``; a row scored under
+another ``model_version`` is never reused. An unreadable file of the earlier night only
+means its rows are scored again: it is counted in the summary, never fatal.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from typing import NamedTuple, Optional
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.pvalue import AsSingleton, TaggedOutput
+
+from aisthetics_transforms.dedupe import SplitByBucket
+from aisthetics_transforms.records import STATS
+
+PREVIOUS_COLUMNS = (
+    "uri", "mean_score", "sd_score", "predictions", "model_version", "scored_at", "content_sha256", "source_version",
+    "exif_orientation",
+)
+_LOG = logging.getLogger(__name__)
+
+
+def first_per_key(table: pa.Table, key: str) -> pa.Table:
+    """One row of ``table`` per distinct ``key`` (the first: they carry the same score)."""
+    if table.num_rows < 2:
+        return table
+    codes = pc.dictionary_encode(pc.fill_null(table.column(key), "")).combine_chunks().indices.to_numpy()
+    _, first = np.unique(codes, return_index=True)
+    return table if len(first) == table.num_rows else table.take(np.sort(first))
+
+
+def read_previous_file(path: str, model_version: str):
+    """The rows of one earlier scores file that ``model_version`` may reuse, one table per
+    row group; a file that cannot be read yields a ``STATS`` count instead (its rows are
+    simply scored again)."""
+    try:
+        with FileSystems.open(path) as f:
+            parquet = pq.ParquetFile(f)
+            columns = [c for c in PREVIOUS_COLUMNS if c in parquet.schema_arrow.names]
+            for group in range(parquet.num_row_groups):
+                table = parquet.read_row_group(group, columns=columns)
+                table = table.filter(pc.equal(table.column("model_version"), model_version))
+                if table.num_rows:
+                    yield table
+    except Exception as exc:  # a corrupt or vanished file of an earlier night must not fail tonight
+        _LOG.warning("aisthetics: earlier night's file %s is unreadable (%s); its rows are scored again", path, exc)
+        yield TaggedOutput(STATS, {"previous_files_unreadable": 1})
+
+
+class ReadPreviousFiles(beam.DoFn):
+    """A path of the earlier night -> its reusable rows (:func:`read_previous_file`). Its
+    display data names the night, so the Dataflow UI shows what a job reuses."""
+
+    def __init__(self, model_version: str, night: str, files: int):
+        self.model_version = model_version
+        self.night = night
+        self.files = files
+
+    def display_data(self):
+        return {"night": self.night, "files": self.files}
+
+    def process(self, path: str):
+        yield from read_previous_file(path, self.model_version)
+
+
+class ReadPreviousNight(beam.PTransform):
+    """An earlier night's scores files -> ``{"uri": (uri bucket, packed rows), "content": (content bucket,
+    packed rows), STATS: counts}``, rows ``model_version`` may reuse, reduced per key
+    within each row group. ``uri_buckets`` is the singleton PCollection of tonight's uri
+    bucket count; ``content_buckets`` the content bucket count."""
+
+    def __init__(self, night: "PreviousNight", model_version: str, uri_buckets, content_buckets: int):
+        super().__init__()
+        self.night = night
+        self.model_version = model_version
+        self.uri_buckets = uri_buckets
+        self.content_buckets = content_buckets
+
+    def expand(self, pbegin):
+        tables = (
+            pbegin
+            | "PreviousFiles" >> beam.Create(self.night.files)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadFiles" >> beam.ParDo(ReadPreviousFiles(self.model_version, self.night.partition, len(self.night.files)))
+            .with_outputs(STATS, main="tables")
+        )
+        return {
+            "uri": (
+                tables.tables
+                | "OnePerUri" >> beam.Map(first_per_key, "uri")
+                | "ByUri" >> beam.ParDo(SplitByBucket("uri"), AsSingleton(self.uri_buckets))
+            ),
+            "content": (
+                tables.tables
+                | "OnePerContent" >> beam.Map(first_per_key, "content_sha256")
+                | "ByContent" >> beam.ParDo(SplitByBucket("content_sha256"), self.content_buckets)
+            ),
+            STATS: tables[STATS],
+        }
+
+
+class PreviousNight(NamedTuple):
+    """The earlier night an incremental run reuses: its date, its scores files, its row count."""
+
+    run_date: str
+    partition: str
+    files: list
+    rows: int
+
+
+def find_previous_night(output: str, run_date: str) -> Optional[PreviousNight]:
+    """The newest published night under ``output`` dated before ``run_date`` (interim:
+    the publish branch replaces this with the layout module's summary-based lookup)."""
+    pattern = FileSystems.join(output, "runs", "dt=*", "summary.json")
+    dates = {}
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+        name = posixpath.basename(posixpath.dirname(metadata.path.replace("\\", "/")))
+        date = name[len("dt="):]
+        if name.startswith("dt=") and date < run_date:
+            dates[date] = metadata.path
+    if not dates:
+        return None
+    date = max(dates)
+    with FileSystems.open(dates[date]) as f:
+        summary = json.loads(f.read())
+    partition = FileSystems.join(output, "scores", f"dt={date}")
+    files = sorted(m.path for m in FileSystems.match([FileSystems.join(partition, "*.parquet")])[0].metadata_list)
+    return PreviousNight(date, partition, files, int(summary.get("rows", 0)))

@@ -1,0 +1,117 @@
+"""Join stage: a row bucket's rows + what became of their uris -> tables of score rows and error rows.
+
+Each row bucket (one row per image_id, see ``dedupe.UniqueImageIds``) meets the
+UriOutcome of every uri its rows name, and every row takes its uri's score or failure,
+with Arrow, so a bucket costs a few vectorised calls however many rows share one uri.
+A row without an outcome would be a wiring bug: it fails loudly rather than vanish.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.pvalue import TaggedOutput
+
+from aisthetics_transforms import buckets
+from aisthetics_transforms.records import ERRORS, UriOutcome, errors_schema, scores_schema
+
+_SCORE_FIELDS = ("mean_score", "sd_score", "predictions", "model_version", "scored_at", "exif_orientation")
+OUTCOMES_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("content_sha256", pa.string()),
+        ("source_version", pa.string()),
+        *[(name, scores_schema().field(name).type) for name in _SCORE_FIELDS],
+        ("reused", pa.bool_()),
+        ("stage", pa.string()),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+    ]
+)
+
+
+def outcomes_table(outcomes: Iterable[UriOutcome]) -> pa.Table:
+    """UriOutcomes -> a table of OUTCOMES_SCHEMA, one row per uri."""
+    outcomes = list(outcomes)
+    scores = [o.score for o in outcomes]
+    failures = [o.failure for o in outcomes]
+    columns = {
+        "uri": [o.uri for o in outcomes],
+        "content_sha256": [o.content_sha256 for o in outcomes],
+        "source_version": [o.source_version for o in outcomes],
+        **{name: [None if s is None else getattr(s, name) for s in scores] for name in _SCORE_FIELDS},
+        "reused": [o.reused for o in outcomes],
+        "stage": [None if f is None else f.stage for f in failures],
+        "error_type": [None if f is None else f.error_type for f in failures],
+        "error_message": [None if f is None else f.message for f in failures],
+    }
+    return pa.table(columns, schema=OUTCOMES_SCHEMA)
+
+
+def join_rows(rows: pa.Table, outcomes: pa.Table, keep_columns: Sequence[str]) -> tuple[pa.Table, pa.Table]:
+    """(score rows, error rows) for ``rows`` (image_id, uri, kept columns), each taking the
+    outcome of its uri (``outcomes``: one row per uri)."""
+    if pc.count_distinct(outcomes.column("uri")).as_py() != outcomes.num_rows:
+        raise RuntimeError("a uri has two outcomes in one row bucket")
+    index = pc.index_in(rows.column("uri"), value_set=outcomes.column("uri"))
+    if index.null_count:
+        missing = rows.filter(pc.is_null(index)).column("uri")[0].as_py()
+        raise RuntimeError(f"no outcome for uri {missing!r} ({index.null_count} rows)")
+    matched = outcomes.take(index)
+    failed = pc.is_valid(matched.column("stage")).to_numpy(zero_copy_only=False)
+    good, bad = pa.array(~failed), pa.array(failed)
+    scored, scored_rows = matched.filter(good), rows.filter(good)
+    schema = scores_schema(keep_columns)
+    columns = {
+        "image_id": scored_rows.column("image_id"),
+        "uri": scored_rows.column("uri"),
+        **{name: scored.column(name) for name in _SCORE_FIELDS},
+        **{name: scored_rows.column(name) for name in keep_columns},
+        "content_sha256": scored.column("content_sha256"),
+        "source_version": scored.column("source_version"),
+        "reused": scored.column("reused"),
+    }
+    scores = pa.table([columns[f.name] for f in schema], schema=schema)
+    failures, failed_rows = matched.filter(bad), rows.filter(bad)
+    schema = errors_schema(keep_columns)
+    columns = {
+        "image_id": failed_rows.column("image_id"),
+        "uri": failed_rows.column("uri"),
+        **{name: failures.column(name) for name in ("stage", "error_type", "error_message")},
+        **{name: failed_rows.column(name) for name in keep_columns},
+    }
+    errors = pa.table([columns[f.name] for f in schema], schema=schema)
+    return scores, errors
+
+
+def join_bucket(element, keep_columns: tuple):
+    """(row bucket, {"rows": [packed rows], "outcomes": [UriOutcome...]}) -> a table of
+    score rows (main) and a table of error rows (``ERRORS``), each when not empty."""
+    _, sides = element
+    rows = buckets.concat(sides["rows"])
+    if rows is None:
+        return
+    scores, errors = join_rows(rows, outcomes_table(sides["outcomes"]), keep_columns)
+    if scores.num_rows:
+        yield scores
+    if errors.num_rows:
+        yield TaggedOutput(ERRORS, errors)
+
+
+class JoinRows(beam.PTransform):
+    """``{"rows": (bucket, packed rows), "outcomes": (bucket, UriOutcome)}`` -> tables of
+    score rows (``scores``) and of error rows (``errors``)."""
+
+    def __init__(self, keep_columns: tuple):
+        super().__init__()
+        self.keep_columns = keep_columns
+
+    def expand(self, inputs):
+        return (
+            inputs
+            | "ByRowBucket" >> beam.CoGroupByKey()
+            | "TakeOutcomes" >> beam.FlatMap(join_bucket, self.keep_columns).with_outputs(ERRORS, main="scores")
+        )
+
