@@ -9,15 +9,10 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.testing import test_pipeline
-from apache_beam.testing.util import assert_that, equal_to
 
-from aisthetics_transforms import fetch, records
-from aisthetics_transforms.fetch import FetchError, FetchImages, FetchLimits, fetch_bytes
+from aisthetics_transforms import fetch
+from aisthetics_transforms.fetch import FetchError, FetchLimits, fetch_bytes
 
 PAYLOAD = bytes(range(256)) * 40  # 10240 bytes
 # Small waits so failures and retries are quick; the deadline tests set their own.
@@ -389,87 +384,3 @@ def test_read_again_returns_only_the_bytes_that_were_hashed(tmp_path):
     with pytest.raises(FetchError) as info:
         fetch.read_again([str(first), str(second)], sha)
     assert info.value.error_type == "NotFound"
-
-
-# --- the DoFn in a pipeline ---------------------------------------------------
-
-
-def test_fetch_images_in_a_pipeline(base, tmp_path):
-    local = tmp_path / "local.jpg"
-    local.write_bytes(PAYLOAD[:100])
-    refs = [
-        records.ImageRef("http-ok", f"{base}/ok/pipeline", {"sku": "1"}),
-        records.ImageRef("local-ok", str(local), {"sku": "2"}),
-        records.ImageRef("http-404", f"{base}/missing", {"sku": "3"}),
-        records.ImageRef("local-missing", str(tmp_path / "gone.jpg"), {"sku": "4"}),
-        records.ImageRef("local-missing-too", str(tmp_path / "gone.jpg"), {"sku": "5"}),
-        records.ImageRef("empty", "", {"sku": None}),
-    ]
-    by_uri = {}
-    for ref in refs:
-        by_uri.setdefault(ref.uri, []).append(ref)
-    options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
-    with test_pipeline.TestPipeline(options=options) as p:
-        outputs = (
-            p
-            | beam.Create([records.UriRows(uri, tuple(rows)) for uri, rows in by_uri.items()])
-            | beam.ParDo(FetchImages(FAST)).with_outputs(records.ERRORS, main="fetched")
-        )
-        fetched = outputs.fetched | "Summarize" >> beam.Map(
-            lambda f: (type(f).__name__, f.refs[0].image_id, f.data and len(f.data), f.content_sha256, f.refs[0].kept["sku"])
-        )
-        errors = outputs[records.ERRORS] | "ErrorKeys" >> beam.Map(
-            lambda r: (r["image_id"], r["stage"], r["error_type"], r["sku"])
-        )
-        assert_that(
-            fetched,
-            equal_to([
-                ("FetchedImage", "http-ok", len(PAYLOAD), hashlib.sha256(PAYLOAD).hexdigest(), "1"),
-                # A local file's bytes are not carried: decode reads them again.
-                ("FetchedImage", "local-ok", None, hashlib.sha256(PAYLOAD[:100]).hexdigest(), "2"),
-            ]),
-            label="CheckFetched",
-        )
-        assert_that(
-            errors,
-            equal_to([
-                ("http-404", "fetch", "NotFound", "3"),
-                ("local-missing", "fetch", "NotFound", "4"),
-                ("local-missing-too", "fetch", "NotFound", "5"),
-                ("empty", "fetch", "InvalidUri", None),
-            ]),
-            label="CheckErrors",
-        )
-
-
-@pytest.mark.parametrize("threads", [1, 4])
-def test_fetch_threads_fetch_at_once_and_keep_every_row(server, base, threads):
-    """``threads`` uris are fetched at once (the server sees that many requests waiting
-    together, never more), and the outputs are what fetching one at a time gives: every
-    uri once, with all its rows, failures as error rows, whether an output left from
-    ``process`` or from ``finish_bundle``."""
-    rows = []
-    for i in range(30):
-        refs = tuple(records.ImageRef(f"slow-{i}-{r}", f"{base}/slow/{threads}/{i}", {}) for r in range(1 + i % 3))
-        rows.append(records.UriRows(refs[0].uri, refs))
-    rows[7:7] = [records.UriRows(f"{base}/missing", (records.ImageRef("gone", f"{base}/missing", {}),))]
-    with server.lock:
-        server.most_active = 0
-    with beam.Pipeline(runner=FnApiRunner()) as p:
-        outputs = (
-            p
-            | beam.Create(rows, reshuffle=False)
-            | beam.ParDo(FetchImages(FAST, threads=threads)).with_outputs(records.ERRORS, main="fetched")
-        )
-        fetched = outputs.fetched | "Summarize" >> beam.Map(
-            lambda f: (f.uri, tuple(r.image_id for r in f.refs), f.content_sha256)
-        )
-        expected = [
-            (r.uri, tuple(ref.image_id for ref in r.refs), hashlib.sha256(r.uri[len(base):].encode() + PAYLOAD).hexdigest())
-            for r in rows
-            if "/slow/" in r.uri
-        ]
-        assert_that(fetched, equal_to(expected), label="CheckFetched")
-        errors = outputs[records.ERRORS] | "ErrorKeys" >> beam.Map(lambda r: (r["image_id"], r["error_type"]))
-        assert_that(errors, equal_to([("gone", "NotFound")]), label="CheckErrors")
-    assert server.most_active == threads

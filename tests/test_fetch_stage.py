@@ -1,0 +1,219 @@
+"""The fetch stage's DoFn: one UriTask -> a claim on its content, or its outcome; threads
+that hand results on as they finish, so a dead host costs one thread one deadline."""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import apache_beam as beam
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from aisthetics_transforms.bundles import WorkPool
+from aisthetics_transforms.fetch import FetchLimits, check_version
+from aisthetics_transforms.fetch_stage import OUTCOMES, FetchImages
+from aisthetics_transforms.records import STATS, PreviousScore, Score, UriTask
+
+PAYLOAD = bytes(range(256)) * 40
+LIMITS = FetchLimits(backoff=0.05, connect_timeout=2, read_timeout=5, deadline=10)
+SCORE = Score(5.0, 1.5, (0.1,) * 10, "nima-test", None)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        self.active = self.most_active = 0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        server = self.server
+        if self.path.startswith("/slow/"):
+            with server.lock:
+                server.active += 1
+                server.most_active = max(server.most_active, server.active)
+            try:
+                time.sleep(0.05)
+            finally:
+                with server.lock:
+                    server.active -= 1
+        status, body = (404, b"nope") if self.path == "/missing" else (200, self.path.encode() + PAYLOAD)
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = _Server()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def base(server):
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def dead_host():
+    """A host that accepts connections and never says a word."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(2)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_COLLECTED: dict = {}  # the in-process runner calls _collect in this process
+
+
+def _collect(item, name: str) -> None:
+    _COLLECTED.setdefault(name, []).append(item)
+
+
+def run_fetch(tasks, limits=LIMITS, threads=4):
+    """(claims, outcomes, stats) of FetchImages over ``tasks``, as plain lists."""
+    _COLLECTED.clear()
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        outputs = (
+            p
+            | beam.Create(tasks, reshuffle=False)
+            | beam.ParDo(FetchImages(limits, threads)).with_outputs(OUTCOMES, STATS, main="claims")
+        )
+        for name, pcoll in (("claims", outputs.claims), ("outcomes", outputs[OUTCOMES]), ("stats", outputs[STATS])):
+            _ = pcoll | f"Collect{name}" >> beam.Map(_collect, name)
+    return _COLLECTED.get("claims", []), _COLLECTED.get("outcomes", []), _COLLECTED.get("stats", [])
+
+
+def test_every_uri_ends_as_one_claim_or_one_outcome_per_row_bucket(base, tmp_path):
+    local, unchanged, touched, changed = (tmp_path / f"{n}.jpg" for n in ("local", "unchanged", "touched", "changed"))
+    for path in (local, unchanged, touched, changed):
+        path.write_bytes(path.name.encode() + PAYLOAD)
+
+    def previous_of(path, data):
+        return PreviousScore(sha(data), check_version(str(path)).value, SCORE)
+
+    before = {p: previous_of(p, p.name.encode() + PAYLOAD) for p in (unchanged, touched, changed)}
+    # Same size and mtime, other bytes: the version says unchanged, so the bytes are not read.
+    info = os.stat(unchanged)
+    unchanged.write_bytes(b"X" * info.st_size)
+    os.utime(unchanged, ns=(info.st_atime_ns, info.st_mtime_ns))
+    os.utime(touched, ns=(1, 1))  # a new mtime, the same bytes: hashed, not scored again
+    changed.write_bytes(b"new " + PAYLOAD)
+    tasks = [
+        UriTask(f"{base}/ok/a", (0,)),
+        UriTask(str(local), (1, 2)),
+        UriTask(f"{base}/missing", (0, 2)),
+        UriTask("", (3,)),
+        *[UriTask(str(p), (4,), before[p]) for p in (unchanged, touched, changed)],
+    ]
+    claims, outcomes, stats = run_fetch(tasks)
+
+    assert sorted((s, c.uri, c.buckets) for s, c in claims) == sorted([
+        (sha(b"/ok/a" + PAYLOAD), f"{base}/ok/a", (0,)),
+        (sha(b"local.jpg" + PAYLOAD), str(local), (1, 2)),
+        (sha(b"new " + PAYLOAD), str(changed), (4,)),
+    ])
+    summary = sorted(
+        (bucket, o.uri, o.failure.error_type if o.failure else None, o.reused, o.content_sha256) for bucket, o in outcomes
+    )
+    assert summary == sorted([
+        (0, f"{base}/missing", "NotFound", False, None),
+        (2, f"{base}/missing", "NotFound", False, None),
+        (3, "", "InvalidUri", False, None),
+        (4, str(unchanged), None, True, before[unchanged].content_sha256),
+        (4, str(touched), None, True, before[touched].content_sha256),
+    ])
+    touched_outcome = next(o for _, o in outcomes if o.uri == str(touched))
+    assert touched_outcome.source_version == check_version(str(touched)).value != before[touched].source_version
+    assert all(o.score == SCORE for _, o in outcomes if o.reused)
+    totals = {}
+    for counts in stats:
+        for key, n in counts.items():
+            totals[key] = totals.get(key, 0) + n
+    assert totals == {"uris": 7, "fetched": 4, "fetch_errors": 2, "version_checks": 3, "uris_unchanged": 1,
+                      "uris_same_content": 1}
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_threads_fetch_at_once_and_every_uri_comes_out_once(server, base, threads):
+    tasks = [UriTask(f"{base}/slow/{threads}/{i}", (i % 3,)) for i in range(30)]
+    with server.lock:
+        server.most_active = 0
+    claims, outcomes, _ = run_fetch(tasks, threads=threads)
+    assert not outcomes
+    assert sorted((c.uri, s) for s, c in claims) == sorted(
+        (t.uri, sha(t.uri[len(base):].encode() + PAYLOAD)) for t in tasks)
+    assert server.most_active == threads
+
+
+def test_a_dead_host_holds_one_thread_for_one_deadline_not_the_window(base, dead_host):
+    """Four uris of a host that never answers, spread among forty slow ones: results leave
+    as they finish, so they add about one deadline to the run, not one per dead uri."""
+    deadline = 2.0
+    limits = FetchLimits(connect_timeout=1, read_timeout=deadline, deadline=deadline, retries=0)
+    tasks = [UriTask(f"{base}/slow/dead/{i}", (0,)) for i in range(40)]
+    started = time.monotonic()
+    run_fetch(tasks, limits=limits, threads=8)
+    alive_only = time.monotonic() - started
+    for i in range(4):
+        tasks.insert(i * 10, UriTask(f"{dead_host}/photo-{i}.jpg", (1,)))
+    started = time.monotonic()
+    claims, outcomes, _ = run_fetch(tasks, limits=limits, threads=8)
+    with_dead = time.monotonic() - started
+    assert len(claims) == 40
+    assert sorted(o.failure.error_type for _, o in outcomes) == ["DeadlineExceeded"] * 4
+    assert with_dead - alive_only < 1.5 * deadline, (alive_only, with_dead)
+
+
+def test_work_pool_hands_back_finished_calls_before_a_slow_one():
+    pool = WorkPool(threads=3, per_thread=4, name="test")
+    pool.start()
+    started = time.monotonic()
+    returned = []
+    for i in range(20):
+        for element, future in pool.submit(i, time.sleep, 1.5 if i == 0 else 0.01):
+            future.result()
+            returned.append((element, time.monotonic() - started))
+    returned += [(element, time.monotonic() - started) for element, future in pool.drain()]
+    pool.shutdown()
+    assert sorted(e for e, _ in returned) == list(range(20))
+    assert returned[-1][0] == 0  # the slow call came last...
+    assert all(t < 1.4 for e, t in returned if e != 0)  # ...and held back nothing
