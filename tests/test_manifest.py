@@ -12,7 +12,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from aisthetics_transforms import manifest, records
+from aisthetics_transforms import buckets, manifest, records
+from aisthetics_transforms.dedupe import ROWS, UniqueImageIds
 from aisthetics_transforms.manifest import (
     ManifestError,
     ManifestSpec,
@@ -264,6 +265,14 @@ def test_reserved_keep_column_is_refused():
 # --------------------------------------------------------------------------- pipeline
 
 
+def unique_ids(read: dict, files: list, keep: tuple) -> dict:
+    """A manifest's refs through the dedupe stage's image_id check: ImageRefs and error rows."""
+    unique = read["refs"] | "UniqueImageIds" >> UniqueImageIds(files, keep)
+    refs = unique[ROWS] | "Unpack" >> beam.FlatMap(lambda kv: records.table_refs(buckets.unpack(kv[1]), keep))
+    errors = (read[records.ERRORS], unique[records.ERRORS]) | "AllErrors" >> beam.Flatten()
+    return {"refs": refs, records.ERRORS: errors}
+
+
 def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
     write(tmp_path / "m-0.csv", CSV_TEXT)
     write(tmp_path / "m-1.jsonl", JSONL_TEXT)
@@ -278,12 +287,12 @@ def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
 
     image = str(tmp_path / "img" / "a.jpg")
     p = BeamTestPipeline(argv=PIPELINE_ARGS)
-    result = p | ReadManifest(spec)
+    result = unique_ids(p | ReadManifest(spec), list_manifest_files(spec), ("category",))
     # image_id "a" is in both files: the JSON Lines row (the later file) is the duplicate.
     [duplicate] = [r for r in expected_refs if r.uri == "gs://bucket/a.jpg"]
     expected_refs.remove(duplicate)
     is_duplicate = lambda row: row["error_type"] == "DuplicateImageId"  # noqa: E731
-    refs = result["refs"] | beam.FlatMap(records.table_refs, ("category",))
+    refs = result["refs"]
     assert_that(refs | beam.Map(without_source), equal_to(expected_refs), label="Refs")
     errors = result[records.ERRORS]
     assert_that(errors | beam.Filter(lambda r: not is_duplicate(r)), equal_to(expected_errors), label="Errors")
@@ -320,8 +329,8 @@ def test_duplicate_image_ids_keep_the_first_row_in_manifest_order(tmp_path):
     second = write(tmp_path / "b.csv", "image_id,uri\nx,/3.jpg\nx,/4.jpg\n")
     spec = ManifestSpec(str(tmp_path / "*.csv"))
     with BeamTestPipeline(argv=PIPELINE_ARGS) as p:
-        result = p | ReadManifest(spec)
-        kept = result["refs"] | beam.FlatMap(records.table_refs, ()) | beam.Map(lambda r: (r.image_id, r.uri))
+        result = unique_ids(p | ReadManifest(spec), [str(first), str(second)], ())
+        kept = result["refs"] | beam.Map(lambda r: (r.image_id, r.uri))
         dropped = result[records.ERRORS] | beam.Map(lambda r: (r["uri"], r["error_type"], r["error_message"]))
         assert_that(kept, equal_to([("x", "/1.jpg"), ("y", "/2.jpg")]), label="Kept")
         assert_that(dropped, equal_to([
