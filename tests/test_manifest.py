@@ -12,7 +12,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from aisthetics_transforms import manifest, records
+from aisthetics_transforms import manifest, manifest_csv, records
 from aisthetics_transforms.manifest import (
     ManifestError,
     ManifestSpec,
@@ -23,6 +23,7 @@ from aisthetics_transforms.manifest import (
     read_manifest_file,
 )
 from aisthetics_transforms.records import ImageRef
+from manifest_reading import pieces_as_rows
 
 PIPELINE_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 
@@ -114,7 +115,7 @@ def test_csv_quote_closed_later_does_not_swallow_rows(tmp_path):
 
 
 def test_csv_open_quote_is_given_up_after_max_record_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr(manifest, "MAX_RECORD_LINES", 3)
+    monkeypatch.setattr(manifest_csv, "MAX_RECORD_LINES", 3)
     rows = "".join(f"/{i}.jpg,{i}\n" for i in range(10))
     path = write(tmp_path / "m.csv", 'uri,image_id\n"/open.jpg,x\n' + rows + '/z.jpg,"z\n')
     refs, errors = split(read_manifest_file(path, ManifestSpec(path)))
@@ -300,7 +301,8 @@ def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
     totals = {}
     for counter in counters:
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + counter.committed
-    assert totals == {"manifest_rows": 11 + 1, "manifest_errors": 6 + 1}  # + the duplicate id
+    # + the duplicate id; each small file is one piece
+    assert totals == {"manifest_rows": 11 + 1, "manifest_errors": 6 + 1, "manifest_splits": 2}
 
 
 def test_read_manifest_fails_before_the_run_on_a_bad_header(tmp_path):
@@ -334,16 +336,10 @@ def test_duplicate_image_ids_keep_the_first_row_in_manifest_order(tmp_path):
 
 
 def _table_items(path, spec, index=0):
-    """read_manifest_tables as (ImageRefs with their file:line, error rows)."""
-    refs, errors = [], []
-    for item in manifest.read_manifest_tables((index, str(path)), spec):
-        if isinstance(item, pa.Table):
-            lines = item.column("manifest_line").to_pylist()
-            assert item.column("manifest_file").to_pylist() == [index] * item.num_rows
-            refs += [r._replace(source=f"{path}:{line}") for r, line in zip(records.table_refs(item, spec.keep_columns), lines)]
-        else:
-            errors.append(item)
-    return refs, errors
+    """The file read as the pipeline does (planned pieces, bulk tables) as (ImageRefs with
+    their file:line, error rows)."""
+    [file] = manifest.manifest_files(spec)
+    return pieces_as_rows(manifest.plan_splits(file._replace(index=index), spec), spec)
 
 
 def _with_sources(items):
@@ -372,7 +368,7 @@ TRICKY_CSVS = {
 def test_tables_give_the_same_rows_as_the_row_reader(tmp_path, monkeypatch, name):
     """The bulk (Arrow) path of read_manifest_tables against the row-by-row reader,
     with blocks small enough that the files span several."""
-    monkeypatch.setattr(manifest, "CSV_BLOCK_BYTES", 256)
+    monkeypatch.setattr(manifest_csv, "CSV_BLOCK_BYTES", 256)
     path = tmp_path / "m.csv"
     path.write_bytes(TRICKY_CSVS[name].encode())
     spec = ManifestSpec(str(path), keep_columns=("category",))
