@@ -253,8 +253,8 @@ def _stopped(split: ManifestSplit, spec: ManifestSpec, position: int | None, exc
         message = f"manifest {file.path} cannot be read from {start}: {type(exc).__name__}: {detail}"
     else:
         error_type = "UnreadableFile"
-        message = (f"manifest {file.path}: reading stopped after {file.describe(position)} (the rows "
-                   f"before it are read): {type(exc).__name__}: {detail}")
+        message = (f"manifest {file.path}: reading stopped after {file.describe(position)} (rows up to "
+                   f"there are kept): {type(exc).__name__}: {detail}")
     ref = ImageRef(split.where(), "", {c: None for c in spec.keep_columns})
     return records.error_row(ref, "manifest", error_type, printable(message))
 

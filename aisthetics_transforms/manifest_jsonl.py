@@ -63,8 +63,8 @@ def jsonl_rows(lines: Iterator[tuple[int, bytes]], builder: RowBuilder) -> Itera
 
 def json_document_problem(head: bytes, complete: bool) -> str | None:
     """Why a file's first bytes show a JSON document rather than JSON Lines (None if they
-    don't): a JSON array of rows, or a pretty-printed object. ``complete``: ``head`` is the
-    whole file."""
+    don't): a JSON array of rows, or a pretty-printed object; ``{path}`` stands for the
+    file. ``complete``: ``head`` is the whole file."""
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff").lstrip()
     if not text.startswith(("[", "{")):
         return None
@@ -74,18 +74,24 @@ def json_document_problem(head: bytes, complete: bool) -> str | None:
     except ValueError:
         value = None
     if text.startswith("[") and (value is None or (isinstance(value, list) and any(isinstance(v, dict) for v in value))):
-        return "a JSON array, not JSON Lines; convert it with jq -c '.[]'"
+        return "a JSON array, not JSON Lines; convert it with jq -c '.[]' {path} > rows.jsonl"
     if text.startswith("{") and first.strip() == "{":
-        return "pretty-printed JSON, not JSON Lines (one object per line); convert it with jq -c ."
+        return "pretty-printed JSON, not JSON Lines (one object per line); convert it with jq -c . {path} > rows.jsonl"
     return None
 
 
 def check_json_lines(path: str, stream) -> None:
-    """:class:`ManifestError` when the file at ``stream``'s start is a JSON document, not JSON Lines."""
-    head = stream.read(_HEAD_BYTES)
-    problem = json_document_problem(head, complete=len(head) < _HEAD_BYTES)
+    """:class:`ManifestError` when the file at ``stream``'s start is a JSON document, not
+    JSON Lines. Reads only up to its first non-blank line (at most :data:`_HEAD_BYTES`)."""
+    head = b""
+    while len(head) < _HEAD_BYTES:
+        line = stream.readline(_HEAD_BYTES - len(head))
+        head += line
+        if not line or line.strip(b" \t\r\n\xef\xbb\xbf"):
+            break
+    problem = json_document_problem(head, complete=not line)
     if problem:
-        raise ManifestError(f"manifest {path} is {problem}")
+        raise ManifestError(f"manifest {path} is " + problem.format(path=path))
 
 
 def check_sampled_columns(path: str, spec: ManifestSpec, lines: Iterator[tuple[int, bytes]]) -> None:

@@ -219,12 +219,12 @@ class RowBuilder:
         uri = (raw_uri or "").strip()
         undecodable = [column for column, text in ((spec.uri_column, uri), (spec.id_column, image_id), *kept.items())
                        if isinstance(text, str) and not is_utf8(text)]
-        if undecodable:
+        if undecodable:  # an id that is not valid text is no id: the row's location is
             return self.error(
                 position, "InvalidEncoding",
                 f"{', '.join(repr(c) for c in undecodable)} not valid UTF-8 "
                 "(invalid bytes, or an unpaired surrogate escape such as \\ud800)",
-                uri=uri, image_id=image_id if isinstance(image_id, str) else None, kept=kept)
+                uri=uri, image_id=image_id if isinstance(image_id, str) and is_utf8(image_id) else None, kept=kept)
         if not uri:
             return self.error(position, "MissingUri", f"no value in column {spec.uri_column!r}",
                               image_id=image_id if isinstance(image_id, str) else None, kept=kept)
