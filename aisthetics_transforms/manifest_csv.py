@@ -213,7 +213,10 @@ def csv_items(stream, builder: RowBuilder) -> Iterator:
                 table = None
         count = block.count(b"\n") + (not block.endswith(b"\n"))
         if table is None or table.num_rows != count:
-            rest = itertools.chain(block.splitlines(keepends=True), [pending] if pending else [], stream)
+            # The row reader takes the rest of the file from this block's first line on.
+            # Lines are cut at b"\n" only, as when it reads the stream, and ``pending`` (the
+            # start of a line) is joined to the rest of its line.
+            rest = itertools.chain(io.BytesIO(block + pending + (stream.readline() if pending else b"")), stream)
             yield from _csv_body(builder, header, _LineFeed(numbered_lines(rest, start=line)))
             return
         columns = {c: table.column(names[index[c]]).combine_chunks() for c in wanted}

@@ -361,6 +361,14 @@ TRICKY_CSVS = {
     "BOM": "\ufeffimage_id,uri,category\na,/a.jpg,x\n",
     "unicode spaces": "image_id,uri,category\na\u00a0,/a.jpg,x\u2003\nb,/b.jpg,\x1fy\n",
     "one column": "uri,category\n/a.jpg,x\n   ,y\n/b.jpg,\n",
+    "lone CR later": "image_id,uri,category\n" + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(60))
+    + "cr,/cr.jpg,a\rb\nz,/z.jpg,c\n",
+    # A long value in a column the pipeline does not read, with a quote in the same block.
+    "large field and a quote": "image_id,uri,category,notes\n"
+    + f"a,/a.jpg,x,{'n' * 200_000}\nb,\"/b.jpg\",y,short\nc,/c.jpg,z,{'m' * 150_000}\n",
+    # A line longer than Arrow's block: the row reader takes the rest of the file.
+    "field longer than a block": "image_id,uri,category,notes\n" + "".join(f"i{i},/{i}.jpg,c,n\n" for i in range(40))
+    + f"big,/big.jpg,{'k' * 300_000},{'n' * (1 << 21)}\nz,/z.jpg,c,n\n",
 }
 
 
@@ -377,6 +385,32 @@ def test_tables_give_the_same_rows_as_the_row_reader(tmp_path, monkeypatch, name
     assert sorted(refs) == sorted(expected_refs)
     assert sorted(errors, key=repr) == sorted(expected_errors, key=repr)
     assert refs or errors
+
+
+@pytest.mark.parametrize("name", ["large field and a quote", "field longer than a block"])
+def test_both_csv_readers_accept_large_fields(tmp_path, name):
+    """At the default block size: the csv module's field limit used to turn these rows into
+    MalformedCsv in the row reader only."""
+    path = tmp_path / "m.csv"
+    path.write_bytes(TRICKY_CSVS[name].encode())
+    spec = ManifestSpec(str(path), keep_columns=("category",))
+    for refs, errors in (_table_items(path, spec), _with_sources(read_manifest_file(str(path), spec))):
+        assert errors == []
+        assert len(refs) == TRICKY_CSVS[name].count("\n") - 1
+        assert max(len(r.kept["category"]) for r in refs) == (300_000 if "block" in name else 1)
+
+
+def test_an_empty_csv_kept_cell_is_null_in_both_readers(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("uri,category,note\n/a.jpg,,x\n/b.jpg,  ,\n/c.jpg,c,\"\"\n")
+    spec = ManifestSpec(str(path), keep_columns=("category", "note"))
+    expected = [{"category": None, "note": "x"}, {"category": None, "note": None}, {"category": "c", "note": None}]
+    for refs, errors in (_table_items(path, spec), _with_sources(read_manifest_file(str(path), spec))):
+        assert [r.kept for r in refs] == expected and errors == []
+    jsonl = tmp_path / "m.jsonl"  # JSON tells "" from null: "" stays a value
+    jsonl.write_text('{"uri": "/a.jpg", "category": "", "note": null}\n')
+    [ref] = read_manifest_file(str(jsonl), ManifestSpec(str(jsonl), keep_columns=("category", "note")))
+    assert ref.kept == {"category": "", "note": None}
 
 
 def test_tables_of_invalid_utf8_and_parquet_match_the_row_reader(tmp_path):
