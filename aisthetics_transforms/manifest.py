@@ -150,7 +150,8 @@ def open_manifest(path: str):
             yield decompressed
 
 
-def _whole_file_unit(path: str, fmt: str) -> ManifestFile:
+def _single_file(path: str, fmt: str) -> ManifestFile:
+    """``path`` as a manifest of its own, read whole by lines (or Parquet rows)."""
     return ManifestFile(0, path, 0, fmt, "row" if fmt == "parquet" else "line")
 
 
@@ -270,7 +271,7 @@ def read_manifest_file(path: str, spec: ManifestSpec) -> Iterator:
     column missing from the header, an unknown format, not Parquet).
     """
     fmt = manifest_format(path, spec)
-    builder = RowBuilder(_whole_file_unit(path, fmt), spec, empty_is_null=fmt == "csv")
+    builder = RowBuilder(_single_file(path, fmt), spec, empty_is_null=fmt == "csv")
     with open_manifest(path) as stream:
         if fmt == "csv":
             yield from csv_rows(stream, builder)
