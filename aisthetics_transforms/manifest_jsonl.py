@@ -7,6 +7,7 @@ however far past ``stop`` it runs. Together the ranges read every line exactly o
 """
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Iterator
 
@@ -95,13 +96,13 @@ def check_json_lines(path: str, stream) -> None:
 
 
 def check_sampled_columns(path: str, spec: ManifestSpec, lines: Iterator[tuple[int, bytes]]) -> None:
-    """:class:`ManifestError` when no row among the first :data:`SAMPLE_ROWS` objects of a
-    file has a column the spec needs. JSON Lines has no header, so this is how a
+    """:class:`ManifestError` when no row among the first :data:`SAMPLE_ROWS` non-blank lines
+    of a file has a column the spec needs. JSON Lines has no header, so this is how a
     ``--keep_columns`` typo stops the run as it does for CSV (a column that is absent
     from the first rows but there later can be given ``null`` in the first row)."""
     seen: dict[str, None] = {}
     rows = 0
-    for _, raw in lines:
+    for _, raw in itertools.islice((line for line in lines if line[1].strip()), SAMPLE_ROWS):
         try:
             value = json.loads(raw.decode("utf-8"))
         except ValueError:  # bad lines are error rows when the file is read
@@ -109,8 +110,6 @@ def check_sampled_columns(path: str, spec: ManifestSpec, lines: Iterator[tuple[i
         if isinstance(value, dict):
             rows += 1
             seen.update(dict.fromkeys(value))
-            if rows >= SAMPLE_ROWS:
-                break
     missing = [c for c in spec.required_columns() if c not in seen]
     if rows and missing:
         raise missing_columns_error(

@@ -51,12 +51,16 @@ def parquet_rows(parquet, builder: RowBuilder, row_group: int | None = None, fir
             rows = [(i, {c: values[c][i].as_py() for c in columns}) for i in others.tolist()]
         else:
             # Invalid UTF-8 read as bytes: the builder makes that row an InvalidEncoding error.
-            readable = pa.table({c: v.cast(pa.binary()) if pa.types.is_string(v.type) else v for c, v in values.items()})
+            readable = pa.table({c: v.cast(pa.large_binary()) if _is_text(v.type) else v for c, v in values.items()})
             rows = enumerate(readable.to_pylist())
         for i, row in rows:
             yield builder.build(row, number + i)
         number += batch.num_rows
         builder.reached(number - 1)
+
+
+def _is_text(arrow_type) -> bool:
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
 
 
 def _is_valid_string(values: pa.Array) -> bool:

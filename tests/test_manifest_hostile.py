@@ -73,19 +73,22 @@ def test_lone_surrogates_in_json_lines_are_error_rows(tmp_path):
     assert storable(errors, ("category",))
 
 
-def invalid_utf8(values):
-    return pa.array(values, pa.binary()).view(pa.string())
+def invalid_utf8(values, large=False):
+    """A string column holding the bytes as they are, valid UTF-8 or not."""
+    return pa.array(values, pa.large_binary() if large else pa.binary()).view(pa.large_string() if large else pa.string())
 
 
-def test_invalid_utf8_in_parquet_strings_is_error_rows(tmp_path):
+@pytest.mark.parametrize("large", [False, True], ids=["string", "large_string"])
+def test_invalid_utf8_in_parquet_strings_is_error_rows(tmp_path, large):
     path = tmp_path / "m.parquet"
     rows = 12
     uris = [f"/{i}.jpg".encode() for i in range(rows)]
     ids = [f"id{i}".encode() for i in range(rows)]
     kept = [b"k"] * rows
     uris[2], ids[5], kept[9] = b"/bad\xff.jpg", b"id\xc3", b"\xe9t\xe9"
-    pq.write_table(pa.table({"uri": invalid_utf8(uris), "image_id": invalid_utf8(ids), "category": invalid_utf8(kept)}),
-                   path, row_group_size=4)
+    pq.write_table(pa.table({"uri": invalid_utf8(uris, large), "image_id": invalid_utf8(ids, large),
+                             "category": invalid_utf8(kept, large)}), path, row_group_size=4)
+    assert pq.read_schema(path).field("uri").type == (pa.large_string() if large else pa.string())
     spec = ManifestSpec(str(path), keep_columns=("category",))
     refs, errors = read_pieces(path, spec)
     assert sorted(r.image_id for r in refs) == sorted(f"id{i}" for i in range(rows) if i not in (2, 5, 9))
