@@ -256,7 +256,7 @@ def _stopped(split: ManifestSplit, spec: ManifestSpec, position: int | None, exc
         error_type = "UnreadableFile"
         message = (f"manifest {file.path}: reading stopped after {file.describe(position)} (rows up to "
                    f"there are kept): {type(exc).__name__}: {detail}")
-    ref = ImageRef(split.where(), "", {c: None for c in spec.keep_columns})
+    ref = ImageRef(printable(split.where()), "", {c: None for c in spec.keep_columns})
     return records.error_row(ref, "manifest", error_type, printable(message))
 
 

@@ -156,7 +156,7 @@ def test_pipeline_reads_a_parquet_and_a_jsonl_in_several_pieces_as_in_one(tmp_pa
     """Row groups and byte ranges are separate work items (the manifest_splits counter),
     and the refs and errors equal reading each file as one piece, duplicates included:
     the first row of an id in manifest order wins across pieces and files."""
-    parquet = write_parquet(tmp_path / "a.parquet", rows=40, row_group_size=8)
+    write_parquet(tmp_path / "a.parquet", rows=40, row_group_size=8)
     lines = [json.dumps({"uri": f"/j/{i}.jpg", "image_id": f"j{i}", "category": f"k{i}"}) for i in range(60)]
     lines[3] = json.dumps({"uri": "/j/first.jpg", "image_id": "twice"})
     lines[50] = json.dumps({"uri": "/j/second.jpg", "image_id": "twice"})  # several ranges later
