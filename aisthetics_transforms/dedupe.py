@@ -24,12 +24,12 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from aisthetics_transforms import buckets
 from aisthetics_transforms.bundles import in_global_window
 from aisthetics_transforms.fetch import is_local_file
-from aisthetics_transforms.manifest import keep_first_of_each_id
 from aisthetics_transforms.records import (
     ERRORS,
     ContentClaim,
@@ -38,13 +38,16 @@ from aisthetics_transforms.records import (
     Failure,
     UriOutcome,
     UriTask,
+    error_row,
     previous_score,
+    table_refs,
 )
 
 ROWS = "rows"  # (row bucket, packed rows): one row per image_id
 URIS = "uris"  # tables of (uri, bucket): the distinct uris of each row bucket
 REUSED = "reused"  # ContentResults an earlier night scored
 READABLE_COPIES = 3  # uris a content can be read again from, should one have changed meanwhile
+_DUPLICATES = Metrics.counter("aisthetics", "manifest_errors")
 
 
 class SplitByBucket(beam.DoFn):
@@ -89,6 +92,32 @@ def _with_position(table: pa.Table) -> pa.Table:
         return table
     table = table.append_column("manifest_file", pa.array(np.zeros(table.num_rows, np.int32)))
     return table.append_column("manifest_line", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+
+def keep_first_of_each_id(element, files: list, keep_columns: tuple):
+    """(bucket, refs tables) -> one table of the earliest row of each image_id in manifest
+    order; the other rows of an image_id become error rows."""
+    _, tables = element
+    table = buckets.concat(tables)
+    table = table.take(pc.sort_indices(table, [("image_id", "ascending"), ("manifest_file", "ascending"),
+                                               ("manifest_line", "ascending")]))
+    ids = table.column("image_id")
+    repeated = np.zeros(table.num_rows, dtype=bool)
+    if table.num_rows > 1:
+        repeated[1:] = pc.equal(ids.slice(1), ids.slice(0, table.num_rows - 1)).to_numpy(zero_copy_only=False)
+    yield table.filter(pa.array(~repeated)).drop_columns(["manifest_file", "manifest_line"])
+    if not repeated.any():
+        return
+    # each repeated row's first row: the last non-repeated position at or before it
+    first_of = np.maximum.accumulate(np.where(repeated, 0, np.arange(table.num_rows)))
+    where = lambda i: files[table["manifest_file"][i].as_py()].where(table["manifest_line"][i].as_py())
+    for i in np.flatnonzero(repeated).tolist():
+        ref = next(table_refs(table.slice(i, 1), keep_columns))
+        _DUPLICATES.inc()
+        yield TaggedOutput(ERRORS, error_row(
+            ref, "manifest", "DuplicateImageId",
+            f"{where(i)}: image_id {ref.image_id!r} is already used at {where(first_of[i])}; "
+            "only that row is scored"))
 
 
 def keep_first_rows(element, files: list, keep_columns: tuple):

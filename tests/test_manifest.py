@@ -12,8 +12,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from aisthetics_transforms import buckets, manifest, records
-from aisthetics_transforms.dedupe import ROWS, UniqueImageIds
+from aisthetics_transforms import manifest, manifest_csv, records
 from aisthetics_transforms.manifest import (
     ManifestError,
     ManifestSpec,
@@ -24,6 +23,7 @@ from aisthetics_transforms.manifest import (
     read_manifest_file,
 )
 from aisthetics_transforms.records import ImageRef
+from manifest_reading import pieces_as_rows, unique_ids
 
 PIPELINE_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 
@@ -115,7 +115,7 @@ def test_csv_quote_closed_later_does_not_swallow_rows(tmp_path):
 
 
 def test_csv_open_quote_is_given_up_after_max_record_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr(manifest, "MAX_RECORD_LINES", 3)
+    monkeypatch.setattr(manifest_csv, "MAX_RECORD_LINES", 3)
     rows = "".join(f"/{i}.jpg,{i}\n" for i in range(10))
     path = write(tmp_path / "m.csv", 'uri,image_id\n"/open.jpg,x\n' + rows + '/z.jpg,"z\n')
     refs, errors = split(read_manifest_file(path, ManifestSpec(path)))
@@ -265,14 +265,6 @@ def test_reserved_keep_column_is_refused():
 # --------------------------------------------------------------------------- pipeline
 
 
-def unique_ids(read: dict, files: list, keep: tuple) -> dict:
-    """A manifest's refs through the dedupe stage's image_id check: ImageRefs and error rows."""
-    unique = read["refs"] | "UniqueImageIds" >> UniqueImageIds(files, keep)
-    refs = unique[ROWS] | "Unpack" >> beam.FlatMap(lambda kv: records.table_refs(buckets.unpack(kv[1]), keep))
-    errors = (read[records.ERRORS], unique[records.ERRORS]) | "AllErrors" >> beam.Flatten()
-    return {"refs": refs, records.ERRORS: errors}
-
-
 def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
     write(tmp_path / "m-0.csv", CSV_TEXT)
     write(tmp_path / "m-1.jsonl", JSONL_TEXT)
@@ -287,7 +279,8 @@ def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
 
     image = str(tmp_path / "img" / "a.jpg")
     p = BeamTestPipeline(argv=PIPELINE_ARGS)
-    result = unique_ids(p | ReadManifest(spec), list_manifest_files(spec), ("category",))
+    read = ReadManifest(spec)
+    result = unique_ids(p | read, read.files, ("category",))
     # image_id "a" is in both files: the JSON Lines row (the later file) is the duplicate.
     [duplicate] = [r for r in expected_refs if r.uri == "gs://bucket/a.jpg"]
     expected_refs.remove(duplicate)
@@ -309,7 +302,8 @@ def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
     totals = {}
     for counter in counters:
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + counter.committed
-    assert totals == {"manifest_rows": 11 + 1, "manifest_errors": 6 + 1}  # + the duplicate id
+    # + the duplicate id; each small file is one piece
+    assert totals == {"manifest_rows": 11 + 1, "manifest_errors": 6 + 1, "manifest_splits": 2}
 
 
 def test_read_manifest_fails_before_the_run_on_a_bad_header(tmp_path):
@@ -329,7 +323,8 @@ def test_duplicate_image_ids_keep_the_first_row_in_manifest_order(tmp_path):
     second = write(tmp_path / "b.csv", "image_id,uri\nx,/3.jpg\nx,/4.jpg\n")
     spec = ManifestSpec(str(tmp_path / "*.csv"))
     with BeamTestPipeline(argv=PIPELINE_ARGS) as p:
-        result = unique_ids(p | ReadManifest(spec), [str(first), str(second)], ())
+        read = ReadManifest(spec)
+        result = unique_ids(p | read, read.files, ())
         kept = result["refs"] | beam.Map(lambda r: (r.image_id, r.uri))
         dropped = result[records.ERRORS] | beam.Map(lambda r: (r["uri"], r["error_type"], r["error_message"]))
         assert_that(kept, equal_to([("x", "/1.jpg"), ("y", "/2.jpg")]), label="Kept")
@@ -343,16 +338,10 @@ def test_duplicate_image_ids_keep_the_first_row_in_manifest_order(tmp_path):
 
 
 def _table_items(path, spec, index=0):
-    """read_manifest_tables as (ImageRefs with their file:line, error rows)."""
-    refs, errors = [], []
-    for item in manifest.read_manifest_tables((index, str(path)), spec):
-        if isinstance(item, pa.Table):
-            lines = item.column("manifest_line").to_pylist()
-            assert item.column("manifest_file").to_pylist() == [index] * item.num_rows
-            refs += [r._replace(source=f"{path}:{line}") for r, line in zip(records.table_refs(item, spec.keep_columns), lines)]
-        else:
-            errors.append(item)
-    return refs, errors
+    """The file read as the pipeline does (planned pieces, bulk tables) as (ImageRefs with
+    their file:line, error rows)."""
+    [file] = manifest.manifest_files(spec)
+    return pieces_as_rows(manifest.plan_splits(file._replace(index=index), spec), spec)
 
 
 def _with_sources(items):
@@ -374,6 +363,14 @@ TRICKY_CSVS = {
     "BOM": "\ufeffimage_id,uri,category\na,/a.jpg,x\n",
     "unicode spaces": "image_id,uri,category\na\u00a0,/a.jpg,x\u2003\nb,/b.jpg,\x1fy\n",
     "one column": "uri,category\n/a.jpg,x\n   ,y\n/b.jpg,\n",
+    "lone CR later": "image_id,uri,category\n" + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(60))
+    + "cr,/cr.jpg,a\rb\nz,/z.jpg,c\n",
+    # A long value in a column the pipeline does not read, with a quote in the same block.
+    "large field and a quote": "image_id,uri,category,notes\n"
+    + f"a,/a.jpg,x,{'n' * 200_000}\nb,\"/b.jpg\",y,short\nc,/c.jpg,z,{'m' * 150_000}\n",
+    # A line longer than Arrow's block: the row reader takes the rest of the file.
+    "field longer than a block": "image_id,uri,category,notes\n" + "".join(f"i{i},/{i}.jpg,c,n\n" for i in range(40))
+    + f"big,/big.jpg,{'k' * 300_000},{'n' * (1 << 21)}\nz,/z.jpg,c,n\n",
 }
 
 
@@ -381,7 +378,7 @@ TRICKY_CSVS = {
 def test_tables_give_the_same_rows_as_the_row_reader(tmp_path, monkeypatch, name):
     """The bulk (Arrow) path of read_manifest_tables against the row-by-row reader,
     with blocks small enough that the files span several."""
-    monkeypatch.setattr(manifest, "CSV_BLOCK_BYTES", 256)
+    monkeypatch.setattr(manifest_csv, "CSV_BLOCK_BYTES", 256)
     path = tmp_path / "m.csv"
     path.write_bytes(TRICKY_CSVS[name].encode())
     spec = ManifestSpec(str(path), keep_columns=("category",))
@@ -390,6 +387,32 @@ def test_tables_give_the_same_rows_as_the_row_reader(tmp_path, monkeypatch, name
     assert sorted(refs) == sorted(expected_refs)
     assert sorted(errors, key=repr) == sorted(expected_errors, key=repr)
     assert refs or errors
+
+
+@pytest.mark.parametrize("name", ["large field and a quote", "field longer than a block"])
+def test_both_csv_readers_accept_large_fields(tmp_path, name):
+    """At the default block size: the csv module's field limit used to turn these rows into
+    MalformedCsv in the row reader only."""
+    path = tmp_path / "m.csv"
+    path.write_bytes(TRICKY_CSVS[name].encode())
+    spec = ManifestSpec(str(path), keep_columns=("category",))
+    for refs, errors in (_table_items(path, spec), _with_sources(read_manifest_file(str(path), spec))):
+        assert errors == []
+        assert len(refs) == TRICKY_CSVS[name].count("\n") - 1
+        assert max(len(r.kept["category"]) for r in refs) == (300_000 if "block" in name else 1)
+
+
+def test_an_empty_csv_kept_cell_is_null_in_both_readers(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("uri,category,note\n/a.jpg,,x\n/b.jpg,  ,\n/c.jpg,c,\"\"\n")
+    spec = ManifestSpec(str(path), keep_columns=("category", "note"))
+    expected = [{"category": None, "note": "x"}, {"category": None, "note": None}, {"category": "c", "note": None}]
+    for refs, errors in (_table_items(path, spec), _with_sources(read_manifest_file(str(path), spec))):
+        assert [r.kept for r in refs] == expected and errors == []
+    jsonl = tmp_path / "m.jsonl"  # JSON tells "" from null: "" stays a value
+    jsonl.write_text('{"uri": "/a.jpg", "category": "", "note": null}\n')
+    [ref] = read_manifest_file(str(jsonl), ManifestSpec(str(jsonl), keep_columns=("category", "note")))
+    assert ref.kept == {"category": "", "note": None}
 
 
 def test_tables_of_invalid_utf8_and_parquet_match_the_row_reader(tmp_path):

@@ -1,0 +1,37 @@
+"""Test helper: manifest pieces read as the pipeline reads them, as plain rows to compare."""
+from __future__ import annotations
+
+import apache_beam as beam
+import pyarrow as pa
+
+from aisthetics_transforms import buckets, manifest, records
+from aisthetics_transforms.dedupe import ROWS, UniqueImageIds
+
+
+def unique_ids(read: dict, files: list, keep: tuple) -> dict:
+    """A manifest's refs through the dedupe stage's image_id check, as the pipeline does:
+    ``{"refs": ImageRefs, ERRORS: every error row}``."""
+    unique = read["refs"] | "UniqueImageIds" >> UniqueImageIds(files, keep)
+    refs = unique[ROWS] | "Unpack" >> beam.FlatMap(lambda kv: records.table_refs(buckets.unpack(kv[1]), keep))
+    errors = (read[records.ERRORS], unique[records.ERRORS]) | "AllErrors" >> beam.Flatten()
+    return {"refs": refs, records.ERRORS: errors}
+
+
+def pieces_as_rows(pieces, spec):
+    """(ImageRefs whose source is ``FILE:POSITION``, error rows) of the pieces and error
+    rows :func:`manifest.plan_splits` gave, read with :func:`manifest.read_split`."""
+    refs, errors = [], []
+    for piece in pieces:
+        if isinstance(piece, dict):
+            errors.append(piece)
+            continue
+        for item in manifest.read_split(piece, spec):
+            if isinstance(item, pa.Table):
+                assert item.schema == records.refs_schema(spec.keep_columns)
+                assert set(item.column("manifest_file").to_pylist()) <= {piece.file.index}
+                positions = item.column("manifest_line").to_pylist()
+                refs += [ref._replace(source=f"{piece.file.path}:{position}")
+                         for ref, position in zip(records.table_refs(item, spec.keep_columns), positions)]
+            else:
+                errors.append(item)
+    return refs, errors
