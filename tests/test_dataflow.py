@@ -126,6 +126,8 @@ def check_spec(gcs, job: dict, root: str, source_stage: str) -> None:
     proto = staged_proto(gcs, job)
     assert nearest_shuffle(proto, "FetchImages").startswith("PlanFetches/SpreadUris/"), nearest_shuffle(proto, "FetchImages")
     assert nearest_shuffle(proto, "DecodeImages").startswith("SpreadContents/")
+    if source_stage == "ReadManifest":  # manifests are read in pieces spread over the workers
+        assert nearest_shuffle(proto, "ReadManifest/ReadSplits").startswith("ReadManifest/SpreadSplits/")
 
     # Staged files: the sdist built from setup.py, next to the pipeline proto.
     staged = gcs.list_names(f"{root}/staging/")
