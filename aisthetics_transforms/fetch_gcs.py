@@ -130,12 +130,14 @@ def _download(uri, bucket, name, generation, size, limits, deadline, pinned: boo
         try:
             client = storage_client()
             blob = client.bucket(bucket).blob(name, generation=int(generation))
-            with watched(uri, limits, deadline, check_addresses=False):
+            with watched(uri, limits, deadline, check_addresses=False) as watch:
                 # raw_download: the stored bytes, never transcoded (an object saved with
                 # Content-Encoding: gzip would otherwise arrive decompressed).
                 blob.download_to_file(
                     writer, raw_download=True, timeout=_timeout(limits, deadline), retry=_retry(deadline)
                 )
+            if watch.fired:  # what was read after the watchdog cut the connection is void
+                raise deadline.exceeded(uri, "downloading the object")
         except FetchError:
             raise
         except Exception as exc:

@@ -256,10 +256,15 @@ def _attempt(session, method: str, url: str, uri: str, limits: FetchLimits, dead
         raise FetchError("InvalidUri", f"url has no host: {where}")
     refuse_host_by_name(host, limits, where)  # before waiting for a slot or resolving
     with HOST_SLOTS.hold(f"{host}:{port}", limits.max_connections_per_host, deadline, where):
-        with watched(where, limits, deadline):
+        with watched(where, limits, deadline) as watch:
             response = _send(session, method, url, where, limits, deadline)
             with response:
-                return _answer(response, where, limits, deadline, read)
+                outcome = _answer(response, where, limits, deadline, read)
+            # A cut connection can look like a whole answer (a status line or a body
+            # without a length ends at EOF): whatever was read after the cut is void.
+            if watch.fired:
+                raise deadline.exceeded(where, "waiting for the response")
+            return outcome
 
 
 def _send(session, method: str, url: str, where: str, limits: FetchLimits, deadline: Deadline) -> requests.Response:
