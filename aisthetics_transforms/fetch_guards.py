@@ -55,12 +55,12 @@ def address_problem(ip: ipaddress._BaseAddress, allow_private: bool) -> Optional
         return "a cloud metadata address; never fetched"
     if any(ip in net for net in _NEVER) or ip.is_link_local or ip.is_unspecified:
         return "a link-local or unspecified address; never fetched"
+    if ip.is_loopback:  # before is_reserved, which holds ::1
+        return None if allow_private else f"a loopback address; pass {_FLAG} to fetch from it"
     if ip.is_multicast or ip.is_reserved:
         return "not a unicast host address; never fetched"
     if allow_private:
         return None
-    if ip.is_loopback:
-        return f"a loopback address; pass {_FLAG} to fetch from it"
     if any(ip in net for net in _PRIVATE):
         return f"a private address; pass {_FLAG} to fetch from it"
     return None
