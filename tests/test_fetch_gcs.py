@@ -1,0 +1,107 @@
+"""gs:// fetches and version checks against the real GCS emulator, with every request the
+client makes counted by a recording proxy in between (each one is billed on GCS)."""
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+
+import pytest
+
+from aisthetics_transforms import fetch
+from aisthetics_transforms.fetch import FetchError, FetchLimits
+from gcs_emulator import counting_proxy, gcs  # noqa: F401  (pytest fixture)
+
+DATA = bytes(range(256)) * 64  # 16 KiB
+LIMITS = FetchLimits(deadline=20)
+
+
+@pytest.fixture
+def proxy(gcs, monkeypatch):
+    with counting_proxy(gcs.host) as counting:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", counting.host)
+        yield counting
+
+
+@pytest.fixture
+def uploaded(gcs):
+    name = f"fetch-gcs/{uuid.uuid4().hex}.jpg"
+    return name, gcs.upload_bytes(name, DATA, "image/jpeg")
+
+
+def _requests(proxy, name):
+    """The (kind, path) of each request since the last call: metadata or media."""
+    made = [(method, path) for method, path in proxy.requests]
+    proxy.requests.clear()
+    object_path = "/o/" + name.replace("/", "%2F")
+    assert all(object_path in path for _, path in made), made
+    return [("media" if "alt=media" in path else "metadata", path) for _, path in made]
+
+
+def test_a_version_check_is_one_metadata_request(proxy, uploaded):
+    name, uri = uploaded
+    version = fetch.check_version(uri, LIMITS)
+    [(kind, _)] = _requests(proxy, name)
+    assert kind == "metadata"
+    assert version.failed is None
+    assert version.value.startswith("generation=") and version.value.endswith(f";size={len(DATA)}")
+    assert fetch.check_version(uri, LIMITS).value == version.value  # stable while unchanged
+    _requests(proxy, name)
+
+
+def test_a_fetch_is_one_metadata_and_one_pinned_media_request(proxy, uploaded):
+    name, uri = uploaded
+    fetched = fetch.fetch_image(uri, LIMITS)
+    made = _requests(proxy, name)
+    assert [kind for kind, _ in made] == ["metadata", "media"]
+    assert fetched.data == DATA and type(fetched.data) is bytes
+    assert fetched.pin and f"generation={fetched.pin}" in made[1][1]  # the bytes of the version it reports
+    assert fetched.version == fetch.check_version(uri, LIMITS).value
+
+
+def test_a_fetch_after_a_version_check_is_one_media_request(proxy, uploaded):
+    name, uri = uploaded
+    version = fetch.check_version(uri, LIMITS)
+    _requests(proxy, name)
+    fetched = fetch.fetch_image(uri, LIMITS, known=version.info)
+    assert [kind for kind, _ in _requests(proxy, name)] == ["media"]
+    assert (fetched.data, fetched.version) == (DATA, version.value)
+
+
+def test_a_pinned_refetch_is_one_media_request_and_fails_once_the_object_changed(gcs, proxy, uploaded):
+    name, uri = uploaded
+    fetched = fetch.fetch_image(uri, LIMITS)
+    sha = hashlib.sha256(fetched.data).hexdigest()
+    _requests(proxy, name)
+    assert fetch.refetch(uri, sha, fetched.pin, LIMITS) == DATA
+    [(kind, path)] = _requests(proxy, name)
+    assert kind == "media" and f"generation={fetched.pin}" in path
+
+    time.sleep(0.01)  # the emulator's generations are timestamps
+    gcs.upload_bytes(name, b"rewritten during the run", "image/jpeg")
+    with pytest.raises(FetchError) as info:
+        fetch.refetch(uri, sha, fetched.pin, LIMITS)
+    assert info.value.error_type == "ChangedDuringRun" and uri in str(info.value)
+    [(kind, path)] = _requests(proxy, name)
+    assert kind == "media" and f"generation={fetched.pin}" in path
+    assert fetch.check_version(uri, LIMITS).value != fetched.version
+
+
+def test_a_too_large_object_is_refused_from_its_metadata(proxy, uploaded):
+    name, uri = uploaded
+    with pytest.raises(FetchError) as info:
+        fetch.fetch_image(uri, FetchLimits(max_bytes=1000))
+    assert info.value.error_type == "TooLarge" and f"object size {len(DATA)}" in str(info.value)
+    assert [kind for kind, _ in _requests(proxy, name)] == ["metadata"]  # never downloaded
+
+
+def test_a_missing_object_fails_its_check_and_its_fetch(proxy, gcs):
+    name = f"fetch-gcs/{uuid.uuid4().hex}-missing.jpg"
+    uri = gcs.uri(name)
+    version = fetch.check_version(uri, LIMITS)
+    assert version.value is None and "NotFound" in version.failed and uri in version.failed
+    assert len(_requests(proxy, name)) == 1
+    with pytest.raises(FetchError) as info:
+        fetch.fetch_image(uri, LIMITS)
+    assert info.value.error_type == "NotFound" and uri in str(info.value)
+    assert len(_requests(proxy, name)) == 1
