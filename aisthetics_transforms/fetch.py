@@ -34,7 +34,7 @@ from aisthetics_transforms.bundles import OrderedPool, in_global_window
 from aisthetics_transforms.fetch_gcs import gcs_fetch, gcs_fetch_pinned, gcs_version, split_gcs_uri
 from aisthetics_transforms.fetch_guards import BYTES_IN_FLIGHT, buffer_bytes, presized_buffer, refuse_path
 from aisthetics_transforms.fetch_http import http_fetch, http_version, is_guarded, make_http_session
-from aisthetics_transforms.fetch_types import (  # noqa: F401  (re-exported: the public names live here)
+from aisthetics_transforms.fetch_types import (  # the public names are used from here
     DEFAULT_LIMITS,
     FETCH_ERROR_TYPES,
     Deadline,
@@ -45,6 +45,12 @@ from aisthetics_transforms.fetch_types import (  # noqa: F401  (re-exported: the
     Version,
     too_large,
 )
+
+__all__ = [
+    "DEFAULT_FETCH_THREADS", "DEFAULT_LIMITS", "FETCH_ERROR_TYPES", "FetchError", "FetchImages", "FetchLimits",
+    "Fetched", "ThreadSessions", "Version", "check_version", "fetch_bytes", "fetch_image", "is_local_file",
+    "make_http_session", "read_again", "refetch", "source_version",
+]
 
 _CHUNK = 1 * MiB
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")

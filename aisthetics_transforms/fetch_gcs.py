@@ -64,7 +64,7 @@ def storage_client():
             os.environ.setdefault("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
             client = create_storage_client(PipelineOptions())
             # Our adapter: sockets the watchdog can cut, and a pool as large as the fetch threads.
-            adapter = GuardedAdapter(pool_size=32)
+            adapter = GuardedAdapter(pool_size=32, check_addresses=False)
             client._http.mount("https://", adapter)
             client._http.mount("http://", adapter)
             _clients[key] = client
@@ -98,7 +98,7 @@ def _metadata(uri: str, limits: FetchLimits, deadline: Deadline) -> GcsObject:
     bucket, name = split_gcs_uri(uri)
     try:
         client = storage_client()
-        with watched(uri, limits, deadline, check_addresses=False):
+        with watched(uri, limits, deadline):
             blob = client.bucket(bucket).get_blob(name, timeout=_timeout(limits, deadline), retry=_retry(deadline))
     except FetchError:
         raise
@@ -134,7 +134,7 @@ def _download(uri, bucket, name, generation, size, limits, deadline, pinned: boo
         try:
             client = storage_client()
             blob = client.bucket(bucket).blob(name, generation=int(generation))
-            with watched(uri, limits, deadline, check_addresses=False) as watch:
+            with watched(uri, limits, deadline) as watch:
                 # raw_download: the stored bytes, never transcoded (an object saved with
                 # Content-Encoding: gzip would otherwise arrive decompressed).
                 blob.download_to_file(

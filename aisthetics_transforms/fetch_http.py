@@ -40,7 +40,7 @@ from aisthetics_transforms.fetch_guards import (
     refuse_host_by_name,
     resolve_checked,
 )
-from aisthetics_transforms.fetch_types import Deadline, FetchError, Fetched, FetchLimits, Version, too_large
+from aisthetics_transforms.fetch_types import DEFAULT_LIMITS, Deadline, FetchError, Fetched, FetchLimits, Version, too_large
 
 _CHUNK = 256 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -56,22 +56,27 @@ class _Attempt(NamedTuple):
     limits: FetchLimits
     deadline: Deadline
     watch: Watch
-    check_addresses: bool  # False for GCS, whose endpoint is not a catalog's host
 
 
 _current = threading.local()  # .attempt: the _Attempt this thread is making, if any
 
 
 class _ConnectionMixin:
-    """What the two urllib3 connection classes below add: a checked, pinned, watched socket."""
+    """What the urllib3 connection classes below add: a checked, pinned, watched socket.
+    Outside an attempt (a session used directly) the default limits guard it."""
+
+    check_addresses = True
 
     def _new_conn(self):
         attempt: Optional[_Attempt] = getattr(_current, "attempt", None)
-        if attempt is None or not attempt.check_addresses:
+        if not self.check_addresses:
             sock = super()._new_conn()
         else:
-            timeout = min(attempt.limits.connect_timeout, max(attempt.deadline.remaining(), 0.001))
-            addresses = resolve_checked(self._dns_host, self.port, attempt.limits, attempt.deadline, attempt.where)
+            limits = attempt.limits if attempt else DEFAULT_LIMITS
+            deadline = attempt.deadline if attempt else Deadline(limits.deadline)
+            where = attempt.where if attempt else f"{self.host}:{self.port}"
+            addresses = resolve_checked(self._dns_host, self.port, limits, deadline, where)
+            timeout = min(limits.connect_timeout, max(deadline.remaining(), 0.001))
             try:
                 sock = connect_first(addresses, timeout, self.socket_options, self.source_address)
             except TimeoutError as exc:
@@ -89,32 +94,32 @@ class _ConnectionMixin:
         return super().request(*args, **kwargs)
 
 
-class _GuardedHTTPConnection(_ConnectionMixin, HTTPConnection):
-    pass
+def _pool_classes(check_addresses: bool) -> dict:
+    def pool(base_pool, base_connection):
+        connection = type(f"Watched{base_connection.__name__}", (_ConnectionMixin, base_connection),
+                          {"check_addresses": check_addresses})
+        return type(f"Watched{base_pool.__name__}", (base_pool,), {"ConnectionCls": connection})
+
+    return {"http": pool(HTTPConnectionPool, HTTPConnection), "https": pool(HTTPSConnectionPool, HTTPSConnection)}
 
 
-class _GuardedHTTPSConnection(_ConnectionMixin, HTTPSConnection):
-    pass
-
-
-class _GuardedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _GuardedHTTPConnection
-
-
-class _GuardedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _GuardedHTTPSConnection
+_CHECKED_POOLS, _UNCHECKED_POOLS = _pool_classes(True), _pool_classes(False)
 
 
 class GuardedAdapter(HTTPAdapter):
-    """An adapter whose connections are checked and watched; it never retries or
-    redirects by itself (the fetch loop does, inside the deadline)."""
+    """An adapter whose connections the watchdog can cut and, with ``check_addresses``
+    (all but the GCS client's, whose endpoint is no catalog's host), that connect only
+    to checked addresses. It never retries or redirects by itself (the fetch loop does,
+    inside the deadline)."""
 
-    def __init__(self, pool_size: int = 16):
+    def __init__(self, pool_size: int = 16, check_addresses: bool = True):
+        self.check_addresses = check_addresses
         super().__init__(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=Retry(0, read=False))
 
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+        pools = _CHECKED_POOLS if self.check_addresses else _UNCHECKED_POOLS
+        self.poolmanager.pool_classes_by_scheme = dict(pools)
 
 
 def make_http_session(limits: FetchLimits, pool_size: int = 16) -> requests.Session:
@@ -134,18 +139,19 @@ def make_http_session(limits: FetchLimits, pool_size: int = 16) -> requests.Sess
 
 def is_guarded(session: requests.Session, url: str) -> bool:
     try:
-        return isinstance(session.get_adapter(url), GuardedAdapter)
+        adapter = session.get_adapter(url)
     except requests.exceptions.InvalidSchema:
         return False
+    return isinstance(adapter, GuardedAdapter) and adapter.check_addresses
 
 
 @contextmanager
-def watched(where: str, limits: FetchLimits, deadline: Deadline, check_addresses: bool = True) -> Iterator[Watch]:
-    """While open, this thread's requests use sockets that are shut down at ``deadline``
-    (and, with ``check_addresses``, connect only to addresses that passed the guard)."""
+def watched(where: str, limits: FetchLimits, deadline: Deadline) -> Iterator[Watch]:
+    """While open, this thread's requests use sockets that are shut down at ``deadline``,
+    and connect only to addresses that ``limits`` allow."""
     with WATCHDOG.watch(deadline.end) as watch:
         previous = getattr(_current, "attempt", None)
-        _current.attempt = _Attempt(where, limits, deadline, watch, check_addresses)
+        _current.attempt = _Attempt(where, limits, deadline, watch)
         try:
             yield watch
         finally:

@@ -38,7 +38,9 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo):
     else:
         read = ReadImageGlob(opts.images, keep, label="ListImages")
     refs = p | read
-    fetch_limits = FetchLimits(max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline)
+    fetch_limits = FetchLimits(max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline,
+                               allow_private_hosts=opts.allow_private_hosts, max_connections_per_host=opts.max_connections_per_host,
+                               max_bytes_in_flight=opts.max_bytes_in_flight)
     previous = {}
     if run.previous_partition:
         previous = p | "ReadPreviousScores" >> ReadPreviousScores(

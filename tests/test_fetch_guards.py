@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from aisthetics_transforms import fetch
 from aisthetics_transforms.fetch import FETCH_ERROR_TYPES, FetchError, FetchLimits
@@ -184,6 +185,18 @@ def test_allowed_loopback_is_fetched_from_the_address_that_was_checked(start_ser
     limits = FetchLimits(allow_private_hosts=True)
     fetched = fetch.fetch_image(f"http://localhost:{server.server_address[1]}/a.jpg", limits)
     assert fetched.data == server.body and type(fetched.data) is bytes
+
+
+def test_a_session_used_directly_is_guarded_too(start_server):
+    server = start_server()
+    with fetch.make_http_session(FetchLimits()) as session:
+        with pytest.raises(FetchError) as info:
+            session.get(f"{server.base}/a.jpg", timeout=5)
+    assert info.value.error_type == "AddressRefused"
+    assert server.hits == 0
+    with pytest.raises(FetchError) as info:  # a plain Session is swapped for a guarded one
+        fetch.fetch_image(f"{server.base}/a.jpg", FetchLimits(), requests.Session())
+    assert info.value.error_type == "AddressRefused"
 
 
 @pytest.mark.parametrize("target", ["/proc/self/environ", "/sys/kernel/hostname", "/dev/zero"])
