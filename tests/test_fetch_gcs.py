@@ -105,3 +105,26 @@ def test_a_missing_object_fails_its_check_and_its_fetch(proxy, gcs):
         fetch.fetch_image(uri, LIMITS)
     assert info.value.error_type == "NotFound" and uri in str(info.value)
     assert len(_requests(proxy, name)) == 1
+
+
+def test_a_dribbling_storage_endpoint_cannot_outlast_the_deadline(gcs, monkeypatch):
+    """The GCS client's requests sit inside the per-image deadline too: an endpoint that
+    sends its headers a byte at a time ends both the check and the fetch on time."""
+    from test_fetch_deadlines import RawServer, dribble_headers
+
+    server = RawServer(dribble_headers)
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.port}")
+        limits = FetchLimits(deadline=2, read_timeout=5)
+        uri = gcs.uri("fetch-gcs/dribbled.jpg")
+        started = time.monotonic()
+        version = fetch.check_version(uri, limits)
+        assert time.monotonic() - started <= 2 + 0.75
+        assert version.value is None and "DeadlineExceeded" in version.failed
+        started = time.monotonic()
+        with pytest.raises(FetchError) as info:
+            fetch.fetch_image(uri, limits)
+        assert time.monotonic() - started <= 2 + 0.75
+        assert info.value.error_type == "DeadlineExceeded" and uri in str(info.value)
+    finally:
+        server.close()

@@ -238,6 +238,23 @@ def test_requests_to_one_host_are_limited_process_wide(start_server):
     assert slow_a.hits == slow_b.hits == 24
 
 
+def test_each_redirect_hop_takes_a_slot_of_its_own_host(start_server):
+    first, second = start_server(delay=0.1), start_server(delay=0.1)
+    limits = FetchLimits(allow_private_hosts=True, max_connections_per_host=2)
+    fetched = []
+    threads = [
+        threading.Thread(target=lambda i=i: fetched.append(fetch.fetch_image(f"{first.base}/to/{second.base}/{i}.jpg", limits)))
+        for i in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(fetched) == 8 and all(f.data == second.body for f in fetched)
+    assert (first.most_active, second.most_active) == (2, 2)
+    assert first.hits == second.hits == 8
+
+
 def test_waiting_for_a_host_slot_counts_against_the_deadline(start_server):
     slow = start_server(delay=3.0)
     limits = FetchLimits(allow_private_hosts=True, max_connections_per_host=1, deadline=1.0, retries=0)
