@@ -80,12 +80,22 @@ def gcs_version(uri: str, limits: FetchLimits) -> Version:
 def gcs_fetch(uri: str, limits: FetchLimits, known: Optional[GcsObject] = None) -> Fetched:
     deadline = Deadline(limits.deadline)
     bucket, name = split_gcs_uri(uri)
-    if not isinstance(known, GcsObject) or (known.bucket, known.name) != (bucket, name):
-        known = _metadata(uri, limits, deadline)
-    if known.size > limits.max_bytes:
-        raise too_large(uri, limits, f"object size {known.size} bytes")
-    data = _download(uri, bucket, name, known.generation, known.size, limits, deadline, pinned=False)
-    return Fetched(data, known.version, known.generation)
+    if isinstance(known, GcsObject) and (known.bucket, known.name) == (bucket, name):
+        try:
+            return _fetch_object(uri, known, limits, deadline)
+        except FetchError as err:
+            if err.error_type not in ("NotFound", "ChangedDuringRun"):
+                raise
+            # That generation was replaced since the check (GCS: 404 for it; a server that
+            # ignores the pin: other bytes than its size): fetch the current one.
+    return _fetch_object(uri, _metadata(uri, limits, deadline), limits, deadline)
+
+
+def _fetch_object(uri: str, found: GcsObject, limits: FetchLimits, deadline: Deadline) -> Fetched:
+    if found.size > limits.max_bytes:
+        raise too_large(uri, limits, f"object size {found.size} bytes")
+    data = _download(uri, found.bucket, found.name, found.generation, found.size, limits, deadline, pinned=False)
+    return Fetched(data, found.version, found.generation)
 
 
 def gcs_fetch_pinned(uri: str, generation: str, limits: FetchLimits) -> bytes:

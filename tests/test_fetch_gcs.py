@@ -68,6 +68,19 @@ def test_a_fetch_after_a_version_check_is_one_media_request(proxy, uploaded):
     assert (fetched.data, fetched.version) == (DATA, version.value)
 
 
+def test_a_fetch_after_a_stale_version_check_fetches_the_current_object(gcs, proxy, uploaded):
+    name, uri = uploaded
+    version = fetch.check_version(uri, LIMITS)
+    time.sleep(0.01)  # the emulator's generations are timestamps
+    gcs.upload_bytes(name, b"replaced after the check", "image/jpeg")
+    _requests(proxy, name)
+    # GCS answers 404 for the replaced generation; the emulator ignores the pin and
+    # sends the new bytes, whose size differs from the old metadata's. Either way:
+    fetched = fetch.fetch_image(uri, LIMITS, known=version.info)
+    assert fetched.data == b"replaced after the check" and fetched.version != version.value
+    assert fetched.version == fetch.check_version(uri, LIMITS).value
+
+
 def test_a_pinned_refetch_is_one_media_request_and_fails_once_the_object_changed(gcs, proxy, uploaded):
     name, uri = uploaded
     fetched = fetch.fetch_image(uri, LIMITS)
