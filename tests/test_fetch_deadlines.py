@@ -204,4 +204,7 @@ print(json.dumps({{"started": started, "problems": sorted({{t.problem for t in f
     assert proc.returncode == 0, err
     result = json.loads(out)
     assert result["problems"] in (["Timeout"], ["DeadlineExceeded", "Timeout"], ["DeadlineExceeded"])
-    assert exited - result["started"] <= budget + 1.0, f"took {exited - result['started']:.1f}s against {budget}s"
+    # Margin: the interpreter's own teardown of the report's imports (duckdb, numpy...)
+    # takes ~1.3 s on a busy 2-core machine; a thread joined at exit would take the
+    # fetch deadline, 20 s.
+    assert exited - result["started"] <= budget + 3.0, f"took {exited - result['started']:.1f}s against {budget}s"
