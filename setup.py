@@ -30,6 +30,8 @@ setup(
         # Its wheel ships the two photos the sample catalog is made from.
         "scikit-learn>=1.5,<2",
         "requests>=2.32.4,<3",
+        # Used directly for gs:// fetches (one metadata + one pinned media request).
+        "google-cloud-storage>=3.17,<4",
         "urllib3>=2.5,<3",
     ],
     extras_require={

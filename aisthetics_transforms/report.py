@@ -21,15 +21,16 @@ else. Every text that comes from the data is escaped.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import datetime as dt
 import html
 import io
 import json
 import math
 import os
+import queue
 import re
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
@@ -460,26 +461,52 @@ def _one_thumbnail(uri: str, limits, session) -> Thumbnail:
 def fetch_thumbnails(
     uris: Iterable[str], limits=None, workers: int = THUMB_WORKERS, budget_s: float = THUMB_BUDGET_S
 ) -> dict[str, Thumbnail]:
-    """{uri: Thumbnail} for each distinct uri, fetched in a pool of ``workers`` threads.
-    Whatever is not done after ``budget_s`` seconds becomes a ``Timeout`` placeholder."""
+    """{uri: Thumbnail} for each distinct uri, fetched by ``workers`` threads. Whatever is
+    not done after ``budget_s`` seconds becomes a ``Timeout`` placeholder.
+
+    No fetch outlives the budget (each one's deadline is cut to what is left of it), and
+    the threads are daemons: a pool's threads would be joined at interpreter exit, so a
+    thread stuck on a slow read would hold the command up past its budget."""
+    from dataclasses import replace
+
     from aisthetics_transforms.fetch import ThreadSessions
 
     uris = list(dict.fromkeys(u for u in uris if u))
     if not uris:
         return {}
     limits = limits or thumbnail_limits()
+    ends = time.monotonic() + budget_s
     found = {u: Thumbnail(problem="Timeout") for u in uris}
+    todo = queue.SimpleQueue()
+    for uri in uris:
+        todo.put(uri)
+    changed = threading.Condition()
+    finished = []
     sessions = ThreadSessions(limits)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, len(uris)), thread_name_prefix="thumb")
-    try:
-        futures = {pool.submit(lambda u: _one_thumbnail(u, limits, sessions.get()), u): u for u in uris}
-        done, _ = concurrent.futures.wait(futures, timeout=budget_s)
-        for future in done:
-            found[futures[future]] = future.result()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        sessions.close()
-    return found
+
+    def work():
+        session = sessions.get()
+        while True:
+            left = ends - time.monotonic()
+            try:
+                uri = todo.get_nowait()
+            except queue.Empty:
+                return
+            if left <= 0:
+                return
+            thumbnail = _one_thumbnail(uri, replace(limits, deadline=min(limits.deadline, left)), session)
+            with changed:
+                found[uri] = thumbnail
+                finished.append(uri)
+                changed.notify()
+
+    for _ in range(min(workers, len(uris))):
+        threading.Thread(target=work, name="thumb", daemon=True).start()
+    with changed:
+        changed.wait_for(lambda: len(finished) == len(uris), timeout=budget_s)
+        result = dict(found)
+    sessions.close()
+    return result
 
 
 # ---------------------------------------------------------------------------

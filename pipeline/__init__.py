@@ -50,7 +50,11 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
     if previous:
         earlier = p | "ReadPreviousNight" >> ReadPreviousNight(
             previous, run.model_version, uri_buckets, bucket_count(previous_rows))
-    fetch_limits = FetchLimits(max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline)
+    fetch_limits = FetchLimits(
+        max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline,
+        allow_private_hosts=opts.allow_private_hosts, max_connections_per_host=opts.max_connections_per_host,
+        max_bytes_in_flight=opts.max_bytes_in_flight,
+    )
     fetched = (
         rows[dedupe.URIS]
         | "PlanFetches" >> PlanFetches(uri_buckets, earlier.get("uri"))

@@ -80,6 +80,9 @@ class AistheticsOptions(PipelineOptions):
         limits.add_argument("--max_dimension", type=int, default=20_000)
         limits.add_argument("--http_timeout", type=float, default=15.0, help="seconds of silence allowed per read")
         limits.add_argument("--http_deadline", type=float, default=60.0, help="seconds per image, retries included")
+        limits.add_argument("--allow_private_hosts", nargs="?", const=True, default=False, type=_flag, help="also fetch from private networks and loopback (never link-local or metadata hosts)")
+        limits.add_argument("--max_connections_per_host", type=int, default=4, help="requests at once to one host:port per worker process")
+        limits.add_argument("--max_bytes_in_flight", type=int, default=256 * 2**20, help="bytes of image bodies being read at once per worker process")
 
     def validate_inputs(self) -> list[str]:
         problems = []
@@ -95,6 +98,10 @@ class AistheticsOptions(PipelineOptions):
             problems.append("--batch_size must be at least 1")
         if self.fetch_threads < 1:
             problems.append("--fetch_threads must be at least 1")
+        if self.max_connections_per_host < 1:
+            problems.append("--max_connections_per_host must be at least 1")
+        if self.max_bytes_in_flight < self.max_image_bytes:
+            problems.append(f"--max_bytes_in_flight must be at least --max_image_bytes ({self.max_image_bytes})")
         if self.decode_threads < 0:
             problems.append("--decode_threads must be at least 0 (0: the default)")
         return problems

@@ -60,7 +60,7 @@ def catalog(tmp_path_factory):
 
 def run_night(catalog, output: Path, run_date: str, *extra: str) -> dict:
     argv = [f"--manifest={catalog['manifest']}", f"--output={output}", f"--run_date={run_date}",
-            "--direct_running_mode=in_memory", "--batch_size=4", *extra]
+            "--direct_running_mode=in_memory", "--batch_size=4", "--allow_private_hosts", *extra]
     return pipeline.run(argv).summary
 
 

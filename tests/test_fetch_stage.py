@@ -19,7 +19,7 @@ from aisthetics_transforms.fetch_stage import OUTCOMES, FetchImages
 from aisthetics_transforms.records import STATS, PreviousScore, Score, UriTask
 
 PAYLOAD = bytes(range(256)) * 40
-LIMITS = FetchLimits(backoff=0.05, connect_timeout=2, read_timeout=5, deadline=10)
+LIMITS = FetchLimits(backoff=0.05, connect_timeout=2, read_timeout=5, deadline=10, allow_private_hosts=True)
 SCORE = Score(5.0, 1.5, (0.1,) * 10, "nima-test", None)
 
 
@@ -188,7 +188,8 @@ def test_a_dead_host_holds_one_thread_for_one_deadline_not_the_window(base, dead
     """Four uris of a host that never answers, spread among forty slow ones: results leave
     as they finish, so they add about one deadline to the run, not one per dead uri."""
     deadline = 2.0
-    limits = FetchLimits(connect_timeout=1, read_timeout=deadline, deadline=deadline, retries=0)
+    limits = FetchLimits(connect_timeout=1, read_timeout=deadline, deadline=deadline, retries=0, allow_private_hosts=True,
+                         max_connections_per_host=16)
     tasks = [UriTask(f"{base}/slow/dead/{i}", (0,)) for i in range(40)]
     started = time.monotonic()
     run_fetch(tasks, limits=limits, threads=8)

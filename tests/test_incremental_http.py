@@ -134,7 +134,7 @@ def night(manifest: Path, output: Path, run_date: str) -> dict:
     return pipeline.run([
         f"--manifest={manifest}", f"--output={output}", f"--run_date={run_date}",
         "--direct_running_mode=in_memory", "--incremental",
-        "--http_deadline=10", "--http_timeout=5",
+        "--http_deadline=10", "--http_timeout=5", "--allow_private_hosts",
     ]).summary
 
 

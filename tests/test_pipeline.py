@@ -136,6 +136,7 @@ def run_pipeline(manifest: Path, output: Path, *extra: str):
             "--batch_size=4",
             f"--http_deadline={HTTP_DEADLINE}",
             "--http_timeout=2",
+            "--allow_private_hosts",  # the catalog's server is on 127.0.0.1
             f"--max_image_bytes={MAX_BYTES}",
             *extra,
         ]
