@@ -1,10 +1,12 @@
 """The whole pipeline on gs:// paths, against a real GCS API (gcp-storage-emulator) on loopback."""
 from __future__ import annotations
 
+import collections
 import io
 import json
 import time
 import uuid
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -94,3 +96,48 @@ def test_pipeline_on_gcs(gcs, ava, tmp_path):
     # for 15-30 s (back-off 2+4+8+16 s, each fuzzed down by up to half).
     assert run_seconds < 15, f"pipeline.run took {run_seconds:.0f}s: waiting for Google credentials?"
     assert total < 60, f"test took {total:.0f}s (pipeline.run {run_seconds:.0f}s)"
+
+
+def test_billed_requests_per_image_on_a_first_and_an_incremental_night(gcs, tmp_path, monkeypatch):
+    """Every request the pipeline makes for the images, counted by a proxy in front of the
+    emulator: a new image costs one metadata request and two media requests (fetch hashes
+    the bytes and drops them; decode reads the one copy of each content again, pinned to
+    the generation fetch saw); an unchanged image on an incremental night costs one
+    metadata request and nothing else."""
+    import csv
+
+    from aisthetics_transforms.sample import write_sample_catalog
+    from gcs_emulator import counting_proxy
+
+    root = f"gcs-billing-{uuid.uuid4().hex[:8]}"
+    sample = write_sample_catalog(tmp_path / "sample", count=4, broken=False)
+    local = [Path(row["uri"]) for row in csv.DictReader(open(sample))]
+    uris = [gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in local]
+    uris.append(gcs.upload_file(f"{root}/imgs/copy-of-{local[0].name}", local[0]))  # same bytes, another object
+    manifest = gcs.upload_bytes(
+        f"{root}/manifest.csv", ("image_id,uri\n" + "".join(f"img-{i},{u}\n" for i, u in enumerate(uris))).encode())
+    image_prefix = "/o/" + f"{root}/imgs/".replace("/", "%2F")
+
+    def night(run_date: str, *extra: str) -> tuple[dict, collections.Counter]:
+        with counting_proxy(gcs.host) as proxy:
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.host)
+            summary = pipeline.run([f"--manifest={manifest}", f"--output={gcs.uri(root + '/out')}",
+                                    f"--run_date={run_date}", "--direct_running_mode=in_memory", *extra]).summary
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.host)
+        kinds = collections.Counter(
+            ("media" if "alt=media" in path else "metadata", path.split("?")[0].split(image_prefix)[1])
+            for _, path in proxy.requests if image_prefix in path)
+        return summary, kinds
+
+    first, requests = night("2026-11-27")
+    assert (first["rows"], first["scored"], first["deduplicated"], first["errors"]) == (5, 4, 1, 0)
+    names = [u.rsplit("/", 1)[1] for u in uris]
+    assert {name: requests["metadata", name] for name in names} == {name: 1 for name in names}
+    media = {name: requests["media", name] for name in names}
+    # Every object is read once to hash it; each of the 4 contents once more to decode it.
+    assert sum(media.values()) == len(uris) + 4 and set(media.values()) <= {1, 2}
+    assert media[names[0]] + media[names[-1]] == 3  # one of the two copies was read again
+
+    second, requests = night("2026-11-28", "--incremental")
+    assert (second["rows"], second["scored"], second["reused"], second["version_checks"]) == (5, 0, 5, 5)
+    assert requests == collections.Counter({("metadata", name): 1 for name in names})
