@@ -91,7 +91,7 @@ class DecodeImages(beam.DoFn):
             result = decoding.result()
         except Exception as exc:  # one strange file must not fail the bundle
             uri = task.sources[0][0]
-            result = ContentResult(task.content_sha256, failure=Failure("decode", "UnexpectedError", f"{uri}: {exc!r}"))
+            result = ContentResult(task.content_sha256, failure=Failure("decode", "InternalError", f"{uri}: unexpected {type(exc).__name__}: {exc}"))
         if isinstance(result, ContentResult):
             self.errors.inc()
             yield TaggedOutput(FAILED, result)

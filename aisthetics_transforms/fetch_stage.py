@@ -112,7 +112,7 @@ class FetchImages(beam.DoFn):
             if isinstance(exc, FetchError):
                 failure = Failure("fetch", exc.error_type, str(exc))
             else:
-                failure = Failure("fetch", "UnexpectedError", f"unexpected error fetching {task.uri}: {exc!r}")
+                failure = Failure("fetch", "InternalError", f"unexpected {type(exc).__name__} fetching {task.uri}: {exc}")
             self.errors.inc()
             self._stats["fetch_errors"] += 1
             yield from _to_buckets(task, UriOutcome(task.uri, failure=failure))
