@@ -113,3 +113,15 @@ def test_incremental_night_reuses_every_unchanged_row_and_still_counts_each_once
     before = {r["image_id"]: r for r in table(output, "scores", NIGHTS[0])}
     assert {r["image_id"]: (r["mean_score"], r["scored_at"]) for r in scores} == {
         i: (r["mean_score"], r["scored_at"]) for i, r in before.items()}
+
+
+def test_an_unreadable_file_of_the_earlier_night_only_means_scoring_again(catalog, tmp_path):
+    output = tmp_path / "out"
+    run_night(catalog, output, NIGHTS[0])
+    files = sorted((output / "scores" / f"dt={NIGHTS[0]}").glob("*.parquet"))
+    files[0].write_bytes(b"PAR1 not really a Parquet file")
+    summary = run_night(catalog, output, NIGHTS[1], "--incremental")
+    scores, _ = check_every_row_once(catalog, output, NIGHTS[1], summary)
+    assert summary["previous_files_unreadable"] == 1
+    assert summary["scored"] > 0  # what the unreadable file held is scored again
+    assert summary["scored"] + summary["deduplicated"] + summary["reused"] == len(scores)
