@@ -41,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 from harness import CACHE, MODEL_CACHE, REPO, RESULTS
@@ -50,14 +50,13 @@ from harness.corpus import build_catalog, catalog_summary, first_files_manifest,
 from harness.machine import NOISE_CORES, busy_elsewhere, disturbed, machine_info, wait_for_idle
 from harness.pipeline_runs import pipeline_command, read_summary
 from harness.process import child_env, emit, parse_result, quietest, run_timed
-from harness.profiling import run_profile, shorten, stage_of, top_functions
+from harness.profiling import pyspy_record, run_profile, stage_of, top_functions
 from harness.report import command_line, goal_line, machine_line, noise_cell, noise_note, write_results
 from harness.rounds import median_run, run_rounds
 from harness.workers import run_worker, warm_model_cache
 
 WORK = CACHE / "pipeline"
 DEFAULT_OUT = RESULTS / "pipeline.md"
-PROFILE_OUT = RESULTS / "pipeline-profile.txt"
 RUN_DATE = "2026-11-28"
 SIZES = {"800x600": (800, 600), "1600x1200": (1600, 1200)}
 FIXED_COST_IMAGES = 16
@@ -270,57 +269,21 @@ def cprofile_run(manifest: str, n: int, args) -> dict:
 
 
 def pyspy_run(manifest: str, n: int, args) -> dict:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
-        return {"available": False, "reason": "py-spy not installed"}
     out = WORK / "out-pyspy"
     shutil.rmtree(out, ignore_errors=True)
-    prof = WORK / "pipeline_multi_processing.speedscope.json"
-    cmd = [spy, "record", "--subprocesses", "--rate", "50", "--format", "speedscope", "-o", str(prof), "--",
-           *pipeline_command(manifest, out, RUN_DATE)]
     if args.idle_wait > 0:
         wait_for_idle(args.idle_wait)
     print(f"  py-spy record --subprocesses, multi_processing, {n} images ...", end="", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    print(f" {wall:.1f} s (exit {proc.returncode})", file=sys.stderr, flush=True)
-    if proc.returncode != 0 or not prof.exists():
-        return {"available": False, "reason": f"py-spy exit {proc.returncode}: {(proc.stderr or proc.stdout)[-800:]}"}
-    return {"available": True, "command": " ".join(cmd), "images": n, "wall_s": wall, "file": str(prof),
-            **summarize_speedscope(prof)}
+    result = pyspy_record(pipeline_command(manifest, out, RUN_DATE), WORK / "pipeline_multi_processing.speedscope.json",
+                          REPO)
+    print(f" {result.get('wall_s', 0.0):.1f} s ({'recorded' if result['available'] else result['reason'][:60]})",
+          file=sys.stderr, flush=True)
+    return {**result, "images": n}
 
 
-def summarize_speedscope(path: Path) -> dict:
-    """Per process: seconds of non-idle samples, the leaf functions and the functions on the stack.
-    py-spy's speedscope profiles are one per thread, named "Process PID Thread TID ...", with
-    stacks root first and weights in seconds."""
-    data = json.loads(path.read_text())
-    frames = data["shared"]["frames"]
-
-    def name(i):
-        f = frames[i]
-        return f"{f['name']} ({shorten(f.get('file') or '')}{':' + str(f['line']) if f.get('line') else ''})"
-
-    per_proc = defaultdict(lambda: {"seconds": 0.0, "threads": 0, "self": Counter(), "inclusive": Counter()})
-    for prof in data["profiles"]:
-        pname = prof.get("name", "?")
-        pid = int(pname.split()[1]) if pname.startswith("Process ") else -1
-        rec = per_proc[pid]
-        rec["threads"] += 1
-        for stack, w in zip(prof["samples"], prof["weights"]):
-            if not stack:
-                continue
-            rec["seconds"] += w
-            rec["self"][name(stack[-1])] += w
-            for fn in {name(i) for i in stack if not frames[i]["name"].startswith("process ")}:
-                rec["inclusive"][fn] += w
-    out = []
-    for n, (pid, rec) in enumerate(sorted(per_proc.items())):  # the launcher is the first pid
-        out.append({"process": f"{'launcher' if n == 0 else 'SDK worker'} (pid {pid})", "threads": rec["threads"],
-                    "seconds": rec["seconds"], "top_self": rec["self"].most_common(15),
-                    "top_inclusive": rec["inclusive"].most_common(25)})
-    return {"processes": out}
+def profile_path(out: Path) -> Path:
+    """The profile's text file beside the report: results/pipeline.md -> results/pipeline-profile.txt."""
+    return out.with_name(out.stem + "-profile.txt")
 
 
 def write_profile_text(data: dict) -> str:
@@ -515,7 +478,7 @@ def report(data: dict) -> str:
     lines += ["", "## Goals", "", "```", *data["goal_lines"], "```", ""]
     cp = data.get("profile", {}).get("cprofile")
     if cp:
-        lines += ["## Profile", "", f"`{Path(PROFILE_OUT).relative_to(REPO)}`: cProfile of `{cp['command']}` "
+        lines += ["## Profile", "", f"`{profile_path(Path(data['args']['out'])).name}`: cProfile of `{cp['command']}` "
                   f"({cp['images']} images), top 30 by tottime; py-spy: "
                   f"{'recorded' if data['profile'].get('pyspy', {}).get('available') else 'not available'}. "
                   "Stages (Beam execution time under cProfile):", ""]
@@ -631,8 +594,8 @@ def main(argv=None) -> None:
             data["profile"]["pyspy"] = pyspy_run(subset_manifest(first, n), n, args)
         except Exception as exc:  # a diagnostic; never lose the table for it
             data["profile"]["pyspy"] = {"available": False, "reason": repr(exc)}
-        PROFILE_OUT.write_text(write_profile_text(data))
-        print(f"wrote {PROFILE_OUT}", file=sys.stderr)
+        profile_path(out).write_text(write_profile_text(data))
+        print(f"wrote {profile_path(out)}", file=sys.stderr)
     data["total_wall_s"] = time.perf_counter() - started
     out.write_text(report(data))
     out.with_suffix(".json").write_text(json.dumps(data, indent=2, default=str) + "\n")

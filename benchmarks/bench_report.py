@@ -17,7 +17,6 @@ are printed. The goal: under 30 s, with memory that does not grow with the row c
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 import time
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args.child[0], args.child[1], int(args.child[2]))
     checkout()
-    print(f"aisthetics report benchmark, {dt.datetime.now():%Y-%m-%d %H:%M}; {machine_line(machine_info())}")
+    print(f"aisthetics report benchmark: {machine_line(machine_info())}")
     failed = False
     for rows in [int(r) for r in args.rows.split(",")]:
         output = build(rows)

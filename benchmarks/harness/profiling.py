@@ -1,4 +1,5 @@
-"""Where a pipeline run spends its time: the whole pipeline in one process, under cProfile or not.
+"""Where a pipeline run spends its time: the whole pipeline in one process, under cProfile or not;
+and py-spy over a whole process tree.
 
     python -m harness.profiling PROF|- -- PIPELINE_ARGS...
 
@@ -8,10 +9,12 @@ per-transform execution-time counters. The parent side runs it and reads the pro
 """
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Sequence
 
@@ -77,6 +80,55 @@ def shorten(filename: str) -> str:
 def stage_of(step: str) -> str:
     """Group Beam's transform names by the pipeline's stages (and the sub-steps that matter)."""
     return "/".join(step.split("/")[:2])
+
+
+def pyspy_record(cmd: Sequence[str], prof: Path, source: Path) -> dict:
+    """``py-spy record --subprocesses`` of ``cmd`` (a speedscope file), summarised per process; py-spy
+    is optional (``pip install py-spy``): without it, ``available`` is False and says why."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return {"available": False, "reason": "py-spy not installed"}
+    full = [spy, "record", "--subprocesses", "--rate", "50", "--format", "speedscope", "-o", str(prof), "--", *cmd]
+    t0 = time.perf_counter()
+    proc = subprocess.run(full, env=child_env(source), cwd=source, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or not prof.exists():
+        return {"available": False, "wall_s": wall,
+                "reason": f"py-spy exit {proc.returncode}: {(proc.stderr or proc.stdout)[-800:]}"}
+    return {"available": True, "command": " ".join(full), "wall_s": wall, "file": str(prof),
+            **summarize_speedscope(prof)}
+
+
+def summarize_speedscope(path: Path) -> dict:
+    """Per process: seconds of non-idle samples, the leaf functions and the functions on the stack.
+    py-spy's speedscope profiles are one per thread, named "Process PID Thread TID ...", with
+    stacks root first and weights in seconds."""
+    data = json.loads(path.read_text())
+    frames = data["shared"]["frames"]
+
+    def name(i):
+        f = frames[i]
+        return f"{f['name']} ({shorten(f.get('file') or '')}{':' + str(f['line']) if f.get('line') else ''})"
+
+    per_proc: dict = defaultdict(lambda: {"seconds": 0.0, "threads": 0, "self": Counter(), "inclusive": Counter()})
+    for prof in data["profiles"]:
+        pname = prof.get("name", "?")
+        pid = int(pname.split()[1]) if pname.startswith("Process ") else -1
+        rec = per_proc[pid]
+        rec["threads"] += 1
+        for stack, w in zip(prof["samples"], prof["weights"]):
+            if not stack:
+                continue
+            rec["seconds"] += w
+            rec["self"][name(stack[-1])] += w
+            for fn in {name(i) for i in stack if not frames[i]["name"].startswith("process ")}:
+                rec["inclusive"][fn] += w
+    out = []
+    for n, (pid, rec) in enumerate(sorted(per_proc.items())):  # the launcher is the first pid
+        out.append({"process": f"{'launcher' if n == 0 else 'SDK worker'} (pid {pid})", "threads": rec["threads"],
+                    "seconds": rec["seconds"], "top_self": rec["self"].most_common(15),
+                    "top_inclusive": rec["inclusive"].most_common(25)})
+    return {"processes": out}
 
 
 def main(argv=None) -> None:
