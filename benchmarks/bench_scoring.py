@@ -122,7 +122,7 @@ def report(data: dict) -> str:
     lines += [
         "",
         "images/s is the median pass over the whole corpus. `× seed way` divides by the seed way's rate. "
-        "Peak RSS is that process's `ru_maxrss`. `other CPU` is how many cores other processes on the machine "
+        "Peak RSS is that process's own peak (VmHWM). `other CPU` is how many cores other processes on the machine "
         f"used while the row ran (from /proc/stat, less the row's own CPU time); above {NOISE_CORES:.2f} the row "
         "was disturbed and should be re-run on an idle machine.",
     ]

@@ -91,8 +91,14 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def role_of(pid: int, root: int, cmd: str) -> str:
+SPAWNER = Path(__file__).with_name("spawn.py")
+
+
+def role_of(pid: int, ppid: int, root: int, cmd: str) -> str:
+    """What a process of a measured tree is; ``root`` is the harness's spawner (harness/spawn.py)."""
     if pid == root:
+        return "spawner"
+    if ppid == root:
         return "launcher"
     if cmd.startswith(("/bin/sh ", "sh ")):
         return "shell"  # Beam starts each SDK worker through `/bin/sh -c python -m ...sdk_worker_main`
@@ -107,6 +113,7 @@ class TreeSampler(threading.Thread):
     A process once seen is followed by (pid, start time) even if it is re-parented, and its largest
     VmHWM is kept; VmHWM never decreases, so only a peak reached in the last ``interval`` before a
     process exits can be missed (:func:`run_timed` closes that gap for the launcher with ``wait4``).
+    ``root`` is the spawner; its child is the launcher, and the spawner itself is not reported.
     """
 
     def __init__(self, root: int, interval: float):
@@ -159,7 +166,7 @@ class TreeSampler(threading.Thread):
             if rec is None:
                 cmd = _cmdline(pid)
                 rec = self.procs[(pid, start)] = {
-                    "pid": pid, "ppid": ppid, "role": role_of(pid, self.root, cmd), "cmdline": cmd,
+                    "pid": pid, "ppid": ppid, "role": role_of(pid, ppid, self.root, cmd), "cmdline": cmd,
                     "peak_rss_mb": 0.0, "max_rss_mb": 0.0, "first_seen_s": now, "samples": 0, "rss_timeline": [],
                 }
             if kb["VmHWM"] / 1024 > rec["peak_rss_mb"]:
@@ -174,7 +181,8 @@ class TreeSampler(threading.Thread):
     def result(self) -> list[dict]:
         """Every process seen, launcher first, then workers by peak; each labelled."""
         order = {"launcher": 0, "worker": 1, "shell": 2, "other": 3}
-        procs = sorted(self.procs.values(), key=lambda r: (order[r["role"]], -r["peak_rss_mb"]))
+        measured = [r for r in self.procs.values() if r["role"] != "spawner"]
+        procs = sorted(measured, key=lambda r: (order[r["role"]], -r["peak_rss_mb"]))
         workers = 0
         for rec in procs:
             if rec["role"] == "worker":
@@ -192,48 +200,53 @@ class TreeSampler(threading.Thread):
 
 def run_timed(cmd: Sequence[str], *, env: dict, cwd: Path, log_dir: Path, name: str,
               sample_interval: float | None = 0.5, timelines: bool = True, label: str | None = None) -> dict:
-    """Run ``cmd`` to its end, timed from here around the whole process (start-up included).
+    """Run ``cmd`` to its end, timed around the whole process (start-up included).
 
-    stdout goes to ``log_dir/NAME.stdout`` (a ``RESULT_MARK`` line there becomes ``result``), stderr to
-    ``NAME.log``. With ``sample_interval``, a :class:`TreeSampler` follows the peak RSS of every
-    process in the tree, and the launcher's own peak also comes exact from ``wait4`` when it exits.
-    A non-zero exit ends the benchmark with the log's tail.
+    ``cmd`` runs under harness/spawn.py, which times it and takes its exact ``wait4`` figures (wall,
+    CPU, the tree's largest peak RSS) from a parent of a few MB. stdout goes to ``log_dir/NAME.stdout``
+    (a ``RESULT_MARK`` line there becomes ``result``), stderr to ``NAME.log``. With ``sample_interval``,
+    a :class:`TreeSampler` follows the peak RSS of every process in the tree. A non-zero exit ends the
+    benchmark with the log's tail.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path, stdout_path = log_dir / f"{name}.log", log_dir / f"{name}.stdout"
-    # wait4's ru_maxrss of a child is at least this process's peak (Linux keeps the forking process's
-    # RSS across exec), so it is the child's own peak only when it is larger than ours.
-    our_peak = own_peak_rss_mb()
+    log_path, stdout_path, spawn_path = (log_dir / f"{name}{ext}" for ext in (".log", ".stdout", ".spawn.json"))
+    spawn_path.unlink(missing_ok=True)
     start = cpu_snapshot()
     with open(stdout_path, "w") as out, open(log_path, "w") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd)
+        proc = subprocess.Popen([sys.executable, str(SPAWNER), str(spawn_path), "--", *cmd], stdout=out, stderr=err,
+                                env=env, cwd=cwd)
         sampler = TreeSampler(proc.pid, sample_interval) if sample_interval else None
         if sampler:
             sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()
+        outer_wall = time.perf_counter() - t0
     if sampler:
         sampler.stop()
-    noise = noise_since(start, wall)
-    if proc.returncode != 0:
+    noise = noise_since(start, outer_wall)
+    if proc.returncode != 0 or not spawn_path.exists():
         sys.stderr.write("\n" + log_path.read_text()[-4000:])
         raise SystemExit(f"{label or name}: exit status {proc.returncode}: {' '.join(cmd)} (log: {log_path})")
+    spawned = json.loads(spawn_path.read_text())
     stdout = stdout_path.read_text()
-    run = {"command": " ".join(map(str, cmd)), "process_wall_s": wall, "process_cpu_s": noise.pop("children_cpu_s"),
-           **noise, "log": str(log_path), "result": find_result(stdout), "stdout_tail": stdout[-2000:]}
+    run = {"command": " ".join(map(str, cmd)), "process_wall_s": spawned["wall_s"], "process_cpu_s": spawned["cpu_s"],
+           "other_cpu_cores": noise["other_cpu_cores"], "steal_cores": noise["steal_cores"], "log": str(log_path),
+           "result": find_result(stdout), "stdout_tail": stdout[-2000:]}
     if sampler:
         procs = sampler.result()
-        exact = usage.ru_maxrss / 1024  # KB
         launcher = next((p for p in procs if p["role"] == "launcher"), None)
         if launcher is None:  # it exited before the first sample
-            launcher = {"pid": proc.pid, "role": "launcher", "label": "launcher", "cmdline": " ".join(cmd),
+            launcher = {"pid": spawned["pid"], "role": "launcher", "label": "launcher", "cmdline": " ".join(cmd),
                         "peak_rss_mb": 0.0, "samples": 0, "rss_timeline": []}
             procs.insert(0, launcher)
         launcher["sampled_peak_rss_mb"] = launcher["peak_rss_mb"]
-        if exact > our_peak:
-            launcher["peak_rss_mb"] = max(launcher["peak_rss_mb"], exact)
+        # wait4's ru_maxrss is the largest peak of the launcher and every descendant it reaped, and at
+        # least the spawner's own RSS at the fork: it is the launcher's own when above the spawner's
+        # and no other process was seen in the tree.
+        if spawned["ru_maxrss_kb"] > spawned["spawner_peak_kb"]:
+            run["largest_peak_exact_mb"] = spawned["ru_maxrss_kb"] / 1024
+            if len(procs) == 1:
+                launcher["peak_rss_mb"] = max(launcher["peak_rss_mb"], run["largest_peak_exact_mb"])
         if not timelines:
             procs = [{k: v for k, v in p.items() if k != "rss_timeline"} for p in procs]
         workers = [p["peak_rss_mb"] for p in procs if p["role"] == "worker"]
