@@ -317,7 +317,7 @@ def report(data: dict) -> str:
         "earlier night's score; deduplicated = rows scored this night that shared their image with another row. "
         "CPU = user+system seconds of the whole process tree. Peak RSS = VmHWM of each process of the run's tree, "
         f"sampled every {data['args']['sample_interval']} s (the launcher's: the larger of that and wait4's exact "
-        "ru_maxrss at exit) and labelled by command line: launcher = "
+        "ru_maxrss at exit when it is the run's only process) and labelled by command line: launcher = "
         "`python -m pipeline ...` (the FnApiRunner: it schedules the stages and holds the data between them; "
         "in the default in_memory mode it is also the only worker), worker N = SDK worker processes of the "
         "multi_processing mode, if any (each started through a `/bin/sh -c` wrapper of ~2 MB, not "

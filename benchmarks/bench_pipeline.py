@@ -450,7 +450,7 @@ def report(data: dict) -> str:
         "- peak RSS per worker: the largest VmHWM of any SDK worker process (`sdk_worker_main`) in the run's "
         "process tree, sampled from /proc every "
         f"{data['args']['sample_interval']} s (harness.process.TreeSampler); launcher / process: the launching "
-        "process (or the single benchmark process, `ru_maxrss`).",
+        "process (or the single benchmark process, its own VmHWM).",
         f"- other CPU: cores other processes used during the row; above {NOISE_CORES:.2f} (⚠) the row was disturbed.",
     ]
     in_rounds = [f"{k} {', '.join('%.1f' % v for v in r['round_rates'])}" for k, r in rows.items()
