@@ -11,13 +11,16 @@ import sys
 from typing import Callable
 
 
-def run_rounds(rows: dict[str, Callable[[], dict]], rounds: int) -> dict[str, list[dict]]:
-    """Every row once per round, in the order given; ``{row: [run of round 1, run of round 2, ...]}``."""
+def run_rounds(rows: dict[str, Callable[[], dict]], rounds: int, reverse_every_other: bool = False
+               ) -> dict[str, list[dict]]:
+    """Every row once per round, in the order given (with ``reverse_every_other``, rounds 2, 4, ...
+    in reverse, so a drift within a round favours neither row of a pair); ``{row: [run of round 1, ...]}``."""
     runs: dict[str, list[dict]] = {name: [] for name in rows}
     for i in range(rounds):
         print(f"round {i + 1} of {rounds}", file=sys.stderr, flush=True)
-        for name, run in rows.items():
-            runs[name].append(run())
+        order = list(rows)[::-1] if reverse_every_other and i % 2 else list(rows)
+        for name in order:
+            runs[name].append(rows[name]())
     return runs
 
 

@@ -143,6 +143,9 @@ def test_rounds_alternate_rows_and_pair_ratios():
     assert order == ["a", "b", "a", "b", "a", "b"]
     assert within_rounds(runs, lambda r: r["b"]["wall_s"] - r["a"]["wall_s"]) == [1.0, 1.0, 1.0]
     assert median_run(runs["a"], key=lambda r: r["wall_s"]) == {"wall_s": 2.0}
+    order.clear()
+    run_rounds(rows, 3, reverse_every_other=True)
+    assert order == ["a", "b", "b", "a", "a", "b"]
 
 
 def test_skewed_manifest_puts_half_the_rows_on_one_uri_and_spreads_the_rest():
