@@ -4,20 +4,19 @@
                                        [--distinct 4000] [--size 640x480] [--out FILE]
                                        [--commit REV] [--profile auto|always|never]
 
-A catalog of ``--distinct`` JPEG files (``write_sample_catalog``: crops of the photos
-scikit-learn ships) and a CSV manifest of ``--rows`` rows over them (each row its own
-image_id; uris drawn over the files with a fixed seed, so most rows repeat a file) are
-cached under benchmarks/.cache/nightly/. Then, for ``--small-rows`` and for ``--rows``:
+A catalog of ``--distinct`` JPEG files (harness.corpus: crops of the photos scikit-learn
+ships, cached under benchmarks/.cache/catalogs/) and a CSV manifest of ``--rows`` rows over
+them (each row its own image_id; uris drawn over the files with a fixed seed, so most rows
+repeat a file) under benchmarks/.cache/nightly/. Then, for ``--small-rows`` and for ``--rows``:
 
 - night 1: ``python -m pipeline --manifest=M --output=O --run_date=2026-11-01 --keep_columns=category``
 - night 2: the same with ``--incremental --run_date=2026-11-02`` (nothing changed),
 
 each in a fresh process on the pipeline's local default (Beam's FnApiRunner with its SDK
 worker in the same process, LiteRT on every core), timed from the parent around the
-whole process. A thread
-samples /proc/PID/status VmHWM of every process in the run's tree every
-``--sample-interval`` seconds and keeps each process's peak; the launcher's own peak also
-comes exact from ``wait4`` when it exits. The two sizes side by side
+whole process (harness.process.run_timed: VmHWM of every process in the run's tree sampled
+every ``--sample-interval`` seconds, the launcher's own peak also exact from ``wait4``). The
+two sizes side by side
 show whether any process's memory grows with the row count.
 
 If night 2 takes 10% or more of night 1's time (or with ``--profile=always``), night 2
@@ -27,32 +26,31 @@ more in that mode without the profiler; the report lists the slowest stages (Bea
 per-transform execution time) and the top functions.
 
 The report is printed and written to benchmarks/results/nightly.md, the raw numbers to
-nightly.json. ``--profile-worker PROF -- ARGS`` is the script's own profiling child.
+nightly.json.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.metadata
-import io
 import json
-import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import bench_scoring as bs  # machine info and the machine-noise helpers
+from harness import CACHE, MODEL_CACHE, RESULTS
+from harness.code import checkout, code_line, source_of
+from harness.corpus import build_catalog, catalog_summary, parse_size, write_manifest
+from harness.machine import NOISE_CORES, busy_elsewhere, disturbed, machine_info, wait_for_idle
+from harness.pipeline_runs import read_summary
+from harness.process import child_env, describe, run_timed
+from harness.profiling import run_profile, stage_of, top_functions
+from harness.report import command_line, goal_line, machine_line, noise_cell, noise_note, write_results
+from harness.rounds import median_run
+from harness.workers import warm_model_cache
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-CACHE = BENCH_DIR / ".cache"
 WORK = CACHE / "nightly"
-MODEL_CACHE = bs.CACHE_DIR  # benchmarks/.cache/aisthetics, shared with bench_scoring.py
-DEFAULT_OUT = BENCH_DIR / "results" / "nightly.md"
+DEFAULT_OUT = RESULTS / "nightly.md"
 
 NIGHT1_DATE = "2026-11-01"
 NIGHT2_DATE = "2026-11-02"
@@ -68,48 +66,11 @@ GOAL_INCREMENTAL_FRACTION = 0.10  # night 2 wall time / night 1 wall time
 # scores-table row as a Python dict (~1.5 KB).
 GOAL_RSS_GROWTH = 1.25
 
-QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2"}
-
 
 # --- corpus --------------------------------------------------------------------------------
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    w, h = (int(v) for v in text.lower().split("x"))
-    return w, h
-
-
-def build_catalog(distinct: int, size: tuple[int, int]) -> dict:
-    """``distinct`` JPEG files from write_sample_catalog, cached (a marker says it is complete)."""
-    from aisthetics_transforms.sample import write_sample_catalog
-
-    directory = WORK / f"catalog-{distinct}-{size[0]}x{size[1]}"
-    marker = directory / "catalog.json"
-    if marker.exists():
-        info = json.loads(marker.read_text())
-        if all(Path(f["uri"]).exists() for f in info["files"]):
-            info["cached"] = True
-            return info
-    t0 = time.perf_counter()
-    manifest = write_sample_catalog(directory, count=distinct, size=size, broken=False)
-    with open(manifest, newline="") as f:
-        files = [{"uri": r["uri"], "category": r["category"]} for r in csv.DictReader(f)]
-    sizes = [Path(f["uri"]).stat().st_size for f in files]
-    info = {
-        "directory": str(directory),
-        "distinct_files": len(files),
-        "size": f"{size[0]}x{size[1]}",
-        "total_mb": sum(sizes) / 2**20,
-        "mean_jpeg_kb": sum(sizes) / len(sizes) / 1024,
-        "build_s": time.perf_counter() - t0,
-        "files": files,
-    }
-    marker.write_text(json.dumps(info, indent=1) + "\n")
-    info["cached"] = False
-    return info
-
-
-def write_manifest(catalog: dict, rows: int) -> dict:
+def night_manifest(catalog: dict, rows: int) -> dict:
     """A CSV of ``rows`` rows (image_id, uri, category): every file is used rows/distinct
     times (+-1), in an order shuffled with a fixed seed."""
     import numpy as np
@@ -117,196 +78,12 @@ def write_manifest(catalog: dict, rows: int) -> dict:
     files = catalog["files"]
     index = np.arange(rows) % len(files)
     np.random.default_rng(MANIFEST_SEED).shuffle(index)
-    path = Path(catalog["directory"]) / f"manifest-{rows}.csv"
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image_id", "uri", "category"])
-    for i, j in enumerate(index.tolist()):
-        writer.writerow([f"row-{i:07d}", files[j]["uri"], files[j]["category"]])
-    text = buf.getvalue()
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-    return {"path": str(path), "rows": rows, "distinct_uris": min(rows, len(files)), "bytes": len(text)}
-
-
-# --- the process tree's memory ----------------------------------------------------------------
-
-
-def _proc_stat(pid: int):
-    """(ppid, starttime) of a live process, or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return int(fields[1]), int(fields[19])
-
-
-def _status_kb(pid: int) -> dict:
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS"):
-                out[key] = int(value.split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def role_of(pid: int, root: int, cmd: str) -> str:
-    if pid == root:
-        return "launcher"
-    if cmd.startswith(("/bin/sh ", "sh ")):
-        return "shell"  # Beam starts each SDK worker through `/bin/sh -c python -m ...sdk_worker_main`
-    if "sdk_worker_main" in cmd:
-        return "worker"
-    return "other"
-
-
-class TreeSampler(threading.Thread):
-    """Every ``interval`` s: VmHWM (peak RSS so far) of ``root`` and all its descendants.
-
-    A process once seen is followed by (pid, start time) even if it is re-parented, and
-    its largest VmHWM is kept; VmHWM never decreases, so only a peak reached in the last
-    ``interval`` before a process exits can be missed.
-    """
-
-    def __init__(self, root: int, interval: float):
-        super().__init__(daemon=True)
-        self.root = root
-        self.interval = interval
-        self.stop_event = threading.Event()
-        self.procs: dict[tuple[int, int], dict] = {}
-        self.samples = 0
-        self.t0 = time.perf_counter()
-
-    def run(self):
-        while True:
-            self.sample()
-            if self.stop_event.wait(self.interval):
-                return
-
-    def stop(self):
-        self.stop_event.set()
-        self.join()
-
-    def _tree(self) -> dict[int, tuple[int, int]]:
-        stats = {}
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                st = _proc_stat(int(entry.name))
-                if st:
-                    stats[int(entry.name)] = st
-        children = defaultdict(list)
-        for pid, (ppid, _) in stats.items():
-            children[ppid].append(pid)
-        tree, todo = {}, [self.root]
-        # Processes seen before stay followed if re-parented (same pid and start time).
-        todo += [pid for pid, start in self.procs if pid in stats and stats[pid][1] == start]
-        while todo:
-            pid = todo.pop()
-            if pid in tree or pid not in stats:
-                continue
-            tree[pid] = stats[pid]
-            todo += children.get(pid, [])
-        return tree
-
-    def sample(self):
-        now = time.perf_counter() - self.t0
-        for pid, (ppid, start) in self._tree().items():
-            key = (pid, start)
-            kb = _status_kb(pid)
-            if "VmHWM" not in kb:
-                continue
-            rec = self.procs.get(key)
-            if rec is None:
-                cmd = _cmdline(pid)
-                rec = self.procs[key] = {
-                    "pid": pid, "ppid": ppid, "role": role_of(pid, self.root, cmd), "cmdline": cmd,
-                    "peak_rss_mb": 0.0, "max_rss_mb": 0.0, "first_seen_s": now, "samples": 0, "rss_timeline": [],
-                }
-            if kb["VmHWM"] / 1024 > rec["peak_rss_mb"]:
-                rec["peak_rss_mb"] = kb["VmHWM"] / 1024
-                rec["peak_seen_at_s"] = now  # the peak was reached since the previous sample
-            rec["max_rss_mb"] = max(rec["max_rss_mb"], kb.get("VmRSS", 0) / 1024)
-            rec["rss_timeline"].append([round(now, 1), round(kb.get("VmRSS", 0) / 1024)])
-            rec["last_seen_s"] = now
-            rec["samples"] += 1
-        self.samples += 1
-
-    def result(self) -> list[dict]:
-        order = {"launcher": 0, "worker": 1, "shell": 2, "other": 3}
-        procs = sorted(self.procs.values(), key=lambda r: (order[r["role"]], -r["peak_rss_mb"]))
-        n = 0
-        for rec in procs:
-            if rec["role"] == "worker":
-                n += 1
-                rec["label"] = f"worker {n}"
-            elif rec["role"] == "shell":
-                rec["label"] = "sh"
-            else:
-                rec["label"] = rec["role"] if rec["role"] == "launcher" else f"other ({rec['cmdline'][:60]})"
-        return procs
+    path = WORK / f"manifest-{len(files)}-{catalog['size']}-{rows}.csv"
+    return write_manifest(path, ((f"row-{i:07d}", files[j]["uri"], files[j]["category"])
+                                 for i, j in enumerate(index.tolist())))
 
 
 # --- one night ---------------------------------------------------------------------------------
-
-
-SOURCE = REPO  # the code measured: the working tree, or a `git archive` of --commit
-
-
-def child_env() -> dict:
-    env = dict(os.environ)
-    env.update(QUIET)
-    env["AISTHETICS_CACHE_DIR"] = str(MODEL_CACHE)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE), env.get("PYTHONPATH")]))
-    return env
-
-
-def git(*args: str) -> str:
-    # rstrip only: a porcelain status line starts with a space when the index is clean.
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.rstrip()
-
-
-def checkout(commit: str | None) -> dict:
-    """Which code the runs use. With ``commit``, that commit's tree is extracted (git archive,
-    read-only for the repository) under benchmarks/.cache/nightly/src-SHA/, and every child
-    process imports ``pipeline`` and ``aisthetics_transforms`` from there (it is their cwd and
-    first on PYTHONPATH), so edits to the working tree during a run cannot mix into it."""
-    global SOURCE
-    if not commit:
-        try:
-            head = git("rev-parse", "HEAD")
-            dirty = [line[3:] for line in git("status", "--porcelain").splitlines()
-                     if not line[3:].startswith("benchmarks/")]
-        except (OSError, subprocess.CalledProcessError):  # not a git checkout
-            head, dirty = "unknown", []
-        return {"source": str(REPO), "commit": head, "working_tree": True, "uncommitted_changes": dirty}
-    sha = git("rev-parse", "--verify", f"{commit}^{{commit}}")
-    target = WORK / f"src-{sha[:12]}"
-    if not (target / "pipeline" / "__init__.py").exists():
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
-        tmp.rename(target)
-    SOURCE = target
-    return {"source": str(target), "commit": sha, "working_tree": False, "requested": commit,
-            "subject": git("log", "-1", "--format=%s", sha)}
-
-
-def median_run(runs: list[dict], key) -> dict:
-    """A copy of the run with the median ``key`` (the lower middle one of an even count)."""
-    return dict(sorted(runs, key=key)[(len(runs) - 1) // 2])
 
 
 def night_args(manifest: str, output: str, night: int) -> list[str]:
@@ -316,40 +93,15 @@ def night_args(manifest: str, output: str, night: int) -> list[str]:
     return args + ["--incremental", f"--run_date={NIGHT2_DATE}"]
 
 
-def summary_of(output: str, run_date: str) -> dict:
-    return json.loads((Path(output) / "runs" / f"dt={run_date}" / "summary.json").read_text())
-
-
-def run_night(label: str, manifest: dict, output: Path, night: int, args) -> dict:
+def run_night(label: str, manifest: dict, output: Path, night: int, source: Path, args) -> dict:
     cmd = [sys.executable, "-m", "pipeline", *night_args(manifest["path"], str(output), night)]
-    waited = bs.wait_for_idle(args.idle_wait) if args.idle_wait > 0 else 0.0
-    logs = WORK / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{label.replace(' (incremental)', '').replace(',', '').replace(' ', '_')}.log"
+    waited = wait_for_idle(args.idle_wait) if args.idle_wait > 0 else 0.0
+    name = label.replace(" (incremental)", "").replace(",", "").replace(" ", "_")
     print(f"  {label} ...", end="", file=sys.stderr, flush=True)
-    with open(log_path, "w") as log:
-        cpu0, own0 = bs.cpu_seconds(), bs.children_cpu_seconds()
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=SOURCE)
-        sampler = TreeSampler(proc.pid, args.sample_interval)
-        sampler.start()
-        # wait4 gives the launcher's own exact peak: the sampler can miss one reached in its
-        # last interval, which on a 4 s night is often where it is (writing the tables).
-        _, status, usage = os.wait4(proc.pid, 0)
-        rc = proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - t0
-        sampler.stop()
-        own = bs.children_cpu_seconds() - own0
-        noise = bs.machine_noise(cpu0, bs.cpu_seconds(), own, wall)
-    if rc != 0:
-        sys.stderr.write("\n" + log_path.read_text()[-4000:])
-        raise SystemExit(f"{label}: python -m pipeline exited with status {rc} (log: {log_path})")
-    run_date = NIGHT1_DATE if night == 1 else NIGHT2_DATE
-    summary = summary_of(str(output), run_date)
-    procs = sampler.result()
-    launcher = next(p for p in procs if p["role"] == "launcher")
-    launcher["sampled_peak_rss_mb"] = launcher["peak_rss_mb"]
-    launcher["peak_rss_mb"] = max(launcher["peak_rss_mb"], usage.ru_maxrss / 1024)  # ru_maxrss is in KB
+    run = run_timed(cmd, env=child_env(source), cwd=source, log_dir=WORK / "logs", name=name,
+                    sample_interval=args.sample_interval, label=label)
+    summary = read_summary(output, NIGHT1_DATE if night == 1 else NIGHT2_DATE)
+    wall = run["process_wall_s"]
     result = {
         "label": label,
         "night": night,
@@ -357,22 +109,17 @@ def run_night(label: str, manifest: dict, output: Path, night: int, args) -> dic
         "command": " ".join(["python", "-m", "pipeline", *night_args(manifest["path"], str(output), night)]),
         "wall_s": wall,
         "rows_per_s": manifest["rows"] / wall,
-        "cpu_s": own,
+        "cpu_s": run["process_cpu_s"],
         "summary": summary,
-        "processes": procs,
-        "sampler": {"interval_s": args.sample_interval, "samples": sampler.samples},
+        "processes": run["processes"],
+        "sampler": run["sampler"],
         "idle_wait_s": waited,
-        "log": str(log_path),
-        **noise,
+        "log": run["log"],
+        "other_cpu_cores": run["other_cpu_cores"],
+        "steal_cores": run["steal_cores"],
     }
-    workers = [p for p in procs if p["role"] == "worker"]
-    print(
-        f" {wall:.1f} s, {result['rows_per_s']:.0f} rows/s, scored {summary['scored']}, reused {summary['reused']}, "
-        f"dedup {summary['deduplicated']}; launcher {procs[0]['peak_rss_mb']:.0f} MB, "
-        f"{len(workers)} workers max {max((w['peak_rss_mb'] for w in workers), default=0):.0f} MB"
-        f"{'  [disturbed: other processes used %.2f cores]' % noise['other_cpu_cores'] if bs.disturbed(result) else ''}",
-        file=sys.stderr, flush=True,
-    )
+    print(f" {describe(run)}; {result['rows_per_s']:.0f} rows/s, scored {summary['scored']}, reused "
+          f"{summary['reused']}, dedup {summary['deduplicated']}", file=sys.stderr, flush=True)
     check_summary(result, manifest)
     return result
 
@@ -442,74 +189,16 @@ def cost_model(runs: dict) -> dict:
 # --- profiling night 2 ---------------------------------------------------------------------------
 
 
-def profile_worker(prof_path: str, argv: list[str]) -> None:
-    """Child: run the pipeline in this process (under cProfile when ``prof_path`` is not
-    '-') and print per-transform execution times as one JSON line."""
-    import cProfile
-    import logging
-
-    import pipeline
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
-    profiler = cProfile.Profile() if prof_path != "-" else None
-    t0 = time.perf_counter()
-    if profiler:
-        profiler.enable()
-    outcome = pipeline.run(argv)
-    if profiler:
-        profiler.disable()
-        profiler.dump_stats(prof_path)
-    wall = time.perf_counter() - t0
-    msecs = defaultdict(int)
-    try:
-        for counter in outcome.result.monitoring_metrics().query()["counters"]:
-            if counter.key.metric.name.endswith("ptransform_execution_time:total_msecs:v1") and counter.key.step:
-                msecs[counter.key.step] += counter.committed or 0
-    except Exception as exc:  # metrics are a diagnostic; never fail the run for them
-        print(f"no transform metrics: {exc}", file=sys.stderr)
-    print(bs.RESULT_MARK + json.dumps({"wall_s": wall, "transform_msecs": msecs, "summary": outcome.summary,
-                                       "peak_rss_mb": bs.peak_rss_mb()}), flush=True)
-
-
-def top_functions(prof_path: str, key: str, n: int) -> list[dict]:
-    import pstats
-
-    stats = pstats.Stats(prof_path)
-    rows = []
-    for (filename, line, func), (cc, nc, tt, ct, _) in stats.stats.items():
-        rows.append({"function": f"{shorten(filename)}:{line}({func})", "calls": nc, "tottime_s": tt, "cumtime_s": ct})
-    rows.sort(key=lambda r: r[key], reverse=True)
-    return rows[:n]
-
-
-def shorten(filename: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
-        if marker in filename:
-            return filename.split(marker, 1)[1]
-    return filename
-
-
-def stage_of(step: str) -> str:
-    """Group Beam's transform names by the pipeline's stages (and the sub-steps that matter)."""
-    return "/".join(step.split("/")[:2])
-
-
-def profile_night2(manifest: dict, output: Path, args) -> dict:
+def profile_night2(manifest: dict, output: Path, source: Path, args) -> dict:
     argv = night_args(manifest["path"], str(output), 2) + ["--direct_running_mode=in_memory"]
     prof = WORK / "night2_in_memory.prof"
     out = {"command": " ".join(["python", "-m", "pipeline", *argv]), "runs": {}}
-    for name, prof_arg in (("plain", "-"), ("cprofile", str(prof))):
+    for name, prof_path in (("plain", None), ("cprofile", prof)):
         if args.idle_wait > 0:
-            bs.wait_for_idle(args.idle_wait)
-        print(f"  night 2, in_memory{' under cProfile' if prof_arg != '-' else ''} ...", end="", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--profile-worker", prof_arg, "--", *argv],
-                              env=child_env(), cwd=SOURCE, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        result = bs.parse_result(proc, f"profile ({name})")
-        result["process_wall_s"] = wall
-        print(f" {wall:.1f} s", file=sys.stderr, flush=True)
+            wait_for_idle(args.idle_wait)
+        print(f"  night 2, in_memory{' under cProfile' if prof_path else ''} ...", end="", file=sys.stderr, flush=True)
+        result = run_profile(prof_path, argv, source)
+        print(f" {result['process_wall_s']:.1f} s", file=sys.stderr, flush=True)
         out["runs"][name] = result
     msecs = out["runs"]["cprofile"]["transform_msecs"]
     plain_msecs = out["runs"]["plain"]["transform_msecs"]
@@ -533,21 +222,6 @@ def profile_night2(manifest: dict, output: Path, args) -> dict:
 # --- report --------------------------------------------------------------------------------------
 
 
-def versions() -> dict:
-    def v(dist):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {"apache_beam": v("apache-beam"), "pyarrow": v("pyarrow"), "grpcio": v("grpcio")}
-
-
-def worker_cmd(run: dict) -> str:
-    cmd = next((p["cmdline"] for p in run["processes"] if p["role"] == "worker"), "sdk_worker_main")
-    return cmd.replace(sys.executable, "python")
-
-
 def fmt_procs(run: dict) -> str:
     procs = [p for p in run["processes"] if p["role"] != "shell"]
     shells = [p for p in run["processes"] if p["role"] == "shell"]
@@ -562,19 +236,18 @@ def goals(data: dict) -> list[str]:
     n1, n2 = runs["big_1"], runs["big_2"]
     frac = n2["wall_s"] / n1["wall_s"]
     lines = [
-        f"{'PASS' if frac < GOAL_INCREMENTAL_FRACTION else 'FAIL'}  incremental night < {GOAL_INCREMENTAL_FRACTION:.0%} "
+        goal_line(frac < GOAL_INCREMENTAL_FRACTION, f"incremental night < {GOAL_INCREMENTAL_FRACTION:.0%} "
         f"of first night's wall time ({n1['rows']:,} rows): {n2['wall_s']:.1f} s / {n1['wall_s']:.1f} s = {frac:.1%}"
         + (f" (night 2: the median of {len(n2['repeat_walls_s'])} runs, "
-           f"{', '.join('%.1f' % w for w in n2['repeat_walls_s'])} s)" if len(n2.get("repeat_walls_s", [])) > 1 else "")
+           f"{', '.join('%.1f' % w for w in n2['repeat_walls_s'])} s)" if len(n2.get("repeat_walls_s", [])) > 1 else ""))
     ]
     small = runs["small_1"]["rows"]
     grown = [g for g in data["memory"] if g["ratio"] >= GOAL_RSS_GROWTH and not g["process"].startswith("all")]
     worst = max((g for g in data["memory"] if not g["process"].startswith("all")), key=lambda g: g["ratio"])
-    lines.append(
-        f"{'PASS' if not grown else 'FAIL'}  no process's peak RSS grows >= {GOAL_RSS_GROWTH}x from {small:,} to "
+    lines.append(goal_line(
+        not grown, f"no process's peak RSS grows >= {GOAL_RSS_GROWTH}x from {small:,} to "
         f"{n1['rows']:,} rows: largest ratio {worst['ratio']:.2f}x ({worst['process']}, night {worst['night']}: "
-        f"{worst['small_mb']:.0f} -> {worst['big_mb']:.0f} MB)"
-    )
+        f"{worst['small_mb']:.0f} -> {worst['big_mb']:.0f} MB)"))
     for g in grown:
         lines.append(f"      grows: night {g['night']} {g['process']} {g['small_mb']:.0f} -> {g['big_mb']:.0f} MB "
                      f"({g['ratio']:.2f}x)")
@@ -593,18 +266,8 @@ def goals(data: dict) -> list[str]:
     )
     problems = [f"{r['label']}: {p}" for r in runs.values() for p in r["problems"]]
     lines += [f"NOTE  wrong counts: {p}" for p in problems]
-    noisy = [r["label"] for r in runs.values() if bs.disturbed(r)]
-    if noisy:
-        lines.append(f"NOTE  disturbed by other processes (re-run on an idle machine): {', '.join(noisy)}")
+    lines += noise_note([r["label"] for r in runs.values() if disturbed(r)])
     return lines
-
-
-def code_line(code: dict) -> str:
-    if code["working_tree"]:
-        dirty = code["uncommitted_changes"]
-        return (f"Code: the working tree at {code['commit'][:12]}"
-                + (f", with uncommitted changes to {', '.join(dirty)}." if dirty else ", clean."))
-    return f"Code: commit {code['commit'][:12]} ({code['subject']}), extracted with `git archive`."
 
 
 def report(data: dict) -> str:
@@ -612,9 +275,7 @@ def report(data: dict) -> str:
     lines = [
         "# Nightly benchmark",
         "",
-        f"{m['date']} — {m['cpu_model']}, {m['cores']} cores, {m['memory_gb']} GB; Python {m['python']}, "
-        f"Apache Beam {m['apache_beam']}, pyarrow {m['pyarrow']}, ai-edge-litert {m['ai_edge_litert']}, "
-        f"numpy {m['numpy']}, Pillow {m['pillow']}.",
+        machine_line(m),
         "",
         f"Command: `{data['command']}` ({data['total_wall_s'] / 60:.1f} min in all).",
         "",
@@ -639,7 +300,7 @@ def report(data: dict) -> str:
         lines.append(
             f"| {r['label']} | {r['rows']:,} | {r['wall_s']:.1f} | {r['rows_per_s']:,.0f} | {s['scored']:,} | "
             f"{s['reused']:,} | {s['deduplicated']:,} | {s['errors']} | {r['cpu_s']:.0f} | {fmt_procs(r)} | "
-            f"{r['other_cpu_cores']:.2f}{' ⚠' if bs.disturbed(r) else ''} |"
+            f"{noise_cell(r)} |"
         )
     lines.append("")
     for size in ("big", "small"):
@@ -656,7 +317,7 @@ def report(data: dict) -> str:
         "earlier night's score; deduplicated = rows scored this night that shared their image with another row. "
         "CPU = user+system seconds of the whole process tree. Peak RSS = VmHWM of each process of the run's tree, "
         f"sampled every {data['args']['sample_interval']} s (the launcher's: the larger of that and wait4's exact "
-        "ru_maxrss at exit) and labelled by command line: launcher = "
+        "ru_maxrss at exit when it is the run's only process) and labelled by command line: launcher = "
         "`python -m pipeline ...` (the FnApiRunner: it schedules the stages and holds the data between them; "
         "in the default in_memory mode it is also the only worker), worker N = SDK worker processes of the "
         "multi_processing mode, if any (each started through a `/bin/sh -c` wrapper of ~2 MB, not "
@@ -733,30 +394,8 @@ def report(data: dict) -> str:
 # --- main ----------------------------------------------------------------------------------------
 
 
-def warm_model_cache() -> dict:
-    """Convert the model into the benchmark's cache and score one image, before any timing."""
-    code = (
-        "import json, sys, time\n"
-        "from aisthetics_transforms.sample import source_photos\n"
-        "import aisthetics_transforms, tempfile, os\n"
-        "t0 = time.perf_counter()\n"
-        "path = os.path.join(tempfile.mkdtemp(), 'warm.jpg')\n"
-        "source_photos()['china'].resize((224, 224)).save(path)\n"
-        "nima = aisthetics_transforms.get_aisthetics_model()\n"
-        "r = nima.predict(images=path, augmented=True)[0]\n"
-        f"print({bs.RESULT_MARK!r} + json.dumps({{'seconds': time.perf_counter() - t0, "
-        "'model_version': nima.model_version, 'tensorflow_imported': 'tensorflow' in sys.modules}))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, cwd=SOURCE)
-    return bs.parse_result(proc, "model cache warm-up")
-
-
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--profile-worker"]:
-        rest = argv[2:]
-        profile_worker(argv[1], rest[1:] if rest[:1] == ["--"] else rest)
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000, help="manifest rows of the main runs (default 200,000)")
     parser.add_argument("--small-rows", type=int, default=50_000,
@@ -781,29 +420,28 @@ def main(argv=None) -> None:
     if args.render:
         data = json.loads(Path(args.render).read_text())
         data["goal_lines"] = goals(data)
-        write_report(data, Path(args.out))
+        write_results(Path(args.out), report(data), data)
         return
     if args.small_rows >= args.rows:
         parser.error("--small-rows must be less than --rows")
 
     started = time.perf_counter()
-    busy = bs.busy_elsewhere(2.0)
-    if busy > bs.NOISE_CORES:
+    busy = busy_elsewhere(2.0)
+    if busy > NOISE_CORES:
         print(f"warning: the machine is not idle ({busy:.2f} cores busy in other processes)", file=sys.stderr)
     WORK.mkdir(parents=True, exist_ok=True)
     code = checkout(args.commit)
-    sys.path.insert(0, str(SOURCE))
+    source = source_of(code)
     print(f"code: {code['source']} ({code['commit'][:12]}{', working tree' if code['working_tree'] else ''})",
           file=sys.stderr)
     print(f"model cache: {MODEL_CACHE}", file=sys.stderr)
-    warm = warm_model_cache()
-    print(f"  warm: first score {warm['seconds']:.1f} s, {warm['model_version']}", file=sys.stderr)
+    warm = warm_model_cache(WORK / "logs", source)
     size = parse_size(args.size)
-    print(f"catalog: {args.distinct} files of {args.size} under {WORK}", file=sys.stderr)
     catalog = build_catalog(args.distinct, size)
+    print(f"catalog: {args.distinct} files of {args.size} in {catalog['directory']}", file=sys.stderr)
     print(f"  {'cached' if catalog['cached'] else 'written in %.0f s' % catalog['build_s']}, "
           f"{catalog['mean_jpeg_kb']:.0f} KB each", file=sys.stderr)
-    manifests = {"small": write_manifest(catalog, args.small_rows), "big": write_manifest(catalog, args.rows)}
+    manifests = {"small": night_manifest(catalog, args.small_rows), "big": night_manifest(catalog, args.rows)}
 
     runs = {}
     for size_key in ("small", "big"):
@@ -814,7 +452,7 @@ def main(argv=None) -> None:
             label = f"night {night}{' (incremental)' if night == 2 else ''}, {manifest['rows']:,} rows"
             # Night 2 is a few seconds, as long as this machine's speed takes to drift by 20%:
             # it runs --night2-runs times (each replaces the same partition) and keeps its median run.
-            repeats = [run_night(label, manifest, output, night, args)
+            repeats = [run_night(label, manifest, output, night, source, args)
                        for _ in range(args.night2_runs if night == 2 else 1)]
             chosen = median_run(repeats, key=lambda r: r["wall_s"])
             chosen["repeat_walls_s"] = [r["wall_s"] for r in repeats]
@@ -823,40 +461,26 @@ def main(argv=None) -> None:
             next(p for p in chosen["processes"] if p["role"] == "launcher")["peak_rss_mb"] = max(peaks)
             runs[f"{size_key}_{night}"] = chosen
 
-    machine = bs.machine_info()
-    machine.update(versions())
+    machine = machine_info()
     data = {
         "machine": machine,
-        "command": "python benchmarks/bench_nightly.py " + " ".join(argv) if argv else "python benchmarks/bench_nightly.py",
+        "command": command_line(__file__, argv),
         "args": vars(args),
         "code": code,
         "busy_before_start": busy,
         "model_cache": {"dir": str(MODEL_CACHE), "warm": warm},
-        "catalog": {k: v for k, v in catalog.items() if k != "files"},
+        "catalog": catalog_summary(catalog),
         "manifests": manifests,
         "runs": runs,
     }
-    data["command"] = data["command"].strip()
     data["memory"] = memory_growth(runs)
     data["cost_model"] = cost_model(runs)
     frac = runs["big_2"]["wall_s"] / runs["big_1"]["wall_s"]
     if args.profile == "always" or (args.profile == "auto" and frac >= GOAL_INCREMENTAL_FRACTION):
-        data["profile"] = profile_night2(manifests["big"], WORK / f"out-{args.rows}", args)
+        data["profile"] = profile_night2(manifests["big"], WORK / f"out-{args.rows}", source, args)
     data["goal_lines"] = goals(data)
     data["total_wall_s"] = time.perf_counter() - started
-    write_report(data, Path(args.out))
-
-
-def write_report(data: dict, out: Path) -> None:
-    text = report(data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    json_path = out.with_suffix(".json")
-    new = json.dumps(data, indent=2) + "\n"
-    if not json_path.exists() or json_path.read_text() != new:
-        json_path.write_text(new)
-    print(text)
-    print(f"wrote {out} and {json_path} (the run took {data['total_wall_s'] / 60:.1f} min)", file=sys.stderr)
+    write_results(Path(args.out), report(data), data)
 
 
 if __name__ == "__main__":

@@ -3,26 +3,26 @@
     python benchmarks/bench_pipeline.py [--images 2000] [--large-images 1000] [--rounds 3]
                                         [--seed-images 100] [--runinference-images 500] [--out FILE]
 
-A corpus of catalog-like JPEGs (``write_sample_catalog``: crops of the photos scikit-learn
-ships), ``--images`` of 800x600 and ``--large-images`` of 1600x1200, is written once under
-benchmarks/.cache/pipeline/ (bench_nightly's cached catalog builder). On it, per size, each
+A corpus of catalog-like JPEGs (harness.corpus: crops of the photos scikit-learn ships),
+``--images`` of 800x600 and ``--large-images`` of 1600x1200, is written once under
+benchmarks/.cache/catalogs/. On it, per size, each
 in a fresh process timed from the parent (process start included where said):
 
-- seed way: one Keras ``model.predict`` per image (bench_scoring's worker, on ``--seed-images``);
+- seed way: one Keras ``model.predict`` per image (harness.workers, on ``--seed-images``);
 - RunInference + Keras: Beam's ``TFModelHandlerNumpy`` loading the NIMA Keras model from a
   ``.keras`` file saved once in the cache; read -> decode_image -> to_model_input -> RunInference,
   counted with a Beam counter; FnApiRunner, multi_processing, one worker per core (process start
   included);
 - end to end: ``python -m pipeline --manifest=M --output=O --progress_seconds=0`` with its local
   defaults (process start included), plus a 16-image run for the fixed cost;
-- LiteRT model only (threads = cores, pre-decoded) and decode only (one core): bench_scoring's
-  workers. Ideal end to end = 1 / (1/model + 1/(cores x decode)).
+- LiteRT model only (threads = cores, pre-decoded) and decode only (one core), from
+  harness.workers. Ideal end to end = 1 / (1/model + 1/(cores x decode)).
 
 The rows behind the goals (800x600 seed way; end to end and decode of each size; model only)
 run ``--rounds`` times, one of each per round, and each keeps its median run: this machine's
 speed drifts from minute to minute, so the goal ratios are also reported within each round.
 
-A thread samples VmHWM of every process in each run's tree (bench_nightly's TreeSampler).
+A thread samples VmHWM of every process in each run's tree (harness.process.TreeSampler).
 Then a parity check (20 Parquet rows against ``get_aisthetics_model().predict()``), a cProfile
 of one in_memory run (top 30 by tottime -> results/pipeline-profile.txt) and, if py-spy is
 installed, a py-spy record of one multi_processing run (summary appended to the same file).
@@ -41,18 +41,22 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
-import bench_nightly as bn  # TreeSampler (VmHWM of a process tree), cached catalog, profile worker
-import bench_scoring as bs  # workers (seed, LiteRT model, decode), machine info, machine noise
+from harness import CACHE, MODEL_CACHE, REPO, RESULTS
+from harness.code import checkout
+from harness.corpus import build_catalog, catalog_summary, first_files_manifest, paths_file
+from harness.machine import NOISE_CORES, busy_elsewhere, disturbed, machine_info, wait_for_idle
+from harness.pipeline_runs import pipeline_command, read_summary
+from harness.process import child_env, emit, parse_result, quietest, run_timed
+from harness.profiling import pyspy_record, run_profile, stage_of, top_functions
+from harness.report import command_line, goal_line, machine_line, noise_cell, noise_note, write_results
+from harness.rounds import median_run, run_rounds
+from harness.workers import run_worker, warm_model_cache
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-WORK = BENCH_DIR / ".cache" / "pipeline"
-RESULTS = BENCH_DIR / "results"
+WORK = CACHE / "pipeline"
 DEFAULT_OUT = RESULTS / "pipeline.md"
-PROFILE_OUT = RESULTS / "pipeline-profile.txt"
 RUN_DATE = "2026-11-28"
 SIZES = {"800x600": (800, 600), "1600x1200": (1600, 1200)}
 FIXED_COST_IMAGES = 16
@@ -63,8 +67,6 @@ GOAL_VS_RUNINFERENCE = 2.0
 GOAL_IDEAL_800 = 0.80
 GOAL_IDEAL_1600 = 0.70
 GOAL_WORKER_RSS_MB = 600.0
-
-bn.WORK = WORK  # bench_nightly.build_catalog caches under its WORK
 
 
 # --- workers (fresh processes) ----------------------------------------------------------------
@@ -94,7 +96,7 @@ def worker_prepare_keras(args) -> None:
     loaded = tf.keras.models.load_model(str(path))
     x = np.random.default_rng(0).uniform(-1, 1, (4, 224, 224, 3)).astype(np.float32)
     diff = float(np.abs(np.asarray(loaded(x)) - np.asarray(model(x, training=False))).max())
-    bs.emit({"keras_model": str(path), "reload_max_abs_diff": diff, "seconds": time.perf_counter() - t0})
+    emit({"keras_model": str(path), "reload_max_abs_diff": diff, "seconds": time.perf_counter() - t0})
 
 
 def _decode_for_model(uri):
@@ -141,7 +143,7 @@ def worker_runinference(args) -> None:
     import importlib.util
 
     hub = importlib.util.find_spec("tensorflow_hub")
-    bs.emit({"images": len(uris), "scored": count, "workers": cores, "batch_size": args.batch_size,
+    emit({"images": len(uris), "scored": count, "workers": cores, "batch_size": args.batch_size,
              "tensorflow_hub": "stub" if hub and str(WORK) in str(hub.origin) else "installed"})
 
 
@@ -161,7 +163,7 @@ def worker_parity(args) -> None:
     d_sd = max(abs(r["sd_score"] - g["sd_score_prediction"]) for r, g in zip(sample, got))
     d_pred = max(float(np.abs(np.asarray(r["predictions"]) - np.asarray(g["predictions"])).max())
                  for r, g in zip(sample, got))
-    bs.emit({"rows_in_parquet": len(table), "compared": len(sample), "max_abs_diff_mean": d_mean,
+    emit({"rows_in_parquet": len(table), "compared": len(sample), "max_abs_diff_mean": d_mean,
              "max_abs_diff_sd": d_sd, "max_abs_diff_predictions": d_pred, "model_version": nima.model_version,
              "parquet_model_versions": sorted({r["model_version"] for r in table})})
 
@@ -170,12 +172,6 @@ WORKERS = {"prepare_keras": worker_prepare_keras, "runinference": worker_runinfe
 
 
 # --- parent: running things ----------------------------------------------------------------------
-
-
-def child_env(extra_path: list[str] = ()) -> dict:
-    env = bs.child_env()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*map(str, extra_path), str(BENCH_DIR), env.get("PYTHONPATH")]))
-    return env
 
 
 def hub_stub_path() -> list[str]:
@@ -197,75 +193,31 @@ def hub_stub_path() -> list[str]:
     return [str(stub.parent)]
 
 
-def run_tree(label: str, cmd: list[str], args, env: dict, log_name: str, retry: bool = True) -> dict:
+def run_tree(label: str, cmd: list[str], args, env: dict, log_name: str) -> dict:
     """One process (and its children) timed from the parent, VmHWM of the tree sampled; a run
     disturbed by other processes is re-run once and the quieter run kept."""
-    logs = WORK / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    attempts = []
-    for attempt in range(2 if retry and args.idle_wait > 0 else 1):
-        waited = bs.wait_for_idle(args.idle_wait) if args.idle_wait > 0 else 0.0
-        log_path = logs / f"{log_name}.log"
-        print(f"  {label}{' (again)' if attempt else ''} ...", end="", file=sys.stderr, flush=True)
-        with open(log_path, "w") as log:
-            cpu0, own0 = bs.cpu_seconds(), bs.children_cpu_seconds()
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=REPO)
-            sampler = bn.TreeSampler(proc.pid, args.sample_interval)
-            sampler.start()
-            stdout, _ = proc.communicate()
-            wall = time.perf_counter() - t0
-            sampler.stop()
-            own = bs.children_cpu_seconds() - own0
-            noise = bs.machine_noise(cpu0, bs.cpu_seconds(), own, wall)
-        (logs / f"{log_name}.stdout").write_text(stdout)
-        if proc.returncode != 0:
-            sys.stderr.write("\n" + log_path.read_text()[-4000:])
-            raise SystemExit(f"{label}: exit status {proc.returncode} (log: {log_path})")
-        procs = sampler.result()
-        workers = [p for p in procs if p["role"] == "worker"]
-        result = {"label": label, "command": " ".join(cmd), "process_wall_s": wall, "process_cpu_s": own,
-                  "processes": [{k: v for k, v in p.items() if k != "rss_timeline"} for p in procs],
-                  "launcher_peak_rss_mb": procs[0]["peak_rss_mb"] if procs else 0.0,
-                  "worker_peak_rss_mb": max((w["peak_rss_mb"] for w in workers), default=None),
-                  "worker_count": len(workers), "idle_wait_s": waited, "stdout_tail": stdout[-2000:],
-                  "log": str(log_path), **noise}
-        for line in reversed(stdout.splitlines()):
-            if line.startswith(bs.RESULT_MARK):
-                result["worker_result"] = json.loads(line[len(bs.RESULT_MARK):])
-                break
-        note = f"  [disturbed: other processes used {noise['other_cpu_cores']:.2f} cores]" if bs.disturbed(result) else ""
-        print(f" {wall:.1f} s; launcher {result['launcher_peak_rss_mb']:.0f} MB, {len(workers)} workers max "
-              f"{result['worker_peak_rss_mb'] or 0:.0f} MB{note}", file=sys.stderr, flush=True)
-        attempts.append(result)
-        if not bs.disturbed(result):
-            break
-    best = min(attempts, key=lambda r: r["other_cpu_cores"] + r["steal_cores"])
-    best["attempts"] = len(attempts)
-    return best
+    def once() -> dict:
+        run = run_timed(cmd, env=env, cwd=REPO, log_dir=WORK / "logs", name=log_name,
+                        sample_interval=args.sample_interval, timelines=False, label=label)
+        run["label"] = label
+        run["worker_result"] = run.pop("result")
+        return run
+
+    return quietest(once, label=label, idle_wait=args.idle_wait)
 
 
 def subset_manifest(catalog: dict, n: int) -> str:
-    path = Path(catalog["directory"]) / f"manifest-first-{n}.csv"
-    if not path.exists():
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["image_id", "uri", "category"])
-            for i, file in enumerate(catalog["files"][:n]):
-                w.writerow([f"listing-{i:05d}", file["uri"], file["category"]])
-    return str(path)
+    return first_files_manifest(catalog, n, WORK / f"manifest-{catalog['size']}-first-{n}.csv")["path"]
 
 
 def e2e_row(label, manifest, n, args, key) -> dict:
     out = WORK / f"out-{key}"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipeline", f"--manifest={manifest}", f"--output={out}",
-           f"--run_date={RUN_DATE}", "--progress_seconds=0"]
-    r = run_tree(label, cmd, args, child_env(), key)
+    r = run_tree(label, pipeline_command(manifest, out, RUN_DATE), args, child_env(), key)
     r["images"] = n
     r["seconds"] = r["process_wall_s"]
     r["output"] = str(out)
-    r["summary"] = bn.summary_of(str(out), RUN_DATE)
+    r["summary"] = read_summary(out, RUN_DATE)
     if r["summary"].get("scored") != n or r["summary"].get("errors"):
         r["problem"] = f"summary says scored {r['summary'].get('scored')}, errors {r['summary'].get('errors')} (expected {n}, 0)"
         print(f"    WARNING {label}: {r['problem']}", file=sys.stderr)
@@ -275,7 +227,7 @@ def e2e_row(label, manifest, n, args, key) -> dict:
 def runinference_row(label, manifest, n, args, key, keras_model, stub) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "runinference", "--manifest", manifest,
            "--keras-model", keras_model, "--batch-size", str(args.batch_size)]
-    r = run_tree(label, cmd, args, child_env(stub), key)
+    r = run_tree(label, cmd, args, child_env(extra_path=stub), key)
     r["images"] = n
     r["seconds"] = r["process_wall_s"]
     got = r.get("worker_result", {}).get("scored")
@@ -285,9 +237,11 @@ def runinference_row(label, manifest, n, args, key, keras_model, stub) -> dict:
     return r
 
 
-def bs_row(name, corpus_dir, n, args, passes=1, threads=None) -> dict:
-    ns = argparse.Namespace(images=n, corpus=str(corpus_dir), gemm_seconds=1.0, idle_wait=args.idle_wait)
-    return bs.run_worker(name, ns, threads=threads, passes=passes)
+def worker_row(name, catalog, n, args, passes=1, threads=None) -> dict:
+    """A harness.workers row (seed, litert_model, decode) on the first ``n`` files of a catalog."""
+    paths = paths_file(catalog, n, WORK / f"paths-{catalog['size']}-{n}.txt")
+    return run_worker(name, log_dir=WORK / "logs", paths=paths, passes=passes, threads=threads, gemm_seconds=1.0,
+                      idle_wait=args.idle_wait)
 
 
 # --- profiles ------------------------------------------------------------------------------------
@@ -297,80 +251,39 @@ def cprofile_run(manifest: str, n: int, args) -> dict:
     out = WORK / "out-profile"
     shutil.rmtree(out, ignore_errors=True)
     prof = WORK / "pipeline_in_memory.prof"
-    argv = [f"--manifest={manifest}", f"--output={out}", f"--run_date={RUN_DATE}", "--progress_seconds=0",
-            "--direct_running_mode=in_memory"]
+    argv = pipeline_command(manifest, out, RUN_DATE, "--direct_running_mode=in_memory")[3:]
     if args.idle_wait > 0:
-        bs.wait_for_idle(args.idle_wait)
+        wait_for_idle(args.idle_wait)
     print(f"  cProfile, in_memory, {n} images ...", end="", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(BENCH_DIR / "bench_nightly.py"), "--profile-worker", str(prof), "--", *argv],
-                          env=child_env(), cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    result = bs.parse_result(proc, "cProfile run")
+    result = run_profile(prof, argv, REPO)
+    wall = result["process_wall_s"]
     print(f" {wall:.1f} s", file=sys.stderr, flush=True)
     stages = defaultdict(float)
     for step, ms in result["transform_msecs"].items():
-        stages[bn.stage_of(step)] += ms / 1000
+        stages[stage_of(step)] += ms / 1000
     return {"command": "python -m pipeline " + " ".join(argv), "images": n, "process_wall_s": wall,
             "pipeline_wall_s": result["wall_s"], "peak_rss_mb": result["peak_rss_mb"],
             "stages_s": dict(sorted(stages.items(), key=lambda kv: -kv[1])),
-            "top_tottime": bn.top_functions(str(prof), "tottime_s", 30),
-            "top_cumtime": bn.top_functions(str(prof), "cumtime_s", 15), "prof_file": str(prof)}
+            "top_tottime": top_functions(str(prof), "tottime_s", 30),
+            "top_cumtime": top_functions(str(prof), "cumtime_s", 15), "prof_file": str(prof)}
 
 
 def pyspy_run(manifest: str, n: int, args) -> dict:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
-        return {"available": False, "reason": "py-spy not installed"}
     out = WORK / "out-pyspy"
     shutil.rmtree(out, ignore_errors=True)
-    prof = WORK / "pipeline_multi_processing.speedscope.json"
-    cmd = [spy, "record", "--subprocesses", "--rate", "50", "--format", "speedscope", "-o", str(prof), "--",
-           sys.executable, "-m", "pipeline", f"--manifest={manifest}", f"--output={out}", f"--run_date={RUN_DATE}",
-           "--progress_seconds=0"]
     if args.idle_wait > 0:
-        bs.wait_for_idle(args.idle_wait)
+        wait_for_idle(args.idle_wait)
     print(f"  py-spy record --subprocesses, multi_processing, {n} images ...", end="", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    print(f" {wall:.1f} s (exit {proc.returncode})", file=sys.stderr, flush=True)
-    if proc.returncode != 0 or not prof.exists():
-        return {"available": False, "reason": f"py-spy exit {proc.returncode}: {(proc.stderr or proc.stdout)[-800:]}"}
-    return {"available": True, "command": " ".join(cmd), "images": n, "wall_s": wall, "file": str(prof),
-            **summarize_speedscope(prof)}
+    result = pyspy_record(pipeline_command(manifest, out, RUN_DATE), WORK / "pipeline_multi_processing.speedscope.json",
+                          REPO)
+    print(f" {result.get('wall_s', 0.0):.1f} s ({'recorded' if result['available'] else result['reason'][:60]})",
+          file=sys.stderr, flush=True)
+    return {**result, "images": n}
 
 
-def summarize_speedscope(path: Path) -> dict:
-    """Per process: seconds of non-idle samples, the leaf functions and the functions on the stack.
-    py-spy's speedscope profiles are one per thread, named "Process PID Thread TID ...", with
-    stacks root first and weights in seconds."""
-    data = json.loads(path.read_text())
-    frames = data["shared"]["frames"]
-
-    def name(i):
-        f = frames[i]
-        return f"{f['name']} ({bn.shorten(f.get('file') or '')}{':' + str(f['line']) if f.get('line') else ''})"
-
-    per_proc = defaultdict(lambda: {"seconds": 0.0, "threads": 0, "self": Counter(), "inclusive": Counter()})
-    for prof in data["profiles"]:
-        pname = prof.get("name", "?")
-        pid = int(pname.split()[1]) if pname.startswith("Process ") else -1
-        rec = per_proc[pid]
-        rec["threads"] += 1
-        for stack, w in zip(prof["samples"], prof["weights"]):
-            if not stack:
-                continue
-            rec["seconds"] += w
-            rec["self"][name(stack[-1])] += w
-            for fn in {name(i) for i in stack if not frames[i]["name"].startswith("process ")}:
-                rec["inclusive"][fn] += w
-    out = []
-    for n, (pid, rec) in enumerate(sorted(per_proc.items())):  # the launcher is the first pid
-        out.append({"process": f"{'launcher' if n == 0 else 'SDK worker'} (pid {pid})", "threads": rec["threads"],
-                    "seconds": rec["seconds"], "top_self": rec["self"].most_common(15),
-                    "top_inclusive": rec["inclusive"].most_common(25)})
-    return {"processes": out}
+def profile_path(out: Path) -> Path:
+    """The profile's text file beside the report: results/pipeline.md -> results/pipeline-profile.txt."""
+    return out.with_name(out.stem + "-profile.txt")
 
 
 def write_profile_text(data: dict) -> str:
@@ -422,10 +335,6 @@ def ideal_rate(model: float, decode: float, cores: int) -> float:
     return 1.0 / (1.0 / model + 1.0 / (cores * decode))
 
 
-def noise_cell(r: dict) -> str:
-    return f"{r['other_cpu_cores']:.2f}{' ⚠' if bs.disturbed(r) else ''}"
-
-
 def derived(data: dict) -> dict:
     rows, cores = data["rows"], data["machine"]["cores"]
     model = rate(rows["litert_model"])
@@ -454,9 +363,6 @@ def goals(data: dict) -> list[str]:
     d, rows = data["derived"], data["rows"]
     s, l = d["800x600"], d.get("1600x1200")
 
-    def line(ok, text):
-        return f"{'PASS' if ok else 'FAIL'}  {text}"
-
     # In the default single-process mode the launcher is the worker: it scores the images.
     worker_rss = [(k, r.get("worker_peak_rss_mb") or r["launcher_peak_rss_mb"])
                   for k, r in rows.items() if k.startswith("e2e_")]
@@ -467,29 +373,27 @@ def goals(data: dict) -> list[str]:
         return f" (medians of {len(values)} rounds; within each round: {', '.join(values)})" if len(values) > 1 else ""
 
     out = [
-        line(s["e2e"] / s["seed"] >= GOAL_VS_SEED, f"end to end 800x600 >= {GOAL_VS_SEED:.0f}x seed way: "
+        goal_line(s["e2e"] / s["seed"] >= GOAL_VS_SEED, f"end to end 800x600 >= {GOAL_VS_SEED:.0f}x seed way: "
              f"{s['e2e']:.1f} / {s['seed']:.1f} = {s['e2e'] / s['seed']:.1f}x" + in_rounds("e2e_vs_seed", lambda v: f"{v:.1f}x")),
-        line(s["e2e"] / s["runinference"] >= GOAL_VS_RUNINFERENCE, f"end to end 800x600 >= {GOAL_VS_RUNINFERENCE:.0f}x "
+        goal_line(s["e2e"] / s["runinference"] >= GOAL_VS_RUNINFERENCE, f"end to end 800x600 >= {GOAL_VS_RUNINFERENCE:.0f}x "
              f"RunInference+Keras: {s['e2e']:.1f} / {s['runinference']:.1f} = {s['e2e'] / s['runinference']:.1f}x"),
-        line(s["e2e"] / s["ideal"] >= GOAL_IDEAL_800, f"end to end 800x600 >= {GOAL_IDEAL_800:.0%} of ideal: "
+        goal_line(s["e2e"] / s["ideal"] >= GOAL_IDEAL_800, f"end to end 800x600 >= {GOAL_IDEAL_800:.0%} of ideal: "
              f"{s['e2e']:.1f} / {s['ideal']:.1f} = {s['e2e'] / s['ideal']:.0%}"
              + in_rounds("e2e_vs_ideal_800x600", lambda v: f"{v:.0%}")),
     ]
     if l:
-        out.append(line(l["e2e"] / l["ideal"] >= GOAL_IDEAL_1600, f"end to end 1600x1200 >= {GOAL_IDEAL_1600:.0%} of "
+        out.append(goal_line(l["e2e"] / l["ideal"] >= GOAL_IDEAL_1600, f"end to end 1600x1200 >= {GOAL_IDEAL_1600:.0%} of "
                         f"ideal: {l['e2e']:.1f} / {l['ideal']:.1f} = {l['e2e'] / l['ideal']:.0%}"
                         + in_rounds("e2e_vs_ideal_1600x1200", lambda v: f"{v:.0%}")))
-    out.append(line(peak[1] < GOAL_WORKER_RSS_MB, f"end to end peak RSS per worker < {GOAL_WORKER_RSS_MB:.0f} MB: "
+    out.append(goal_line(peak[1] < GOAL_WORKER_RSS_MB, f"end to end peak RSS per worker < {GOAL_WORKER_RSS_MB:.0f} MB: "
                     f"{peak[1]:.0f} MB (largest, in {peak[0]})"))
     par = data.get("parity")
     if par:
         worst = max(par["max_abs_diff_mean"], par["max_abs_diff_sd"], par["max_abs_diff_predictions"])
-        out.append(line(worst <= 1e-6, f"parity: {par['compared']} Parquet rows vs get_aisthetics_model().predict(): "
+        out.append(goal_line(worst <= 1e-6, f"parity: {par['compared']} Parquet rows vs get_aisthetics_model().predict(): "
                         f"max |diff| mean {par['max_abs_diff_mean']:.1e}, sd {par['max_abs_diff_sd']:.1e}, "
                         f"predictions {par['max_abs_diff_predictions']:.1e} (<= 1e-6)"))
-    noisy = [k for k, r in rows.items() if bs.disturbed(r)]
-    if noisy:
-        out.append(f"NOTE  disturbed by other processes (re-run on an idle machine): {', '.join(noisy)}")
+    out += noise_note([k for k, r in rows.items() if disturbed(r)])
     problems = [f"{k}: {r['problem']}" for k, r in rows.items() if r.get("problem")]
     out += [f"NOTE  {p}" for p in problems]
     return out
@@ -500,9 +404,7 @@ def report(data: dict) -> str:
     lines = [
         "# Pipeline benchmark",
         "",
-        f"{m['date']} — {m['cpu_model']}, {cores} cores, SIMD {'/'.join(m['simd']) or 'none'}, {m['memory_gb']} GB; "
-        f"Python {m['python']}, Apache Beam {m.get('apache_beam')}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
-        f"ai-edge-litert {m['ai_edge_litert']}, pyarrow {m.get('pyarrow')}, numpy {m['numpy']}, Pillow {m['pillow']}.",
+        machine_line(m),
         "",
         "Corpus (`write_sample_catalog`, crops of scikit-learn's two photos, every file distinct): "
         + "; ".join(f"{c['distinct_files']} JPEGs of {c['size']} (~{c['mean_jpeg_kb']:.0f} KB each)" for c in data["catalogs"].values())
@@ -528,16 +430,16 @@ def report(data: dict) -> str:
 
     for size in data["sizes"]:
         add(f"seed_{size}", "seed way: Keras `model.predict` per image", size,
-            "bench_scoring worker: read + decode + `predict` batch of 1, after 8 warm-up images (no process start)")
+            "harness.workers: read + decode + `predict` batch of 1, after 8 warm-up images (no process start)")
         add(f"runinference_{size}", "Beam RunInference + `TFModelHandlerNumpy` (.keras)", size,
             f"process start to end; FnApiRunner multi_processing, {cores} workers, batches <= {data['args']['batch_size']}")
         add(f"e2e_{size}", "**this pipeline, end to end** (manifest -> Parquet)", size,
             "`python -m pipeline --progress_seconds=0`, process start to end")
-        add(f"decode_{size}", "decode only, 1 core", size, "read + decode_image (bench_scoring worker)", ideal=False, seed=False)
+        add(f"decode_{size}", "decode only, 1 core", size, "read + decode_image (harness.workers)", ideal=False, seed=False)
         if size in d:
             lines.append(f"| ideal = 1 / (1/model + 1/({cores} × decode)) | {size} | | {d[size]['ideal']:.1f} | "
                          f"{d[size]['ideal'] / d[size]['seed']:.1f}× | 100% | | | | computed |")
-    add("litert_model", f"LiteRT model only, {cores} threads", None, "loaded engine on pre-decoded float32 (bench_scoring worker)",
+    add("litert_model", f"LiteRT model only, {cores} threads", None, "loaded engine on pre-decoded float32 (harness.workers)",
         ideal=False, seed=False)
     add("e2e_fixed", "end to end, fixed cost", "800x600", "the same command on 16 images", ideal=False, seed=False)
     lines += [
@@ -547,9 +449,9 @@ def report(data: dict) -> str:
         "(so they flatter the seed way).",
         "- peak RSS per worker: the largest VmHWM of any SDK worker process (`sdk_worker_main`) in the run's "
         "process tree, sampled from /proc every "
-        f"{data['args']['sample_interval']} s (bench_nightly's TreeSampler); launcher / process: the launching "
-        "process (or the single benchmark process, `ru_maxrss`).",
-        f"- other CPU: cores other processes used during the row; above {bs.NOISE_CORES:.2f} (⚠) the row was disturbed.",
+        f"{data['args']['sample_interval']} s (harness.process.TreeSampler); launcher / process: the launching "
+        "process (or the single benchmark process, its own VmHWM).",
+        f"- other CPU: cores other processes used during the row; above {NOISE_CORES:.2f} (⚠) the row was disturbed.",
     ]
     in_rounds = [f"{k} {', '.join('%.1f' % v for v in r['round_rates'])}" for k, r in rows.items()
                  if len(r.get("round_rates", [])) > 1]
@@ -576,7 +478,7 @@ def report(data: dict) -> str:
     lines += ["", "## Goals", "", "```", *data["goal_lines"], "```", ""]
     cp = data.get("profile", {}).get("cprofile")
     if cp:
-        lines += ["## Profile", "", f"`{Path(PROFILE_OUT).relative_to(REPO)}`: cProfile of `{cp['command']}` "
+        lines += ["## Profile", "", f"`{profile_path(Path(data['args']['out'])).name}`: cProfile of `{cp['command']}` "
                   f"({cp['images']} images), top 30 by tottime; py-spy: "
                   f"{'recorded' if data['profile'].get('pyspy', {}).get('available') else 'not available'}. "
                   "Stages (Beam execution time under cProfile):", ""]
@@ -618,56 +520,50 @@ def main(argv=None) -> None:
         return
 
     started = time.perf_counter()
-    busy = bs.busy_elsewhere(2.0)
-    if busy > bs.NOISE_CORES:
+    busy = busy_elsewhere(2.0)
+    if busy > NOISE_CORES:
         print(f"warning: the machine is not idle ({busy:.2f} cores busy elsewhere); each row waits up to "
               f"{args.idle_wait:.0f} s for quiet", file=sys.stderr)
     WORK.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(REPO))
-    print(f"model cache: {bs.CACHE_DIR}", file=sys.stderr)
-    warm = bn.warm_model_cache()  # LiteRT conversion cached before anything is timed
+    code = checkout()
+    print(f"model cache: {MODEL_CACHE}", file=sys.stderr)
+    warm = warm_model_cache(WORK / "logs")  # LiteRT conversion cached before anything is timed
     from aisthetics_transforms.model import default_weights_path, file_sha256
 
     keras_path = WORK / f"nima_mobilenet_{file_sha256(default_weights_path())[:12]}.keras"
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "prepare_keras",
                            "--keras-model", str(keras_path)], env=child_env(), cwd=REPO, capture_output=True, text=True)
-    keras_info = bs.parse_result(proc, "prepare .keras")
+    keras_info = parse_result(proc, "prepare .keras")
     stub = hub_stub_path()
 
     counts = {"800x600": args.images, "1600x1200": args.large_images}
     sizes = [s for s in SIZES if counts[s] > 0]
     catalogs = {}
     for size in sizes:
-        print(f"corpus: {counts[size]} JPEGs of {size} under {WORK}", file=sys.stderr)
-        catalogs[size] = bn.build_catalog(counts[size], SIZES[size])
-        print(f"  {'cached' if catalogs[size]['cached'] else 'written in %.0f s' % catalogs[size]['build_s']}, "
+        catalogs[size] = build_catalog(counts[size], SIZES[size])
+        print(f"corpus: {counts[size]} JPEGs of {size} in {catalogs[size]['directory']}, "
+              f"{'cached' if catalogs[size]['cached'] else 'written in %.0f s' % catalogs[size]['build_s']}, "
               f"{catalogs[size]['mean_jpeg_kb']:.0f} KB each", file=sys.stderr)
 
-    rows = {}
     first = catalogs["800x600"]
-    images_dir = Path(first["files"][0]["uri"]).parent
-    # The rows behind the goals run in rounds, one of each per round, because this machine's
-    # speed drifts by 15-20% from minute to minute: each row keeps its median run, and the
-    # ratios are also taken within each round (paired).
-    rounds = defaultdict(list)
-    for r in range(args.rounds):
-        print(f"round {r + 1} of {args.rounds}", file=sys.stderr)
-        rounds["litert_model"].append(
-            bs_row("litert_model", images_dir, min(MODEL_ONLY_IMAGES, counts["800x600"]), args, passes=3))
-        for size in sizes:
-            cat, n = catalogs[size], counts[size]
-            img_dir = Path(cat["files"][0]["uri"]).parent
-            rounds[f"decode_{size}"].append(bs_row("decode", img_dir, n, args, passes=3))
-            rounds[f"e2e_{size}"].append(e2e_row(f"end to end, {size}, {n} images", subset_manifest(cat, n), n, args,
-                                                 f"e2e_{size}"))
-        rounds["seed_800x600"].append(bs_row("seed", images_dir, min(counts["800x600"], args.seed_images), args))
-    for key, runs in rounds.items():
-        rows[key] = bn.median_run(runs, key=rate)
+    # The rows behind the goals run in rounds, one of each per round (harness.rounds): each row
+    # keeps its median run, and the ratios are also taken within each round (paired).
+    in_rounds = {"litert_model": lambda: worker_row("litert_model", first, min(MODEL_ONLY_IMAGES, counts["800x600"]),
+                                                    args, passes=3)}
+    for size in sizes:
+        cat, n = catalogs[size], counts[size]
+        in_rounds[f"decode_{size}"] = lambda cat=cat, n=n: worker_row("decode", cat, n, args, passes=3)
+        in_rounds[f"e2e_{size}"] = lambda cat=cat, n=n, size=size: e2e_row(
+            f"end to end, {size}, {n} images", subset_manifest(cat, n), n, args, f"e2e_{size}")
+    in_rounds["seed_800x600"] = lambda: worker_row("seed", first, min(counts["800x600"], args.seed_images), args)
+    rows = {}
+    for key, runs in run_rounds(in_rounds, args.rounds).items():
+        rows[key] = median_run(runs, key=rate)
         rows[key]["round_rates"] = [rate(r) for r in runs]
     for size in sizes:
         cat, n = catalogs[size], counts[size]
         if size != "800x600":  # its seed row is not behind a goal: one run
-            rows[f"seed_{size}"] = bs_row("seed", Path(cat["files"][0]["uri"]).parent, min(n, args.seed_images), args)
+            rows[f"seed_{size}"] = worker_row("seed", cat, min(n, args.seed_images), args)
         ri_n = min(n, args.runinference_images) if args.runinference_images else n
         rows[f"runinference_{size}"] = runinference_row(f"RunInference + Keras, {size}, {ri_n} images",
                                                         subset_manifest(cat, ri_n), ri_n, args, f"runinference_{size}",
@@ -679,23 +575,17 @@ def main(argv=None) -> None:
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "parity", "--output",
                            rows["e2e_800x600"]["output"], "--parity-images", str(args.parity_images)],
                           env=child_env(), cwd=REPO, capture_output=True, text=True)
-    parity = bs.parse_result(proc, "parity")
+    parity = parse_result(proc, "parity")
 
-    machine = bs.machine_info()
-    machine.update(bn.versions())
-    data = {"machine": machine, "command": ("python benchmarks/bench_pipeline.py " + " ".join(argv)).strip(),
+    data = {"machine": machine_info(), "command": command_line(__file__, argv), "code": code,
             "args": vars(args), "busy_before_start": busy, "warm": warm, "keras_model": keras_info,
-            "sizes": sizes, "catalogs": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in catalogs.items()},
+            "sizes": sizes, "catalogs": {k: catalog_summary(v) for k, v in catalogs.items()},
             "rows": rows, "parity": parity}
     data["derived"] = derived(data)
     data["images_per_s"] = {k: rate(r) for k, r in rows.items()}
     data["goal_lines"] = goals(data)
-    text = report(data)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-    print(text)
+    write_results(out, report(data), data)  # the table first: the profiles below are diagnostics
 
     if not args.no_profile:
         n = min(args.profile_images, counts["800x600"])
@@ -704,13 +594,12 @@ def main(argv=None) -> None:
             data["profile"]["pyspy"] = pyspy_run(subset_manifest(first, n), n, args)
         except Exception as exc:  # a diagnostic; never lose the table for it
             data["profile"]["pyspy"] = {"available": False, "reason": repr(exc)}
-        PROFILE_OUT.write_text(write_profile_text(data))
-        text = report(data)
-        out.write_text(text)
+        profile_path(out).write_text(write_profile_text(data))
+        print(f"wrote {profile_path(out)}", file=sys.stderr)
     data["total_wall_s"] = time.perf_counter() - started
+    out.write_text(report(data))
     out.with_suffix(".json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-    print(f"wrote {out}, {out.with_suffix('.json')}{', ' + str(PROFILE_OUT) if not args.no_profile else ''} "
-          f"({data['total_wall_s'] / 60:.1f} min)", file=sys.stderr)
+    print(f"wrote {out} and {out.with_suffix('.json')} ({data['total_wall_s'] / 60:.1f} min)", file=sys.stderr)
 
 
 if __name__ == "__main__":

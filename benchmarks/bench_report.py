@@ -5,8 +5,8 @@
 Writes two nights of synthetic tables with the pipeline's exact schemas (scores with
 `category` and a high-cardinality `seller` kept column, errors, summary.json) under
 benchmarks/.cache/ (gitignored; reused when already there): ROWS score rows per night,
-night two with 1% of the images re-scored, 2% gone and 2% new. The uris point at 40 real
-JPEGs (the sample catalog) plus 5% files that do not exist, so thumbnails are fetched,
+night two with 1% of the images re-scored, 2% gone and 2% new. The uris point at the first 40
+JPEGs of the cached 800x600 catalog (harness.corpus) plus 5% files that do not exist, so thumbnails are fetched,
 decoded and sometimes missing, as in real life.
 
 Each run is `aisthetics report OUT --run_date=NIGHT2 --top=N` in a fresh process; the wall
@@ -17,10 +17,7 @@ are printed. The goal: under 30 s, with memory that does not grow with the row c
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,9 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-CACHE = BENCH_DIR / ".cache"
+from harness import CACHE, REPO
+from harness.code import checkout
+from harness.corpus import build_catalog
+from harness.machine import machine_info
+from harness.process import child_env, emit, run_timed
+from harness.report import machine_line
+
 NIGHTS = ("2026-11-27", "2026-11-28")
 GOAL_S = 30.0
 FILES_PER_NIGHT = 4
@@ -45,7 +46,6 @@ def _strings(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
 
 
 def write_night(output: Path, night: str, ids: np.ndarray, scores: np.ndarray, photos: list[str], rng) -> None:
-    sys.path.insert(0, str(REPO))
     from aisthetics_transforms.write import errors_schema, scores_schema
 
     n = len(ids)
@@ -111,12 +111,8 @@ def build(rows: int) -> Path:
     marker = output / ".complete"
     if marker.exists():
         return output
-    sys.path.insert(0, str(REPO))
-    from aisthetics_transforms.sample import write_sample_catalog
-
     started = time.perf_counter()
-    manifest = write_sample_catalog(CACHE / "report-photos", count=40, size=(800, 600), broken=False)
-    photos = sorted(str(p) for p in (manifest.parent / "images").glob("*.jpg"))
+    photos = sorted(f["uri"] for f in build_catalog(40, (800, 600))["files"])
     rng = np.random.default_rng(20261128)
     ids = np.arange(rows, dtype=np.int64)
     scores = np.clip(rng.normal(5.2, 0.45, rows), 1.0, 10.0)
@@ -134,40 +130,24 @@ def build(rows: int) -> Path:
     return output
 
 
-def peak_rss_kb() -> int:
-    """This process's own high-water RSS (VmHWM). Not wait4's ru_maxrss: Linux carries the
-    forking parent's RSS into the child's maxrss across exec, and this parent may have just
-    generated millions of rows."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def child(output: str, night: str, top: int) -> int:
-    """The measured process: exactly `aisthetics report`, then its peak RSS on stderr."""
+    """The measured process: exactly `aisthetics report`, then its own peak RSS (harness.process.emit)."""
     from aisthetics_transforms import cli
 
     code = cli.main(["report", output, f"--run_date={night}", f"--top={top}"])
     sys.stdout.flush()
-    print(f"{RESULT_MARK}{peak_rss_kb()}", file=sys.stderr)
+    emit({"exit_code": code})
     return code
 
 
-RESULT_MARK = "PEAK_RSS_KB "
-
-
 def run_report(output: Path, top: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(output), NIGHTS[1], str(top)]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"report failed ({proc.returncode}):\n{proc.stderr}")
-    peak = next(int(l[len(RESULT_MARK):]) for l in proc.stderr.splitlines() if l.startswith(RESULT_MARK))
-    path = Path(proc.stdout.strip())
-    return {"wall_s": wall, "peak_rss_mb": peak / 1024, "report": str(path), "report_kb": path.stat().st_size / 1024}
+    source = REPO
+    run = run_timed([sys.executable, __file__, "--child", str(output), NIGHTS[1], str(top)], env=child_env(source),
+                    cwd=source, log_dir=CACHE / "report-logs", name="report", sample_interval=None,
+                    label="aisthetics report")
+    path = Path(run["stdout_tail"].splitlines()[0].strip())
+    return {"wall_s": run["process_wall_s"], "peak_rss_mb": run["result"]["peak_rss_mb"], "report": str(path),
+            "report_kb": path.stat().st_size / 1024}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child[0], args.child[1], int(args.child[2]))
-    print(f"aisthetics report benchmark, {os.cpu_count()} cores, {dt.datetime.now():%Y-%m-%d %H:%M}")
+    checkout()
+    print(f"aisthetics report benchmark: {machine_line(machine_info())}")
     failed = False
     for rows in [int(r) for r in args.rows.split(",")]:
         output = build(rows)

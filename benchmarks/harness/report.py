@@ -1,0 +1,52 @@
+"""Report helpers: the machine line, goal lines, noise cells, and writing a result's two files."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .machine import NOISE_CORES, disturbed
+
+
+def machine_line(m: dict) -> str:
+    """The date, the CPU (model, family, flags), cores, memory and the versions that matter."""
+    versions = [("Python", "python"), ("Apache Beam", "apache_beam"), ("TensorFlow", "tensorflow"), ("Keras", "keras"),
+                ("ai-edge-litert", "ai_edge_litert"), ("pyarrow", "pyarrow"), ("numpy", "numpy"), ("Pillow", "pillow")]
+    return (f"{m['date']} — {m['cpu_model']} (family {m.get('cpu_family')} model {m.get('cpu_model_number')}), "
+            f"{m['cores']} cores, SIMD {'/'.join(m['simd']) or 'none'}, {m['memory_gb']} GB; "
+            + ", ".join(f"{name} {m[key]}" for name, key in versions if m.get(key)) + ".")
+
+
+def goal_line(ok: bool, text: str) -> str:
+    return f"{'PASS' if ok else 'FAIL'}  {text}"
+
+
+def noise_cell(run: dict) -> str:
+    return f"{run['other_cpu_cores']:.2f}{' ⚠' if disturbed(run) else ''}"
+
+
+def noise_note(names: Sequence[str]) -> list[str]:
+    """The NOTE line naming the rows other processes disturbed, if any."""
+    return [f"NOTE  disturbed by other processes (re-run on an idle machine): {'; '.join(names)}"] if names else []
+
+
+NOISE_EXPLAINED = (f"other CPU: cores other processes used while the row ran (machine-wide busy time from /proc/stat, "
+                   f"less the benchmark's own); above {NOISE_CORES:.2f} (⚠) the row was disturbed.")
+
+
+def command_line(script: str, argv: Sequence[str]) -> str:
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *argv])
+
+
+def write_results(out: Path, text: str, data: dict) -> None:
+    """``out`` (markdown) and the same name with .json (every raw number); the report is printed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    json_path = out.with_suffix(".json")
+    new = json.dumps(data, indent=2, default=str) + "\n"
+    if not json_path.exists() or json_path.read_text() != new:
+        json_path.write_text(new)
+    print(text)
+    took = f" (the run took {data['total_wall_s'] / 60:.1f} min)" if "total_wall_s" in data else ""
+    print(f"wrote {out} and {json_path}{took}", file=sys.stderr)
