@@ -1,0 +1,89 @@
+"""What each record of the data flow costs in a shuffle, as Beam encodes it.
+
+    python benchmarks/element_sizes.py [--uri-length 90] [--rows 20000]
+
+Builds one realistic record of each kind that crosses a shuffle (a gs:// uri of
+``--uri-length`` characters, a generation-based version, a 10-way distribution) and
+encodes it with the coder Beam gives a PCollection of Python objects; row tables are
+packed as the pipeline packs them (zstd Arrow IPC, ``buckets.pack``) at ``--rows`` rows.
+docs/catalog-scale.md's per-stage table and shuffle estimate come from these figures.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+from apache_beam.coders import coders
+
+from aisthetics_transforms import buckets
+from aisthetics_transforms.records import (
+    ContentClaim,
+    ContentResult,
+    ContentTask,
+    PreviousScore,
+    Score,
+    UriOutcome,
+    UriTask,
+    scores_schema,
+)
+
+
+def records(uri: str) -> dict:
+    sha = hashlib.sha256(uri.encode()).hexdigest()
+    version, pin = "generation=1732700000123456;size=183456", "1732700000123456"
+    distribution = tuple(float(v) for v in np.random.default_rng(0).dirichlet(np.ones(10)).astype(np.float32))
+    score = Score(5.43, 1.41, distribution, "nima-mobilenet-e563ad91b3d4-litert", datetime.now(timezone.utc))
+    return {
+        "UriTask (a new uri)": UriTask(uri, (1234,)),
+        "UriTask (with the earlier night's score)": UriTask(uri, (1234,), PreviousScore(sha, version, score)),
+        "claim (content_sha256, ContentClaim)": (sha, ContentClaim(uri, version, pin, (1234,))),
+        "ContentTask": ContentTask(sha, ((uri, pin),)),
+        "ContentResult": ContentResult(sha, score),
+        "outcome (row bucket, UriOutcome)": (1234, UriOutcome(uri, sha, version, score, False)),
+    }
+
+
+def tables(uri: str, rows: int) -> dict:
+    uris = pa.array([uri[:-20] + f"{i:016x}.jpg" for i in range(rows)])
+    scored = pa.table(
+        {
+            "uri": uris,
+            "mean_score": np.random.default_rng(1).uniform(2, 8, rows),
+            "sd_score": np.random.default_rng(2).uniform(1, 2, rows),
+            "predictions": pa.array(list(np.random.default_rng(3).dirichlet(np.ones(10), rows).astype(np.float32)),
+                                    scores_schema().field("predictions").type),
+            "model_version": ["nima-mobilenet-e563ad91b3d4-litert"] * rows,
+            "scored_at": pa.array([datetime.now(timezone.utc)] * rows, scores_schema().field("scored_at").type),
+            "content_sha256": [hashlib.sha256(str(i).encode()).hexdigest() for i in range(rows)],
+            "source_version": [f"generation={1732700000000000 + i};size={180000 + i}" for i in range(rows)],
+        }
+    )
+    return {
+        "a manifest row (image_id, uri, one kept column)": pa.table(
+            {"image_id": [f"listing-{i:09d}" for i in range(rows)], "uri": uris,
+             "category": [f"category-{i % 40}" for i in range(rows)]}),
+        "a uri request (uri, row bucket)": pa.table({"uri": uris, "bucket": np.full(rows, 7, np.int32)}),
+        "an earlier night's row": scored,
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--uri-length", type=int, default=90)
+    parser.add_argument("--rows", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    prefix, name = "gs://marketplace-images/listings/", "0123456789abcdef.jpg"
+    uri = prefix + "x" * max(0, args.uri_length - len(prefix) - len(name)) + name
+    coder = coders.FastPrimitivesCoder()
+    print(f"| record (uri of {len(uri)} characters) | bytes |\n| --- | ---: |")
+    for name, record in records(uri).items():
+        print(f"| {name} | {len(coder.encode(record))} |")
+    for name, table in tables(uri, args.rows).items():
+        print(f"| {name}, in a packed piece of {args.rows:,} rows | {len(buckets.pack(table)) / args.rows:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
