@@ -387,16 +387,20 @@ def engine_name(engine: str) -> str:
     return "litert" if engine == "auto" else engine
 
 
-def prepare_model(engine: str = "auto", weights: str | None = None, convert: bool = True) -> str:
-    """Before any work starts: resolve and check the weights and, for LiteRT with
-    ``convert``, convert them into the cache now rather than inside a worker. Returns the
-    ``model_version`` rows will carry; raises :class:`WeightsError`."""
+def check_model(engine: str = "auto", weights: str | None = None) -> str:
+    """Before any work starts: resolve and check the weights (in a second, without
+    TensorFlow). Returns the ``model_version`` rows will carry; raises :class:`WeightsError`."""
     name = engine_name(engine)
     weights_path, sha = local_weights(weights)
     check_weights(weights_path)
-    if convert and name == "litert":
-        tflite_model_path(weights_path, sha)
     return model_version(sha, name)
+
+
+def convert_model(engine: str = "auto", weights: str | None = None) -> None:
+    """For LiteRT, convert the weights into the cache now (once; a no-op when cached), so
+    that workers only load the result rather than each converting it."""
+    if engine_name(engine) == "litert":
+        tflite_model_path(*local_weights(weights))
 
 
 def load_model(engine: str = "auto", weights: str | None = None, num_threads: int | None = None) -> LoadedModel:
