@@ -273,11 +273,11 @@ def _reference_layout() -> dict[str, list[tuple]]:
 
 
 def check_weights(path: str) -> None:
-    """Check, without TensorFlow and in well under a second, that ``path`` holds weights of
-    every layer of NIMA MobileNet in the right shapes. Raises :class:`WeightsError`."""
+    """Check, without TensorFlow and in well under a second, that ``path`` holds readable
+    weights of every layer of NIMA MobileNet in the right shapes. Raises :class:`WeightsError`."""
     if file_sha256(path) == DEFAULT_WEIGHTS_SHA256:
         return
-    _match_layers(path, _read_hdf5_layers(path, arrays=False), _reference_layout())
+    _match_layers(path, _read_hdf5_layers(path), _reference_layout())  # arrays: a damaged one fails here
 
 
 def load_hdf5_weights(model, path: str) -> None:

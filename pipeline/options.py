@@ -102,7 +102,12 @@ class AistheticsOptions(PipelineOptions):
             "(--incremental, or =true/false as Flex Templates pass it)",
         )
         out.add_argument(
-            "--verbose", action="store_true", help="show TensorFlow's and LiteRT's own start-up logs (silenced otherwise)"
+            "--verbose",
+            nargs="?",
+            const=True,
+            default=False,
+            type=_flag,
+            help="show TensorFlow's and LiteRT's own start-up logs (silenced otherwise)",
         )
 
         model = parser.add_argument_group("model")
