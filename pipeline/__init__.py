@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Local workers forward their start-up warnings (no semi-persistent directory...) here.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # A DoFn's exception is logged with its traceback before Beam re-raises it here, where it
+    # reaches the user once: one line for a ManifestError, the traceback for anything else.
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     # Beam's modules and the graph are hundreds of thousands of objects that live until exit:
     # frozen, the garbage collector stops walking them during the run (~0.1 s) and at
     # interpreter exit (~0.3 s), a sixth of a local run's fixed cost.
