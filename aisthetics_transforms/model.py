@@ -269,7 +269,8 @@ def _match_layers(path: str, stored: dict[str, list], wanted: dict[str, list[tup
 @functools.lru_cache(maxsize=1)
 def _reference_layout() -> dict[str, list[tuple]]:
     """Layer -> weight shapes of the seed's weights file: what every NIMA MobileNet file holds."""
-    return {name: [tuple(shape) for shape in shapes] for name, shapes in _read_hdf5_layers(default_weights_path(), False).items()}
+    layers = _read_hdf5_layers(default_weights_path(), arrays=False)
+    return {name: [tuple(shape) for shape in shapes] for name, shapes in layers.items()}
 
 
 def check_weights(path: str) -> None:

@@ -216,7 +216,8 @@ def _failure(
         declared = _BOMB_PIXELS.search(str(exc))
         size = f"declares {declared.group(1)} pixels" if declared else "holds a frame or tile larger than the limit"
         return ImageDecodeError(
-            "ImageTooLarge", f"{what} {size}; the limit is {limits.max_pixels} pixels (--max_pixels); refused before decoding"
+            "ImageTooLarge",
+            f"{what} {size}; the limit is {limits.max_pixels} pixels (--max_pixels); refused before decoding",
         )
     if isinstance(exc, ValueError) and "MAX_TEXT" in str(exc):  # PngImagePlugin's text limits
         return ImageDecodeError(

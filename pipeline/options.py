@@ -177,7 +177,9 @@ class AistheticsOptions(PipelineOptions):
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"--{name} must be a number of seconds above 0, got {value}")
         if not (math.isfinite(self.progress_seconds) and (self.progress_seconds >= 0 or self.progress_seconds == -1)):
-            problems.append(f"--progress_seconds must be 0 or more (0: never), or -1 for the default, got {self.progress_seconds}")
+            problems.append(
+                f"--progress_seconds must be 0 or more (0: never), or -1 for the default, got {self.progress_seconds}"
+            )
         return problems
 
     @property

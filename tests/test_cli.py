@@ -36,7 +36,8 @@ def test_a_cold_start_says_one_line_and_a_warm_one_nothing(tmp_path, photo):
     cache = {"AISTHETICS_CACHE_DIR": str(tmp_path / "empty-cache")}
     cold = aisthetics("score", str(photo), env=cache)
     assert cold.returncode == 0, cold.stderr
-    assert cold.stderr.splitlines() == [f"aisthetics: converting the model for LiteRT once; cached in {tmp_path / 'empty-cache'}"]
+    said = f"aisthetics: converting the model for LiteRT once; cached in {tmp_path / 'empty-cache'}"
+    assert cold.stderr.splitlines() == [said]
     [result] = json.loads(cold.stdout)
     assert result["image"] == str(photo) and len(result["predictions"]) == 10
 
