@@ -52,12 +52,16 @@ class AestheticsModel:
                 return path, exc
 
         chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
             pending = pool.submit(lambda c: [load(p) for p in c], chunks[0]) if chunks else None
             for nxt in chunks[1:] + [None]:
                 current = pending.result()
                 pending = pool.submit(lambda c: [load(p) for p in c], nxt) if nxt else None
                 yield current
+        finally:
+            # Not ``with``: on an exception (Ctrl-C) it would wait for a read that may never end.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def score(self, images: str | Iterable[str]) -> list[dict]:
         """Seed-shaped result dicts; an image that fails gets ``{"image", "error"}`` instead."""

@@ -1,11 +1,46 @@
-"""The ``aisthetics`` command line."""
+"""The ``aisthetics`` command line.
+
+Exit status: 0 when everything asked for was done; 1 when ``score`` could not score
+some image (each gets an ``"error"`` entry and a line on stderr); 2 for a usage or
+input mistake (a bad option, weights file or report date), told in one line on stderr;
+130 when interrupted (Ctrl-C).
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 
 from aisthetics_transforms.model import ENGINES, WeightsError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+EXIT_STATUS_HELP = (
+    "exit status: 0 done; 1 some image could not be scored (score); 2 a usage or input mistake, "
+    "told in one line; 130 interrupted"
+)
+
+
+class UsageError(Exception):
+    """A mistake on the command line; its message is the one line the user sees."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a mistake raises :class:`UsageError` instead of printing the usage
+    block and exiting: the caller prints one line naming the option and the fix."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -18,7 +53,7 @@ def _score(args: argparse.Namespace) -> int:
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"aisthetics: {r['error']}", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -29,27 +64,41 @@ def _report(args: argparse.Namespace) -> int:
             args.output, args.run_date, top=args.top, thumbnails=args.thumbnails, memory_limit=args.memory_limit
         )
     except ReportError as exc:
-        print(f"aisthetics: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     print(path)
-    return 0
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aisthetics", description="NIMA image aesthetics scoring.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    score = commands.add_parser("score", help="score image files and print the seed-shaped JSON list")
-    score.add_argument("images", nargs="+", metavar="IMAGE")
-    score.add_argument("--engine", choices=ENGINES, default="auto", help="auto picks litert (default)")
+    verbose_help = "show TensorFlow's and LiteRT's own start-up logs (default: silenced)"
+    parser = OneLineArgumentParser(prog="aisthetics", description="NIMA image aesthetics scoring.", epilog=EXIT_STATUS_HELP)
+    parser.add_argument("--verbose", action="store_true", help=verbose_help)
+    # Also accepted after the command; SUPPRESS keeps a subcommand from resetting it to False.
+    common = OneLineArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{score,report}")
+    score = commands.add_parser(
+        "score",
+        parents=[common],
+        help="score image files and print the seed-shaped JSON list",
+        description="Score image files and print the seed-shaped JSON list; an image that cannot be scored gets an "
+        '"error" entry instead of scores.',
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    score.add_argument("images", nargs="+", metavar="IMAGE", help="local image files")
+    score.add_argument("--engine", choices=ENGINES, default="auto", help="auto picks litert")
     score.add_argument("--weights", help="a NIMA MobileNet HDF5 (local or gs://); default: the seed's")
-    score.add_argument("--batch_size", type=int, default=32)
+    score.add_argument("--batch_size", type=positive_int, default=32, help="images per inference call")
     score.set_defaults(run=_score)
     report = commands.add_parser(
         "report",
+        parents=[common],
         help="write OUTPUT/reports/dt=DATE/report.html, a self-contained page about one night",
         description="Write OUTPUT/reports/dt=DATE/report.html: counts, score histograms (overall and per kept "
         "column), the best and worst images as thumbnails, errors by stage and type, and the change since "
         "the newest earlier night. Prints the path.",
+        epilog=EXIT_STATUS_HELP,
     )
     report.add_argument("output", metavar="OUTPUT", help="the pipeline's --output")
     report.add_argument("--run_date", help="YYYY-MM-DD (default: the newest night under OUTPUT)")
@@ -64,13 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(signum, frame) -> None:
+    # Leave at once, without joining worker threads, which may be blocked on a slow disk or
+    # a FIFO. Nothing is half-written: results are printed, a report renamed, at the end.
+    print("aisthetics: interrupted", file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit status (see the module docstring)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:  # not when the caller ignores SIGINT
+        signal.signal(signal.SIGINT, _interrupted)
     try:
+        args = build_parser().parse_args(argv)
+        if args.verbose:
+            os.environ["AISTHETICS_VERBOSE"] = "1"
         return args.run(args)
-    except WeightsError as exc:
+    except (UsageError, WeightsError) as exc:
         print(f"aisthetics: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    finally:
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

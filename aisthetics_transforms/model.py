@@ -10,6 +10,10 @@ Two engines give the same numbers (to ~3e-7): ``keras`` is the reference,
 ai-edge-litert with XNNPACK and is several times faster. The converted model is
 cached on local disk under the weights' sha256, so a warm process never imports
 TensorFlow. Everything TensorFlow-related is imported lazily for that reason.
+
+TensorFlow and LiteRT print pages of start-up logs from C++ (CUDA probing, converter
+signatures, "Created TensorFlow Lite XNNPACK delegate"). They are silenced unless
+``AISTHETICS_VERBOSE`` is set (``--verbose``); a cold cache says one line instead.
 """
 from __future__ import annotations
 
@@ -41,11 +45,59 @@ class WeightsError(ValueError):
     """The weights file is missing, unreadable, or not a NIMA MobileNet."""
 
 
+# Every WeightsError ends in what to do about it.
+WEIGHTS_FIX = "give a NIMA MobileNet weights file (HDF5), or none for the default weights"
+
+
 class Engine(Protocol):
     name: str
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(n, 224, 224, 3) float32 in [-1, 1] -> (n, 10) float32 distributions."""
+
+
+def verbose() -> bool:
+    """Whether TensorFlow's and LiteRT's own logs are shown (``--verbose`` sets AISTHETICS_VERBOSE=1;
+    an environment variable so that local worker processes see it too)."""
+    return os.environ.get("AISTHETICS_VERBOSE", "") not in ("", "0")
+
+
+# fds 1 and 2 are process-wide: one silenced block at a time, or a second block could
+# save the first one's /dev/null as "the real stderr" and restore it for good.
+_SILENCE_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def native_output_silenced():
+    """Discard what is written to stdout and stderr while the block runs, by Python or by
+    C++ libraries (which write to fds 1 and 2 directly), unless :func:`verbose`; then
+    such output goes to stderr, as stdout is for results."""
+    if verbose():
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    with _SILENCE_LOCK:
+        _flush_python_streams()
+        saved = os.dup(1), os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            _flush_python_streams()  # what Python buffered inside the block goes to /dev/null too
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in (*saved, devnull):
+                os.close(fd)
+
+
+def _flush_python_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # replaced, closed or detached streams
+            pass
 
 
 def distribution_stats(probabilities: np.ndarray) -> tuple[float, float]:
@@ -104,7 +156,7 @@ def local_weights(weights: str | None) -> tuple[str, str]:
     path = weights or default_weights_path()
     if "://" not in path:
         if not os.path.isfile(path):
-            raise WeightsError(f"weights file {path!r} not found")
+            raise WeightsError(f"weights file {path!r} not found; {WEIGHTS_FIX}")
         return path, file_sha256(path)
     from apache_beam.io.filesystems import FileSystems  # only remote weights need Beam
 
@@ -119,7 +171,7 @@ def local_weights(weights: str | None) -> tuple[str, str]:
                     tmp.write(chunk)
         except Exception as exc:
             os.unlink(tmp.name)
-            raise WeightsError(f"weights file {path!r} could not be read: {exc}") from None
+            raise WeightsError(f"weights file {path!r} could not be read ({_one_line(exc)}); {WEIGHTS_FIX}") from None
     sha = digest.hexdigest()
     final = target_dir / f"{sha}.hdf5"
     os.replace(tmp.name, final)
@@ -152,19 +204,25 @@ def build_keras_model():
     return keras.Model(body.input, out, name="nima_mobilenet")
 
 
-def _read_hdf5_layers(path: str) -> dict[str, list[np.ndarray]]:
-    """Layer name -> weight arrays, in the file's declared order, from a Keras 2 weights HDF5."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _read_hdf5_layers(path: str, arrays: bool = True) -> dict[str, list]:
+    """Layer name -> weight arrays (or only their shapes), in the file's declared order,
+    from a Keras 2 weights HDF5."""
     import h5py
 
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise WeightsError(
-            f"weights file {path!r} is not a readable HDF5 file (truncated or not HDF5?): {exc}"
+            f"weights file {path!r} is not a readable HDF5 file (truncated or not HDF5? {_one_line(exc)}); "
+            f"{WEIGHTS_FIX}"
         ) from None
     with f:
         if "layer_names" not in f.attrs:
-            raise WeightsError(f"weights file {path!r} has no 'layer_names': not a Keras weights file")
+            raise WeightsError(f"weights file {path!r} has no 'layer_names': not a Keras weights file; {WEIGHTS_FIX}")
         layers = {}
         try:
             for raw in f.attrs["layer_names"]:
@@ -172,44 +230,65 @@ def _read_hdf5_layers(path: str) -> dict[str, list[np.ndarray]]:
                 group = f[name]
                 names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["weight_names"]]
                 if names:
-                    layers[name] = [np.asarray(group[n]) for n in names]
+                    layers[name] = [np.asarray(group[n]) if arrays else group[n].shape for n in names]
         except (KeyError, OSError) as exc:
-            raise WeightsError(f"weights file {path!r} is damaged (truncated?): {exc}") from None
+            raise WeightsError(f"weights file {path!r} is damaged (truncated?): {_one_line(exc)}; {WEIGHTS_FIX}") from None
     return layers
 
 
-def load_hdf5_weights(model, path: str) -> None:
-    """Assign the file's weights to ``model`` layer by layer, checking every name and shape.
+def _match_layers(path: str, stored: dict[str, list], wanted: dict[str, list[tuple]]) -> dict[str, str]:
+    """Each wanted layer -> the stored layer holding its weights, shapes checked; a
+    WeightsError names the first that is missing or has other shapes.
 
     MobileNet layers match by name; the head is the file's one layer named ``dense*``
-    (Keras 2 auto-named it ``dense_1``).
-    """
-    stored = _read_hdf5_layers(path)
+    (Keras 2 auto-named it ``dense_1``)."""
     heads = [name for name in stored if name.startswith("dense")]
     if len(heads) != 1:
         raise WeightsError(
             f"weights file {path!r}: expected one Dense head layer, found {heads or 'none'}; "
-            "is this a NIMA MobileNet weights file?"
+            f"is this a NIMA MobileNet weights file? {WEIGHTS_FIX}"
         )
-    for layer in model.layers:
-        expected = layer.get_weights()
-        if not expected:
-            continue
-        source = heads[0] if layer.name == "dense" else layer.name
+    sources = {}
+    for layer, want in wanted.items():
+        source = heads[0] if layer.startswith("dense") else layer
         if source not in stored:
             raise WeightsError(
-                f"weights file {path!r} has no weights for layer {layer.name!r}; "
-                "expected a NIMA MobileNet (alpha 1.0) weights file"
+                f"weights file {path!r} has no weights for layer {layer!r}; "
+                f"expected a NIMA MobileNet (alpha 1.0) weights file; {WEIGHTS_FIX}"
             )
-        arrays = stored[source]
-        got = [a.shape for a in arrays]
-        want = [w.shape for w in expected]
+        got = [tuple(getattr(w, "shape", w)) for w in stored[source]]
         if got != want:
             raise WeightsError(
                 f"weights file {path!r}: layer {source!r} has shapes {got}, expected {want} "
-                "(NIMA MobileNet alpha 1.0, 224x224, 10 classes)"
+                f"(NIMA MobileNet alpha 1.0, 224x224, 10 classes); {WEIGHTS_FIX}"
             )
-        layer.set_weights(arrays)
+        sources[layer] = source
+    return sources
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_layout() -> dict[str, list[tuple]]:
+    """Layer -> weight shapes of the seed's weights file: what every NIMA MobileNet file holds."""
+    layers = _read_hdf5_layers(default_weights_path(), arrays=False)
+    return {name: [tuple(shape) for shape in shapes] for name, shapes in layers.items()}
+
+
+def check_weights(path: str) -> None:
+    """Check, without TensorFlow and in well under a second, that ``path`` holds readable
+    weights of every layer of NIMA MobileNet in the right shapes. Raises :class:`WeightsError`."""
+    if file_sha256(path) == DEFAULT_WEIGHTS_SHA256:
+        return
+    _match_layers(path, _read_hdf5_layers(path), _reference_layout())  # arrays: a damaged one fails here
+
+
+def load_hdf5_weights(model, path: str) -> None:
+    """Assign the file's weights to ``model`` layer by layer, checking every name and shape."""
+    stored = _read_hdf5_layers(path)
+    layers = [layer for layer in model.layers if layer.get_weights()]
+    wanted = {layer.name: [tuple(w.shape) for w in layer.get_weights()] for layer in layers}
+    sources = _match_layers(path, stored, wanted)
+    for layer in layers:
+        layer.set_weights(stored[sources[layer.name]])
 
 
 class KerasEngine:
@@ -218,8 +297,9 @@ class KerasEngine:
     name = "keras"
 
     def __init__(self, weights_path: str):
-        self.model = build_keras_model()
-        import tensorflow as tf
+        with native_output_silenced():  # TensorFlow's start-up logs
+            self.model = build_keras_model()
+            import tensorflow as tf
 
         load_hdf5_weights(self.model, weights_path)
         self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
@@ -235,19 +315,22 @@ def convert_to_tflite(keras_model) -> bytes:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    # The Keras export prints a page of signatures to stdout; stdout is for results.
-    with contextlib.redirect_stdout(sys.stderr):
+    # The Keras export prints a page of signatures, TensorFlow its C++ logs.
+    with native_output_silenced():
         return converter.convert()
 
 
 def tflite_model_path(weights_path: str, sha256: str) -> Path:
-    """The cached LiteRT conversion of these weights, converting on first use."""
+    """The cached LiteRT conversion of these weights, converting on first use (and saying
+    so in one line on stderr: it takes a while, once)."""
     path = cache_dir() / f"nima_mobilenet_{sha256}_{CONVERSION_TAG}.tflite"
     if path.is_file():
         return path
-    model = build_keras_model()
-    load_hdf5_weights(model, weights_path)
-    content = convert_to_tflite(model)
+    print(f"aisthetics: converting the model for LiteRT once; cached in {path.parent}", file=sys.stderr, flush=True)
+    with native_output_silenced():
+        model = build_keras_model()
+        load_hdf5_weights(model, weights_path)
+        content = convert_to_tflite(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename: a concurrent reader never sees half a model.
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp:
@@ -269,8 +352,9 @@ class LiteRTEngine:
         from ai_edge_litert.interpreter import Interpreter
 
         self.num_threads = num_threads or os.cpu_count() or 1
-        self._interpreter = Interpreter(model_path=str(tflite_path), num_threads=self.num_threads)
-        self._interpreter.allocate_tensors()
+        with native_output_silenced():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+            self._interpreter = Interpreter(model_path=str(tflite_path), num_threads=self.num_threads)
+            self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._lock = threading.Lock()  # an Interpreter is not safe for concurrent invoke()
@@ -304,9 +388,26 @@ def engine_name(engine: str) -> str:
     return "litert" if engine == "auto" else engine
 
 
+def check_model(engine: str = "auto", weights: str | None = None) -> str:
+    """Before any work starts: resolve and check the weights (in a second, without
+    TensorFlow). Returns the ``model_version`` rows will carry; raises :class:`WeightsError`."""
+    name = engine_name(engine)
+    weights_path, sha = local_weights(weights)
+    check_weights(weights_path)
+    return model_version(sha, name)
+
+
+def convert_model(engine: str = "auto", weights: str | None = None) -> None:
+    """For LiteRT, convert the weights into the cache now (once; a no-op when cached), so
+    that workers only load the result rather than each converting it."""
+    if engine_name(engine) == "litert":
+        tflite_model_path(*local_weights(weights))
+
+
 def load_model(engine: str = "auto", weights: str | None = None, num_threads: int | None = None) -> LoadedModel:
     """Load NIMA with the given engine ('auto' picks litert) and weights (None: the seed's)."""
     weights_path, sha = local_weights(weights)
+    check_weights(weights_path)  # a bad file fails here, in a second, not after TensorFlow's start-up
     if engine_name(engine) == "keras":
         loaded: Engine = KerasEngine(weights_path)
     else:

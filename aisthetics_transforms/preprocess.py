@@ -6,76 +6,322 @@ not a detail: bilinear moves mean scores by up to a point. ``predict()`` and the
 pipeline's decode stage both go through :func:`decode_image` and
 :func:`to_model_input`, so their numbers cannot drift apart. This module does not
 import Beam, so the one-image API starts fast.
+
+Hostile input. Only the formats in :data:`SUPPORTED_FORMATS` are opened: others
+(ICO, ICNS, PSD...) decode embedded images while merely being opened, before any
+size can be checked, and a catalog has no use for them. Every image's declared size
+is checked against :class:`DecodeLimits` before its pixels are decoded, Pillow's own
+limits (frame and tile sizes, PNG text chunks) are set from the same limits, and the
+decoded size must equal the checked one. So one image in flight costs at most about
+4 bytes per allowed pixel plus its metadata, whatever its bytes claim.
+
+Every failure is an :class:`ImageDecodeError` whose ``error_type`` is one of
+:data:`DECODE_ERROR_TYPES`. Messages never quote the input's bytes (it may not be an
+image at all: a login page, a private file): they say what kind of content it is and
+its size. They do not name the uri either; callers prefix it ("URI: message").
 """
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import numpy as np
 import pillow_heif
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 # HEIC/HEIF photos (iPhones) through the maintained pillow-heif plugin; AVIF and WebP
-# are built into Pillow.
-pillow_heif.register_heif_opener()
+# are built into Pillow. Thumbnails, depth and auxiliary images are never scored, so
+# they are not read.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
+# Our limits decide; Pillow's warning below its own hard limit would only add noise.
+# (A process-wide filter: catch_warnings() is not safe across decode threads.)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 MODEL_SIZE = (224, 224)
+
+# Pillow format names that Image.open may use. JPEG includes MPO (JPEGs with extra
+# pictures, as many cameras write them): only the first picture is decoded.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+SUPPORTED_FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIF/HEIC, AVIF"
+
+DECODE_ERROR_TYPES = {
+    "EmptyImage": "the content is empty (0 bytes)",
+    "UnsupportedFormat": "not an image in a supported format (" + SUPPORTED_FORMAT_NAMES + "); the message "
+    "says what it looks like instead (HTML text, PDF document, ICO icon...) and its size",
+    "CorruptImage": "an image in a supported format whose header or pixel data is damaged or truncated",
+    "InvalidImage": "the header declares an empty size (0 pixels wide or high)",
+    "ImageTooLarge": "the image (or a frame or tile of it) is larger than --max_pixels or --max_dimension; "
+    "refused before its pixels are decoded",
+    "MetadataTooLarge": "text or colour-profile metadata beyond the limit (a compressed-text bomb)",
+    "DecodeFailed": "decoding failed for another reason (e.g. out of memory); the message says what",
+}
+"""``error_type`` of every decode failure -> what it means. Stable: tables and reports key on them."""
 
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Refuse images whose header promises more than this, before decoding pixels."""
+    """What one image may cost. The declared size is checked before any pixel is decoded."""
 
     max_pixels: int = 64_000_000  # e.g. 8000x8000; a 60000x60000 "bomb" is refused
     max_dimension: int = 20_000
+    # PNG text chunks (tEXt/zTXt/iTXt) in total, decompressed; never scored, only held.
+    max_metadata_bytes: int = 8 * 2**20
+
+    def __post_init__(self):
+        for name in ("max_pixels", "max_dimension", "max_metadata_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DecodeLimits.{name} must be at least 1, got {getattr(self, name)}")
 
 
 DEFAULT_LIMITS = DecodeLimits()
 
 
 class ImageDecodeError(ValueError):
-    """An input that is not a scorable image. ``error_type`` is a stable short tag."""
+    """An input that is not a scorable image. ``error_type`` is a key of :data:`DECODE_ERROR_TYPES`."""
 
     def __init__(self, error_type: str, message: str):
+        assert error_type in DECODE_ERROR_TYPES, error_type
         super().__init__(message)
         self.error_type = error_type
 
 
-def _describe_start(data: bytes) -> str:
-    head = data[:16]
-    return f"starts with {head!r}"
+# --- what the bytes are, without quoting them ----------------------------------------------
+
+# Checked in order: distinctive signatures first; text next; then signatures short
+# enough to begin a text ("BM").
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "PNG image"),
+    (b"GIF87a", "GIF image"),
+    (b"GIF89a", "GIF image"),
+    (b"II*\x00", "TIFF image"),
+    (b"MM\x00*", "TIFF image"),
+    (b"\x00\x00\x01\x00", "ICO icon"),
+    (b"\x00\x00\x02\x00", "CUR cursor"),
+    (b"icns", "ICNS icon"),
+    (b"8BPS", "Photoshop image"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000 image"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000 image"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL image"),
+    (b"\xff\x0a", "JPEG XL image"),
+    (b"qoif", "QOI image"),
+    (b"DDS ", "DDS texture"),
+    (b"%PDF-", "PDF document"),
+    (b"%!PS", "PostScript document"),
+    (b"PK\x03\x04", "ZIP archive"),
+    (b"PK\x05\x06", "ZIP archive"),
+    (b"\x1f\x8b", "gzip data"),
+    (b"BZh", "bzip2 data"),
+    (b"\xfd7zXZ\x00", "xz data"),
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip archive"),
+    (b"Rar!\x1a\x07", "RAR archive"),
+    (b"\x7fELF", "ELF executable"),
+    (b"OggS", "Ogg media"),
+    (b"ID3", "MP3 audio"),
+    (b"fLaC", "FLAC audio"),
+    (b"\x1aE\xdf\xa3", "Matroska/WebM video"),
+    (b"SQLite format 3\x00", "SQLite database"),
+    (b"PAR1", "Parquet file"),
+)
+_RIFF_KINDS = {b"WEBP": "WebP image", b"WAVE": "WAV audio", b"AVI ": "AVI video"}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_SUPPORTED_KINDS = {"JPEG image", "PNG image", "GIF image", "TIFF image", "WebP image", "HEIF image",
+                    "AVIF image", "BMP image"}
+# Text: no control characters but tab, newline, carriage return and form feed.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def _text_kind(head: bytes) -> Optional[str]:
+    text = head.decode("utf-8", errors="ignore") if head else ""
+    # A multi-byte character cut at the end of ``head`` is fine; anything else undecodable is not text.
+    if len(text.encode("utf-8")) < len(head) - 3 or _CONTROL.search(text):
+        return None
+    start = text.lstrip("\ufeff \t\r\n").lower()
+    if start.startswith(("<!doctype html", "<html")) or "<body" in start or "<head" in start:
+        return "HTML text"
+    if start.startswith("<svg") or (start.startswith("<?xml") and "<svg" in start):
+        return "SVG image (XML text)"
+    if start.startswith("<"):
+        return "XML text"
+    if start.startswith(("{", "[")):
+        return "JSON text"
+    return "plain text"
+
+
+def content_kind(data: bytes) -> str:
+    """A MIME-style name for what ``data`` holds ("PNG image", "HTML text", "ZIP archive",
+    "binary data"...), from its first bytes; never any of the bytes themselves."""
+    if not data:
+        return "empty"
+    for signature, kind in _SIGNATURES:
+        if data.startswith(signature):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] in _RIFF_KINDS:
+        return _RIFF_KINDS[data[8:12]]
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in _AVIF_BRANDS:
+            return "AVIF image"
+        return "HEIF image" if brand in _HEIF_BRANDS else "MP4 or QuickTime media"
+    text = _text_kind(data[:4096])
+    if text:
+        return text
+    if data[:2] == b"BM" and len(data) >= 18 and int.from_bytes(data[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):
+        return "BMP image"
+    return "binary data"
+
+
+def describe_content(data: bytes) -> str:
+    """``content_kind`` and the size, e.g. "HTML text (1532 bytes)"."""
+    return f"{content_kind(data)} ({len(data)} bytes)"
+
+
+# Library messages sometimes quote the input (a PNG chunk name, a marker): drop quoted bytes.
+_QUOTED_BYTES = re.compile(r"""b'(?:[^'\\]|\\.)*'|b"(?:[^"\\]|\\.)*\"""")
+
+
+def _library_detail(exc: BaseException) -> str:
+    detail = _QUOTED_BYTES.sub("(bytes)", " ".join(str(exc).split()))[:200]
+    return detail or "the decoder gave no reason"
+
+
+# --- opening and decoding ------------------------------------------------------------------
+
+
+def _apply_pillow_limits(limits: DecodeLimits) -> None:
+    """Set Pillow's own guards from ``limits``: they act where our check of the declared
+    size cannot (a GIF frame or a TIFF tile larger than the image, PNG text chunks).
+    They are process-wide; a process decodes with one set of limits."""
+    # Pillow refuses above twice this (below it, it only warns, which we ignore): past our
+    # limit, so that our own check of the declared size can name the width and height.
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels
+    PngImagePlugin.MAX_TEXT_MEMORY = limits.max_metadata_bytes
+    PngImagePlugin.MAX_TEXT_CHUNK = min(ImageFile.SAFEBLOCK, limits.max_metadata_bytes)
+
+
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _failure(
+    data: bytes, exc: BaseException, limits: DecodeLimits, image: Optional[Image.Image] = None
+) -> ImageDecodeError:
+    """The ImageDecodeError for an exception Pillow raised opening or decoding ``data``."""
+    what = f"{image.format} image {image.size[0]}x{image.size[1]}" if image is not None else f"a {describe_content(data)}"
+    if isinstance(exc, Image.DecompressionBombError):  # Pillow's guard, at twice our limit
+        declared = _BOMB_PIXELS.search(str(exc))
+        size = f"declares {declared.group(1)} pixels" if declared else "holds a frame or tile larger than the limit"
+        return ImageDecodeError(
+            "ImageTooLarge",
+            f"{what} {size}; the limit is {limits.max_pixels} pixels (--max_pixels); refused before decoding",
+        )
+    if isinstance(exc, ValueError) and "MAX_TEXT" in str(exc):  # PngImagePlugin's text limits
+        return ImageDecodeError(
+            "MetadataTooLarge",
+            f"{what} carries more text metadata than the limit ({limits.max_metadata_bytes} bytes in all, "
+            f"{PngImagePlugin.MAX_TEXT_CHUNK} per chunk, decompressed); refused",
+        )
+    if isinstance(exc, MemoryError):
+        return ImageDecodeError("DecodeFailed", f"{what}: out of memory while decoding")
+    return ImageDecodeError("CorruptImage", f"{what} could not be decoded (damaged or truncated): {_library_detail(exc)}")
+
+
+def _unidentified(data: bytes) -> ImageDecodeError:
+    kind = content_kind(data)
+    if kind in _SUPPORTED_KINDS:  # the right signature, but Pillow could not read the header
+        return ImageDecodeError("CorruptImage", f"a {describe_content(data)} whose header is damaged or truncated")
+    return ImageDecodeError(
+        "UnsupportedFormat",
+        f"not a supported image format: {describe_content(data)}; supported formats: {SUPPORTED_FORMAT_NAMES}",
+    )
+
+
+def _check_size(image: Image.Image, size: tuple[int, int], limits: DecodeLimits) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageDecodeError("InvalidImage", f"{image.format} image declares an empty size {width}x{height}")
+    if max(width, height) > limits.max_dimension or width * height > limits.max_pixels:
+        raise ImageDecodeError(
+            "ImageTooLarge",
+            f"{image.format} image declares {width}x{height} = {width * height} pixels; limits are "
+            f"{limits.max_pixels} pixels (--max_pixels) and {limits.max_dimension} per side (--max_dimension); "
+            "refused before decoding",
+        )
+
+
+# Tiles come in fixed sizes (multiples of 16, often 256 or 512), so a tile may overhang
+# the image's edge, or exceed a small image, by that much; never more.
+_TIFF_TILE_SLACK_PIXELS = 1 << 22
+
+
+def _round_up_16(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def _check_container(image: Image.Image) -> None:
+    """Guards for what a format decodes beyond its declared size: a TIFF's decoder
+    allocates whole tiles, whatever size the image is."""
+    if image.format == "TIFF":
+        tile = image.tag_v2.get(322), image.tag_v2.get(323)  # TileWidth, TileLength
+        width, height = image.size
+        padded = _round_up_16(width) * _round_up_16(height)
+        if all(isinstance(side, int) for side in tile) and tile[0] * tile[1] > max(padded, _TIFF_TILE_SLACK_PIXELS):
+            raise ImageDecodeError(
+                "ImageTooLarge",
+                f"TIFF image {width}x{height} is stored in {tile[0]}x{tile[1]} tiles, far larger than the image; "
+                "refused before decoding",
+            )
 
 
 def open_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Image:
     """Identify the format and check the declared size; no pixel data is decoded yet."""
     if not data:
-        raise ImageDecodeError("EmptyImage", "file is empty (0 bytes)")
+        raise ImageDecodeError("EmptyImage", "empty (0 bytes)")
+    _apply_pillow_limits(limits)
     try:
-        with warnings.catch_warnings():
-            # Our own limit below decides; Pillow's warning would only add noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
-        raise ImageDecodeError(
-            "UnsupportedFormat",
-            f"not a supported image format ({len(data)} bytes, {_describe_start(data)})",
-        ) from None
-    except Image.DecompressionBombError as exc:
-        # Pillow's own guard (2x its MAX_IMAGE_PIXELS) fires inside open(), before ours.
-        raise ImageDecodeError("ImageTooLarge", f"refused before decoding: {exc}") from None
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise ImageDecodeError("InvalidImage", f"{image.format} declares an empty size {width}x{height}")
-    if max(width, height) > limits.max_dimension or width * height > limits.max_pixels:
-        raise ImageDecodeError(
-            "ImageTooLarge",
-            f"{image.format} declares {width}x{height} = {width * height} pixels; limits are "
-            f"{limits.max_pixels} pixels and {limits.max_dimension} per side (refused before decoding)",
-        )
+        raise _unidentified(data) from None
+    except Exception as exc:  # a header Pillow recognised but could not read
+        raise _failure(data, exc, limits) from None
+    _check_size(image, image.size, limits)
+    _check_container(image)
     return image
+
+
+# Modes whose NEAREST resize picks exactly the pixels an RGB resize picks (Pillow's
+# fixed-point path; 16-bit modes take a floating-point one that rounds differently).
+_RESIZE_FIRST_MODES = frozenset({"1", "L", "P", "LA", "PA", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"})
+
+
+def _model_pixels(image: Image.Image, limits: DecodeLimits) -> Image.Image:
+    """Decode the (first frame's) pixels and bring them to 224x224 RGB the seed's way.
+
+    NEAREST picks pixels and converting to RGB maps each pixel on its own, so for most
+    modes resizing first gives the seed's ``convert('RGB').resize(...)`` bit for bit
+    (tests check every mode) without a full-size RGB copy of the image.
+    """
+    declared = image.size
+    image.load()
+    if image.size != declared:  # a format that grew while decoding must not escape the check
+        _check_size(image, image.size, limits)
+    if image.mode == "RGB":
+        return image.resize(MODEL_SIZE, Image.NEAREST)
+    if image.mode in _RESIZE_FIRST_MODES:
+        return image.resize(MODEL_SIZE, Image.NEAREST).convert("RGB")
+    return image.convert("RGB").resize(MODEL_SIZE, Image.NEAREST)
+
+
+def _orientation(image: Image.Image) -> Optional[int]:
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation)
+    except Exception:  # a damaged EXIF block does not make the pixels unscorable
+        return None
+    return value if isinstance(value, int) and 1 <= value <= 8 else None
 
 
 def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
@@ -91,24 +337,17 @@ def decode_image_and_orientation(
     data: bytes, limits: DecodeLimits = DEFAULT_LIMITS
 ) -> tuple[np.ndarray, Optional[int]]:
     """:func:`decode_image`, plus the EXIF orientation tag (1-8) when the file has one:
-    the pixels are scored unrotated, as the seed scores them, and the tag is recorded."""
+    the pixels are scored unrotated, as the seed scores them, and the tag is recorded.
+    Raises nothing but :class:`ImageDecodeError`."""
     image = open_image(data, limits)
     try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation)
-    except Exception:  # a damaged EXIF block does not make the pixels unscorable
-        orientation = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            resized = rgb.resize(MODEL_SIZE, Image.NEAREST)
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # Pillow reports truncated or corrupt pixel data as OSError/SyntaxError.
-        raise ImageDecodeError(
-            "CorruptImage", f"{image.format} {image.size[0]}x{image.size[1]} could not be decoded: {exc}"
-        ) from None
-    valid = isinstance(orientation, int) and 1 <= orientation <= 8
-    return np.asarray(resized, dtype=np.uint8), orientation if valid else None
+        pixels = np.asarray(_model_pixels(image, limits), dtype=np.uint8)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        raise _failure(data, exc, limits, image) from None
+    # Read after the pixels: for some formats (PNG) reading EXIF decodes the image.
+    return pixels, _orientation(image)
 
 
 # The seed normalises in float64 (np.empty defaults to it) and Keras casts to float32;
@@ -124,4 +363,3 @@ def to_model_input(images: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
     if batch.dtype != np.uint8:
         raise TypeError(f"expected uint8 pixels, got {batch.dtype}")
     return _MODEL_INPUT_TABLE[batch]
-

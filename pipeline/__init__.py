@@ -1,7 +1,9 @@
 """``python -m pipeline``: manifest -> fetch -> decode -> score -> Parquet tables.
 
 :func:`build_pipeline` only wires the stages of ``aisthetics_transforms``;
-:func:`run` parses the options, picks local defaults, and runs it.
+:func:`run` parses the options, picks local defaults, and runs it; :func:`main` turns
+every mistake a user can make into one line on stderr and a documented exit status
+(:data:`pipeline.options.EXIT_STATUS_HELP`).
 """
 from __future__ import annotations
 
@@ -9,8 +11,29 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 from typing import NamedTuple
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def interrupted(signum=None, frame=None) -> None:
+    """The SIGINT handler of ``python -m pipeline``: one line, exit status 130, at once.
+    Not an exception: Beam would catch it inside a DoFn, log its traceback and wrap it.
+    Leaving at any point is safe, as a night is published whole or not at all."""
+    print("pipeline: interrupted; nothing half-written (a night is published whole or not at all)",
+          file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _stop_on_interrupt() -> None:
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the caller ignores SIGINT
+        signal.signal(signal.SIGINT, interrupted)
+
+
+if sys.argv[:1] == ["-m"]:  # ``python -m pipeline`` is importing this package: Beam's imports take a while
+    _stop_on_interrupt()
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, SetupOptions, StandardOptions
@@ -23,15 +46,17 @@ from aisthetics_transforms.fetch import FetchLimits
 from aisthetics_transforms.fetch_stage import OUTCOMES, FetchImages
 from aisthetics_transforms.incremental import ReadPreviousNight, find_previous_night
 from aisthetics_transforms.join import JoinRows
-from aisthetics_transforms.manifest import ManifestSpec, ReadImageGlob, ReadManifest
-from aisthetics_transforms.model import engine_name, local_weights, model_version
+from aisthetics_transforms.manifest import ManifestError, ManifestSpec, ReadImageGlob, ReadManifest
+from aisthetics_transforms.model import WeightsError, check_model, convert_model
 from aisthetics_transforms.preprocess import DecodeLimits
 from aisthetics_transforms.records import ERRORS, STATS
 from aisthetics_transforms.score import ModelSpec, ScoreImages
 from aisthetics_transforms.write import RunInfo, WriteTables, summary_path
-from pipeline.options import AistheticsOptions
+from pipeline.options import AistheticsOptions, OptionsError, pipeline_options
 
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
+# Mistakes in what the user gave (options, manifest, weights): one line, exit 2.
+USAGE_ERRORS = (OptionsError, ManifestError, WeightsError)
 
 
 def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, previous=None):
@@ -116,15 +141,17 @@ class RunOutcome(NamedTuple):
 
 
 def run(argv: list[str] | None = None) -> RunOutcome:
+    """Run one night. Raises :class:`OptionsError` (every problem with the options at once),
+    :class:`ManifestError` or :class:`WeightsError` before anything is written."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    options = AistheticsOptions(argv)
+    options = pipeline_options(argv)
     opts = options.view_as(AistheticsOptions)
-    problems = opts.validate_inputs()
-    if problems:
-        raise SystemExit("pipeline: " + "; ".join(problems))
+    if opts.verbose:
+        os.environ["AISTHETICS_VERBOSE"] = "1"  # read by the model loader, in worker processes too
     options.view_as(SetupOptions).save_main_session = False
     runner = options.view_as(StandardOptions).runner
-    if runner in LOCAL_RUNNERS:
+    local = runner in LOCAL_RUNNERS
+    if local:
         _local_defaults(options, argv)
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -135,12 +162,14 @@ def run(argv: list[str] | None = None) -> RunOutcome:
         opts.decode_threads = opts.decode_threads or 1
         opts.progress_seconds = max(opts.progress_seconds, 0)
 
-    version = model_version(local_weights(opts.weights)[1], engine_name(opts.engine))
+    version = check_model(opts.engine, opts.weights)  # bad weights fail here, not inside the graph
     previous = find_previous_night(opts.output, opts.run_date) if opts.incremental else None
     info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images,
                        previous.partition if previous else None, opts.keep_column_list)
     p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, opts, info, previous)
+    if local:  # after the graph's own checks (the manifest): convert once here, workers only load it
+        convert_model(opts.engine, opts.weights)
     result = p.run()
     result.wait_until_finish()
     if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
@@ -149,15 +178,32 @@ def run(argv: list[str] | None = None) -> RunOutcome:
         return RunOutcome(result, json.loads(f.read()))
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message as one line. Beam re-raises a worker's exception with the
+    step and a traceback appended: the first line is the message."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0].split(" [while running")[0]
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run one night from the command line. Every mistake a user can make ends in one line
+    on stderr and exit status 2; Ctrl-C in one line and 130 (see EXIT_STATUS_HELP)."""
+    _stop_on_interrupt()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Local workers forward their start-up warnings (no semi-persistent directory...) here.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # A DoFn's exception is logged with its traceback before Beam re-raises it here, where it
+    # reaches the user once: one line for a ManifestError, the traceback for anything else.
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     # Beam's modules and the graph are hundreds of thousands of objects that live until exit:
     # frozen, the garbage collector stops walking them during the run (~0.1 s) and at
     # interpreter exit (~0.3 s), a sixth of a local run's fixed cost.
     gc.freeze()
-    outcome = run(argv)
+    try:
+        outcome = run(argv)
+    except USAGE_ERRORS as exc:
+        print(f"pipeline: {one_line(exc)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     if outcome.summary:
         print(json.dumps(outcome.summary, indent=2, sort_keys=True))
     gc.freeze()

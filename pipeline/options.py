@@ -1,13 +1,69 @@
-"""Command-line options of ``python -m pipeline`` (any Beam option may be given as well)."""
+"""Command-line options of ``python -m pipeline`` (any Beam option may be given as well).
+
+:func:`pipeline_options` is the one way in: it refuses, in one line naming every
+problem, a malformed value, an unknown option that looks like a misspelt known one,
+and every problem :meth:`AistheticsOptions.validate_inputs` finds; so nothing runs
+(and nothing is written) with options that would fail later.
+"""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import argparse
+import difflib
+import math
+import os
+import re
+import sys
+import textwrap
+from datetime import date, datetime, timezone
+from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+# Beam's parser class knows add_value_provider_argument, which Beam's own option classes use.
+from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+from aisthetics_transforms import records
 from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS
 from aisthetics_transforms.manifest import FORMATS
 from aisthetics_transforms.model import ENGINES
+
+PROG = "python -m pipeline"
+EXIT_STATUS_HELP = (
+    "Exit status: 0 the night was written; 2 a usage or input mistake (an option, the manifest, the weights, "
+    "--output), told in one line before anything is written; 130 interrupted (nothing is published); "
+    "1 anything else (the run failed; the traceback says where)."
+)
+BEAM_OPTIONS_HELP = (
+    "Any Apache Beam pipeline option is accepted as well (--runner, --project, --region, --temp_location, "
+    "--direct_running_mode, --direct_num_workers, ...): see Beam's PipelineOptions documentation."
+)
+
+RUN_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
+# Columns of the tables in flight: a kept column of the same name would overwrite one of them.
+INTERNAL_COLUMNS = frozenset(records.refs_schema().names)
+# Least value of each numeric option (the help says what 0 means where it is allowed).
+AT_LEAST = {
+    "batch_size": 1,
+    "inference_threads": 0,
+    "decode_threads": 0,
+    "fetch_threads": 1,
+    "max_image_bytes": 1,
+    "max_pixels": 1,
+    "max_dimension": 1,
+    "max_connections_per_host": 1,
+    "max_bytes_in_flight": 1,
+}
+POSITIVE_SECONDS = ("http_timeout", "http_deadline")
+# An unknown option this similar to a known one is taken for a misspelling of it.
+SIMILAR = 0.8
+
+
+class OptionsError(ValueError):
+    """Options that cannot run. ``problems`` lists every one; the message joins them in one line."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 def _today() -> str:
@@ -16,7 +72,7 @@ def _today() -> str:
 
 def _flag(value: str) -> bool:
     if value.lower() not in ("true", "false"):
-        raise ValueError(f"expected true or false, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
     return value.lower() == "true"
 
 
@@ -26,14 +82,18 @@ class AistheticsOptions(PipelineOptions):
         source = parser.add_argument_group("input")
         source.add_argument("--manifest", help="CSV, JSON Lines or Parquet manifest (path or glob; local or gs://)")
         source.add_argument("--images", help="score every file matching this glob instead of a manifest")
-        source.add_argument("--manifest_format", choices=FORMATS, help="default: from the file extension")
-        source.add_argument("--uri_column", default="uri")
-        source.add_argument("--id_column", default="image_id", help="defaults to the uri when absent")
-        source.add_argument("--keep_columns", default="", help="comma-separated manifest columns to carry into the tables")
+        source.add_argument("--manifest_format", choices=FORMATS, help="the manifest's format; default: from its extension")
+        source.add_argument("--uri_column", default="uri", help="manifest column holding each image's uri")
+        source.add_argument(
+            "--id_column", default="image_id", help="manifest column holding each image's id; the uri when absent"
+        )
+        source.add_argument(
+            "--keep_columns", default="", help="comma-separated manifest columns to carry into the tables"
+        )
 
         out = parser.add_argument_group("output")
         out.add_argument("--output", help="directory (local or gs://) holding scores/, errors/ and runs/")
-        out.add_argument("--run_date", default=_today(), help="partition date YYYY-MM-DD (default: today, UTC)")
+        out.add_argument("--run_date", default=_today(), help="partition date YYYY-MM-DD (default: today in UTC)")
         out.add_argument(
             "--incremental",
             nargs="?",
@@ -43,9 +103,17 @@ class AistheticsOptions(PipelineOptions):
             help="reuse the newest earlier partition's scores for images that did not change "
             "(--incremental, or =true/false as Flex Templates pass it)",
         )
+        out.add_argument(
+            "--verbose",
+            nargs="?",
+            const=True,
+            default=False,
+            type=_flag,
+            help="show TensorFlow's and LiteRT's own start-up logs (silenced otherwise)",
+        )
 
         model = parser.add_argument_group("model")
-        model.add_argument("--engine", choices=ENGINES, default="auto")
+        model.add_argument("--engine", choices=ENGINES, default="auto", help="inference engine; auto picks litert")
         model.add_argument("--weights", help="NIMA MobileNet HDF5 (local or gs://); default: the seed's weights")
         model.add_argument("--batch_size", type=int, default=32, help="images per inference call, at most")
         model.add_argument(
@@ -71,41 +139,214 @@ class AistheticsOptions(PipelineOptions):
             "--progress_seconds",
             type=float,
             default=-1,
-            help="print each worker's count and img/s this often; default 10 on local runs, off elsewhere",
+            help="print each worker's count and img/s this often (0: never); -1: 10 on local runs, never elsewhere",
         )
 
         limits = parser.add_argument_group("limits")
-        limits.add_argument("--max_image_bytes", type=int, default=50 * 2**20)
-        limits.add_argument("--max_pixels", type=int, default=64_000_000)
-        limits.add_argument("--max_dimension", type=int, default=20_000)
+        limits.add_argument("--max_image_bytes", type=int, default=50 * 2**20, help="largest image file fetched, in bytes")
+        limits.add_argument(
+            "--max_pixels", type=int, default=64_000_000, help="largest image decoded, in pixels (checked before decoding)"
+        )
+        limits.add_argument("--max_dimension", type=int, default=20_000, help="longest side of an image decoded, in pixels")
         limits.add_argument("--http_timeout", type=float, default=15.0, help="seconds of silence allowed per read")
         limits.add_argument("--http_deadline", type=float, default=60.0, help="seconds per image, retries included")
-        limits.add_argument("--allow_private_hosts", nargs="?", const=True, default=False, type=_flag, help="also fetch from private networks and loopback (never link-local or metadata hosts)")
-        limits.add_argument("--max_connections_per_host", type=int, default=4, help="requests at once to one host:port per worker process")
-        limits.add_argument("--max_bytes_in_flight", type=int, default=256 * 2**20, help="bytes of image bodies being read at once per worker process")
+        limits.add_argument(
+            "--allow_private_hosts", nargs="?", const=True, default=False, type=_flag,
+            help="also fetch from private networks and loopback (link-local and cloud metadata hosts stay refused)",
+        )
+        limits.add_argument(
+            "--max_connections_per_host", type=int, default=4, help="requests at once to one host:port per worker process"
+        )
+        limits.add_argument(
+            "--max_bytes_in_flight", type=int, default=256 * 2**20,
+            help="image body bytes being read at once per worker process (at least --max_image_bytes)",
+        )
 
     def validate_inputs(self) -> list[str]:
+        """Every problem with these options, each naming the option and what it needs."""
         problems = []
         if bool(self.manifest) == bool(self.images):
             problems.append("give exactly one of --manifest or --images")
         if not self.output:
-            problems.append("--output is required")
-        try:
-            datetime.strptime(self.run_date, "%Y-%m-%d")
-        except ValueError:
-            problems.append(f"--run_date must be YYYY-MM-DD, got {self.run_date!r}")
-        if self.batch_size < 1:
-            problems.append("--batch_size must be at least 1")
-        if self.fetch_threads < 1:
-            problems.append("--fetch_threads must be at least 1")
-        if self.max_connections_per_host < 1:
-            problems.append("--max_connections_per_host must be at least 1")
+            problems.append("--output is required (a directory, local or gs://)")
+        else:
+            problems += output_problems(self.output)
+        problems += run_date_problems(self.run_date)
+        problems += self._number_problems()
+        for name in ("uri_column", "id_column"):
+            if not getattr(self, name).strip():
+                problems.append(f"--{name} must name a manifest column, got an empty name")
+        problems += keep_column_problems(self.keep_column_list)
+        return problems
+
+    def _number_problems(self) -> list[str]:
+        problems = []
+        for name, least in AT_LEAST.items():
+            value = getattr(self, name)
+            if value < least:
+                problems.append(f"--{name} must be at least {least}, got {value}")
+        for name in POSITIVE_SECONDS:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"--{name} must be a number of seconds above 0, got {value}")
         if self.max_bytes_in_flight < self.max_image_bytes:
-            problems.append(f"--max_bytes_in_flight must be at least --max_image_bytes ({self.max_image_bytes})")
-        if self.decode_threads < 0:
-            problems.append("--decode_threads must be at least 0 (0: the default)")
+            problems.append(
+                f"--max_bytes_in_flight must be at least --max_image_bytes ({self.max_image_bytes}), "
+                f"got {self.max_bytes_in_flight}"
+            )
+        if not (math.isfinite(self.progress_seconds) and (self.progress_seconds >= 0 or self.progress_seconds == -1)):
+            problems.append(
+                f"--progress_seconds must be 0 or more (0: never), or -1 for the default, got {self.progress_seconds}"
+            )
         return problems
 
     @property
     def keep_column_list(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.keep_columns.split(",") if c.strip())
+
+
+def run_date_problems(run_date: str) -> list[str]:
+    """``run_date`` must be a real date written YYYY-MM-DD with zero padding: the partition
+    directory's name is compared as text, and DuckDB reads dt=2026-1-5 as 2026-01-05."""
+    if RUN_DATE_PATTERN.fullmatch(run_date or ""):
+        try:
+            date.fromisoformat(run_date)
+            return []
+        except ValueError:
+            pass
+    return [f"--run_date must be YYYY-MM-DD, got {run_date!r}; give a real date, zero-padded (e.g. 2026-01-05)"]
+
+
+def keep_column_problems(keep: Sequence[str]) -> list[str]:
+    """Kept columns become table columns: none may be named twice or take a name the tables
+    (or the partition key dt) already use. Names are compared ignoring case, as DuckDB does."""
+    problems = []
+    reserved = {name.lower(): name for name in records.reserved_columns() | INTERNAL_COLUMNS}
+    seen: dict[str, str] = {}
+    for name in keep:
+        key = name.lower()
+        if key in reserved:
+            problems.append(
+                f"--keep_columns cannot keep {name!r}: the tables already have a column {reserved[key]!r} "
+                "(names are compared ignoring case, as DuckDB does); rename it in the manifest"
+            )
+        elif key in seen:
+            also = f" (as {seen[key]!r}; names are compared ignoring case)" if seen[key] != name else ""
+            problems.append(f"--keep_columns names {name!r} twice{also}; keep each column once")
+        seen.setdefault(key, name)
+    return problems
+
+
+def output_problems(output: str) -> list[str]:
+    """A local --output must be a directory, or a path where one can be made."""
+    if "://" in output:
+        return []  # gs:// and other stores are checked by writing
+    path = os.path.abspath(output)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return [f"--output {output} is a file; give a directory (it will hold scores/, errors/ and runs/)"]
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return [f"--output {output} cannot be made: {parent} is a file; give a directory"]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [f"--output {output} cannot be written: no permission to write in {parent}"]
+    return []
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+class _OneLineParser(_BeamArgumentParser):
+    """Beam's argument parser, raising instead of printing a usage block and exiting."""
+
+    def error(self, message: str):
+        raise OptionsError([f"{message} (see {PROG} --help)"])
+
+
+def _all_options_parser() -> _OneLineParser:
+    """Our options and every Beam option class's, as Beam itself parses them."""
+    parser = _OneLineParser(prog=PROG, allow_abbrev=False, add_help=False)
+    classes = {}
+    for cls in PipelineOptions.__subclasses__():
+        classes.setdefault(str(cls), cls)  # Beam's rule: a class imported twice is added once
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser
+
+
+def _option_names(parser: argparse.ArgumentParser) -> list[str]:
+    return [name for action in parser._actions for name in action.option_strings]  # pylint: disable=protected-access
+
+
+def misspelt_option_problems(unknown: Sequence[str], known: Sequence[str]) -> list[str]:
+    """Unknown arguments that look like a known option misspelt (other spellings of
+    "-" and "_", a typo, a prefix), or stray words; anything else is left to Beam, which
+    passes unknown options on to runners that take them."""
+    problems = []
+    after_unknown_option = False
+    for arg in unknown:
+        if not arg.startswith("-"):
+            if not after_unknown_option:
+                problems.append(f"unexpected argument {arg!r}: options are written --name=value (see {PROG} --help)")
+            after_unknown_option = False
+            continue
+        name, has_value, _ = arg.partition("=")
+        after_unknown_option = not has_value
+        suggestion = _closest_option(name, known)
+        if suggestion:
+            problems.append(f"unknown option {name}; did you mean {suggestion}?")
+    return problems
+
+
+def _closest_option(name: str, known: Sequence[str]) -> str | None:
+    normalized = "--" + name.lstrip("-").replace("-", "_").lower()
+    if normalized in known:
+        return normalized
+    close = difflib.get_close_matches(normalized, known, n=1, cutoff=SIMILAR)
+    if close:
+        return close[0]
+    longer = [option for option in known if option.startswith(normalized)]
+    return longer[0] if len(longer) == 1 and len(normalized) > 4 else None
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's help ends in its default, unless it has none or says it already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, "", False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def help_text() -> str:
+    paragraphs = [BEAM_OPTIONS_HELP, EXIT_STATUS_HELP]
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=textwrap.fill(
+            "Score a catalog of images with NIMA: manifest -> fetch -> decode -> score -> Parquet tables under "
+            "--output (scores/, errors/ and runs/, partitioned by dt=RUN_DATE).", 78
+        ),
+        epilog="\n\n".join(textwrap.fill(p, 78) for p in paragraphs),
+        formatter_class=_HelpFormatter,
+    )
+    AistheticsOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser.format_help()
+
+
+def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
+    """``argv`` -> PipelineOptions, or :class:`OptionsError` naming every problem at once.
+    ``-h``/``--help`` prints the help and exits 0, as argparse does."""
+    argv = list(argv)
+    if "-h" in argv or "--help" in argv:
+        sys.stdout.write(help_text())
+        raise SystemExit(0)
+    parser = _all_options_parser()
+    _, unknown = parser.parse_known_args(argv)  # a malformed value raises here
+    problems = misspelt_option_problems(unknown, _option_names(parser))
+    options = PipelineOptions(argv)
+    problems += options.view_as(AistheticsOptions).validate_inputs()
+    if problems:
+        raise OptionsError(problems)
+    return options

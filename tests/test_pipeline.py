@@ -17,6 +17,7 @@ from apache_beam.metrics.metric import MetricsFilter
 
 import pipeline
 from aisthetics_transforms.model import DEFAULT_WEIGHTS_SHA256
+from pipeline.options import OptionsError
 from test_scoring import png_declaring
 
 RUN_DATE = "2026-11-28"
@@ -269,7 +270,7 @@ def test_a_content_keeps_a_few_readable_copies_whatever_the_combine_order():
 def test_bad_options_are_refused_before_anything_runs(tmp_path):
     """Every problem with the options is named at once, and nothing is written."""
     output = tmp_path / "out"
-    with pytest.raises(SystemExit) as refused:
+    with pytest.raises(OptionsError) as refused:
         pipeline.run(
             [
                 f"--manifest={tmp_path / 'missing.csv'}",

@@ -1,0 +1,282 @@
+"""``python -m pipeline`` as a user meets it: every option checked before anything runs,
+misspelt options caught, and every mistake one line on stderr with a documented exit
+status, nothing written under --output."""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.options import (
+    AT_LEAST,
+    AistheticsOptions,
+    OptionsError,
+    help_text,
+    keep_column_problems,
+    misspelt_option_problems,
+    pipeline_options,
+    run_date_problems,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def validated(*args: str) -> list[str]:
+    return AistheticsOptions(list(args)).view_as(AistheticsOptions).validate_inputs()
+
+
+# --- checks without a process -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run_date, good", [
+    ("2026-01-05", True), ("2024-02-29", True),
+    ("2026-1-5", False), ("2026-01-5", False), ("2026-02-30", False), ("2025-02-29", False), ("20260105", False),
+    ("2026-01-05T00:00", False), (" 2026-01-05", False), ("", False), ("2026-01-05/..", False),
+])
+def test_run_date_is_a_real_zero_padded_date(run_date, good):
+    problems = run_date_problems(run_date)
+    assert (problems == []) is good
+    if not good:
+        assert problems == [f"--run_date must be YYYY-MM-DD, got {run_date!r}; give a real date, zero-padded "
+                            "(e.g. 2026-01-05)"]
+
+
+@pytest.mark.parametrize("keep, refused", [
+    (("category", "brand"), []),
+    (("DT",), ["DT"]),  # the partition key: a kept dt breaks hive-partitioned reads
+    (("Image_ID",), ["Image_ID"]),
+    (("manifest_line", "manifest_file"), ["manifest_line", "manifest_file"]),
+    (("mean_score", "Stage", "error_message"), ["mean_score", "Stage", "error_message"]),
+    (("brand", "brand"), ["brand"]),
+    (("brand", "Brand"), ["Brand"]),
+])
+def test_kept_columns_may_not_repeat_or_shadow_a_table_column_in_any_case(keep, refused):
+    problems = keep_column_problems(keep)
+    assert len(problems) == len(refused)
+    for problem, name in zip(problems, refused):
+        assert problem.startswith(f"--keep_columns cannot keep {name!r}") or \
+            problem.startswith(f"--keep_columns names {name!r} twice")
+
+
+def test_every_number_is_range_checked_and_all_problems_named_at_once(tmp_path):
+    below = [f"--{name}={least - 1}" for name, least in AT_LEAST.items()]
+    problems = validated(f"--manifest={tmp_path}/m.csv", f"--output={tmp_path}/out", *below,
+                         "--http_timeout=0", "--http_deadline=nan", "--progress_seconds=-5")
+    for name, least in AT_LEAST.items():
+        assert f"--{name} must be at least {least}, got {least - 1}" in problems
+    assert "--http_timeout must be a number of seconds above 0, got 0.0" in problems
+    assert "--http_deadline must be a number of seconds above 0, got nan" in problems
+    assert any(p.startswith("--progress_seconds must be 0 or more") for p in problems)
+    assert len(problems) == len(AT_LEAST) + 3
+    assert validated(f"--manifest={tmp_path}/m.csv", f"--output={tmp_path}/out") == []
+
+
+def test_output_must_be_a_directory_or_makeable(tmp_path):
+    a_file = tmp_path / "tables.txt"
+    a_file.write_text("not a directory")
+    assert validated(f"--images={tmp_path}/*.jpg", f"--output={a_file}") == [
+        f"--output {a_file} is a file; give a directory (it will hold scores/, errors/ and runs/)"]
+    assert validated(f"--images={tmp_path}/*.jpg", f"--output={a_file}/deeper/out") == [
+        f"--output {a_file}/deeper/out cannot be made: {a_file} is a file; give a directory"]
+    assert validated(f"--images={tmp_path}/*.jpg", f"--output={tmp_path}/new/deeper") == []
+    assert validated(f"--images={tmp_path}/*.jpg", "--output=gs://bucket/tables") == []
+
+
+KNOWN = ["--incremental", "--run_date", "--keep_columns", "--output", "--runner", "--direct_num_workers"]
+
+
+@pytest.mark.parametrize("unknown, problem", [
+    (["--incrmental"], "unknown option --incrmental; did you mean --incremental?"),
+    (["--run-date=2026-01-05"], "unknown option --run-date; did you mean --run_date?"),
+    (["-incremental"], "unknown option -incremental; did you mean --incremental?"),
+    (["--Keep_Columns=a"], "unknown option --Keep_Columns; did you mean --keep_columns?"),
+    (["--increm"], "unknown option --increm; did you mean --incremental?"),
+    (["--runnr", "DataflowRunner"], "unknown option --runnr; did you mean --runner?"),
+    (["manifest.csv"], "unexpected argument 'manifest.csv': options are written --name=value"),
+])
+def test_an_unknown_option_close_to_a_known_one_is_a_misspelling(unknown, problem):
+    [found] = misspelt_option_problems(unknown, KNOWN)
+    assert found.startswith(problem)
+
+
+def test_unknown_options_far_from_any_known_one_pass_on_to_beam():
+    """Runners take options the Python SDK does not know; Beam passes them on."""
+    assert misspelt_option_problems(["--flink_conf_dir=/etc/flink", "--sdk_harness_log_level_overrides",
+                                     "{}"], KNOWN) == []
+
+
+def test_beams_own_options_pass_and_ours_are_validated(tmp_path):
+    options = pipeline_options([f"--images={tmp_path}/*.jpg", f"--output={tmp_path}/out",
+                                "--direct_running_mode=in_memory", "--direct_num_workers=2", "--runner=FnApiRunner"])
+    assert options.get_all_options()["direct_num_workers"] == 2
+    with pytest.raises(OptionsError) as refused:
+        pipeline_options([f"--images={tmp_path}/*.jpg", "--incrmental", "--run_date=2026-1-5", "--batch_size=0"])
+    assert refused.value.problems == [
+        "unknown option --incrmental; did you mean --incremental?",
+        "--output is required (a directory, local or gs://)",
+        "--run_date must be YYYY-MM-DD, got '2026-1-5'; give a real date, zero-padded (e.g. 2026-01-05)",
+        "--batch_size must be at least 1, got 0",
+    ]
+
+
+def test_help_shows_every_option_with_its_help_and_says_beams_are_accepted():
+    text = help_text()
+    assert text.startswith("usage: python -m pipeline")
+    ours = argparse.ArgumentParser(add_help=False)
+    AistheticsOptions._add_argparse_args(ours)
+    assert len(ours._actions) >= 20
+    for action in ours._actions:
+        assert action.help and action.option_strings[0] in text, action.option_strings
+    assert "(default: 64000000)" in text and "(default: 32)" in text
+    assert "Any Apache Beam pipeline option is accepted" in text and "Exit status:" in text
+
+
+# --- the command a user runs ----------------------------------------------------------------
+
+
+def python_m_pipeline(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("catalog")
+    rows = []
+    for i in range(2):
+        path = root / f"photo-{i}.jpg"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(path)
+        rows.append({"image_id": f"p{i}", "uri": str(path), "category": "test"})
+    for name, columns in (("manifest.csv", ["image_id", "uri", "category"]), ("no-uri.csv", ["image_id", "category"])):
+        with open(root / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    (root / "notes.hdf5").write_text("these are not weights")
+    (root / "tables.txt").write_text("a file where --output should be")
+    return root
+
+
+MISTAKES = {
+    # name: (arguments, what the one line must say); {c}: the catalog, {out}: --output
+    "wrong-manifest-path": (["--manifest={c}/missing.csv"], "'{c}/missing.csv' matches no file"),
+    "manifest-without-uri": (["--manifest={c}/no-uri.csv"], "'uri' not found"),
+    "missing-keep-column": (["--manifest={c}/manifest.csv", "--keep_columns=colour"], "'colour' not found"),
+    "images-match-nothing": (["--images={c}/nothing/*.jpg"], "matches no file"),
+    "wrong-manifest-format": (["--manifest={c}/manifest.csv", "--manifest_format=xml"], "invalid choice: 'xml'"),
+    "bad-weights": (["--manifest={c}/manifest.csv", "--weights={c}/notes.hdf5"], "'{c}/notes.hdf5' is not a readable HDF5"),
+    "misspelt-option": (["--manifest={c}/manifest.csv", "--incrmental"],
+                        "unknown option --incrmental; did you mean --incremental?"),
+    "hyphenated-option": (["--manifest={c}/manifest.csv", "--run-date=2026-01-05"], "did you mean --run_date?"),
+    "malformed-number": (["--manifest={c}/manifest.csv", "--batch_size=many"], "--batch_size: invalid int value: 'many'"),
+    "stray-argument": (["{c}/manifest.csv"], "unexpected argument '{c}/manifest.csv'"),
+    "values-that-would-crash-later": (
+        ["--manifest={c}/manifest.csv", "--run_date=2026-1-5", "--keep_columns=DT,category,Category",
+         "--inference_threads=-3"],
+        "--run_date must be YYYY-MM-DD, got '2026-1-5'; give a real date, zero-padded (e.g. 2026-01-05); "
+        "--inference_threads must be at least 0, got -3; --keep_columns cannot keep 'DT'"),
+}
+
+
+@pytest.mark.parametrize("name", MISTAKES)
+def test_every_mistake_is_one_line_exit_2_and_nothing_written(name, catalog, tmp_path, litert_model):
+    """(``litert_model``: a warm model cache. A mistake found only while the graph runs, as
+    in a later file of a glob, comes after a cold cache's one line about converting.)"""
+    args, said = MISTAKES[name]
+    output = tmp_path / "out"
+    fill = {"c": str(catalog), "out": str(output)}
+    proc = python_m_pipeline(*(a.format(**fill) for a in args), f"--output={output}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("pipeline: ") and said.format(**fill) in line, line
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not output.exists()
+
+
+def test_output_pointing_at_a_file_is_one_line_and_the_file_is_untouched(catalog):
+    before = (catalog / "tables.txt").read_bytes()
+    proc = python_m_pipeline(f"--manifest={catalog}/manifest.csv", f"--output={catalog}/tables.txt")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"pipeline: --output {catalog}/tables.txt is a file; give a directory (it will hold scores/, errors/ and runs/)"]
+    assert (catalog / "tables.txt").read_bytes() == before
+
+
+def test_run_local_sh_passes_its_arguments_and_their_mistakes_on(catalog, tmp_path):
+    output = tmp_path / "out"
+    proc = subprocess.run([str(REPO / "run_local.sh"), f"--manifest={catalog}/manifest.csv", f"--output={output}",
+                           "--keep_column=category"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "AISTHETICS_VENV": sys.prefix})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["pipeline: unknown option --keep_column; did you mean --keep_columns?"]
+    assert not output.exists()
+
+
+def test_help_is_ours_and_exits_0():
+    proc = python_m_pipeline("--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout == help_text()
+
+
+def test_a_run_with_beams_own_options_succeeds_quietly(catalog, tmp_path, litert_model):
+    """``litert_model``: the model cache is warm, as it is after a first run."""
+    output = tmp_path / "out"
+    proc = python_m_pipeline(f"--manifest={catalog}/manifest.csv", f"--output={output}", "--run_date=2026-11-28",
+                             "--direct_running_mode=in_memory", "--keep_columns=category")
+    assert proc.returncode == 0, proc.stderr
+    assert '"scored": 2' in proc.stdout
+    for noise in ("XNNPACK", "TensorSpec", "cuInit", "Traceback", "WARNING"):
+        assert noise not in proc.stderr
+    assert (output / "runs" / "dt=2026-11-28" / "summary.json").is_file()
+
+
+class _StallingHandler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.server.asked.set()
+        self.server.release.wait(60)  # answers only when the test ends
+
+    def log_message(self, *args):
+        pass
+
+
+def test_ctrl_c_mid_run_is_one_line_exit_130_and_publishes_nothing(catalog, tmp_path, litert_model):
+    """The run is stopped while it waits on an image server that does not answer: one
+    line, at once, and no night appears under --output."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StallingHandler)
+    server.daemon_threads = True
+    server.asked, server.release = threading.Event(), threading.Event()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"image_id,uri\nlocal,{catalog}/photo-0.jpg\nslow,http://127.0.0.1:{server.server_port}/x.jpg\n")
+    output = tmp_path / "out"
+    # Loopback servers are refused unless allowed, once that option exists (the fetch guards).
+    loopback = ["--allow_private_hosts"] if "--allow_private_hosts" in help_text() else []
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", f"--manifest={manifest}", f"--output={output}",
+                             "--http_deadline=60", "--http_timeout=60", *loopback],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert server.asked.wait(120), "the pipeline never fetched from the server"
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=30)
+        stopped_after = time.monotonic() - started
+    finally:
+        proc.kill()
+        server.release.set()
+        server.shutdown()
+    assert proc.returncode == 130
+    assert stderr.splitlines() == ["pipeline: interrupted; nothing half-written (a night is published whole or not at all)"]
+    assert stdout == "" and stopped_after < 10
+    assert not any((output / table).exists() for table in ("scores", "errors", "runs"))
