@@ -116,7 +116,7 @@ def keep_first_of_each_id(element, files: list, keep_columns: tuple):
         _DUPLICATES.inc()
         yield TaggedOutput(ERRORS, error_row(
             ref, "manifest", "DuplicateImageId",
-            f"{where(i)}: image_id {ref.image_id!r} is already used at {where(first_of[i])}; "
+            f"{where(i)}: image_id {ref.image_id!r} (uri {ref.uri}) is already used at {where(first_of[i])}; "
             "only that row is scored"))
 
 

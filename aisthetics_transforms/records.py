@@ -20,6 +20,24 @@ import pyarrow as pa
 ERRORS = "errors"  # tag of every stage's failure output
 STATS = "stats"  # tag of the counts stages report for summary.json
 STAGES = ("manifest", "fetch", "decode", "score")
+MANIFEST_ERROR_TYPES = (
+    "MissingUri", "InvalidUri", "InvalidRow", "InvalidJson", "MalformedCsv", "InvalidEncoding", "InvalidFile",
+    "UnreadableFile", "DuplicateImageId",
+)
+SCORE_ERROR_TYPES = ("InferenceFailed", "InvalidPrediction")
+
+
+def error_types() -> dict[str, tuple[str, ...]]:
+    """The stable ``error_type`` tags of each stage, as the errors table and the README list them."""
+    from aisthetics_transforms.fetch_types import FETCH_ERROR_TYPES
+    from aisthetics_transforms.preprocess import DECODE_ERROR_TYPES
+
+    return {
+        "manifest": MANIFEST_ERROR_TYPES,
+        "fetch": FETCH_ERROR_TYPES,  # also what decode reports when it cannot read a content again
+        "decode": (*DECODE_ERROR_TYPES, "InternalError"),
+        "score": SCORE_ERROR_TYPES,
+    }
 
 
 class ImageRef(NamedTuple):

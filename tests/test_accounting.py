@@ -15,6 +15,7 @@ import duckdb
 import pytest
 
 import pipeline
+from aisthetics_transforms.records import error_types
 from aisthetics_transforms.sample import write_sample_catalog
 
 NIGHTS = ("2026-11-01", "2026-11-02")
@@ -72,6 +73,9 @@ def check_every_row_once(catalog, output: Path, run_date: str, summary: dict) ->
     scores, errors = table(output, "scores", run_date), table(output, "errors", run_date)
     rows = catalog["rows"]
     assert summary["rows"] == len(rows) == len(scores) + len(errors)
+    known = error_types()
+    assert all(e["error_type"] in known[e["stage"]] for e in errors), {(e["stage"], e["error_type"]) for e in errors}
+    assert all(e["uri"] in e["error_message"] for e in errors if e["uri"])  # every message names its uri
     # One score per image_id; a repeated image_id's second row is an error row of its own.
     assert len({r["image_id"] for r in scores}) == len(scores)
     repeated = [e for e in errors if e["error_type"] == "DuplicateImageId"]

@@ -329,8 +329,8 @@ def test_duplicate_image_ids_keep_the_first_row_in_manifest_order(tmp_path):
         dropped = result[records.ERRORS] | beam.Map(lambda r: (r["uri"], r["error_type"], r["error_message"]))
         assert_that(kept, equal_to([("x", "/1.jpg"), ("y", "/2.jpg")]), label="Kept")
         assert_that(dropped, equal_to([
-            ("/3.jpg", "DuplicateImageId", f"{second}:2: image_id 'x' is already used at {first}:2; only that row is scored"),
-            ("/4.jpg", "DuplicateImageId", f"{second}:3: image_id 'x' is already used at {first}:2; only that row is scored"),
+            ("/3.jpg", "DuplicateImageId", f"{second}:2: image_id 'x' (uri /3.jpg) is already used at {first}:2; only that row is scored"),
+            ("/4.jpg", "DuplicateImageId", f"{second}:3: image_id 'x' (uri /4.jpg) is already used at {first}:2; only that row is scored"),
         ]), label="Duplicates")
 
 

@@ -192,9 +192,9 @@ def test_pipeline_reads_a_parquet_and_a_jsonl_in_several_pieces_as_in_one(tmp_pa
     second_at, first_at = data.index(b'{"uri": "/j/second.jpg"'), data.index(b'{"uri": "/j/first.jpg"')
     third_at = data.index(b'{"uri": "/j/from-parquet.jpg"')
     assert_that(errors | beam.Filter(is_duplicate) | beam.Map(lambda r: (r["uri"], r["error_message"])), equal_to([
-        ("/j/second.jpg", f"{files[1].path}:byte {second_at}: image_id 'twice' is already used at "
+        ("/j/second.jpg", f"{files[1].path}:byte {second_at}: image_id 'twice' (uri /j/second.jpg) is already used at "
                           f"{files[1].path}:byte {first_at}; only that row is scored"),
-        ("/j/from-parquet.jpg", f"{files[1].path}:byte {third_at}: image_id 'id37' is already used at "
+        ("/j/from-parquet.jpg", f"{files[1].path}:byte {third_at}: image_id 'id37' (uri /j/from-parquet.jpg) is already used at "
                                 f"{files[0].path}:38; only that row is scored"),
     ]), label="Duplicates")
     run = p.run()

@@ -19,6 +19,7 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from PIL import Image
 
 import pipeline
+from aisthetics_transforms.records import error_types
 from aisthetics_transforms import score, write
 from aisthetics_transforms.preprocess import decode_image, to_model_input
 from aisthetics_transforms.write import RunInfo
@@ -165,6 +166,7 @@ def test_every_bad_input_is_one_clear_error_row_and_the_run_succeeds(bad_catalog
         assert case not in seen, f"{case} is in the tables twice"
         seen[case] = ("errors", row["stage"], row["error_type"])
         assert len(row["error_message"]) > 10, row
+        assert row["error_type"] in error_types()[row["stage"]], row  # a documented, stable tag
     assert seen == expected
     summary = json.loads((output / "runs" / f"dt={RUN_DATE}" / "summary.json").read_text())
     assert summary["rows"] == len(expected) == len(scores) + len(errors)
