@@ -18,6 +18,7 @@ from aisthetics_transforms.bundles import WorkPool, in_global_window
 from aisthetics_transforms.fetch import DEFAULT_LIMITS as DEFAULT_FETCH_LIMITS
 from aisthetics_transforms.fetch import FetchError, FetchLimits, ThreadSessions, refetch
 from aisthetics_transforms.preprocess import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image_and_orientation
+from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import ContentResult, ContentTask, DecodedImage, Failure
 
 FAILED = "failed"
@@ -93,8 +94,8 @@ class DecodeImages(beam.DoFn):
             uri = task.sources[0][0]
             result = ContentResult(task.content_sha256, failure=Failure("decode", "InternalError", f"{uri}: unexpected {type(exc).__name__}: {exc}"))
         if isinstance(result, ContentResult):
-            self.errors.inc()
+            inc(self.errors)
             yield TaggedOutput(FAILED, result)
         else:
-            self.decoded.inc()
+            inc(self.decoded)
             yield result

@@ -30,6 +30,7 @@ from apache_beam.pvalue import AsSingleton, TaggedOutput
 from aisthetics_transforms import buckets
 from aisthetics_transforms.bundles import in_global_window
 from aisthetics_transforms.fetch import is_local_file
+from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import (
     ERRORS,
     ContentClaim,
@@ -48,6 +49,17 @@ URIS = "uris"  # tables of (uri, bucket): the distinct uris of each row bucket
 REUSED = "reused"  # ContentResults an earlier night scored
 READABLE_COPIES = 3  # uris a content can be read again from, should one have changed meanwhile
 _DUPLICATES = Metrics.counter("aisthetics", "manifest_errors")
+
+
+class Count(beam.DoFn):
+    """Passes every element on, counting it as ``name`` (see :func:`progress.inc`)."""
+
+    def __init__(self, name: str):
+        self.counter = Metrics.counter("aisthetics", name)
+
+    def process(self, element):
+        inc(self.counter)
+        yield element
 
 
 class SplitByBucket(beam.DoFn):
@@ -113,7 +125,7 @@ def keep_first_of_each_id(element, files: list, keep_columns: tuple):
     where = lambda i: files[table["manifest_file"][i].as_py()].where(table["manifest_line"][i].as_py())
     for i in np.flatnonzero(repeated).tolist():
         ref = next(table_refs(table.slice(i, 1), keep_columns))
-        _DUPLICATES.inc()
+        inc(_DUPLICATES)
         yield TaggedOutput(ERRORS, error_row(
             ref, "manifest", "DuplicateImageId",
             f"{where(i)}: image_id {ref.image_id!r} (uri {ref.uri}) is already used at {where(first_of[i])}; "
@@ -194,6 +206,7 @@ class PlanFetches(beam.PTransform):
             sides
             | "JoinOnUri" >> beam.CoGroupByKey()
             | "OnePerUri" >> beam.FlatMap(uri_tasks)
+            | "CountUris" >> beam.ParDo(Count("uris_planned"))
             | "SpreadUris" >> beam.Reshuffle()
         )
 
@@ -267,7 +280,8 @@ class DedupeContent(beam.PTransform):
     def expand(self, claims):
         copies = claims | "ReadableCopies" >> beam.CombinePerKey(FirstClaims())
         if self.previous is None:
-            return {"tasks": copies | "ToScore" >> beam.MapTuple(content_task)}
+            tasks = copies | "ToScore" >> beam.MapTuple(content_task)
+            return {"tasks": tasks | "CountContents" >> beam.ParDo(Count("contents_planned"))}
         n = self.content_buckets
         found = (
             {
@@ -282,7 +296,7 @@ class DedupeContent(beam.PTransform):
             | "JoinOnContent" >> beam.CoGroupByKey()
             | "ReuseOrScore" >> beam.FlatMap(reuse_or_score).with_outputs(REUSED, main="tasks")
         )
-        return {"tasks": decided.tasks, REUSED: decided[REUSED]}
+        return {"tasks": decided.tasks | "CountContents" >> beam.ParDo(Count("contents_planned")), REUSED: decided[REUSED]}
 
 
 def failure_for(failure: Failure | None, uri: str) -> Failure | None:

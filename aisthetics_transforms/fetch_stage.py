@@ -34,6 +34,7 @@ from aisthetics_transforms.fetch import (
     check_version,
     fetch_image,
 )
+from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import STATS, ContentClaim, Failure, UriOutcome, UriTask
 
 OUTCOMES = "outcomes"
@@ -113,23 +114,23 @@ class FetchImages(beam.DoFn):
                 failure = Failure("fetch", exc.error_type, str(exc))
             else:
                 failure = Failure("fetch", "InternalError", f"unexpected {type(exc).__name__} fetching {task.uri}: {exc}")
-            self.errors.inc()
+            inc(self.errors)
             self._stats["fetch_errors"] += 1
             yield from _to_buckets(task, UriOutcome(task.uri, failure=failure))
             return
         self._stats["version_checks"] += found.version_checked
         if found.version_check_failed:
             self._stats["version_checks_failed"] += 1
-            self.failed_checks.inc()
+            inc(self.failed_checks)
         previous = task.previous
         if found.unchanged:
             self._stats["uris_unchanged"] += 1
-            self.reused.inc()
+            inc(self.reused)
             outcome = UriOutcome(task.uri, previous.content_sha256, previous.source_version, previous.score, True)
             yield from _to_buckets(task, outcome)
             return
         self._stats["fetched"] += 1
-        self.fetched.inc()
+        inc(self.fetched)
         if previous is not None and previous.content_sha256 == found.content_sha256:
             self._stats["uris_same_content"] += 1
             outcome = UriOutcome(task.uri, found.content_sha256, found.source_version, previous.score, True)

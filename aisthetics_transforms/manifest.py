@@ -35,6 +35,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from aisthetics_transforms import records
+from aisthetics_transforms.progress import inc
 from aisthetics_transforms.manifest_csv import csv_items, csv_rows
 from aisthetics_transforms.manifest_jsonl import check_json_lines, check_sampled_columns, jsonl_lines, jsonl_rows
 from aisthetics_transforms.manifest_parquet import open_parquet, parquet_rows, row_group_starts
@@ -347,12 +348,12 @@ class RouteManifestItemsFn(beam.DoFn):
 
     def process(self, item):
         if isinstance(item, dict):
-            self.rows.inc()
-            self.errors.inc()
+            inc(self.rows)
+            inc(self.errors)
             yield beam.pvalue.TaggedOutput(records.ERRORS, item)
             return
         if isinstance(item, pa.Table):
-            self.rows.inc(item.num_rows)
+            inc(self.rows, item.num_rows)
         else:
             self.splits.inc()
         yield item

@@ -7,10 +7,7 @@ worker process. The ``model_loads`` counter records each real load.
 """
 from __future__ import annotations
 
-import os
-import sys
 import threading
-import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +22,7 @@ from apache_beam.utils import shared
 from aisthetics_transforms.bundles import WorkPool, in_global_window
 from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
 from aisthetics_transforms.preprocess import to_model_input
+from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import STATS, ContentResult, DecodedImage, Failure, Score
 
 
@@ -46,44 +44,14 @@ def content_results(images: Sequence[DecodedImage], distributions: np.ndarray, m
         yield ContentResult(image.content_sha256, score)
 
 
-class ProgressLine:
-    """Prints this process's scoring count and rate to stderr every ``interval`` seconds."""
-
-    def __init__(self, interval: float):
-        self.interval = interval
-        self.count = 0
-        self.started = self.last_time = time.monotonic()
-        self.last_count = 0
-        self.lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        if self.interval <= 0:
-            return
-        with self.lock:
-            self.count += n
-            now = time.monotonic()
-            if now - self.last_time < self.interval:
-                return
-            recent = (self.count - self.last_count) / (now - self.last_time)
-            overall = self.count / (now - self.started)
-            self.last_time, self.last_count = now, self.count
-        # One write per line: worker processes share the terminal.
-        sys.stderr.write(
-            f"aisthetics worker {os.getpid()}: {self.count} images scored, "
-            f"{recent:.1f} img/s now, {overall:.1f} img/s since its first batch\n"
-        )
-        sys.stderr.flush()
-
-
 class _ProcessModel:
-    """The per-process model, its progress line, and whether its load has been counted yet.
+    """The per-process model, and whether its load has been counted yet.
 
     Metrics can only be updated inside ``process``, not in ``setup``, hence the flag.
     """
 
-    def __init__(self, model: LoadedModel, progress_seconds: float):
+    def __init__(self, model: LoadedModel):
         self.model = model
-        self.progress = ProgressLine(progress_seconds)
         self.load_uncounted = True
         self.lock = threading.Lock()
 
@@ -102,9 +70,8 @@ class ScoreBatches(beam.DoFn):
     then emits the results of batch N. ``finish_bundle`` emits the last batch's.
     """
 
-    def __init__(self, model: ModelSpec, progress_seconds: float = 0):
+    def __init__(self, model: ModelSpec):
         self.model = model
-        self.progress_seconds = progress_seconds
         self._shared = shared.Shared()
         self.scored = Metrics.counter("aisthetics", "scored")
         self.errors = Metrics.counter("aisthetics", "score_errors")
@@ -114,7 +81,7 @@ class ScoreBatches(beam.DoFn):
         spec = self.model
 
         def load():
-            return _ProcessModel(load_model(spec.engine, spec.weights, spec.inference_threads), self.progress_seconds)
+            return _ProcessModel(load_model(spec.engine, spec.weights, spec.inference_threads))
 
         self._process_model = self._shared.acquire(load, tag=(spec.engine, spec.weights, spec.inference_threads))
         # One inference thread, at most one batch in flight beyond the one being collected.
@@ -154,13 +121,12 @@ class ScoreBatches(beam.DoFn):
         good = [image for image, ok in zip(batch, finite) if ok]
         yield from self._fail([image for image, ok in zip(batch, finite) if not ok], "InvalidPrediction",
                               "model output is not finite")
-        self.scored.inc(len(good))
+        inc(self.scored, len(good))
         self._inferred += len(good)
-        held.progress.add(len(good))
         yield from content_results(good, distributions[finite], held.model.model_version, scored_at)
 
     def _fail(self, images: Sequence[DecodedImage], error_type: str, message: str):
-        self.errors.inc(len(images))
+        inc(self.errors, len(images))
         for image in images:
             yield ContentResult(image.content_sha256, failure=Failure("score", error_type, f"{image.uri}: {message}"))
 
@@ -169,14 +135,13 @@ class ScoreImages(beam.PTransform):
     """DecodedImage -> ContentResult (``results``) and counts (``STATS``), in batches of at
     most ``model.batch_size``."""
 
-    def __init__(self, model: ModelSpec = ModelSpec(), progress_seconds: float = 0):
+    def __init__(self, model: ModelSpec = ModelSpec()):
         super().__init__()
         self.model = model
-        self.progress_seconds = progress_seconds
 
     def expand(self, images):
         return (
             images
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.model.batch_size)
-            | "Infer" >> beam.ParDo(ScoreBatches(self.model, self.progress_seconds)).with_outputs(STATS, main="results")
+            | "Infer" >> beam.ParDo(ScoreBatches(self.model)).with_outputs(STATS, main="results")
         )

@@ -30,8 +30,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
+from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import STAGES, errors_schema, scores_schema
 
 TABLES = ("scores", "errors", "runs")
@@ -243,6 +245,7 @@ class WriteParquetFiles(beam.DoFn):
         self.table = table
         self.schema = schema
         self.row_group_rows = row_group_rows
+        self.rows_written = Metrics.counter("aisthetics", "rows_written")
 
     def start_bundle(self):
         self.path = FileSystems.join(self.directory, f"{self.prefix}-{uuid.uuid4().hex}.parquet")
@@ -258,6 +261,7 @@ class WriteParquetFiles(beam.DoFn):
             self.held_rows += 1
         for key, n in file_counts(item).items():
             self.counts[key] = self.counts.get(key, 0) + n
+        inc(self.rows_written, item.num_rows if isinstance(item, pa.Table) else 1)
         if self.held_rows >= self.row_group_rows:
             self._write_row_group()
 

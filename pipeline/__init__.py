@@ -13,7 +13,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import NamedTuple
+
+from aisthetics_transforms import progress  # cheap: no Beam yet
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -22,6 +25,7 @@ def interrupted(signum=None, frame=None) -> None:
     """The SIGINT handler of ``python -m pipeline``: one line, exit status 130, at once.
     Not an exception: Beam would catch it inside a DoFn, log its traceback and wrap it.
     Leaving at any point is safe, as a night is published whole or not at all."""
+    progress.clear()
     print("pipeline: interrupted; nothing half-written (a night is published whole or not at all)",
           file=sys.stderr, flush=True)
     os._exit(EXIT_INTERRUPTED)
@@ -32,8 +36,22 @@ def _stop_on_interrupt() -> None:
         signal.signal(signal.SIGINT, interrupted)
 
 
+_started_at = None  # when the run began to say what it does
+
+
+def _say_started() -> None:
+    """On a terminal, say at once what the run is doing (a status line the progress line or
+    an error replaces); elsewhere a mistake stays exactly one line."""
+    global _started_at
+    if _started_at is None:
+        _started_at = time.monotonic()
+        progress.show("aisthetics: starting: checking the options, the manifest and the model")
+
+
 if sys.argv[:1] == ["-m"]:  # ``python -m pipeline`` is importing this package: Beam's imports take a while
     _stop_on_interrupt()
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        _say_started()
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, SetupOptions, StandardOptions
@@ -49,6 +67,7 @@ from aisthetics_transforms.join import JoinRows
 from aisthetics_transforms.manifest import ManifestError, ManifestSpec, ReadImageGlob, ReadManifest
 from aisthetics_transforms.model import WeightsError, check_model, convert_model
 from aisthetics_transforms.preprocess import DecodeLimits
+from aisthetics_transforms.progress import TALLY, Reporter, summary_line
 from aisthetics_transforms.records import ERRORS, STATS
 from aisthetics_transforms.score import ModelSpec, ScoreImages
 from aisthetics_transforms.write import RunInfo, WriteTables, summary_path
@@ -95,7 +114,7 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
             FAILED, main="images")
     )
     model = ModelSpec(opts.engine, opts.weights, opts.batch_size, opts.inference_threads)
-    scored = decoded.images | "ScoreImages" >> ScoreImages(model, opts.progress_seconds)
+    scored = decoded.images | "ScoreImages" >> ScoreImages(model)
     results, stats = [scored.results, decoded[FAILED]], [fetched[STATS], scored[STATS]]
     if previous:
         results.append(contents[dedupe.REUSED])
@@ -132,12 +151,13 @@ def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv
     opts.inference_threads = opts.inference_threads or per_process
     opts.decode_threads = opts.decode_threads or per_process
     if opts.progress_seconds < 0:
-        opts.progress_seconds = 10
+        opts.progress_seconds = 5
 
 
 class RunOutcome(NamedTuple):
     result: object  # the Beam PipelineResult (metrics: result.metrics())
     summary: dict  # runs/dt=DATE/summary.json; empty when the runner did not run it here
+    output: str = ""  # --output
 
 
 def run(argv: list[str] | None = None) -> RunOutcome:
@@ -170,12 +190,20 @@ def run(argv: list[str] | None = None) -> RunOutcome:
     build_pipeline(p, opts, info, previous)
     if local:  # after the graph's own checks (the manifest): convert once here, workers only load it
         convert_model(opts.engine, opts.weights)
-    result = p.run()
-    result.wait_until_finish()
+    # The stages count into this process's tally: a progress line can follow them only
+    # when they run here (the in-memory runner, the local default).
+    in_process = local and options.view_as(DirectOptions).direct_running_mode == "in_memory"
+    TALLY.clear()
+    reporter = Reporter(every=opts.progress_seconds if in_process else 0).start()
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    finally:
+        reporter.stop()
     if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
-        return RunOutcome(result, {})
+        return RunOutcome(result, {}, info.output)
     with beam.io.filesystems.FileSystems.open(summary_path(info.output, info.run_date)) as f:
-        return RunOutcome(result, json.loads(f.read()))
+        return RunOutcome(result, json.loads(f.read()), info.output)
 
 
 def one_line(exc: BaseException) -> str:
@@ -199,11 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     # frozen, the garbage collector stops walking them during the run (~0.1 s) and at
     # interpreter exit (~0.3 s), a sixth of a local run's fixed cost.
     gc.freeze()
+    _say_started()
     try:
         outcome = run(argv)
     except USAGE_ERRORS as exc:
+        progress.clear()
         print(f"pipeline: {one_line(exc)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     if outcome.summary:
         print(json.dumps(outcome.summary, indent=2, sort_keys=True))
+        print(summary_line(outcome.summary, time.monotonic() - _started_at, outcome.output), file=sys.stderr)
     gc.freeze()

@@ -139,7 +139,8 @@ class AistheticsOptions(PipelineOptions):
             "--progress_seconds",
             type=float,
             default=-1,
-            help="print each worker's count and img/s this often (0: never); -1: 10 on local runs, never elsewhere",
+            help="local runs: a progress line this often when stderr is not a terminal (on a terminal it is redrawn "
+            "in place; 0: no progress line); -1: 5 s; other runners show the same numbers as Beam counters",
         )
 
         limits = parser.add_argument_group("limits")

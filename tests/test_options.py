@@ -277,6 +277,8 @@ def test_ctrl_c_mid_run_is_one_line_exit_130_and_publishes_nothing(catalog, tmp_
         server.release.set()
         server.shutdown()
     assert proc.returncode == 130
-    assert stderr.splitlines() == ["pipeline: interrupted; nothing half-written (a night is published whole or not at all)"]
+    lines = stderr.splitlines()  # the progress lines of the run so far, then one line for Ctrl-C
+    assert lines[-1] == "pipeline: interrupted; nothing half-written (a night is published whole or not at all)"
+    assert all(line.startswith("aisthetics: ") for line in lines[:-1]) and "Traceback" not in stderr
     assert stdout == "" and stopped_after < 10
     assert not any((output / table).exists() for table in ("scores", "errors", "runs"))

@@ -1,0 +1,174 @@
+"""Progress of a run: one line that says what the stages are doing, and Beam counters.
+
+Every stage counts what it does with :func:`inc`, which increments its Beam counter (what
+Dataflow shows, under the namespace ``aisthetics``) and this process's :data:`TALLY`. In a
+local run the stages run in the launcher's process, so :class:`Reporter` can read the tally
+and print one line: updated in place on a terminal, a plain line every few seconds
+otherwise (logs, CI). Rates and times are formatted by tqdm. Importing this module is
+cheap (no Beam), so a command can say what it does before its slow imports.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Optional, TextIO
+
+from tqdm import tqdm
+
+
+class Tally:
+    """Counts of this process, by name; safe to add to from any thread."""
+
+    def __init__(self):
+        self._counts: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def snapshot(self) -> Counter:
+        with self._lock:
+            return Counter(self._counts)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
+TALLY = Tally()
+
+
+def inc(counter, n: int = 1) -> None:
+    """Increment a Beam counter and this process's tally of the same name."""
+    counter.inc(n)
+    TALLY.add(counter.metric_name.name, n)
+
+
+_transient = {"width": 0}  # the status line now on the terminal, to be overwritten
+
+
+def show(text: str, stream: TextIO = sys.stderr) -> None:
+    """``text`` as the terminal's status line, in place of the last one; nothing elsewhere
+    (logs get the progress lines of :class:`Reporter` and a command's one-line errors)."""
+    if stream.isatty():
+        width = shutil.get_terminal_size((120, 20)).columns - 1
+        text = text[:width]
+        stream.write("\r" + text.ljust(_transient["width"]))
+        stream.flush()
+        _transient["width"] = len(text)
+
+
+def clear(stream: TextIO = sys.stderr) -> None:
+    """Blank the terminal's status line, before a line that stays."""
+    if _transient["width"] and stream.isatty():
+        stream.write("\r" + " " * _transient["width"] + "\r")
+        stream.flush()
+    _transient["width"] = 0
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def describe(counts: Counter, elapsed: float, rate: Optional[float] = None) -> str:
+    """The progress line for ``counts`` (see :data:`TALLY`), ``elapsed`` seconds into the
+    run; ``rate`` is the current phase's recent rate per second, if known."""
+    rows = counts["manifest_rows"]
+    uris = counts["uris_planned"]
+    uris_done = counts["uris_unchanged"] + counts["fetched"] + counts["fetch_errors"]
+    contents = counts["contents_planned"]
+    scored = counts["scored"] + counts["score_errors"] + counts["decode_errors"]
+    written = counts["rows_written"]
+    errors = counts["manifest_errors"] + counts["fetch_errors"] + counts["decode_errors"] + counts["score_errors"]
+    if written:
+        phase = tqdm.format_meter(written, rows or None, elapsed, prefix="writing tables", unit=" rows", rate=rate)
+    elif contents:
+        phase = tqdm.format_meter(scored, contents, elapsed, prefix="scoring", unit=" images", rate=rate)
+    elif uris:
+        phase = tqdm.format_meter(uris_done, uris, elapsed, prefix="checking and fetching", unit=" uris", rate=rate)
+    else:
+        phase = tqdm.format_meter(rows, None, elapsed, prefix="reading the manifest", unit=" rows", rate=rate)
+    facts = [f"{_n(rows)} rows"]
+    if uris:
+        facts.append(f"{_n(uris)} distinct uris ({_n(counts['uris_unchanged'])} unchanged)")
+    if contents:
+        facts.append(f"{_n(contents)} new images")
+    if errors:
+        facts.append(f"{_n(errors)} errors")
+    return f"aisthetics: {phase} · " + ", ".join(facts)
+
+
+def _current(counts: Counter) -> int:
+    """The count the current phase advances (for its rate)."""
+    if counts["rows_written"]:
+        return counts["rows_written"]
+    if counts["contents_planned"]:
+        return counts["scored"] + counts["score_errors"] + counts["decode_errors"]
+    if counts["uris_planned"]:
+        return counts["uris_unchanged"] + counts["fetched"] + counts["fetch_errors"]
+    return counts["manifest_rows"]
+
+
+class Reporter:
+    """Prints :func:`describe` of :data:`TALLY` to ``stream`` while a run goes on: in place
+    every ``refresh`` seconds on a terminal, else a line every ``every`` seconds (and at
+    once, so a run says what it does from its first second)."""
+
+    def __init__(self, every: float, stream: TextIO = sys.stderr, refresh: float = 0.25):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval = refresh if self.tty else every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="aisthetics-progress", daemon=True)
+        self._shown = ""  # the last plain line printed
+        self._last = (0.0, 0)  # (time, count) the rate is measured from
+
+    def start(self) -> "Reporter":
+        if self.interval > 0:
+            self.started = time.monotonic()
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+        clear(self.stream)
+
+    def _loop(self) -> None:
+        while True:
+            self._show()
+            if self._stop.wait(self.interval):
+                return
+
+    def _show(self) -> None:
+        now = time.monotonic()
+        counts = TALLY.snapshot()
+        count = _current(counts)
+        then, before = self._last
+        rate = (count - before) / (now - then) if then and now > then and count >= before else None
+        self._last = (now, count)
+        line = describe(counts, now - self.started, rate)
+        if self.tty:
+            show(line, self.stream)
+        elif line != self._shown:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        self._shown = line
+
+
+def summary_line(summary: dict, seconds: float, output: str) -> str:
+    """The one line a finished run ends with: what became of every row, and where it is."""
+    by_stage = ", ".join(f"{stage} {n:,}" for stage, n in summary.get("errors_by_stage", {}).items() if n)
+    fresh = summary["scored"] + summary["deduplicated"]
+    date = summary.get("run_date")
+    return (
+        f"aisthetics: {summary['rows']:,} rows in {seconds:.1f} s: {fresh:,} scored ({summary['scored']:,} images "
+        f"inferred), {summary['reused']:,} reused from an earlier night, {summary['errors']:,} errors"
+        + (f" ({by_stage})" if by_stage else "")
+        + f". Tables: {output}/scores/dt={date}/, {output}/errors/dt={date}/, {output}/runs/dt={date}/summary.json"
+    )
