@@ -20,8 +20,6 @@ earlier row scored by another model_version is never reused.
 from __future__ import annotations
 
 import itertools
-import posixpath
-import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -29,10 +27,9 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquetBatched
 
-from aisthetics_transforms import buckets
+from aisthetics_transforms import buckets, layout
 from aisthetics_transforms.fetch import DEFAULT_LIMITS, FetchLimits, ThreadSessions, is_local_file, source_version
 from aisthetics_transforms.records import (
     ImageRef,
@@ -51,20 +48,13 @@ PREVIOUS_COLUMNS = [
     "uri", "mean_score", "sd_score", "predictions", "model_version", "scored_at", "content_sha256", "source_version",
     "exif_orientation",
 ]
-_DATE_DIR = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
 
 
 def find_previous_partition(output: str, run_date: str) -> Optional[str]:
-    """The newest ``scores/dt=DATE`` directory under ``output`` with DATE before ``run_date``."""
-    pattern = FileSystems.join(output, "scores", "dt=*", "*.parquet")
-    dates = set()
-    for metadata in FileSystems.match([pattern])[0].metadata_list:
-        found = _DATE_DIR.search(metadata.path.replace("\\", "/"))
-        if found and found.group(1) < run_date:
-            dates.add(found.group(1))
-    if not dates:
-        return None
-    return FileSystems.join(output, "scores", f"dt={max(dates)}")
+    """The scores partition of the newest night published before ``run_date`` (found
+    through the nights' summaries, ``layout.previous_night``); None when there is none."""
+    night = layout.previous_night(output, run_date)
+    return layout.partition_dir(output, "scores", night["run_date"]) if night else None
 
 
 def reused_row(previous: dict, member: Member) -> dict:
@@ -154,7 +144,7 @@ class ReadPreviousScores(beam.PTransform):
     def expand(self, pbegin):
         n, version = self.bucket_count, self.model_version
         tables = pbegin | "Read" >> ReadFromParquetBatched(
-            posixpath.join(self.partition, "*.parquet"), columns=PREVIOUS_COLUMNS
+            layout.night_pattern(self.partition), columns=PREVIOUS_COLUMNS
         )
         return {
             key: tables

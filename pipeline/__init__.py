@@ -20,6 +20,7 @@ from aisthetics_transforms.fetch import FetchImages, FetchLimits
 from aisthetics_transforms.manifest import ManifestSpec, ReadImageGlob, ReadManifest
 from aisthetics_transforms.model import engine_name, local_weights, model_version
 from aisthetics_transforms.preprocess import DecodeLimits
+from aisthetics_transforms.publish import LockTimes
 from aisthetics_transforms.records import ERRORS
 from aisthetics_transforms.reuse import REUSED, GroupByContent, GroupByUri, ReadPreviousScores, find_previous_partition
 from aisthetics_transforms.score import ScoreImages
@@ -114,7 +115,8 @@ def run(argv: list[str] | None = None) -> RunOutcome:
 
     version = model_version(local_weights(opts.weights)[1], engine_name(opts.engine))
     previous = find_previous_partition(opts.output, opts.run_date) if opts.incremental else None
-    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images, previous, opts.keep_column_list)
+    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images, previous, opts.keep_column_list,
+                       opts.staging_ttl_hours, LockTimes(ttl_s=opts.publish_lock_ttl_seconds))
     p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, opts, info)
     result = p.run()

@@ -43,6 +43,11 @@ class AistheticsOptions(PipelineOptions):
             help="reuse the newest earlier partition's scores for images that did not change "
             "(--incremental, or =true/false as Flex Templates pass it)",
         )
+        out.add_argument("--staging_ttl_hours", type=float, default=72.0,
+                         help="later runs delete staging left by runs that started longer ago (longer than any run lives)")
+        out.add_argument("--publish_lock_ttl_seconds", type=float, default=120.0,
+                         help="a run holding or awaiting a date's publish lock that shows no sign of life for this long "
+                         "is presumed dead, and its claim removed")
 
         model = parser.add_argument_group("model")
         model.add_argument("--engine", choices=ENGINES, default="auto")
@@ -91,6 +96,10 @@ class AistheticsOptions(PipelineOptions):
             datetime.strptime(self.run_date, "%Y-%m-%d")
         except ValueError:
             problems.append(f"--run_date must be YYYY-MM-DD, got {self.run_date!r}")
+        if not self.staging_ttl_hours > 0:
+            problems.append("--staging_ttl_hours must be more than 0")
+        if not self.publish_lock_ttl_seconds >= 1:
+            problems.append("--publish_lock_ttl_seconds must be at least 1")
         if self.batch_size < 1:
             problems.append("--batch_size must be at least 1")
         if self.fetch_threads < 1:
