@@ -159,7 +159,11 @@ class DateLock:
         self._heartbeat: Optional[threading.Thread] = None
 
     def __enter__(self) -> "DateLock":
-        self.acquire()
+        try:
+            self.acquire()
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, None)
+            raise
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
@@ -171,6 +175,8 @@ class DateLock:
             self._stop_heartbeat()
 
     def acquire(self) -> None:
+        """Wait for the lock; raise :class:`PublishError` after ``wait_s``. The caller
+        releases (or, after a fault, stops the heartbeat) whatever happens here."""
         layout.create_if_absent(self.claim)
         self._beat()
         self._stop.clear()
@@ -188,7 +194,6 @@ class DateLock:
                 time.sleep(self.times.settle(self.output))
                 continue
             if time.monotonic() > deadline:
-                self.release()
                 raise PublishError(
                     f"run {self.run_id} of {self.run_date} waited {self.times.wait_s:.0f} s for the publish lock, "
                     f"held by run {holder} ({layout.join(self.directory, holder + CLAIM)}); a dead run's claim "

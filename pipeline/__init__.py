@@ -20,7 +20,7 @@ from aisthetics_transforms.fetch import FetchImages, FetchLimits
 from aisthetics_transforms.manifest import ManifestSpec, ReadImageGlob, ReadManifest
 from aisthetics_transforms.model import engine_name, local_weights, model_version
 from aisthetics_transforms.preprocess import DecodeLimits
-from aisthetics_transforms.publish import LockTimes
+from aisthetics_transforms.publish import LockTimes, PublishError
 from aisthetics_transforms.records import ERRORS
 from aisthetics_transforms.reuse import REUSED, GroupByContent, GroupByUri, ReadPreviousScores, find_previous_partition
 from aisthetics_transforms.score import ScoreImages
@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     # frozen, the garbage collector stops walking them during the run (~0.1 s) and at
     # interpreter exit (~0.3 s), a sixth of a local run's fixed cost.
     gc.freeze()
-    outcome = run(argv)
+    try:
+        outcome = run(argv)
+    except PublishError as exc:  # superseded by a newer run, or no lock in time: one line, not a traceback
+        raise SystemExit(f"pipeline: {exc}") from None
     if outcome.summary:
         print(json.dumps(outcome.summary, indent=2, sort_keys=True))
     gc.freeze()
