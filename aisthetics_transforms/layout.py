@@ -24,6 +24,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 from typing import NamedTuple, Optional, Sequence
 
 TABLES = ("scores", "errors")
@@ -122,44 +123,59 @@ def split_partition(partition: str) -> tuple[str, str, str]:
 # Files: the few operations publishing and reading need, local or remote
 
 
-def _filesystems():
+_per_thread = threading.local()
+
+
+def _gcs():
+    """One Beam GcsIO (a google-cloud-storage client with Beam's credentials, retries and
+    emulator support) per thread: Beam's FileSystems builds a new one, parsing options and
+    making a client, for every call."""
+    gcs = getattr(_per_thread, "gcs", None)
+    if gcs is None:
+        from apache_beam.io.gcp.gcsio import GcsIO
+
+        gcs = _per_thread.gcs = GcsIO()
+    return gcs
+
+
+def _blob(path: str):
+    bucket, _, name = path[len("gs://"):].partition("/")
+    return _gcs().client.bucket(bucket).blob(name)
+
+
+def _filesystems():  # other remote schemes: Beam's FileSystems
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems
 
 
-def _match(pattern: str) -> list[Entry]:
+def _remote_list(prefix: str) -> list[Entry]:
+    """Every object whose path starts with ``prefix``, in one (paged) listing."""
+    if prefix.startswith("gs://"):
+        return [Entry(path, path, updated) for path, (_, updated) in _gcs().list_files(prefix, with_metadata=True)]
     return [Entry(m.path, m.path, m.last_updated_in_seconds or 0.0)
-            for m in _filesystems().match([pattern])[0].metadata_list]
+            for m in _filesystems().match([prefix + "**"])[0].metadata_list]
 
 
 def list_dir(directory: str) -> list[Entry]:
     """The files directly in ``directory`` (none when it does not exist), in one listing."""
-    directory = directory.rstrip("/")
-    if is_local(directory):
-        try:
-            with os.scandir(directory) as entries:
-                return sorted(Entry(e.path, e.name, e.stat().st_mtime) for e in entries if e.is_file())
-        except FileNotFoundError:
-            return []
-    # Beam's "*" stops at "/": the files of this directory, not of deeper ones.
-    return sorted(e._replace(name=e.path[len(directory) + 1:]) for e in _match(directory + "/*"))
+    return [e for e in list_tree(directory) if "/" not in e.name]
 
 
 def list_tree(directory: str) -> list[Entry]:
     """Every file below ``directory``, named relative to it."""
     directory = directory.rstrip("/")
-    if is_local(directory):
-        found = []
-        for root, _, names in os.walk(directory):
-            for name in names:
-                path = os.path.join(root, name)
-                try:
-                    found.append(Entry(path, os.path.relpath(path, directory), os.stat(path).st_mtime))
-                except FileNotFoundError:
-                    pass  # removed while listing
-        return sorted(found)
-    return sorted(e._replace(name=e.path[len(directory) + 1:]) for e in _match(directory + "/**"))
+    if not is_local(directory):
+        return sorted(e._replace(name=e.path[len(directory) + 1:]) for e in _remote_list(directory + "/"))
+    found = []
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                found.append(Entry(path, os.path.relpath(path, directory), os.stat(path).st_mtime))
+            except FileNotFoundError:
+                pass  # removed while listing
+    return sorted(found)
 
 
 def read_bytes(path: str) -> Optional[bytes]:
@@ -170,14 +186,17 @@ def read_bytes(path: str) -> Optional[bytes]:
                 return f.read()
         except FileNotFoundError:
             return None
-    filesystems = _filesystems()
-    try:
-        with filesystems.open(path) as f:
-            return f.read()
-    except Exception:
-        if not filesystems.exists(path):
+    if path.startswith("gs://"):
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return _blob(path).download_as_bytes()
+        except NotFound:
             return None
-        raise
+    if not _filesystems().exists(path):
+        return None
+    with _filesystems().open(path) as f:
+        return f.read()
 
 
 def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
@@ -193,9 +212,11 @@ def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-str
             os.fsync(f.fileno())
         os.chmod(f.name, 0o644)
         os.replace(f.name, path)
-        return
-    with _filesystems().create(path, mime_type=mime_type) as f:
-        f.write(data)
+    elif path.startswith("gs://"):
+        _blob(path).upload_from_string(data, content_type=mime_type)
+    else:
+        with _filesystems().create(path, mime_type=mime_type) as f:
+            f.write(data)
 
 
 def create_if_absent(path: str) -> bool:
@@ -214,25 +235,33 @@ def create_if_absent(path: str) -> bool:
             except FileNotFoundError:
                 continue
         raise FileNotFoundError(f"could not create {path}: its directory keeps disappearing")
-    filesystems = _filesystems()
-    if filesystems.exists(path):
+    if (_gcs().exists(path) if path.startswith("gs://") else _filesystems().exists(path)):
         return False
-    with filesystems.create(path) as f:
-        f.write(b"")
+    write_atomic(path, b"")
     return True
+
+
+def _gcs_failures(results) -> None:
+    failed = [r for r in results if r[-1]]
+    if failed:
+        raise OSError(f"{len(failed)} GCS operations failed, e.g. {failed[0]}")
 
 
 def move(pairs: Sequence[tuple[str, str]]) -> None:
     """Move each (source, destination) file, replacing the destination: an atomic rename
-    locally; a copy then a delete remotely (Beam batches both)."""
+    locally; a copy then a delete remotely, batched."""
     if not pairs:
         return
     if is_local(pairs[0][0]):
         for source, destination in pairs:
             os.makedirs(os.path.dirname(destination), exist_ok=True)
             os.replace(source, destination)
-        return
-    _filesystems().rename([s for s, _ in pairs], [d for _, d in pairs])
+    elif pairs[0][0].startswith("gs://"):
+        for start in range(0, len(pairs), _GCS_BATCH):
+            _gcs_failures(_gcs().copy_batch(list(pairs[start:start + _GCS_BATCH])))
+        delete([source for source, _ in pairs])
+    else:
+        _filesystems().rename([s for s, _ in pairs], [d for _, d in pairs])
 
 
 def delete(paths: Sequence[str]) -> None:
@@ -246,19 +275,11 @@ def delete(paths: Sequence[str]) -> None:
                 os.remove(path)
             except FileNotFoundError:
                 pass
-        return
-    if paths[0].startswith("gs://"):
-        # Beam's FileSystems.delete lists each path before deleting it; batches do not.
-        from apache_beam.io.gcp.gcsio import GcsIO
-
-        gcs = GcsIO()
-        failed = {}
-        for start in range(0, len(paths), _GCS_BATCH):
-            failed.update((p, e) for p, e in gcs.delete_batch(paths[start:start + _GCS_BATCH]) if e)
-        if failed:
-            raise OSError(f"could not delete {len(failed)} objects, e.g. {next(iter(failed.items()))}")
-        return
-    _filesystems().delete(paths)
+    elif paths[0].startswith("gs://"):
+        for start in range(0, len(paths), _GCS_BATCH):  # GcsIO's batches treat 404 as done
+            _gcs_failures(_gcs().delete_batch(paths[start:start + _GCS_BATCH]))
+    else:
+        _filesystems().delete(paths)
 
 
 def _ignore_missing(function, path, exc_info) -> None:
@@ -332,7 +353,7 @@ def published_dates(output: str) -> list[str]:
     if is_local(output):
         paths = glob.glob(join(glob.escape(runs), "dt=*", SUMMARY))
     else:
-        paths = [e.path for e in _match(join(runs, "dt=*", SUMMARY))]
+        paths = [e.path for e in _remote_list(join(runs, "dt="))]
     found = set()
     for path in paths:
         parts = path[len(runs) + 1:].split("/")
