@@ -357,7 +357,8 @@ def prune(run: RunInfo, fault=_no_fault) -> None:
     """Step 4: the partition directories keep only the files of the run that committed."""
     for table in layout.TABLES:
         visible = layout.list_dir(layout.partition_dir(run.output, table, run.run_date))
-        layout.delete([e.path for e in visible if e.name.endswith(".parquet") and not layout.is_run_file(e.name, run.run_id)])
+        others = [e.path for e in visible if e.name.endswith(".parquet") and not layout.is_run_file(e.name, run.run_id)]
+        layout.delete(others)
         fault(f"pruned.{table}")
     runs_dir = layout.partition_dir(run.output, layout.RUNS, run.run_date)
     # Temporary files of summary writes that died (local disk only has them).

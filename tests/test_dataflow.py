@@ -173,7 +173,10 @@ def test_dataflow_template_incremental(gcs, ava, tmp_path):
     root = f"dataflow-incremental-{uuid.uuid4().hex[:8]}"
     uris = [gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in sorted(ava.glob("*.jpg"))[:2]]
     manifest = gcs.upload_bytes(f"{root}/manifest.csv", ("uri\n" + "\n".join(uris) + "\n").encode(), "text/csv")
-    previous = gcs.upload_bytes(f"{root}/out/scores/dt=2026-11-27/part-0.parquet", scores_partition_bytes(uris))
+    run_id = "20261127T030000000000Z-abc123"  # a published night: its files and the summary naming their run
+    previous = gcs.upload_bytes(
+        f"{root}/out/scores/dt=2026-11-27/{run_id}-scored-0.parquet", scores_partition_bytes(uris))
+    gcs.upload_bytes(f"{root}/out/runs/dt=2026-11-27/summary.json", json.dumps({"run_id": run_id}).encode())
     job, seconds = translate(gcs, tmp_path, [f"--manifest={manifest}", "--incremental"], root)
     check_spec(gcs, job, root, "ReadManifest")
     names = step_names(gcs, job)
@@ -183,5 +186,5 @@ def test_dataflow_template_incremental(gcs, ava, tmp_path):
     assert options["manifest"] == manifest
     # The launcher found the uploaded partition on gs:// and the job reads exactly it.
     partition = previous.rsplit("/", 1)[0]
-    assert display_values(gcs, job, "ReadPreviousScores/", "file_pattern") == {f"{partition}/*.parquet"}
+    assert display_values(gcs, job, "ReadPreviousScores/", "file_pattern") == {f"{partition}/{run_id}-*.parquet"}
     assert seconds < 100

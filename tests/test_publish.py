@@ -69,8 +69,8 @@ def stage(run: RunInfo, ids: tuple, files: int = 2, leftover: bool = True) -> tu
             path = layout.join(staging, table, f"{run.run_id}-{table}-failed-attempt.parquet")
             layout.write_atomic(path, parquet_bytes(_rows(table, [f"ghost-{table}"]), schemas[table]))
     scores, errors = ids
-    summary = {"run_date": run.run_date, "run_id": run.run_id, "rows": len(scores) + len(errors),
-               "scored": len(scores), "reused": 0, "deduplicated": 0, "errors": len(errors), "model_version": "nima-test"}
+    summary = {"run_date": run.run_date, "run_id": run.run_id, "rows": len(scores) + len(errors), "scored": len(scores),
+               "reused": 0, "deduplicated": 0, "errors": len(errors), "model_version": "nima-test"}
     return committed, summary
 
 
@@ -325,8 +325,10 @@ def _staging_of(output: str, run_date: str, started: datetime) -> str:
 def test_stale_staging_is_removed_by_age_never_a_young_one(tmp_path):
     output = str(tmp_path / "out")
     now = datetime.now(timezone.utc)
-    dead = [_staging_of(output, DATE, now - timedelta(hours=73)), _staging_of(output, "2026-11-01", now - timedelta(days=20))]
-    young = [_staging_of(output, DATE, now - timedelta(hours=71)), _staging_of(output, "2026-11-27", now - timedelta(minutes=1))]
+    dead = [_staging_of(output, DATE, now - timedelta(hours=73)),
+            _staging_of(output, "2026-11-01", now - timedelta(days=20))]
+    young = [_staging_of(output, DATE, now - timedelta(hours=71)),
+             _staging_of(output, "2026-11-27", now - timedelta(minutes=1))]
     foreign = layout.join(output, layout.STAGING, "not-a-run")
     layout.write_atomic(layout.join(foreign, "file"), b"x")
     run = published(output, NEW)
