@@ -284,7 +284,7 @@ def _refuse_if_superseded(run: RunInfo, published: Optional[dict]) -> None:
     if other and other > run.run_id:
         when = published.get("published_at") or published.get("finished_at") or "an unknown time"
         raise Superseded(f"run {run.run_id} of {run.run_date} superseded by newer run {other} published at {when}; "
-                           f"nothing of run {run.run_id} was published")
+                         f"nothing of run {run.run_id} was published")
 
 
 def _empty_parquet(schema) -> bytes:

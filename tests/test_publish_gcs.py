@@ -96,7 +96,7 @@ def test_two_runs_of_one_date_at_once(output):
     assert_settled(output, newer.run_id)
 
 
-def test_a_dead_runs_claim_expires(output, gcs):
+def test_a_dead_runs_claim_expires(output):
     dead = layout.join(layout.claims_dir(output, DATE), "20261128T000000000000Z-dead00.claim")
     layout.create_if_absent(dead)
     time.sleep(1.2)  # longer than the test runs' ttl, without a heartbeat
