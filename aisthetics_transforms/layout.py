@@ -128,14 +128,16 @@ _per_thread = threading.local()
 
 def _gcs():
     """One Beam GcsIO (a google-cloud-storage client with Beam's credentials, retries and
-    emulator support) per thread: Beam's FileSystems builds a new one, parsing options and
-    making a client, for every call."""
-    gcs = getattr(_per_thread, "gcs", None)
-    if gcs is None:
+    emulator support) per thread and endpoint: Beam's FileSystems builds a new one, parsing
+    options and making a client, for every call. The client takes its endpoint from the
+    environment when it is made, so a different ``STORAGE_EMULATOR_HOST`` gets another."""
+    endpoint = os.environ.get("STORAGE_EMULATOR_HOST")
+    cached = getattr(_per_thread, "gcs", None)
+    if cached is None or cached[0] != endpoint:
         from apache_beam.io.gcp.gcsio import GcsIO
 
-        gcs = _per_thread.gcs = GcsIO()
-    return gcs
+        cached = _per_thread.gcs = (endpoint, GcsIO())
+    return cached[1]
 
 
 def _blob(path: str):
@@ -327,7 +329,7 @@ def read_summary(output: str, run_date: str) -> Optional[dict]:
 
 def night_files(output: str, table: str, run_date: str, summary: Optional[dict] = None) -> list[str]:
     """The Parquet files of table ``table`` on ``run_date``: those of the run its summary
-    names, found by one listing of the partition directory. None without a summary."""
+    names, found by one listing of the partition directory; none without a summary."""
     summary = summary if summary is not None else read_summary(output, run_date)
     if summary is None:
         return []
