@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from aisthetics_transforms.layout import is_local as _is_local
-from aisthetics_transforms.layout import staging_dir, summary_path  # noqa: F401  (summary_path: as before, for pipeline)
+from aisthetics_transforms.layout import staging_dir, summary_path  # noqa: F401  (summary_path: pipeline imports it)
 from aisthetics_transforms.publish import RunInfo, publish_night
 from aisthetics_transforms.records import STAGES, errors_schema, scores_schema
 

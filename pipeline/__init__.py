@@ -115,8 +115,8 @@ def run(argv: list[str] | None = None) -> RunOutcome:
 
     version = model_version(local_weights(opts.weights)[1], engine_name(opts.engine))
     previous = find_previous_partition(opts.output, opts.run_date) if opts.incremental else None
-    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images, previous, opts.keep_column_list,
-                       opts.staging_ttl_hours, LockTimes(ttl_s=opts.publish_lock_ttl_seconds))
+    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images, previous,
+                       opts.keep_column_list, opts.staging_ttl_hours, LockTimes(ttl_s=opts.publish_lock_ttl_seconds))
     p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, opts, info)
     result = p.run()

@@ -43,11 +43,15 @@ class AistheticsOptions(PipelineOptions):
             help="reuse the newest earlier partition's scores for images that did not change "
             "(--incremental, or =true/false as Flex Templates pass it)",
         )
-        out.add_argument("--staging_ttl_hours", type=float, default=72.0,
-                         help="later runs delete staging left by runs that started longer ago (longer than any run lives)")
-        out.add_argument("--publish_lock_ttl_seconds", type=float, default=120.0,
-                         help="a run holding or awaiting a date's publish lock that shows no sign of life for this long "
-                         "is presumed dead, and its claim removed")
+        out.add_argument(
+            "--staging_ttl_hours", type=float, default=72.0,
+            help="later runs delete staging left by runs that started longer ago (longer than any run lives)",
+        )
+        out.add_argument(
+            "--publish_lock_ttl_seconds", type=float, default=120.0,
+            help="a run holding or awaiting a date's publish lock that shows no sign of life for this long "
+            "is presumed dead, and its claim removed",
+        )
 
         model = parser.add_argument_group("model")
         model.add_argument("--engine", choices=ENGINES, default="auto")
