@@ -243,6 +243,17 @@ def create_if_absent(path: str) -> bool:
     return True
 
 
+def touch(path: str) -> None:
+    """Set ``path``'s modification time to now, creating it empty if needed (no temporary
+    file: a process killed here leaves nothing else behind)."""
+    if is_local(path):
+        with open(path, "ab"):
+            pass
+        os.utime(path)
+    else:
+        write_atomic(path, b"")
+
+
 def _gcs_failures(results) -> None:
     failed = [r for r in results if r[-1]]
     if failed:

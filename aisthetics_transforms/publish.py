@@ -205,16 +205,16 @@ class DateLock:
 
     def release(self) -> None:
         self._stop_heartbeat()
-        layout.delete([self.claim, self.alive])
+        layout.delete([self.alive, self.claim])  # a claim left alone goes stale at once
         layout.remove_empty_dirs(self.directory, layout.join(self.output, layout.PUBLISH))
 
     def _holder(self, remove_stale: bool) -> Optional[str]:
         """The run that holds the lock now, or None when our own claim is gone."""
         created, alive = {}, {}
         for entry in layout.list_dir(self.directory):
-            if entry.name.endswith(CLAIM) and not entry.name.startswith("."):
+            if entry.name.endswith(CLAIM):
                 created[entry.name[: -len(CLAIM)]] = entry.updated
-            elif entry.name.endswith(ALIVE) and not entry.name.startswith("."):
+            elif entry.name.endswith(ALIVE):
                 alive[entry.name[: -len(ALIVE)]] = entry.updated
         now = time.time()
         stale = [r for r, t in created.items() if r != self.run_id and now - max(t, alive.get(r, t)) > self.times.ttl_s]
@@ -222,13 +222,16 @@ class DateLock:
             _log.warning("publish of %s: removing the claims of runs gone silent for %.0f s: %s",
                          self.run_date, self.times.ttl_s, ", ".join(stale))
             layout.delete([layout.join(self.directory, r + suffix) for r in stale for suffix in (CLAIM, ALIVE)])
+        orphans = [r for r, t in alive.items() if r not in created and now - t > self.times.ttl_s]
+        if orphans and remove_stale:  # heartbeats of runs that died releasing
+            layout.delete([layout.join(self.directory, r + ALIVE) for r in orphans])
         live = {r: t for r, t in created.items() if r not in stale}
         if self.run_id not in live:
             return None
         return min(live, key=lambda r: (live[r], r))
 
     def _beat(self) -> None:
-        layout.write_atomic(self.alive, b"")
+        layout.touch(self.alive)
 
     def _beating(self) -> None:
         while not self._stop.wait(self.times.ttl_s / 4):

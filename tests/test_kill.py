@@ -76,15 +76,33 @@ def whole_night(output: Path, manifests: dict) -> str:
     return name
 
 
+def kill_after_claim(proc: subprocess.Popen, claims: Path, delay: float) -> None:
+    """SIGKILL ``proc`` ``delay`` seconds after its publish claims the date (the first thing
+    a publish does; it moves files ~0.05 s later and is done in well under a second)."""
+    def listed() -> set:
+        try:
+            return {n for n in os.listdir(claims) if n.endswith(".claim")}
+        except FileNotFoundError:
+            return set()
+
+    earlier = listed()  # claims of runs killed before this one
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if listed() - earlier:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait(timeout=60)
+
+
 def test_killed_republishes_leave_a_whole_night_and_a_rerun_publishes_the_new_one(catalog):
     manifests, output = catalog["manifests"], catalog["root"] / "dt=2020-01-01" / "out"
     logs = catalog["root"] / "logs"
     proc = start(pipeline_args(manifests["old"][0], output, EARLIER), logs / "earlier")
-    finish(proc, logs / "earlier")  # the first run converts the model for the session's cache
-    started = time.monotonic()
+    finish(proc, logs / "earlier")
     proc = start(pipeline_args(manifests["old"][0], output), logs / "old")
     finish(proc, logs / "old")
-    one_run = time.monotonic() - started
     assert whole_night(output, manifests) == "old"
     summary = layout.read_summary(str(output), DATE)
     assert summary["incremental_from"] == layout.partition_dir(str(output), "scores", EARLIER)
@@ -95,14 +113,14 @@ def test_killed_republishes_leave_a_whole_night_and_a_rerun_publishes_the_new_on
         finish(proc, logs / step, want=-signal.SIGKILL)
         assert whole_night(output, manifests) == ("old" if step in BEFORE_COMMIT else "new"), step
 
-    # SIGKILLs at moments near the end of a run, wherever they land.
-    for fraction in (0.8, 0.9, 1.0):
-        proc = start(pipeline_args(manifests["new"][0], output), logs / f"at-{fraction}")
-        time.sleep(one_run * fraction)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+    # The old night again, then SIGKILLs from outside at moments through the end of a run.
+    proc = start(pipeline_args(manifests["old"][0], output), logs / "old-again")
+    finish(proc, logs / "old-again")
+    for delay in (0.0, 0.03, 0.06, 0.1, 0.2, 0.4):
+        proc = start(pipeline_args(manifests["new"][0], output), logs / f"after-{delay}")
+        kill_after_claim(proc, output / "_publish" / DATE, delay)
         seen = whole_night(output, manifests)
-        print(f"killed at {fraction:.0%} of a run's time (exit {proc.returncode}): the {seen} night, whole")
+        print(f"killed {delay:.2f} s after its claim (exit {proc.returncode}): the {seen} night, whole")
 
     # A plain rerun, which also removes the dead runs' staging (older than 0.0001 h = 0.36 s).
     proc = start(pipeline_args(manifests["new"][0], output, DATE, "--staging_ttl_hours=0.0001"), logs / "rerun")
@@ -111,7 +129,8 @@ def test_killed_republishes_leave_a_whole_night_and_a_rerun_publishes_the_new_on
     run_id = layout.read_summary(str(output), DATE)["run_id"]
     visible = [p.name for table in ("scores", "errors") for p in (output / table / f"dt={DATE}").iterdir()]
     assert visible and all(name.startswith(f"{run_id}-") for name in visible)  # glob readers too
-    assert not (output / "_staging").exists() and not (output / "_publish").exists()
+    leftovers = [str(p.relative_to(output)) for d in ("_staging", "_publish") for p in (output / d).rglob("*")]
+    assert not leftovers, leftovers
 
 
 def test_two_runs_of_one_date_at_once_leave_the_newest_whole(catalog):
