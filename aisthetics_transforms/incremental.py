@@ -17,9 +17,7 @@ means its rows are scored again: it is counted in the summary, never fatal.
 """
 from __future__ import annotations
 
-import json
 import logging
-import posixpath
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
@@ -30,6 +28,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
+from aisthetics_transforms import layout
 from aisthetics_transforms.dedupe import SplitByBucket
 from aisthetics_transforms.records import STATS
 
@@ -71,13 +70,14 @@ class ReadPreviousFiles(beam.DoFn):
     """A path of the earlier night -> its reusable rows (:func:`read_previous_file`). Its
     display data names the night, so the Dataflow UI shows what a job reuses."""
 
-    def __init__(self, model_version: str, night: str, files: int):
+    def __init__(self, model_version: str, night: "PreviousNight"):
         self.model_version = model_version
-        self.night = night
-        self.files = files
+        self.night = night.partition
+        self.run = night.run_id or ""
+        self.files = len(night.files)
 
     def display_data(self):
-        return {"night": self.night, "files": self.files}
+        return {"night": self.night, "run": self.run, "files": self.files}
 
     def process(self, path: str):
         yield from read_previous_file(path, self.model_version)
@@ -101,7 +101,7 @@ class ReadPreviousNight(beam.PTransform):
             pbegin
             | "PreviousFiles" >> beam.Create(self.night.files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadFiles" >> beam.ParDo(ReadPreviousFiles(self.model_version, self.night.partition, len(self.night.files)))
+            | "ReadFiles" >> beam.ParDo(ReadPreviousFiles(self.model_version, self.night))
             .with_outputs(STATS, main="tables")
         )
         return {
@@ -120,29 +120,22 @@ class ReadPreviousNight(beam.PTransform):
 
 
 class PreviousNight(NamedTuple):
-    """The earlier night an incremental run reuses: its date, its scores files, its row count."""
+    """The earlier night an incremental run reuses: its date, its run, its scores files, its row count."""
 
     run_date: str
+    run_id: Optional[str]
     partition: str
     files: list
     rows: int
 
 
 def find_previous_night(output: str, run_date: str) -> Optional[PreviousNight]:
-    """The newest published night under ``output`` dated before ``run_date`` (interim:
-    the publish branch replaces this with the layout module's summary-based lookup)."""
-    pattern = FileSystems.join(output, "runs", "dt=*", "summary.json")
-    dates = {}
-    for metadata in FileSystems.match([pattern])[0].metadata_list:
-        name = posixpath.basename(posixpath.dirname(metadata.path.replace("\\", "/")))
-        date = name[len("dt="):]
-        if name.startswith("dt=") and date < run_date:
-            dates[date] = metadata.path
-    if not dates:
+    """The newest night published whole under ``output`` before ``run_date``: found through
+    the summaries (``layout.previous_night``), its files those of the run its summary names."""
+    summary = layout.previous_night(output, run_date)
+    if summary is None:
         return None
-    date = max(dates)
-    with FileSystems.open(dates[date]) as f:
-        summary = json.loads(f.read())
-    partition = FileSystems.join(output, "scores", f"dt={date}")
-    files = sorted(m.path for m in FileSystems.match([FileSystems.join(partition, "*.parquet")])[0].metadata_list)
-    return PreviousNight(date, partition, files, int(summary.get("rows", 0)))
+    date = summary["run_date"]
+    files = sorted(layout.night_files(output, "scores", date, summary))
+    return PreviousNight(date, summary.get("run_id"), layout.partition_dir(output, "scores", date), files,
+                         int(summary.get("rows", 0)))

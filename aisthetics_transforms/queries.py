@@ -1,6 +1,6 @@
 """Example analyst queries over the output tables, in DuckDB, as tested code.
 
-Each query reads the Hive-partitioned Parquet files directly:
+The README shows each query reading the Hive-partitioned Parquet files directly:
 
     read_parquet('OUT/scores/*/*.parquet', hive_partitioning = true, union_by_name = true)
 
@@ -8,6 +8,11 @@ Each query reads the Hive-partitioned Parquet files directly:
 names, and filters on it skip whole partitions. ``union_by_name`` lets nights with
 different kept columns (or written by an older version, without ``reused``) be read
 together: a column a night does not have reads as NULL.
+
+The functions here run the same SQL on the published nights only (:func:`table`): for
+each date with a summary.json, the files of the run it names, with ``dt`` taken from that
+date, so a publish in progress or one that died adds nothing, and a ``dt=`` inside the
+output path itself cannot confuse the date.
 
 The SQL texts (:data:`EXAMPLES`) are what the README shows; ``OUT`` stands for the
 pipeline's ``--output`` and ``$night``, ``$before``, ``$after``, ``$n`` are parameters.
@@ -22,6 +27,8 @@ import datetime as dt
 from typing import Optional, Union
 
 import duckdb
+
+from aisthetics_transforms import layout
 
 Day = Union[str, dt.date]
 
@@ -83,11 +90,13 @@ ORDER BY dt, errors DESC, stage, error_type""",
     # The run summaries as a table.
     "runs": """
 SELECT dt, rows, scored, reused, deduplicated, errors, model_version
-FROM read_json('{out}/runs/*/summary.json', hive_partitioning = true,
-               columns = {{rows: 'BIGINT', scored: 'BIGINT', reused: 'BIGINT', deduplicated: 'BIGINT',
-                          errors: 'BIGINT', model_version: 'VARCHAR'}})
+FROM {runs}
 ORDER BY dt""",
 }
+SUMMARY_COLUMNS = (
+    "{rows: 'BIGINT', scored: 'BIGINT', reused: 'BIGINT', deduplicated: 'BIGINT', errors: 'BIGINT', "
+    "model_version: 'VARCHAR'}"
+)
 
 
 def sql_literal(text: str) -> str:
@@ -100,18 +109,45 @@ def sql_identifier(name: str) -> str:
     return '"' + str(name).replace('"', '""') + '"'
 
 
+def glob_table(output: str, name: str) -> str:
+    """``read_parquet(...)`` of every file of table ``name`` (scores, errors or runs), as
+    the README shows it: every ``dt=`` folder, whatever is published."""
+    out = str(output).rstrip("/")
+    if name == "runs":
+        pattern = sql_literal(f"{out}/runs/*/summary.json")
+        return f"read_json({pattern}, hive_partitioning = true, columns = {SUMMARY_COLUMNS})"
+    return f"read_parquet({sql_literal(f'{out}/{name}/*/*.parquet')}, hive_partitioning = true, union_by_name = true)"
+
+
 def table(output: str, name: str) -> str:
-    """``read_parquet(...)`` over every night of table ``name`` (scores or errors) under ``output``."""
-    pattern = f"{str(output).rstrip('/')}/{name}/*/*.parquet"
-    return f"read_parquet({sql_literal(pattern)}, hive_partitioning = true, union_by_name = true)"
+    """The published nights of table ``name`` (scores, errors or runs) under ``output`` as
+    one relation with a ``dt`` DATE column: per date with a summary, the files of the run it
+    names. A filter on ``dt`` still reads only that night's files."""
+    output = str(output).rstrip("/")
+    nights = []
+    for day in layout.published_dates(output):
+        if name == "runs":
+            path = sql_literal(layout.summary_path(output, day))
+            source = f"read_json([{path}], hive_partitioning = false, columns = {SUMMARY_COLUMNS})"
+        else:
+            files = layout.night_files(output, name, day)
+            if not files:
+                continue
+            listed = ", ".join(sql_literal(f) for f in files)
+            source = f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
+        nights.append(f"SELECT *, DATE {sql_literal(day)} AS dt FROM {source}")
+    if not nights:
+        raise FileNotFoundError(f"no published night under {output} (no runs/dt=YYYY-MM-DD/summary.json)")
+    return "(" + " UNION ALL BY NAME ".join(nights) + ")"
 
 
-def example_sql(name: str, output: str, column: str = "category") -> str:
-    """The text of example ``name`` for the tables under ``output``."""
-    out = str(output).rstrip("/").replace("'", "''")
-    return EXAMPLES[name].strip().format(
-        scores=table(output, "scores"), errors=table(output, "errors"), out=out, column=sql_identifier(column)
-    )
+def example_sql(name: str, output: str, column: str = "category", published: bool = False) -> str:
+    """The text of example ``name`` for the tables under ``output``: the README's form, or
+    with ``published`` the form that reads published nights only (:func:`table`)."""
+    text = EXAMPLES[name].strip()
+    relation = table if published else glob_table
+    sources = {key: relation(output, key) for key in ("scores", "errors", "runs") if f"{{{key}}}" in text}
+    return text.format(**sources, column=sql_identifier(column))
 
 
 def _as_date(day: Day) -> dt.date:
@@ -127,7 +163,7 @@ def run(
 ) -> list[dict]:
     """Run example ``name`` and return its rows as dicts."""
     con = con or duckdb.connect()
-    cursor = con.execute(example_sql(name, output, column), params or {})
+    cursor = con.execute(example_sql(name, output, column, published=True), params or {})
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
 

@@ -24,11 +24,9 @@ import base64
 import datetime as dt
 import html
 import io
-import json
 import math
 import os
 import queue
-import re
 import tempfile
 import threading
 import time
@@ -37,6 +35,7 @@ from typing import Iterable, Optional, Sequence
 
 import duckdb
 
+from aisthetics_transforms import layout
 from aisthetics_transforms.queries import sql_identifier, sql_literal
 from aisthetics_transforms.records import scores_schema
 
@@ -61,8 +60,6 @@ EXACT_PERCENTILES_UP_TO = 2_000_000  # rows in a night; above, percentiles are a
 THUMB_SIZE = (320, 240)  # pixels stored; shown at half that for sharp screens
 THUMB_WORKERS = 8
 THUMB_BUDGET_S = 30.0  # all thumbnails together; later ones become placeholders
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DT_DIR = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
 
 
 class ReportError(Exception):
@@ -173,57 +170,27 @@ class ReportData:
 # Finding the files
 
 
-def _join(output: str, *parts: str) -> str:
-    return "/".join([output.rstrip("/"), *parts])
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path
-
-
-def _match(pattern: str) -> list[str]:
-    if _is_local(pattern):
-        import glob
-
-        return sorted(glob.glob(pattern))
-    from apache_beam.io.filesystems import FileSystems
-
-    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-
-
-def night_files(output: str, table: str, run_date: str) -> list[str]:
-    return _match(_join(output, table, f"dt={run_date}", "*.parquet"))
-
-
 def nights(output: str) -> list[str]:
-    """The dates that have a scores, errors or runs partition under ``output``, oldest first."""
-    found = set()
-    for pattern in ("scores/dt=*/*.parquet", "errors/dt=*/*.parquet", "runs/dt=*/summary.json"):
-        for path in _match(_join(output, pattern)):
-            hit = _DT_DIR.search(path.replace("\\", "/"))
-            if hit:
-                found.add(hit.group(1))
-    return sorted(found)
+    """The dates published under ``output`` (those with a summary.json), oldest first."""
+    return layout.published_dates(output)
+
+
+def night_files(output: str, table: str, run_date: str, summary: Optional[dict] = None) -> list[str]:
+    """The files of ``table`` of the run that ``run_date``'s summary names (layout.py)."""
+    return layout.night_files(output, table, run_date, summary)
 
 
 def report_path(output: str, run_date: str) -> str:
-    return _join(output, REPORTS, f"dt={run_date}", REPORT_FILE)
+    return layout.join(output, REPORTS, f"dt={run_date}", REPORT_FILE)
 
 
 def read_summary(output: str, run_date: str) -> Optional[dict]:
-    path = _join(output, "runs", f"dt={run_date}", "summary.json")
+    """The summary of a published night; a night whose summary cannot be read cannot be
+    trusted (it names the night's files), so that is a :class:`ReportError`."""
     try:
-        if _is_local(path):
-            with open(path, "rb") as f:
-                return json.loads(f.read())
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.open(path) as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # an unreadable summary must not stop the report
-        return {"_problem": f"{type(exc).__name__}: {exc}"}
+        return layout.read_summary(output, run_date)
+    except layout.LayoutError as exc:
+        raise ReportError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------
@@ -233,13 +200,14 @@ def read_summary(output: str, run_date: str) -> Optional[dict]:
 class Night:
     """The scores and errors of one date as DuckDB views."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, output: str, run_date: str, name: str):
+    def __init__(self, con: duckdb.DuckDBPyConnection, output: str, run_date: str, name: str, summary: dict):
         self.con = con
         self.run_date = run_date
+        self.summary = summary
         self.scores = f"{name}_scores"
         self.errors = f"{name}_errors"
-        self.columns = self._view(self.scores, night_files(output, "scores", run_date), _EMPTY_SCORES)
-        self._view(self.errors, night_files(output, "errors", run_date), _EMPTY_ERRORS)
+        self.columns = self._view(self.scores, night_files(output, "scores", run_date, summary), _EMPTY_SCORES)
+        self._view(self.errors, night_files(output, "errors", run_date, summary), _EMPTY_ERRORS)
         self.rows_count = self.value(f"SELECT count(*) FROM {self.scores}")  # from Parquet footers
         # Exact percentiles hold every value in memory; past a few million rows a t-digest
         # (within ~0.001 of the exact value there) keeps memory flat.
@@ -528,12 +496,8 @@ def _connect(memory_limit: str) -> tuple[duckdb.DuckDBPyConnection, tempfile.Tem
 
 
 def check_date(run_date: str) -> str:
-    if not isinstance(run_date, str) or not _DATE.match(run_date):
-        raise ReportError(f"run_date must be YYYY-MM-DD, got {run_date!r}")
-    try:
-        dt.date.fromisoformat(run_date)
-    except ValueError:
-        raise ReportError(f"run_date is not a date: {run_date!r}") from None
+    if not layout.is_date(run_date):
+        raise ReportError(f"run_date must be a date written YYYY-MM-DD, got {run_date!r}")
     return run_date
 
 
@@ -553,17 +517,19 @@ def collect(
     present = nights(output)
     if run_date is None:
         if not present:
-            raise ReportError(f"no nights under {output} (expected scores/dt=YYYY-MM-DD/*.parquet)")
+            raise ReportError(f"no published night under {output} (expected runs/dt=YYYY-MM-DD/summary.json)")
         run_date = present[-1]
     check_date(run_date)
     if run_date not in present:
         listed = ", ".join(present[-5:]) or "none"
-        raise ReportError(f"no run for {run_date} under {output} (nights present: {listed})")
-    earlier = [d for d in present if d < run_date and night_files(output, "scores", d)]
+        raise ReportError(f"no run for {run_date} under {output} (published nights: {listed})")
+    earlier = [d for d in present if d < run_date]
+    summary = read_summary(output, run_date)
+    previous = (earlier[-1], read_summary(output, earlier[-1])) if earlier else None
 
     con, spill = _connect(memory_limit)
     try:
-        data = _query(con, output, run_date, earlier[-1] if earlier else None, top)
+        data = _query(con, output, run_date, summary, previous, top)
     except duckdb.Error as exc:  # unreadable files, a table that is not ours
         raise ReportError(f"could not read the tables of {run_date} under {output}: {exc}") from exc
     finally:
@@ -578,10 +544,13 @@ def collect(
     return data
 
 
-def _query(con: duckdb.DuckDBPyConnection, output: str, run_date: str, earlier: Optional[str], top: int) -> ReportData:
-    """Every number of the page, by aggregate queries on one connection."""
-    current = Night(con, output, run_date, "now")
-    previous = Night(con, output, earlier, "before") if earlier else None
+def _query(
+    con: duckdb.DuckDBPyConnection, output: str, run_date: str, summary: dict, earlier: Optional[tuple], top: int
+) -> ReportData:
+    """Every number of the page, by aggregate queries on one connection; ``earlier`` is
+    (date, summary) of the night to compare with."""
+    current = Night(con, output, run_date, "now", summary)
+    previous = Night(con, output, earlier[0], "before", earlier[1]) if earlier else None
     stats = _stats(current)
     previous_stats = _stats(previous) if previous else None
     lows = [s.low for s in (stats, previous_stats) if s and s.low is not None]
@@ -594,7 +563,7 @@ def _query(con: duckdb.DuckDBPyConnection, output: str, run_date: str, earlier: 
         output=output,
         run_date=run_date,
         generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        summary=read_summary(output, run_date),
+        summary=summary,
         table_rows=current.rows_count,
         approximate=current.approximate,
         model_versions=[v for (v,) in versions],
@@ -607,7 +576,7 @@ def _query(con: duckdb.DuckDBPyConnection, output: str, run_date: str, earlier: 
         errors=errors,
         error_rows=error_rows,
         comparison=(
-            _comparison(current, previous, bins, top, read_summary(output, previous.run_date)) if previous else None
+            _comparison(current, previous, bins, top, previous.summary) if previous else None
         ),
     )
 
@@ -624,7 +593,7 @@ def write_report(
     data = collect(output, run_date, top, thumbnails, memory_limit)
     page = render(data).encode("utf-8")
     path = report_path(data.output, data.run_date)
-    if _is_local(path):
+    if layout.is_local(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with tempfile.NamedTemporaryFile("wb", dir=os.path.dirname(path), prefix=".report-", delete=False) as f:
             f.write(page)
@@ -995,8 +964,11 @@ def _cards(data: ReportData) -> str:
     incremental = s.get("incremental_from") if ok else None
     reused_sub = "unchanged since the last run"
     if isinstance(incremental, str):
-        hit = re.search(r"dt=(\d{4}-\d{2}-\d{2})", incremental)
-        reused_sub = f"carried over from {esc(hit.group(1) if hit else incremental)}"
+        try:  # the date of the partition itself, whatever --output holds
+            source = layout.split_partition(incremental)[2]
+        except layout.LayoutError:
+            source = incremental
+        reused_sub = f"carried over from {esc(source)}"
     mean_sub = "mean of mean scores"
     if data.comparison and data.comparison.stats.mean is not None and data.stats.mean is not None:
         mean_sub = f"{_delta_span(data.stats.mean - data.comparison.stats.mean)} vs {esc(data.comparison.previous_date)}"

@@ -1,29 +1,20 @@
-"""Write stage: tables of score rows and error rows -> Parquet tables, a run summary, and a swap into place.
+"""Write stage: tables of score rows and error rows -> Parquet tables and a run summary.
 
-Layout under ``--output`` (Hive-style partitions):
+Layout under ``--output`` (Hive-style partitions; ``layout`` owns the paths):
     scores/dt=DATE/*.parquet   errors/dt=DATE/*.parquet   runs/dt=DATE/summary.json
 
 Everything is first written under ``_staging/DATE_RUNID/``, one Parquet file per bundle
-(:class:`WriteParquetFiles`). Only when both tables are complete does one final step
-delete the files of bundle attempts that did not commit and swap each staged directory
-with that date's partition
-(an atomic exchange on local disks; on object stores, which have no directory rename,
-the old objects are deleted before the new ones are moved in, so a reader may briefly
-see the date empty but never a mix of two runs). A rerun of a date replaces it, and a
-run that dies before the end leaves it as it was.
+(:class:`WriteParquetFiles`), each named ``RUNID-INPUT-UUID.parquet``. Only when both tables
+are complete does one final step publish the night (``publish.publish_night``): the staged
+files move into the partitions and summary.json, written last, commits them. A rerun of a
+date replaces it, and a run that dies before the commit leaves it as it was.
 """
 from __future__ import annotations
 
-import ctypes
-import glob
-import json
 import os
-import posixpath
-import shutil
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Optional, Sequence
+from typing import Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -34,104 +25,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from aisthetics_transforms.progress import inc
+from aisthetics_transforms.layout import is_local as _is_local
+from aisthetics_transforms.layout import staging_dir
+from aisthetics_transforms.publish import RunInfo, publish_night
 from aisthetics_transforms.records import STAGES, errors_schema, scores_schema
 
-TABLES = ("scores", "errors", "runs")
-STAGING = "_staging"
-SUMMARY = "summary.json"
 ROW_GROUP_ROWS = 50_000  # score rows per Parquet row group (about 10 MB in memory)
-
-
-def partition_dir(output: str, table: str, run_date: str) -> str:
-    return FileSystems.join(output, table, f"dt={run_date}")
-
-
-def summary_path(output: str, run_date: str) -> str:
-    return FileSystems.join(partition_dir(output, "runs", run_date), SUMMARY)
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _objects(prefix: str) -> list[str]:
-    """Every file under ``prefix`` (object stores have no directories to ask about)."""
-    return [m.path for m in FileSystems.match([FileSystems.join(prefix, "**")])[0].metadata_list]
-
-
-def swap_into_place(staged: str, final: str) -> None:
-    """Make ``staged`` (a complete directory) the contents of ``final``."""
-    if _is_local(final):
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        if os.path.isdir(final) and _exchange(staged, final):
-            shutil.rmtree(staged)  # now holds the previous contents
-            return
-        if os.path.isdir(final):
-            aside = staged + ".previous"
-            os.rename(final, aside)
-            os.rename(staged, final)
-            shutil.rmtree(aside)
-        else:
-            os.rename(staged, final)
-        return
-    old = _objects(final)
-    if old:
-        FileSystems.delete(old)
-    new = _objects(staged)
-    if new:
-        FileSystems.rename(new, [FileSystems.join(final, posixpath.relpath(p, staged)) for p in new])
-
-
-def staging_dir(output: str, run_date: str, run_id: str) -> str:
-    return FileSystems.join(output, STAGING, f"{run_date}_{run_id}")
-
-
-def remove_staging(output: str, run_date: str) -> None:
-    """Delete every staging directory of ``run_date``: this run's, and any left by runs that died."""
-    pattern = FileSystems.join(output, STAGING, f"{run_date}_*")
-    if _is_local(output):
-        for path in glob.glob(pattern):
-            shutil.rmtree(path, ignore_errors=True)
-        try:
-            os.rmdir(os.path.join(output, STAGING))
-        except OSError:
-            pass  # other dates are staging
-        return
-    leftovers = [m.path for m in FileSystems.match([pattern + "/**"])[0].metadata_list]
-    if leftovers:
-        FileSystems.delete(leftovers)
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    output: str
-    run_date: str
-    run_id: str
-    model_version: str
-    started_at: str
-    source: str  # the manifest or image glob, for the summary
-    previous_partition: Optional[str] = None  # what an incremental run reuses from
-    keep_columns: tuple = ()
-
-    @classmethod
-    def new(
-        cls, output: str, run_date: str, model_version: str, source: str, previous_partition: Optional[str] = None,
-        keep_columns: Sequence[str] = (),
-    ) -> "RunInfo":
-        now = datetime.now(timezone.utc)
-        run_id = now.strftime("%Y%m%dT%H%M%S%fZ")
-        return cls(output.rstrip("/"), run_date, run_id, model_version, now.isoformat(), source, previous_partition,
-                   tuple(keep_columns))
 
 
 def summarize(files: Sequence[dict], stats: dict, run: "RunInfo") -> dict:
@@ -187,37 +86,11 @@ def sum_counts(dicts) -> dict:
     return total
 
 
-def _leftovers(directory: str, committed: set) -> list[str]:
-    """Files in a staged table directory that no committed bundle wrote: what a failed
-    bundle attempt left behind before Beam retried it."""
-    return [path for path in _objects(directory) if path not in committed]
-
-
-def _publish(_, files: list, stats: dict, run: "RunInfo") -> dict:
+def _publish(_, files: list, stats: dict, run: RunInfo) -> dict:
     """Runs once, after every bundle that writes has committed (their files are the side input)."""
     summary = summarize(files, stats, run)
     summary["finished_at"] = datetime.now(timezone.utc).isoformat()
-    staged = staging_dir(run.output, run.run_date, run.run_id)
-    runs_dir = FileSystems.join(staged, "runs")
-    if not _objects(runs_dir):  # not yet published by an earlier attempt of this step
-        committed = {f["path"] for f in files}
-        for table, schema in (("scores", scores_schema(run.keep_columns)), ("errors", errors_schema(run.keep_columns))):
-            directory = FileSystems.join(staged, table)
-            leftovers = _leftovers(directory, committed)
-            if leftovers:
-                FileSystems.delete(leftovers)
-            if not any(f["table"] == table for f in files):  # an empty table is one file with the schema
-                parquet, writer = open_parquet(FileSystems.join(directory, f"{run.run_id}-empty.parquet"), schema)
-                writer.close()
-                parquet.close()
-        if _is_local(runs_dir):
-            os.makedirs(runs_dir, exist_ok=True)
-        with FileSystems.create(FileSystems.join(runs_dir, SUMMARY), mime_type="application/json") as f:
-            f.write(json.dumps(summary, indent=2, sort_keys=True).encode() + b"\n")
-        for table in TABLES:
-            swap_into_place(FileSystems.join(staged, table), partition_dir(run.output, table, run.run_date))
-    remove_staging(run.output, run.run_date)
-    return summary
+    return publish_night(run, [f["path"] for f in files], summary)
 
 
 def open_parquet(path: str, schema: pa.Schema):

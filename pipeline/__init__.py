@@ -68,9 +68,11 @@ from aisthetics_transforms.manifest import ManifestError, ManifestSpec, ReadImag
 from aisthetics_transforms.model import WeightsError, check_model, convert_model
 from aisthetics_transforms.preprocess import DecodeLimits
 from aisthetics_transforms.progress import TALLY, Reporter, summary_line
+from aisthetics_transforms.publish import LockTimes, PublishError
 from aisthetics_transforms.records import ERRORS, STATS
 from aisthetics_transforms.score import ModelSpec, ScoreImages
-from aisthetics_transforms.write import RunInfo, WriteTables, summary_path
+from aisthetics_transforms.layout import summary_path
+from aisthetics_transforms.write import RunInfo, WriteTables
 from pipeline.options import AistheticsOptions, OptionsError, pipeline_options
 
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
@@ -185,7 +187,8 @@ def run(argv: list[str] | None = None) -> RunOutcome:
     version = check_model(opts.engine, opts.weights)  # bad weights fail here, not inside the graph
     previous = find_previous_night(opts.output, opts.run_date) if opts.incremental else None
     info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images,
-                       previous.partition if previous else None, opts.keep_column_list)
+                       previous.partition if previous else None, opts.keep_column_list,
+                       opts.staging_ttl_hours, LockTimes(ttl_s=opts.publish_lock_ttl_seconds))
     p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, opts, info, previous)
     if local:  # after the graph's own checks (the manifest): convert once here, workers only load it
@@ -234,6 +237,10 @@ def main(argv: list[str] | None = None) -> None:
         progress.clear()
         print(f"pipeline: {one_line(exc)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except PublishError as exc:  # superseded by a newer run, or no lock in time: one line, not a traceback
+        progress.clear()
+        print(f"pipeline: {exc}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
     if outcome.summary:
         print(json.dumps(outcome.summary, indent=2, sort_keys=True))
         print(summary_line(outcome.summary, time.monotonic() - _started_at, outcome.output), file=sys.stderr)

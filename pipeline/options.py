@@ -111,6 +111,15 @@ class AistheticsOptions(PipelineOptions):
             type=_flag,
             help="show TensorFlow's and LiteRT's own start-up logs (silenced otherwise)",
         )
+        out.add_argument(
+            "--staging_ttl_hours", type=float, default=72.0,
+            help="later runs delete staging left by runs that started longer ago (longer than any run lives)",
+        )
+        out.add_argument(
+            "--publish_lock_ttl_seconds", type=float, default=120.0,
+            help="a run holding or awaiting a date's publish lock that shows no sign of life for this long "
+            "is presumed dead, and its claim removed",
+        )
 
         model = parser.add_argument_group("model")
         model.add_argument("--engine", choices=ENGINES, default="auto", help="inference engine; auto picks litert")
@@ -190,6 +199,10 @@ class AistheticsOptions(PipelineOptions):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"--{name} must be a number of seconds above 0, got {value}")
+        if not (math.isfinite(self.staging_ttl_hours) and self.staging_ttl_hours > 0):
+            problems.append(f"--staging_ttl_hours must be more than 0, got {self.staging_ttl_hours}")
+        if not (math.isfinite(self.publish_lock_ttl_seconds) and self.publish_lock_ttl_seconds >= 1):
+            problems.append(f"--publish_lock_ttl_seconds must be at least 1, got {self.publish_lock_ttl_seconds}")
         if self.max_bytes_in_flight < self.max_image_bytes:
             problems.append(
                 f"--max_bytes_in_flight must be at least --max_image_bytes ({self.max_image_bytes}), "

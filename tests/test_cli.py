@@ -59,8 +59,8 @@ MISTAKES = {
     "bad-engine": (("score", "--engine=tpu", "{photo}"), "--engine: invalid choice: 'tpu'"),
     "missing-weights": (("score", "--weights={tmp}/none.hdf5", "{photo}"), "weights file '{tmp}/none.hdf5' not found"),
     "image-as-weights": (("score", "--weights={photo}", "{photo}"), "is not a readable HDF5 file"),
-    "report-of-nothing": (("report", "{tmp}/no-output"), "no nights under {tmp}/no-output"),
-    "report-bad-date": (("report", "{tmp}", "--run_date=2026-1-5"), "run_date must be YYYY-MM-DD, got '2026-1-5'"),
+    "report-of-nothing": (("report", "{tmp}/no-output"), "no published night under {tmp}/no-output"),
+    "report-bad-date": (("report", "{tmp}", "--run_date=2026-1-5"), "run_date must be a date written YYYY-MM-DD, got '2026-1-5'"),
     "report-bad-top": (("report", "{tmp}", "--top=0"), "--top must be between 1 and"),
 }
 

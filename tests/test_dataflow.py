@@ -110,7 +110,7 @@ def display_values(gcs, job: dict, prefix: str, key: str) -> set[str]:
             for item in transform.display_data:
                 payload = beam_runner_api_pb2.LabelledPayload.FromString(item.payload)
                 if payload.key == key:
-                    found.add(payload.string_value)
+                    found.add(payload.string_value or str(payload.int_value))
     return found
 
 
@@ -201,8 +201,12 @@ def test_dataflow_template_incremental(gcs, ava, tmp_path):
     root = f"dataflow-incremental-{uuid.uuid4().hex[:8]}"
     uris = [gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in sorted(ava.glob("*.jpg"))[:2]]
     manifest = gcs.upload_bytes(f"{root}/manifest.csv", ("uri\n" + "\n".join(uris) + "\n").encode(), "text/csv")
-    run_id = "20261127T020000000000Z"
-    previous = gcs.upload_bytes(f"{root}/out/scores/dt=2026-11-27/{run_id}-scores-0.parquet", scores_partition_bytes(uris))
+    run_id = "20261127T030000000000Z-abc123"  # a published night: its files and the summary naming their run
+    previous = gcs.upload_bytes(
+        f"{root}/out/scores/dt=2026-11-27/{run_id}-scores-0.parquet", scores_partition_bytes(uris))
+    # A file of a run that died while publishing: in the partition, but not of the published night.
+    gcs.upload_bytes(f"{root}/out/scores/dt=2026-11-27/20261127T020000000000Z-dead00-scores-0.parquet",
+                     scores_partition_bytes(uris))
     summary = {"run_id": run_id, "run_date": "2026-11-27", "rows": len(uris)}
     gcs.upload_bytes(f"{root}/out/runs/dt=2026-11-27/summary.json", json.dumps(summary).encode(), "application/json")
     job, seconds = translate(gcs, tmp_path, [f"--manifest={manifest}", "--incremental"], root)
@@ -212,6 +216,8 @@ def test_dataflow_template_incremental(gcs, ava, tmp_path):
     options = job["environment"]["sdkPipelineOptions"]["options"]
     assert options["incremental"] is True
     assert options["manifest"] == manifest
-    # The launcher found the published night on gs:// and the job reads exactly its file.
+    # The launcher found the published night on gs:// and the job reads exactly its run's file.
     assert display_values(gcs, job, "ReadPreviousNight/", "night") == {previous.rsplit("/", 1)[0]}
+    assert display_values(gcs, job, "ReadPreviousNight/", "run") == {run_id}
+    assert display_values(gcs, job, "ReadPreviousNight/", "files") == {"1"}
     assert seconds < 100

@@ -58,10 +58,9 @@ def write_night(
         for i in range(files):
             part = rows[i::files]
             pq.write_table(pa.Table.from_pylist(part, schema=schema), folder / f"run-{i:05d}-of-{files:05d}.parquet")
-    if summary is not None:
-        runs = output / "runs" / f"dt={run_date}"
-        runs.mkdir(parents=True, exist_ok=True)
-        (runs / "summary.json").write_text(json.dumps({"run_date": run_date, **summary}))
+    runs = output / "runs" / f"dt={run_date}"  # a night is published by its summary
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "summary.json").write_text(json.dumps({"run_date": run_date, **(summary or {})}))
 
 
 def synthetic_two_nights(output: Path) -> Path:

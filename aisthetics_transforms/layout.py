@@ -1,0 +1,388 @@
+"""Where a night's files live under ``--output``, and how a published night is read back.
+
+    scores/dt=DATE/RUNID-*.parquet    errors/dt=DATE/RUNID-*.parquet    runs/dt=DATE/summary.json
+    _staging/DATE_RUNID/{scores,errors}/RUNID-*.parquet    a run's files before it publishes
+    _publish/DATE/RUNID.claim, RUNID.alive                  the date's publish lock (publish.py)
+
+A night is trusted only through its ``summary.json``: written last and atomically, it names
+the run (``run_id``) whose files in the partition directories are that night. Files of other
+runs sit beside them only while a publish of that date is in progress, or after one died,
+until the next publish of the date removes them; the readers here never see them, and a date
+without a summary is not a night at all. Dates are parsed only from a partition directory's
+own name, directly under its table directory, so ``dt=...`` inside ``--output`` means nothing.
+
+Every function takes local paths and ``gs://`` (any Beam filesystem) alike. Beam is imported
+only for remote paths, so local readers such as the report start quickly.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+from typing import NamedTuple, Optional, Sequence
+
+TABLES = ("scores", "errors")
+RUNS = "runs"
+SUMMARY = "summary.json"
+STAGING = "_staging"
+PUBLISH = "_publish"
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_RUN_TIME = re.compile(r"^(\d{8}T\d{12}Z)")
+_RUN_TIME_FORMAT = "%Y%m%dT%H%M%S%fZ"
+_GCS_BATCH = 100  # objects per GCS batch request (the API's limit)
+
+
+class LayoutError(ValueError):
+    """A file of the layout that cannot be read as what it must be."""
+
+
+class Entry(NamedTuple):
+    path: str
+    name: str  # relative to the directory listed
+    updated: float  # seconds since the epoch of the last write (creation for files never rewritten)
+
+
+# ---------------------------------------------------------------------------
+# Paths
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def is_date(text: str) -> bool:
+    """``text`` is a real date written YYYY-MM-DD."""
+    if not isinstance(text, str) or not _DATE.match(text):
+        return False
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def partition_dir(output: str, table: str, run_date: str) -> str:
+    return join(output, table, f"dt={run_date}")
+
+
+def summary_path(output: str, run_date: str) -> str:
+    return join(partition_dir(output, RUNS, run_date), SUMMARY)
+
+
+def staging_dir(output: str, run_date: str, run_id: str) -> str:
+    return join(output, STAGING, f"{run_date}_{run_id}")
+
+
+def claims_dir(output: str, run_date: str) -> str:
+    return join(output, PUBLISH, run_date)
+
+
+def new_run_id(now: dt.datetime) -> str:
+    """The start time to the microsecond (so run ids sort by start), then random characters
+    so that two runs started at once still differ."""
+    return f"{now.astimezone(dt.timezone.utc).strftime(_RUN_TIME_FORMAT)}-{secrets.token_hex(3)}"
+
+
+def run_started(run_id: str) -> Optional[dt.datetime]:
+    """When run ``run_id`` started (UTC); None for a name that is not a run id."""
+    found = _RUN_TIME.match(run_id)
+    if not found:
+        return None
+    try:
+        return dt.datetime.strptime(found.group(1), _RUN_TIME_FORMAT).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+
+
+def is_run_file(name: str, run_id: Optional[str]) -> bool:
+    """A Parquet file written by run ``run_id`` (any Parquet file when the run is not known:
+    summaries written by hand, or before run ids were recorded)."""
+    return name.endswith(".parquet") and (not run_id or name.startswith(f"{run_id}-"))
+
+
+def split_partition(partition: str) -> tuple[str, str, str]:
+    """``OUTPUT/TABLE/dt=DATE`` -> (OUTPUT, TABLE, DATE): the inverse of :func:`partition_dir`."""
+    parent, _, leaf = partition.rstrip("/").rpartition("/")
+    output, _, table = parent.rpartition("/")
+    if not (leaf.startswith("dt=") and is_date(leaf[3:]) and output and table):
+        raise LayoutError(f"{partition} is not a partition directory (OUTPUT/TABLE/dt=YYYY-MM-DD)")
+    return output, table, leaf[3:]
+
+
+# ---------------------------------------------------------------------------
+# Files: the few operations publishing and reading need, local or remote
+
+
+_per_thread = threading.local()
+
+
+def _gcs():
+    """One Beam GcsIO (a google-cloud-storage client with Beam's credentials, retries and
+    emulator support) per thread and endpoint: Beam's FileSystems builds a new one, parsing
+    options and making a client, for every call. The client takes its endpoint from the
+    environment when it is made, so a different ``STORAGE_EMULATOR_HOST`` gets another."""
+    endpoint = os.environ.get("STORAGE_EMULATOR_HOST")
+    cached = getattr(_per_thread, "gcs", None)
+    if cached is None or cached[0] != endpoint:
+        from apache_beam.io.gcp.gcsio import GcsIO
+
+        cached = _per_thread.gcs = (endpoint, GcsIO())
+    return cached[1]
+
+
+def _blob(path: str):
+    bucket, _, name = path[len("gs://"):].partition("/")
+    return _gcs().client.bucket(bucket).blob(name)
+
+
+def _filesystems():  # other remote schemes: Beam's FileSystems
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def _remote_list(prefix: str) -> list[Entry]:
+    """Every object whose path starts with ``prefix``, in one (paged) listing."""
+    if prefix.startswith("gs://"):
+        return [Entry(path, path, updated) for path, (_, updated) in _gcs().list_files(prefix, with_metadata=True)]
+    return [Entry(m.path, m.path, m.last_updated_in_seconds or 0.0)
+            for m in _filesystems().match([prefix + "**"])[0].metadata_list]
+
+
+def list_dir(directory: str) -> list[Entry]:
+    """The files directly in ``directory`` (none when it does not exist), in one listing."""
+    return [e for e in list_tree(directory) if "/" not in e.name]
+
+
+def list_tree(directory: str) -> list[Entry]:
+    """Every file below ``directory``, named relative to it."""
+    directory = directory.rstrip("/")
+    if not is_local(directory):
+        return sorted(e._replace(name=e.path[len(directory) + 1:]) for e in _remote_list(directory + "/"))
+    found = []
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                found.append(Entry(path, os.path.relpath(path, directory), os.stat(path).st_mtime))
+            except FileNotFoundError:
+                pass  # removed while listing
+    return sorted(found)
+
+
+def read_bytes(path: str) -> Optional[bytes]:
+    """The contents of ``path``, or None when there is no such file."""
+    if is_local(path):
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+    if path.startswith("gs://"):
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return _blob(path).download_as_bytes()
+        except NotFound:
+            return None
+    if not _filesystems().exists(path):
+        return None
+    with _filesystems().open(path) as f:
+        return f.read()
+
+
+def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    """Readers see the old file or the whole new one: a temporary file in the same directory
+    renamed over it locally; one object upload (atomic in GCS) remotely."""
+    if is_local(path):
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{os.path.basename(path)}.",
+                                         suffix=".tmp", delete=False) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(f.name, 0o644)
+        os.replace(f.name, path)
+    elif path.startswith("gs://"):
+        _blob(path).upload_from_string(data, content_type=mime_type)
+    else:
+        with _filesystems().create(path, mime_type=mime_type) as f:
+            f.write(data)
+
+
+def create_if_absent(path: str) -> bool:
+    """Create an empty file at ``path`` unless one is there; True when this call created it.
+    Locally this is atomic (O_EXCL). GCS offers that only through preconditions, which the
+    design must not need; a remote check-then-write races only with a concurrent attempt of
+    the same run, which would write the same name."""
+    if is_local(path):
+        for _ in range(2):  # the directory may be removed by a publish that just ended
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                return True
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                continue
+        raise FileNotFoundError(f"could not create {path}: its directory keeps disappearing")
+    if (_gcs().exists(path) if path.startswith("gs://") else _filesystems().exists(path)):
+        return False
+    write_atomic(path, b"")
+    return True
+
+
+def touch(path: str) -> None:
+    """Set ``path``'s modification time to now, creating it empty if needed (no temporary
+    file: a process killed here leaves nothing else behind)."""
+    if is_local(path):
+        with open(path, "ab"):
+            pass
+        os.utime(path)
+    else:
+        write_atomic(path, b"")
+
+
+def _gcs_failures(results) -> None:
+    failed = [r for r in results if r[-1]]
+    if failed:
+        raise OSError(f"{len(failed)} GCS operations failed, e.g. {failed[0]}")
+
+
+def move(pairs: Sequence[tuple[str, str]]) -> None:
+    """Move each (source, destination) file, replacing the destination: an atomic rename
+    locally; a copy then a delete remotely, batched."""
+    if not pairs:
+        return
+    if is_local(pairs[0][0]):
+        for source, destination in pairs:
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            os.replace(source, destination)
+    elif pairs[0][0].startswith("gs://"):
+        for start in range(0, len(pairs), _GCS_BATCH):
+            _gcs_failures(_gcs().copy_batch(list(pairs[start:start + _GCS_BATCH])))
+        delete([source for source, _ in pairs])
+    else:
+        _filesystems().rename([s for s, _ in pairs], [d for _, d in pairs])
+
+
+def delete(paths: Sequence[str]) -> None:
+    """Delete files; one already gone is not an error (another attempt deleted it)."""
+    paths = list(paths)
+    if not paths:
+        return
+    if is_local(paths[0]):
+        for path in paths:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+    elif paths[0].startswith("gs://"):
+        for start in range(0, len(paths), _GCS_BATCH):  # GcsIO's batches treat 404 as done
+            _gcs_failures(_gcs().delete_batch(paths[start:start + _GCS_BATCH]))
+    else:
+        _filesystems().delete(paths)
+
+
+def _ignore_missing(function, path, exc_info) -> None:
+    if not issubclass(exc_info[0], FileNotFoundError):  # gone already: another cleanup got there first
+        raise exc_info[1]
+
+
+def remove_tree(directory: str) -> None:
+    """Delete ``directory`` and everything below it."""
+    if is_local(directory):
+        shutil.rmtree(directory, onerror=_ignore_missing)
+        return
+    delete([e.path for e in list_tree(directory)])
+
+
+def remove_empty_dirs(*directories: str) -> None:
+    """Remove each local directory that is empty, in order (inner ones first); remote
+    stores have no directories to remove."""
+    for directory in directories:
+        if is_local(directory):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass  # not empty (another run is using it) or already gone
+
+
+# ---------------------------------------------------------------------------
+# Reading published nights
+
+
+def read_summary(output: str, run_date: str) -> Optional[dict]:
+    """The summary.json of ``run_date`` (None when that date was never published)."""
+    path = summary_path(output, run_date)
+    data = read_bytes(path)
+    if data is None:
+        return None
+    try:
+        summary = json.loads(data)
+    except ValueError as exc:  # written atomically, so only a foreign hand breaks it
+        raise LayoutError(f"{path} is not valid JSON ({exc}); rerun {run_date} to publish it again") from None
+    if not isinstance(summary, dict):
+        raise LayoutError(f"{path} is not a run summary (a JSON object); rerun {run_date} to publish it again")
+    return summary
+
+
+def night_files(output: str, table: str, run_date: str, summary: Optional[dict] = None) -> list[str]:
+    """The Parquet files of table ``table`` on ``run_date``: those of the run its summary
+    names, found by one listing of the partition directory; none without a summary."""
+    summary = summary if summary is not None else read_summary(output, run_date)
+    if summary is None:
+        return []
+    run_id = summary.get("run_id")
+    return [e.path for e in list_dir(partition_dir(output, table, run_date)) if is_run_file(e.name, run_id)]
+
+
+def night_pattern(partition: str) -> str:
+    """A glob of the published files in ``partition`` (``OUTPUT/TABLE/dt=DATE``), for readers
+    that take one pattern (Beam's Parquet source)."""
+    output, _, run_date = split_partition(partition)
+    summary = read_summary(output, run_date)
+    if summary is None:
+        raise LayoutError(f"{partition} has no published night (no {summary_path(output, run_date)})")
+    run_id = summary.get("run_id")
+    return join(partition, f"{run_id}-*.parquet" if run_id else "*.parquet")
+
+
+def published_dates(output: str) -> list[str]:
+    """The dates that have a summary.json, oldest first: one listing of ``runs/``, never of
+    the nights' data files."""
+    runs = join(output, RUNS)
+    if is_local(output):
+        paths = glob.glob(join(glob.escape(runs), "dt=*", SUMMARY))
+    else:
+        paths = [e.path for e in _remote_list(join(runs, "dt="))]
+    found = set()
+    for path in paths:
+        parts = path[len(runs) + 1:].split("/")
+        if len(parts) == 2 and parts[1] == SUMMARY and parts[0].startswith("dt=") and is_date(parts[0][3:]):
+            found.add(parts[0][3:])
+    return sorted(found)
+
+
+def previous_night(output: str, run_date: str) -> Optional[dict]:
+    """The summary of the newest night published before ``run_date`` (with its
+    ``run_date``), or None. A date whose publish never completed has no summary, so it is
+    never chosen."""
+    earlier = [d for d in published_dates(output) if d < run_date]
+    if not earlier:
+        return None
+    summary = read_summary(output, earlier[-1])
+    if summary is None:  # removed since the listing
+        return previous_night(output, earlier[-1])
+    return {**summary, "run_date": earlier[-1]}
