@@ -85,6 +85,7 @@ class RunInfo:
     keep_columns: tuple = ()
     staging_ttl_hours: float = 72.0
     lock: LockTimes = field(default_factory=LockTimes)
+    incremental_reason: Optional[str] = None  # why an --incremental run reuses nothing
 
     @classmethod
     def new(

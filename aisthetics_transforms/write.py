@@ -61,6 +61,7 @@ def summarize(files: Sequence[dict], stats: dict, run: "RunInfo") -> dict:
         "previous_files_unreadable": stats.get("previous_files_unreadable", 0),
         "model_version": run.model_version,
         "incremental_from": run.previous_partition,
+        **({"incremental_reason": run.incremental_reason} if run.incremental_reason else {}),
         "started_at": run.started_at,
     }
 

@@ -7,6 +7,7 @@ every mistake a user can make into one line on stderr and a documented exit stat
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -189,6 +190,11 @@ def run(argv: list[str] | None = None) -> RunOutcome:
     info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images,
                        previous.partition if previous else None, opts.keep_column_list,
                        opts.staging_ttl_hours, LockTimes(ttl_s=opts.publish_lock_ttl_seconds))
+    if opts.incremental and previous is None:
+        reason = f"no night published under {info.output} before {opts.run_date}"
+        info = dataclasses.replace(info, incremental_reason=reason)
+        progress.clear()
+        print(f"aisthetics: --incremental: {reason}; every image is scored", file=sys.stderr)
     p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, opts, info, previous)
     if local:  # after the graph's own checks (the manifest): convert once here, workers only load it

@@ -88,6 +88,7 @@ def test_night_one_scores_every_row_and_infers_each_content_once(nights):
     # 6 files, one of them listed twice, one a byte copy of another: 5 distinct contents.
     assert (first["rows"], first["scored"], first["deduplicated"], first["reused"], first["errors"]) == (n, 5, 2, 0, 0)
     assert first["incremental_from"] is None
+    assert first["incremental_reason"].startswith("no night published under ")  # said, not silent
     rows = scores(nights["output"], NIGHTS[0])
     assert len(rows) == n and not any(r["reused"] for r in rows.values())
     assert rows["ava-42039"]["content_sha256"] == rows["ava-copy-of-42039"]["content_sha256"]
@@ -97,7 +98,7 @@ def test_night_one_scores_every_row_and_infers_each_content_once(nights):
 
 def test_night_two_unchanged_infers_nothing_and_writes_everything(nights):
     second = nights["summaries"][1]
-    assert second["incremental_from"].endswith(f"dt={NIGHTS[0]}")
+    assert second["incremental_from"].endswith(f"dt={NIGHTS[0]}") and "incremental_reason" not in second
     assert (second["rows"], second["scored"], second["reused"], second["errors"]) == (nights["n"], 0, nights["n"], 0)
     before, after = scores(nights["output"], NIGHTS[0]), scores(nights["output"], NIGHTS[1])
     assert set(before) == set(after)

@@ -26,14 +26,23 @@ def test_worker_image_matches_the_pinned_beam_and_python():
 
 
 def test_flex_template_parameters_are_pipeline_options():
+    """Every template parameter is a pipeline option, and a value of its kind parses (as the
+    Flex Template launcher passes them: --name=value)."""
     metadata = json.loads((REPO / "dataflow" / "metadata.json").read_text())
     names = [p["name"] for p in metadata["parameters"]]
-    argv = [f"--{name}=2026-11-28" if name == "run_date" else f"--{name}=true" if name == "incremental" else f"--{name}=x"
-            for name in names if name != "batch_size"] + ["--batch_size=8"]
-    opts = AistheticsOptions(argv).view_as(AistheticsOptions)
+    defaults = AistheticsOptions([]).view_as(AistheticsOptions).get_all_options()
+    examples = {"run_date": "2026-11-28", "incremental": "true", "allow_private_hosts": "true"}
+
+    def example(name):
+        if name in examples:
+            return examples[name]
+        return "8" if isinstance(defaults[name], (int, float)) and not isinstance(defaults[name], bool) else "x"
+
+    opts = AistheticsOptions([f"--{name}={example(name)}" for name in names]).view_as(AistheticsOptions)
     parsed = opts.get_all_options()
     for name in names:
         assert name in parsed, name
+        assert str(parsed[name]).lower() in (example(name), f"{example(name)}.0"), (name, parsed[name])
     assert opts.incremental is True and opts.batch_size == 8 and opts.run_date == "2026-11-28"
     required = {p["name"] for p in metadata["parameters"] if not p.get("isOptional")}
     assert required == {"manifest", "output"}

@@ -91,3 +91,15 @@ def test_on_a_terminal_a_run_says_what_it_does_within_two_seconds_and_updates_th
     text = b"".join(data for _, data in chunks).decode(errors="replace")
     assert text.count("\r") >= 3, text[-500:]  # redrawn in place several times
     assert "aisthetics: 27 rows in " in text
+
+
+def test_incremental_with_no_earlier_night_says_so_in_one_line(catalog, tmp_path):
+    output = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", f"--manifest={catalog}", f"--output={output}", "--incremental",
+         "--run_date=2026-11-28", "--progress_seconds=0"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert f"aisthetics: --incremental: no night published under {output} before 2026-11-28; every image is scored" in lines
