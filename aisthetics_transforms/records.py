@@ -29,7 +29,7 @@ SCORE_ERROR_TYPES = ("InferenceFailed", "InvalidPrediction")
 
 def error_types() -> dict[str, tuple[str, ...]]:
     """The stable ``error_type`` tags of each stage, as the errors table and the README list them."""
-    from aisthetics_transforms.fetch_types import FETCH_ERROR_TYPES
+    from aisthetics_transforms.fetch.limits import FETCH_ERROR_TYPES
     from aisthetics_transforms.preprocess import DECODE_ERROR_TYPES
 
     return {

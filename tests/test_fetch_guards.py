@@ -19,7 +19,7 @@ import requests
 
 from aisthetics_transforms import fetch
 from aisthetics_transforms.fetch import FETCH_ERROR_TYPES, FetchError, FetchLimits
-from aisthetics_transforms.fetch_guards import BYTES_IN_FLIGHT, address_problem
+from aisthetics_transforms.fetch.guards import BYTES_IN_FLIGHT, address_problem
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = b"SECRET-BODY-BYTES"

@@ -15,7 +15,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from aisthetics_transforms.bundles import WorkPool
 from aisthetics_transforms.fetch import FetchLimits, check_version
-from aisthetics_transforms.fetch_stage import OUTCOMES, FetchImages
+from aisthetics_transforms.fetch.transform import OUTCOMES, FetchImages
 from aisthetics_transforms.records import STATS, PreviousScore, Score, UriTask
 
 PAYLOAD = bytes(range(256)) * 40

@@ -12,7 +12,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from aisthetics_transforms import manifest, manifest_csv, records
+from aisthetics_transforms import manifest, records
+from aisthetics_transforms.manifest import csv_format
 from aisthetics_transforms.manifest import (
     ManifestError,
     ManifestSpec,
@@ -115,7 +116,7 @@ def test_csv_quote_closed_later_does_not_swallow_rows(tmp_path):
 
 
 def test_csv_open_quote_is_given_up_after_max_record_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr(manifest_csv, "MAX_RECORD_LINES", 3)
+    monkeypatch.setattr(csv_format, "MAX_RECORD_LINES", 3)
     rows = "".join(f"/{i}.jpg,{i}\n" for i in range(10))
     path = write(tmp_path / "m.csv", 'uri,image_id\n"/open.jpg,x\n' + rows + '/z.jpg,"z\n')
     refs, errors = split(read_manifest_file(path, ManifestSpec(path)))
@@ -378,7 +379,7 @@ TRICKY_CSVS = {
 def test_tables_give_the_same_rows_as_the_row_reader(tmp_path, monkeypatch, name):
     """The bulk (Arrow) path of read_manifest_tables against the row-by-row reader,
     with blocks small enough that the files span several."""
-    monkeypatch.setattr(manifest_csv, "CSV_BLOCK_BYTES", 256)
+    monkeypatch.setattr(csv_format, "CSV_BLOCK_BYTES", 256)
     path = tmp_path / "m.csv"
     path.write_bytes(TRICKY_CSVS[name].encode())
     spec = ManifestSpec(str(path), keep_columns=("category",))

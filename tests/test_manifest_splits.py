@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from aisthetics_transforms import manifest, records
 from aisthetics_transforms.manifest import ManifestSpec, ManifestSplit, ReadManifest
-from aisthetics_transforms.manifest_jsonl import jsonl_lines
+from aisthetics_transforms.manifest.jsonl_format import jsonl_lines
 from manifest_reading import pieces_as_rows, unique_ids
 
 PIPELINE_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]

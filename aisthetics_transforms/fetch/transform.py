@@ -35,7 +35,13 @@ from aisthetics_transforms.fetch import (
     fetch_image,
 )
 from aisthetics_transforms.progress import inc
-from aisthetics_transforms.records import STATS, ContentClaim, Failure, UriOutcome, UriTask
+from aisthetics_transforms.records import (
+    STATS,
+    ContentClaim,
+    Failure,
+    UriOutcome,
+    UriTask,
+)
 
 OUTCOMES = "outcomes"
 IN_FLIGHT_PER_THREAD = 2  # keeps every thread busy while the bundle's thread emits results

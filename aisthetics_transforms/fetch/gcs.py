@@ -15,9 +15,20 @@ import os
 import threading
 from typing import NamedTuple, Optional
 
-from aisthetics_transforms.fetch_guards import BYTES_IN_FLIGHT, buffer_bytes, presized_buffer
-from aisthetics_transforms.fetch_http import GuardedAdapter, watched
-from aisthetics_transforms.fetch_types import Deadline, FetchError, Fetched, FetchLimits, Version, too_large
+from aisthetics_transforms.fetch.guards import (
+    BYTES_IN_FLIGHT,
+    buffer_bytes,
+    presized_buffer,
+)
+from aisthetics_transforms.fetch.http import GuardedAdapter, watched
+from aisthetics_transforms.fetch.limits import (
+    Deadline,
+    Fetched,
+    FetchError,
+    FetchLimits,
+    Version,
+    too_large,
+)
 
 
 class GcsObject(NamedTuple):

@@ -1,12 +1,13 @@
-"""Fetching: a uri -> the image's bytes, with limits on everything (the stage's DoFn is in ``fetch_stage``).
+"""Fetching: a uri -> the image's bytes, with limits on everything (the stage's DoFn is ``transform``).
 
-Local paths (and ``file://`` uris) are read with ``open()``, ``gs://`` with
-google-cloud-storage (:mod:`fetch_gcs`), ``http(s)://`` through a guarded
-``requests.Session`` (:mod:`fetch_http`). Every fetch is bounded by :class:`FetchLimits`:
+Local paths (and ``file://`` uris) are read with ``open()`` (``files``), ``gs://`` with
+google-cloud-storage (``gcs``), ``http(s)://`` through a guarded ``requests.Session``
+(``http``). Every fetch is bounded by :class:`FetchLimits`:
 a byte cap checked against the declared size first and again while reading, one total
 deadline per image that nothing a server does can extend (a watchdog shuts its sockets
 down), a guard on the addresses and paths that may be read, a limit on requests at once
-per host and on body bytes being read at once in the process (:mod:`fetch_guards`).
+per host and on body bytes being read at once in the process (``guards``; the limits
+themselves and the error types are in ``limits``).
 Each failure is a :class:`FetchError` whose ``error_type`` is one of
 :data:`FETCH_ERROR_TYPES` and whose message names the uri and what went wrong.
 
@@ -16,29 +17,38 @@ Entry points: :func:`check_version` (the cheap "has it changed?" signal, never r
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import stat
 import threading
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator, Optional
-from urllib.parse import unquote, urlsplit
+from typing import Iterator, Optional
 
 import requests
 
-from aisthetics_transforms.fetch_gcs import gcs_fetch, gcs_fetch_pinned, gcs_version, split_gcs_uri
-from aisthetics_transforms.fetch_guards import BYTES_IN_FLIGHT, buffer_bytes, presized_buffer, refuse_path
-from aisthetics_transforms.fetch_http import http_fetch, http_version, is_guarded, make_http_session
-from aisthetics_transforms.fetch_types import (  # the public names are used from here
+from aisthetics_transforms.fetch.files import (
+    checked_stat,
+    fetch_local_file,
+    file_uri_to_path,
+    file_version,
+)
+from aisthetics_transforms.fetch.gcs import (
+    gcs_fetch,
+    gcs_fetch_pinned,
+    gcs_version,
+    split_gcs_uri,
+)
+from aisthetics_transforms.fetch.http import (
+    http_fetch,
+    http_version,
+    is_guarded,
+    make_http_session,
+)
+from aisthetics_transforms.fetch.limits import (  # the public names are used from here
     DEFAULT_LIMITS,
     FETCH_ERROR_TYPES,
-    Deadline,
-    FetchError,
     Fetched,
+    FetchError,
     FetchLimits,
-    MiB,
     Version,
-    too_large,
 )
 
 __all__ = [
@@ -47,7 +57,6 @@ __all__ = [
     "refetch",
 ]
 
-_CHUNK = 1 * MiB
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -73,7 +82,7 @@ def fetch_image(
             return http_fetch(uri, limits, guarded)
     if scheme == "gs":
         return gcs_fetch(uri, limits, known)
-    return _fetch_local(_local_path(uri, scheme), uri, limits)
+    return fetch_local_file(_local_path(uri, scheme), uri, limits)
 
 
 def check_version(uri: str, limits: FetchLimits = DEFAULT_LIMITS, session: Optional[requests.Session] = None) -> Version:
@@ -91,7 +100,7 @@ def check_version(uri: str, limits: FetchLimits = DEFAULT_LIMITS, session: Optio
                 return http_version(uri, limits, guarded)
         if scheme == "gs":
             return gcs_version(uri, limits)
-        return Version(_stat_version(_checked_stat(_local_path(uri, scheme), uri)))
+        return Version(file_version(checked_stat(_local_path(uri, scheme), uri)))
     except FetchError as err:
         return Version(None, f"version check failed ({err.error_type}): {err}")
     except Exception as exc:  # a check must never fail the caller's bundle
@@ -139,7 +148,7 @@ def _scheme(uri: str) -> str:
 
 def _local_path(uri: str, scheme: str) -> str:
     if scheme == "file":
-        return _file_uri_to_path(uri)
+        return file_uri_to_path(uri)
     if scheme:
         raise FetchError(
             "UnsupportedScheme",
@@ -185,99 +194,6 @@ class ThreadSessions:
             for session in self._all:
                 session.close()
             self._all.clear()
-
-
-# ---------------------------------------------------------------------------
-# Local files
-
-
-def _file_uri_to_path(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.netloc not in ("", "localhost"):
-        raise FetchError("InvalidUri", f"file uri names host {parts.netloc!r}; only local files can be read: {uri}")
-    if not parts.path:
-        raise FetchError("InvalidUri", f"file uri has no path: {uri}")
-    return unquote(parts.path)
-
-
-def _stat_version(info: os.stat_result) -> str:
-    return f"size={info.st_size};mtime_ns={info.st_mtime_ns}"
-
-
-def _checked_stat(path: str, uri: str) -> os.stat_result:
-    """The stat of a regular file that is not under /proc, /sys or /dev, else FetchError.
-    Checked before opening: opening a FIFO blocks, opening a device may do something."""
-    try:
-        refuse_path(os.path.realpath(path), uri)
-        info = os.stat(path)
-    except OSError as exc:
-        raise _os_error(uri, exc) from None
-    except ValueError as exc:  # e.g. an embedded NUL byte in the path
-        raise FetchError("InvalidUri", f"invalid local path {uri!r}: {exc}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise FetchError("IsADirectory", f"is a directory, not an image file: {uri}")
-    if not stat.S_ISREG(info.st_mode):
-        raise FetchError("NotAFile", f"not a regular file (device, FIFO or socket): {uri}")
-    return info
-
-
-def _fetch_local(path: str, uri: str, limits: FetchLimits) -> Fetched:
-    deadline = Deadline(limits.deadline)
-    info = _checked_stat(path, uri)
-    if info.st_size > limits.max_bytes:
-        raise too_large(uri, limits, f"file size {info.st_size} bytes")
-    try:
-        # O_NONBLOCK: a FIFO swapped in since the stat does not block the open.
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
-            opened = os.fstat(f.fileno())
-            # What was opened, not what the path named a moment ago: a symlink swapped
-            # in since the check is caught here.
-            refuse_path(_opened_path(f.fileno(), path), uri)
-            if not stat.S_ISREG(opened.st_mode):
-                raise FetchError("NotAFile", f"not a regular file (device, FIFO or socket): {uri}")
-            with BYTES_IN_FLIGHT.reserve(opened.st_size, limits.max_bytes_in_flight, deadline, uri):
-                data = _read_file(f, uri, limits, deadline, opened.st_size)
-            return Fetched(data, _stat_version(opened), None)
-    except FetchError:
-        raise
-    except OSError as exc:
-        raise _os_error(uri, exc) from None
-
-
-def _opened_path(fd: int, path: str) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:  # no /proc (not Linux): the check before opening stands alone
-        return os.path.realpath(path)
-
-
-def _read_file(f: BinaryIO, uri: str, limits: FetchLimits, deadline: Deadline, size: int) -> bytes:
-    # Ask for one byte more than the stat said: that notices a file that grew since.
-    buffer = presized_buffer(size)
-    total = 0
-    while total <= size:
-        if deadline.expired():
-            raise deadline.exceeded(uri, f"after reading {total} bytes")
-        chunk = f.read(min(_CHUNK, size + 1 - total))
-        if not chunk:
-            break
-        total += len(chunk)
-        if total > size:
-            raise FetchError("ChangedDuringRun", f"{uri} grew past its size of {size} bytes while it was read")
-        buffer.write(chunk)
-    return buffer_bytes(buffer)
-
-
-def _os_error(uri: str, exc: OSError) -> FetchError:
-    if isinstance(exc, FileNotFoundError):
-        return FetchError("NotFound", f"no such file: {uri}")
-    if isinstance(exc, IsADirectoryError):
-        return FetchError("IsADirectory", f"is a directory, not an image file: {uri}")
-    if isinstance(exc, PermissionError):
-        return FetchError("PermissionDenied", f"permission denied reading {uri}")
-    if isinstance(exc, NotADirectoryError):
-        return FetchError("NotFound", f"no such file (a parent is not a directory): {uri}")
-    return FetchError("ReadFailed", f"could not read {uri}: {exc.strerror or exc}")
 
 
 # Waiting on the network costs no CPU: this many fetches at once per worker process.

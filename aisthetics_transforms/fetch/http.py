@@ -26,10 +26,16 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, LocationParseError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    LocationParseError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
 from urllib3.util.retry import Retry
 
-from aisthetics_transforms.fetch_guards import (
+from aisthetics_transforms.fetch.guards import (
     BYTES_IN_FLIGHT,
     HOST_SLOTS,
     WATCHDOG,
@@ -40,7 +46,15 @@ from aisthetics_transforms.fetch_guards import (
     refuse_host_by_name,
     resolve_checked,
 )
-from aisthetics_transforms.fetch_types import DEFAULT_LIMITS, Deadline, FetchError, Fetched, FetchLimits, Version, too_large
+from aisthetics_transforms.fetch.limits import (
+    DEFAULT_LIMITS,
+    Deadline,
+    Fetched,
+    FetchError,
+    FetchLimits,
+    Version,
+    too_large,
+)
 
 _CHUNK = 256 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

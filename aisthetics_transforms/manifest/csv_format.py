@@ -21,7 +21,12 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import csv as pa_csv
 
-from aisthetics_transforms.manifest_rows import ManifestError, RowBuilder, check_columns, plain_rows
+from aisthetics_transforms.manifest.rows import (
+    ManifestError,
+    RowBuilder,
+    check_columns,
+    plain_rows,
+)
 
 # An unterminated quote makes the csv module read on into the following rows;
 # past this many physical lines one record is treated as broken and re-read.

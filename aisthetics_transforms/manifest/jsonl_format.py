@@ -11,7 +11,12 @@ import itertools
 import json
 from typing import Iterator
 
-from aisthetics_transforms.manifest_rows import ManifestError, ManifestSpec, RowBuilder, missing_columns_error
+from aisthetics_transforms.manifest.rows import (
+    ManifestError,
+    ManifestSpec,
+    RowBuilder,
+    missing_columns_error,
+)
 
 _BOM = b"\xef\xbb\xbf"
 SAMPLE_ROWS = 1000  # rows of the first file whose keys are checked against the spec

@@ -12,7 +12,13 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from aisthetics_transforms.manifest_rows import ManifestError, ManifestSpec, RowBuilder, check_columns, plain_rows
+from aisthetics_transforms.manifest.rows import (
+    ManifestError,
+    ManifestSpec,
+    RowBuilder,
+    check_columns,
+    plain_rows,
+)
 
 ROWS_PER_BATCH = 50_000
 

@@ -4,7 +4,7 @@ that ends a connection when its image's deadline passes.
 
 Each is one object shared by every fetch thread of the process (``HOST_SLOTS``,
 ``BYTES_IN_FLIGHT``, ``WATCHDOG``); the limits come with each call, from its
-:class:`~aisthetics_transforms.fetch_types.FetchLimits`.
+:class:`~aisthetics_transforms.fetch.limits.FetchLimits`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from aisthetics_transforms.fetch_types import Deadline, FetchError, FetchLimits
+from aisthetics_transforms.fetch.limits import Deadline, FetchError, FetchLimits
 
 # ---------------------------------------------------------------------------
 # Addresses

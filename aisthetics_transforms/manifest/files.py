@@ -1,0 +1,122 @@
+"""Manifest files: which files a ``--manifest`` pattern names, their format, and opening them
+(decompressing ``.gz``/``.bz2``/``.xz`` by name); a path that exists literally is that file, not a glob."""
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import io
+import lzma
+import os
+import posixpath
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from aisthetics_transforms.manifest.rows import (
+    FORMATS,
+    ManifestError,
+    ManifestFile,
+    ManifestSpec,
+)
+
+_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+               ".parquet": "parquet", ".pq": "parquet"}
+_DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".lzma": lzma.open}
+
+JSONL_RANGE_BYTES = 64 << 20  # an uncompressed JSON Lines file larger than this is read in ranges
+ROWS_PER_TABLE = 50_000
+_READ_BUFFER_BYTES = 1 << 20
+_GLOB_CHARACTERS = "*?["
+
+
+def literal_file(path: str):
+    """FileMetadata of ``path`` taken literally, when it has glob characters but names a file."""
+    if not any(c in path for c in _GLOB_CHARACTERS):
+        return None
+    try:
+        filesystem = FileSystems.get_filesystem(path)
+        if not filesystem.exists(path) or (FileSystems.get_scheme(path) is None and os.path.isdir(path)):
+            return None
+        return filesystem.metadata(path)
+    except Exception:  # BeamIOError, or a filesystem-specific error: then it is a glob
+        return None
+
+
+def match_metadata(pattern: str) -> list:
+    """FileMetadata of the files ``pattern`` matches, sorted by path; a path that names
+    a file literally (``m[1].csv``) is that file, not a glob."""
+    literal = literal_file(pattern)
+    if literal is not None:
+        return [literal]
+    try:
+        result = FileSystems.match([pattern])[0]
+    except Exception as exc:  # BeamIOError or a filesystem-specific error
+        raise ManifestError(f"cannot list {pattern!r}: {exc}") from exc
+    return sorted((m for m in result.metadata_list if not m.path.endswith("/")), key=lambda m: m.path)
+
+
+def split_compression(path: str) -> tuple[str, str]:
+    base = posixpath.basename(path).lower()
+    for ext in _DECOMPRESSORS:
+        if base.endswith(ext):
+            return base[: -len(ext)], ext
+    return base, ""
+
+
+def manifest_format(path: str, spec: ManifestSpec) -> str:
+    """``spec.format``, or the format the file name implies (``.csv``, ``.jsonl``, ``.parquet``, maybe ``.gz``)."""
+    if spec.format is not None:
+        return spec.format
+    base, _ = split_compression(path)
+    ext = posixpath.splitext(base)[1]
+    if ext not in _EXTENSIONS:
+        raise ManifestError(
+            f"cannot tell the format of manifest {path!r} from its extension; name it "
+            f"{', '.join(sorted(_EXTENSIONS))} (optionally .gz) or pass the format "
+            f"({', '.join(FORMATS)})")
+    return _EXTENSIONS[ext]
+
+
+def manifest_files(spec: ManifestSpec, jsonl_range_bytes: int = JSONL_RANGE_BYTES) -> list[ManifestFile]:
+    """The files ``spec.pattern`` matches, sorted, each with its format and position unit;
+    :class:`ManifestError` when none matches or a name shows no format."""
+    files = []
+    for index, metadata in enumerate(match_metadata(spec.pattern)):
+        fmt = manifest_format(metadata.path, spec)
+        compressed = bool(split_compression(metadata.path)[1])
+        if fmt == "parquet":
+            unit = "row"
+        elif fmt == "jsonl" and not compressed and metadata.size_in_bytes > jsonl_range_bytes:
+            unit = "byte"
+        else:
+            unit = "line"
+        files.append(ManifestFile(index, metadata.path, metadata.size_in_bytes, fmt, unit))
+    if not files:
+        raise ManifestError(f"manifest {spec.pattern!r} matches no file")
+    return files
+
+
+def list_manifest_files(spec: ManifestSpec) -> list[str]:
+    """The paths of :func:`manifest_files`."""
+    return [f.path for f in manifest_files(spec)]
+
+
+@contextlib.contextmanager
+def open_manifest(path: str):
+    """``path`` opened for reading with a fast ``readline``, decompressing .gz/.bz2/.xz by suffix."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        # A gs:// reader has no buffer of its own to peek into, so its readline() would
+        # read one byte per call; the stdlib decompressors buffer for themselves.
+        stream = raw if hasattr(raw, "peek") else io.BufferedReader(raw, _READ_BUFFER_BYTES)
+        _, ext = split_compression(path)
+        if not ext:
+            yield stream
+            return
+        with _DECOMPRESSORS[ext](stream, "rb") as decompressed:
+            yield decompressed
+
+
+def single_file(path: str, fmt: str) -> ManifestFile:
+    """``path`` as a manifest of its own, read whole by lines (or Parquet rows)."""
+    return ManifestFile(0, path, 0, fmt, "row" if fmt == "parquet" else "line")

@@ -1,0 +1,82 @@
+"""The graph of one night: :func:`build_pipeline` wires the stages of ``aisthetics_transforms``,
+in the order the data flows: manifest -> dedupe -> (incremental) -> fetch -> dedupe -> decode
+-> score -> dedupe -> join -> write. Nothing here does work; each stage is a transform."""
+from __future__ import annotations
+
+import apache_beam as beam
+
+from aisthetics_transforms import dedupe
+from aisthetics_transforms.buckets import bucket_count
+from aisthetics_transforms.decode import FAILED, DecodeImages
+from aisthetics_transforms.dedupe import (
+    DedupeContent,
+    PlanFetches,
+    ResultsToUris,
+    UniqueImageIds,
+)
+from aisthetics_transforms.fetch import FetchLimits
+from aisthetics_transforms.fetch.transform import OUTCOMES, FetchImages
+from aisthetics_transforms.incremental import ReadPreviousNight
+from aisthetics_transforms.join import JoinRows
+from aisthetics_transforms.manifest import (
+    ManifestSpec,
+    ReadImageGlob,
+    ReadManifest,
+)
+from aisthetics_transforms.preprocess import DecodeLimits
+from aisthetics_transforms.records import ERRORS, STATS
+from aisthetics_transforms.score import ModelSpec, ScoreImages
+from aisthetics_transforms.write import RunInfo, WriteTables
+from pipeline.options import AistheticsOptions
+
+
+def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, previous=None):
+    """Wire the stages; ``previous`` is the earlier night an incremental run reuses.
+    Returns the PCollection holding the run summary."""
+    keep = opts.keep_column_list
+    if opts.manifest:
+        spec = ManifestSpec(opts.manifest, opts.manifest_format, opts.uri_column, opts.id_column, keep)
+        manifest = p | "ReadManifest" >> (read := ReadManifest(spec))
+    else:
+        manifest = p | "ListImages" >> (read := ReadImageGlob(opts.images, keep))
+    rows = manifest["refs"] | "UniqueImageIds" >> UniqueImageIds(read.files, keep)
+    previous_rows = previous.rows if previous else 0
+    uri_buckets = rows["row_count"] | "UriBuckets" >> beam.Map(lambda n: bucket_count(max(n, previous_rows)))
+    earlier = {}
+    if previous:
+        earlier = p | "ReadPreviousNight" >> ReadPreviousNight(
+            previous, run.model_version, uri_buckets, bucket_count(previous_rows))
+    fetch_limits = FetchLimits(
+        max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline,
+        allow_private_hosts=opts.allow_private_hosts, max_connections_per_host=opts.max_connections_per_host,
+        max_bytes_in_flight=opts.max_bytes_in_flight,
+    )
+    fetched = (
+        rows[dedupe.URIS]
+        | "PlanFetches" >> PlanFetches(uri_buckets, earlier.get("uri"))
+        | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits, opts.fetch_threads)).with_outputs(
+            OUTCOMES, STATS, main="claims")
+    )
+    contents = fetched.claims | "DedupeContent" >> DedupeContent(earlier.get("content"), bucket_count(previous_rows))
+    decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
+    decoded = (
+        contents["tasks"]
+        | "SpreadContents" >> beam.Reshuffle()
+        | "DecodeImages" >> beam.ParDo(DecodeImages(decode_limits, opts.decode_threads, fetch_limits)).with_outputs(
+            FAILED, main="images")
+    )
+    model = ModelSpec(opts.engine, opts.weights, opts.batch_size, opts.inference_threads)
+    scored = decoded.images | "ScoreImages" >> ScoreImages(model)
+    results, stats = [scored.results, decoded[FAILED]], [fetched[STATS], scored[STATS]]
+    if previous:
+        results.append(contents[dedupe.REUSED])
+        stats.append(earlier[STATS])
+    results = results | "Results" >> beam.Flatten()
+    outcomes = (
+        [fetched[OUTCOMES], {"claims": fetched.claims, "results": results} | "ResultsToUris" >> ResultsToUris()]
+        | "Outcomes" >> beam.Flatten()
+    )
+    joined = {"rows": rows[dedupe.ROWS], "outcomes": outcomes} | "JoinRows" >> JoinRows(keep)
+    errors = [manifest[ERRORS], rows[ERRORS], joined[ERRORS]] | "Errors" >> beam.Flatten()
+    stats = stats | "Stats" >> beam.Flatten()
+    return {"scores": joined.scores, "errors": errors, "stats": stats} | "WriteTables" >> WriteTables(run)
