@@ -55,9 +55,10 @@ class AestheticsModel:
         pool = ThreadPoolExecutor(max_workers=1)
         try:
             pending = pool.submit(lambda c: [load(p) for p in c], chunks[0]) if chunks else None
-            for nxt in chunks[1:] + [None]:
+            while pending is not None:
                 current = pending.result()
-                pending = pool.submit(lambda c: [load(p) for p in c], nxt) if nxt else None
+                chunks = chunks[1:]
+                pending = pool.submit(lambda c: [load(p) for p in c], chunks[0]) if chunks else None
                 yield current
         finally:
             # Not ``with``: on an exception (Ctrl-C) it would wait for a read that may never end.

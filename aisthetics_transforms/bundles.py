@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, Tuple
+from typing import Callable, Generic, Iterable, Iterator, Tuple, TypeVar
 
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
@@ -20,7 +20,10 @@ def in_global_window(outputs: Iterable):
             yield GlobalWindows.windowed_value(output)
 
 
-class WorkPool:
+T = TypeVar("T")
+
+
+class WorkPool(Generic[T]):
     """Runs one call per element on ``threads`` threads and hands back ``(element, future)``
     pairs as the calls finish, not in input order, so one slow call (a dead host) holds
     one thread, never the others' results. At most ``threads * per_thread`` calls are
@@ -42,7 +45,7 @@ class WorkPool:
         self._unfinished = 0
         self._finished = queue.SimpleQueue()  # a failed bundle's leftovers stay in the old queue
 
-    def submit(self, element, call: Callable, *args) -> Iterator[Tuple[object, Future]]:
+    def submit(self, element: T, call: Callable, *args) -> Iterator[Tuple[T, Future]]:
         future = self._executor.submit(call, *args)
         self._unfinished += 1
         finished = self._finished
@@ -55,11 +58,11 @@ class WorkPool:
             except queue.Empty:
                 return
 
-    def drain(self) -> Iterator[Tuple[object, Future]]:
+    def drain(self) -> Iterator[Tuple[T, Future]]:
         while self._unfinished:
             yield self._next(block=True)
 
-    def _next(self, block: bool) -> Tuple[object, Future]:
+    def _next(self, block: bool) -> Tuple[T, Future]:
         pair = self._finished.get(block=block)
         self._unfinished -= 1
         return pair

@@ -66,7 +66,7 @@ class DecodeImages(beam.DoFn):
         self.errors = Metrics.counter("aisthetics", "decode_errors")
 
     def setup(self):
-        self._pool = WorkPool(self.threads, IN_FLIGHT_PER_THREAD, "aisthetics-decode")
+        self._pool: WorkPool[ContentTask] = WorkPool(self.threads, IN_FLIGHT_PER_THREAD, "aisthetics-decode")
         self._sessions = ThreadSessions(self.fetch_limits)
 
     def teardown(self):

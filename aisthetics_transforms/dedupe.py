@@ -111,6 +111,8 @@ def keep_first_of_each_id(element, files: list, keep_columns: tuple):
     order; the other rows of an image_id become error rows."""
     _, tables = element
     table = buckets.concat(tables)
+    if table is None:
+        return
     table = table.take(pc.sort_indices(table, [("image_id", "ascending"), ("manifest_file", "ascending"),
                                                ("manifest_line", "ascending")]))
     ids = table.column("image_id")
@@ -124,7 +126,7 @@ def keep_first_of_each_id(element, files: list, keep_columns: tuple):
     first_of = np.maximum.accumulate(np.where(repeated, 0, np.arange(table.num_rows)))
     where = lambda i: files[table["manifest_file"][i].as_py()].where(table["manifest_line"][i].as_py())
     for i in np.flatnonzero(repeated).tolist():
-        ref = next(table_refs(table.slice(i, 1), keep_columns))
+        [ref] = table_refs(table.slice(i, 1), keep_columns)
         inc(_DUPLICATES)
         yield TaggedOutput(ERRORS, error_row(
             ref, "manifest", "DuplicateImageId",

@@ -266,10 +266,12 @@ def _check_container(image: Image.Image) -> None:
     """Guards for what a format decodes beyond its declared size: a TIFF's decoder
     allocates whole tiles, whatever size the image is."""
     if image.format == "TIFF":
-        tile = image.tag_v2.get(322), image.tag_v2.get(323)  # TileWidth, TileLength
+        tags = getattr(image, "tag_v2", {})  # a TIFF's tags
+        tile = tags.get(322), tags.get(323)  # TileWidth, TileLength
         width, height = image.size
         padded = _round_up_16(width) * _round_up_16(height)
-        if all(isinstance(side, int) for side in tile) and tile[0] * tile[1] > max(padded, _TIFF_TILE_SLACK_PIXELS):
+        tile_pixels = tile[0] * tile[1] if isinstance(tile[0], int) and isinstance(tile[1], int) else 0
+        if tile_pixels > max(padded, _TIFF_TILE_SLACK_PIXELS):
             raise ImageDecodeError(
                 "ImageTooLarge",
                 f"TIFF image {width}x{height} is stored in {tile[0]}x{tile[1]} tiles, far larger than the image; "
@@ -310,10 +312,10 @@ def _model_pixels(image: Image.Image, limits: DecodeLimits) -> Image.Image:
     if image.size != declared:  # a format that grew while decoding must not escape the check
         _check_size(image, image.size, limits)
     if image.mode == "RGB":
-        return image.resize(MODEL_SIZE, Image.NEAREST)
+        return image.resize(MODEL_SIZE, Image.Resampling.NEAREST)
     if image.mode in _RESIZE_FIRST_MODES:
-        return image.resize(MODEL_SIZE, Image.NEAREST).convert("RGB")
-    return image.convert("RGB").resize(MODEL_SIZE, Image.NEAREST)
+        return image.resize(MODEL_SIZE, Image.Resampling.NEAREST).convert("RGB")
+    return image.convert("RGB").resize(MODEL_SIZE, Image.Resampling.NEAREST)
 
 
 def _orientation(image: Image.Image) -> Optional[int]:

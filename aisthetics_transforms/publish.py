@@ -261,7 +261,7 @@ def publish_night(run: RunInfo, committed: Sequence[str], summary: dict, *, faul
         with DateLock(run.output, run.run_date, run.run_id, run.lock, fault) as lock:
             fault("locked")
             published = layout.read_summary(run.output, run.run_date)
-            if _run_of(published) != run.run_id:
+            if published is None or _run_of(published) != run.run_id:
                 _refuse_if_superseded(run, published)
                 expected = stage_and_move(run, committed, fault)
                 published = _commit(run, summary, expected, lock, fault)
@@ -285,7 +285,7 @@ def _run_of(summary: Optional[dict]) -> Optional[str]:
 
 def _refuse_if_superseded(run: RunInfo, published: Optional[dict]) -> None:
     other = _run_of(published)
-    if other and other > run.run_id:
+    if published is not None and other and other > run.run_id:
         when = published.get("published_at") or published.get("finished_at") or "an unknown time"
         raise Superseded(f"run {run.run_id} of {run.run_date} superseded by newer run {other} published at {when}; "
                          f"nothing of run {run.run_id} was published")
@@ -341,7 +341,7 @@ def _commit(run: RunInfo, summary: dict, expected: dict[str, set], lock: DateLoc
         raise PublishError(f"run {run.run_id} of {run.run_date} lost its publish lock while publishing (paused "
                            f"longer than {run.lock.ttl_s:.0f} s?); nothing was committed: rerun {run.run_date}")
     current = layout.read_summary(run.output, run.run_date)
-    if _run_of(current) == run.run_id:
+    if current is not None and _run_of(current) == run.run_id:
         return current
     _refuse_if_superseded(run, current)
     for table, names in expected.items():

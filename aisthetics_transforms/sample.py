@@ -25,7 +25,7 @@ def source_photos() -> dict[str, Image.Image]:
     dist = importlib.metadata.distribution("scikit-learn")
     photos = {}
     for name in PHOTOS:
-        with Image.open(dist.locate_file(f"sklearn/datasets/images/{name}")) as image:
+        with Image.open(str(dist.locate_file(f"sklearn/datasets/images/{name}"))) as image:
             photos[Path(name).stem] = image.convert("RGB")
     return photos
 
@@ -42,7 +42,7 @@ def catalog_variant(photo: Image.Image, rng: np.random.Generator, size: tuple[in
         image = ImageOps.mirror(image)
     image = ImageEnhance.Brightness(image).enhance(float(rng.uniform(0.6, 1.3)))
     image = ImageEnhance.Color(image).enhance(float(rng.uniform(0.3, 1.4)))
-    return image.resize(size, Image.LANCZOS)
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def write_sample_catalog(

@@ -85,7 +85,7 @@ class ScoreBatches(beam.DoFn):
 
         self._process_model = self._shared.acquire(load, tag=(spec.engine, spec.weights, spec.inference_threads))
         # One inference thread, at most one batch in flight beyond the one being collected.
-        self._inference = WorkPool(1, 1, "aisthetics-inference")
+        self._inference: WorkPool[Sequence[DecodedImage]] = WorkPool(1, 1, "aisthetics-inference")
 
     def teardown(self):
         self._inference.shutdown()

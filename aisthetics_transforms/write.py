@@ -142,7 +142,7 @@ class WriteParquetFiles(beam.DoFn):
     def finish_bundle(self):
         if self.held_rows:
             self._write_row_group()
-        if self.writer is None:
+        if self.writer is None or self.file is None:
             return
         self.writer.close()
         self.file.close()

@@ -96,5 +96,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_FAILED)
     if outcome.summary:
         print(json.dumps(outcome.summary, indent=2, sort_keys=True))
-        print(summary_line(outcome.summary, time.monotonic() - _started_at, outcome.output), file=sys.stderr)
+        seconds = time.monotonic() - (_started_at or 0.0)
+        print(summary_line(outcome.summary, seconds, outcome.output), file=sys.stderr)
     gc.freeze()

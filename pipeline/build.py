@@ -34,6 +34,7 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
     """Wire the stages; ``previous`` is the earlier night an incremental run reuses.
     Returns the PCollection holding the run summary."""
     keep = opts.keep_column_list
+    read: ReadManifest | ReadImageGlob
     if opts.manifest:
         spec = ManifestSpec(opts.manifest, opts.manifest_format, opts.uri_column, opts.id_column, keep)
         manifest = p | "ReadManifest" >> (read := ReadManifest(spec))

@@ -281,7 +281,7 @@ class _OneLineParser(_BeamArgumentParser):
 def _all_options_parser() -> _OneLineParser:
     """Our options and every Beam option class's, as Beam itself parses them."""
     parser = _OneLineParser(prog=PROG, allow_abbrev=False, add_help=False)
-    classes = {}
+    classes: dict[str, type[PipelineOptions]] = {}
     for cls in PipelineOptions.__subclasses__():
         classes.setdefault(str(cls), cls)  # Beam's rule: a class imported twice is added once
     for cls in classes.values():

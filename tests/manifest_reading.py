@@ -28,7 +28,7 @@ def pieces_as_rows(pieces, spec):
         for item in manifest.read_split(piece, spec):
             if isinstance(item, pa.Table):
                 assert item.schema == records.refs_schema(spec.keep_columns)
-                assert set(item.column("manifest_file").to_pylist()) <= {piece.file.index}
+                assert set(item.column("manifest_file").to_pylist()) <= {piece.file.number}
                 positions = item.column("manifest_line").to_pylist()
                 refs += [ref._replace(source=f"{piece.file.path}:{position}")
                          for ref, position in zip(records.table_refs(item, spec.keep_columns), positions)]

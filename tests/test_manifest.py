@@ -342,7 +342,7 @@ def _table_items(path, spec, index=0):
     """The file read as the pipeline does (planned pieces, bulk tables) as (ImageRefs with
     their file:line, error rows)."""
     [file] = manifest.manifest_files(spec)
-    return pieces_as_rows(manifest.plan_splits(file._replace(index=index), spec), spec)
+    return pieces_as_rows(manifest.plan_splits(file._replace(number=index), spec), spec)
 
 
 def _with_sources(items):

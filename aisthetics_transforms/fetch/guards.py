@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 from aisthetics_transforms.fetch.limits import Deadline, FetchError, FetchLimits
 
@@ -35,9 +35,12 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _FLAG = "--allow_private_hosts (FetchLimits.allow_private_hosts)"
 
 
-def _embedded_ipv4(ip: ipaddress._BaseAddress) -> Optional[ipaddress.IPv4Address]:
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+def _embedded_ipv4(ip: IPAddress) -> Optional[ipaddress.IPv4Address]:
     """The IPv4 address an IPv6 one routes to (mapped, 6to4, NAT64), if any."""
-    if ip.version != 6:
+    if not isinstance(ip, ipaddress.IPv6Address):
         return None
     if ip.ipv4_mapped or ip.sixtofour:
         return ip.ipv4_mapped or ip.sixtofour
@@ -46,7 +49,7 @@ def _embedded_ipv4(ip: ipaddress._BaseAddress) -> Optional[ipaddress.IPv4Address
     return None
 
 
-def address_problem(ip: ipaddress._BaseAddress, allow_private: bool) -> Optional[str]:
+def address_problem(ip: IPAddress, allow_private: bool) -> Optional[str]:
     """Why ``ip`` must not be fetched from ("a link-local address; never fetched"), or None."""
     inner = _embedded_ipv4(ip)
     if inner is not None:
@@ -66,7 +69,7 @@ def address_problem(ip: ipaddress._BaseAddress, allow_private: bool) -> Optional
     return None
 
 
-def _literal(host: str) -> Optional[ipaddress._BaseAddress]:
+def _literal(host: str) -> Optional[IPAddress]:
     try:
         return ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
     except ValueError:
@@ -95,7 +98,7 @@ def resolve_checked(host: str, port: int, limits: FetchLimits, deadline: Deadlin
         raise FetchError("ConnectionFailed", f"host {name} of {uri} has no address")
     for _, _, _, _, sockaddr in infos:
         ip = _literal(sockaddr[0])
-        problem = address_problem(ip, limits.allow_private_hosts)
+        problem = "not an IP address" if ip is None else address_problem(ip, limits.allow_private_hosts)
         if problem:
             raise FetchError("AddressRefused", f"refused {uri}: host {name} resolves to {ip}, {problem}")
     return list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Optional
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -75,7 +75,15 @@ class _Attempt(NamedTuple):
 _current = threading.local()  # .attempt: the _Attempt this thread is making, if any
 
 
-class _ConnectionMixin:
+# The mixin is combined with urllib3's HTTPConnection or HTTPSConnection (_pool_classes):
+# type-check it as one.
+if TYPE_CHECKING:
+    _Connection = HTTPConnection
+else:
+    _Connection = object
+
+
+class _ConnectionMixin(_Connection):
     """What the urllib3 connection classes below add: a checked, pinned, watched socket.
     Outside an attempt (a session used directly) the default limits guard it."""
 

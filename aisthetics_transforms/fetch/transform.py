@@ -64,7 +64,7 @@ def examine_uri(task: UriTask, limits: FetchLimits = DEFAULT_LIMITS, session=Non
     known, failed = None, None
     previous = task.previous
     checked = previous is not None and previous.source_version is not None
-    if checked:
+    if previous is not None and previous.source_version is not None:
         version = check_version(task.uri, limits, session)
         if version.value is not None and version.value == previous.source_version:
             return Examined(True, previous.content_sha256, previous.source_version, version_checked=True)
@@ -87,7 +87,7 @@ class FetchImages(beam.DoFn):
         self.failed_checks = Metrics.counter("aisthetics", "version_checks_failed")
 
     def setup(self):
-        self._pool = WorkPool(self.threads, IN_FLIGHT_PER_THREAD, "aisthetics-fetch")
+        self._pool: WorkPool[UriTask] = WorkPool(self.threads, IN_FLIGHT_PER_THREAD, "aisthetics-fetch")
         self._sessions = ThreadSessions(self.limits)
 
     def teardown(self):
@@ -96,7 +96,7 @@ class FetchImages(beam.DoFn):
 
     def start_bundle(self):
         self._pool.start()
-        self._stats = Counter()
+        self._stats: Counter = Counter()
 
     def process(self, task: UriTask):
         for done in self._pool.submit(task, self._examine, task):
@@ -129,7 +129,7 @@ class FetchImages(beam.DoFn):
             self._stats["version_checks_failed"] += 1
             inc(self.failed_checks)
         previous = task.previous
-        if found.unchanged:
+        if found.unchanged and previous is not None:
             self._stats["uris_unchanged"] += 1
             inc(self.reused)
             outcome = UriOutcome(task.uri, previous.content_sha256, previous.source_version, previous.score, True)

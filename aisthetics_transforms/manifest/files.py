@@ -9,6 +9,7 @@ import io
 import lzma
 import os
 import posixpath
+from typing import Any, Callable, cast
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -22,7 +23,7 @@ from aisthetics_transforms.manifest.rows import (
 
 _EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
                ".parquet": "parquet", ".pq": "parquet"}
-_DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".lzma": lzma.open}
+_DECOMPRESSORS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".lzma": lzma.open}
 
 JSONL_RANGE_BYTES = 64 << 20  # an uncompressed JSON Lines file larger than this is read in ranges
 ROWS_PER_TABLE = 50_000
@@ -108,7 +109,7 @@ def open_manifest(path: str):
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
         # A gs:// reader has no buffer of its own to peek into, so its readline() would
         # read one byte per call; the stdlib decompressors buffer for themselves.
-        stream = raw if hasattr(raw, "peek") else io.BufferedReader(raw, _READ_BUFFER_BYTES)
+        stream = raw if hasattr(raw, "peek") else io.BufferedReader(cast(Any, raw), _READ_BUFFER_BYTES)
         _, ext = split_compression(path)
         if not ext:
             yield stream

@@ -7,7 +7,7 @@ string column holding invalid UTF-8...) row by row, so a bad value is an error r
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -54,7 +54,7 @@ def parquet_rows(parquet, builder: RowBuilder, row_group: int | None = None, fir
         if all(_is_valid_string(v) for v in values.values()):
             refs, others = plain_rows(values, np.arange(number, number + batch.num_rows), builder)
             yield refs
-            rows = [(i, {c: values[c][i].as_py() for c in columns}) for i in others.tolist()]
+            rows: Iterable[tuple[int, dict]] = [(i, {c: values[c][i].as_py() for c in columns}) for i in others.tolist()]
         else:
             # Invalid UTF-8 read as bytes: the builder makes that row an InvalidEncoding error.
             readable = pa.table({c: v.cast(pa.large_binary()) if _is_text(v.type) else v for c, v in values.items()})

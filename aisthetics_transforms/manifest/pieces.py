@@ -106,19 +106,19 @@ def read_split(split: ManifestSplit, spec: ManifestSpec) -> Iterator:
                 refs.append(item)
                 if len(refs) >= ROWS_PER_TABLE:
                     collected, refs = refs, []
-                    yield records.refs_table(collected, spec.keep_columns, file.index)
+                    yield records.refs_table(collected, spec.keep_columns, file.number)
             elif isinstance(item, pa.Table):
-                column = pa.array(np.full(item.num_rows, file.index, np.int32))
+                column = pa.array(np.full(item.num_rows, file.number, np.int32))
                 yield item.append_column("manifest_file", column).select(schema.names).cast(schema)
             else:
                 yield item
     except Exception as exc:  # a truncated .gz, an I/O error, a corrupt Parquet page...
         collected, refs = refs, []
         if collected:
-            yield records.refs_table(collected, spec.keep_columns, file.index)
+            yield records.refs_table(collected, spec.keep_columns, file.number)
         yield _stopped(split, spec, builder.position, exc)
     if refs:
-        yield records.refs_table(refs, spec.keep_columns, file.index)
+        yield records.refs_table(refs, spec.keep_columns, file.number)
 
 
 def _stopped(split: ManifestSplit, spec: ManifestSpec, position: int | None, exc: Exception) -> dict:
@@ -128,8 +128,8 @@ def _stopped(split: ManifestSplit, spec: ManifestSpec, position: int | None, exc
     if isinstance(exc, ManifestError):  # the file as a whole: a missing column, a JSON array...
         error_type, message = "InvalidFile", f"{detail}; none of its rows are read"
     elif position is None:
-        start = ("its start" if split.where() == file.path
-                 else file.describe(split.first_row if split.row_group is not None else split.byte_range[0]))
+        offset = split.byte_range[0] if split.byte_range is not None else split.first_row
+        start = "its start" if split.where() == file.path else file.describe(offset)
         error_type = "UnreadableFile"
         message = f"manifest {file.path} cannot be read from {start}: {type(exc).__name__}: {detail}"
     else:
@@ -173,9 +173,8 @@ def check_manifest_file(file: ManifestFile, spec: ManifestSpec) -> None:
             if file.format == "parquet":
                 open_parquet(file.path, stream, spec)
             elif file.format == "csv":
-                rows = csv_rows(stream, RowBuilder(file, spec))
-                next(rows, None)  # reading the header is what checks the columns
-                rows.close()
+                for _ in csv_rows(stream, RowBuilder(file, spec)):
+                    break  # reading the header is what checks the columns
             else:
                 check_json_lines(file.path, stream)
         if file.format == "jsonl":

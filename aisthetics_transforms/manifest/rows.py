@@ -82,7 +82,7 @@ class ManifestFile(NamedTuple):
     reader knows.
     """
 
-    index: int  # in the sorted file list: orders rows across files
+    number: int  # in the sorted file list: orders rows across files
     path: str
     size: int
     format: str  # csv | jsonl | parquet
