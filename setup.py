@@ -10,6 +10,8 @@ setup(
     description="Catalog-wide NIMA image aesthetics scoring with Apache Beam",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["aisthetics_transforms", "aisthetics_transforms.*", "pipeline", "pipeline.*"]),
+    # The report's stylesheet, read with importlib.resources (wheels and sdists alike).
+    package_data={"aisthetics_transforms.report": ["style.css"]},
     # Bounded to the minor versions this project is tested with, so a fresh install
     # resolves the same way everywhere.
     install_requires=[
