@@ -40,7 +40,7 @@ setup(
         "test": [
             "pytest>=9,<10",
             "gcp-storage-emulator==2026.7.19",
-            # Drives headless Chromium over the DevTools protocol in tests/test_report.py.
+            # Drives headless Chromium over the DevTools protocol (tests/headless_chromium.py).
             "websockets>=13,<18",
         ],
     },
