@@ -10,6 +10,8 @@ setup(
     description="Catalog-wide NIMA image aesthetics scoring with Apache Beam",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["aisthetics_transforms", "aisthetics_transforms.*", "pipeline", "pipeline.*"]),
+    # The report's stylesheet, read with importlib.resources (wheels and sdists alike).
+    package_data={"aisthetics_transforms.report": ["style.css"]},
     # Bounded to the minor versions this project is tested with, so a fresh install
     # resolves the same way everywhere.
     install_requires=[
@@ -38,7 +40,7 @@ setup(
         "test": [
             "pytest>=9,<10",
             "gcp-storage-emulator==2026.7.19",
-            # Drives headless Chromium over the DevTools protocol in tests/test_report.py.
+            # Drives headless Chromium over the DevTools protocol (tests/headless_chromium.py).
             "websockets>=13,<18",
         ],
     },

@@ -21,16 +21,17 @@ The functions run them and return plain rows (lists of dicts)::
     from aisthetics_transforms import queries
     queries.worst_images("out", "2026-11-28", n=20)
 """
+
 from __future__ import annotations
 
 import datetime as dt
-from typing import Optional, Union
+from collections.abc import Sequence
 
 import duckdb
 
 from aisthetics_transforms import layout
 
-Day = Union[str, dt.date]
+Day = str | dt.date
 
 EXAMPLES = {
     # How the scores are distributed, night by night.
@@ -109,6 +110,14 @@ def sql_identifier(name: str) -> str:
     return '"' + str(name).replace('"', '""') + '"'
 
 
+def files_relation(files: Sequence[str]) -> str:
+    """``read_parquet(...)`` of exactly these Parquet files (a published night's, from
+    ``layout.night_files``): columns by name, so files with different kept columns read
+    together; no ``dt`` from the paths, which readers of one night take from the summary."""
+    listed = ", ".join(sql_literal(f) for f in files)
+    return f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
+
+
 def glob_table(output: str, name: str) -> str:
     """``read_parquet(...)`` of every file of table ``name`` (scores, errors or runs), as
     the README shows it: every ``dt=`` folder, whatever is published."""
@@ -133,8 +142,7 @@ def table(output: str, name: str) -> str:
             files = layout.night_files(output, name, day)
             if not files:
                 continue
-            listed = ", ".join(sql_literal(f) for f in files)
-            source = f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
+            source = files_relation(files)
         nights.append(f"SELECT *, DATE {sql_literal(day)} AS dt FROM {source}")
     if not nights:
         raise FileNotFoundError(f"no published night under {output} (no runs/dt=YYYY-MM-DD/summary.json)")
@@ -157,15 +165,15 @@ def _as_date(day: Day) -> dt.date:
 def run(
     name: str,
     output: str,
-    params: Optional[dict] = None,
+    params: dict | None = None,
     column: str = "category",
-    con: Optional[duckdb.DuckDBPyConnection] = None,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> list[dict]:
     """Run example ``name`` and return its rows as dicts."""
     con = con or duckdb.connect()
     cursor = con.execute(example_sql(name, output, column, published=True), params or {})
     names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def distribution_per_night(output: str, **kw) -> list[dict]:

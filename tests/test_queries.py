@@ -1,5 +1,6 @@
 """The README's example DuckDB queries (aisthetics_transforms.queries), run against a
 two-night output: synthetic Parquet with exact expected numbers, and a real pipeline run."""
+
 from __future__ import annotations
 
 import csv
@@ -50,8 +51,10 @@ def write_night(
                 **row,
             }
         )
-    error_rows = [{"uri": f"/catalog/{e['image_id']}.jpg", "error_message": "it broke", **{k: None for k in keep}, **e}
-                  for e in errors]
+    error_rows = [
+        {"uri": f"/catalog/{e['image_id']}.jpg", "error_message": "it broke", **{k: None for k in keep}, **e}
+        for e in errors
+    ]
     for table, rows, schema in (("scores", full, scores_schema(keep)), ("errors", error_rows, errors_schema(keep))):
         folder = output / table / f"dt={run_date}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -81,8 +84,15 @@ def synthetic_two_nights(output: Path) -> Path:
             {"image_id": "e2", "stage": "fetch", "error_type": "NotFound"},
             {"image_id": "e3", "stage": "decode", "error_type": "CorruptImage"},
         ],
-        {"rows": 8, "scored": 5, "reused": 0, "deduplicated": 0, "errors": 3, "model_version": "nima-mobilenet-test-litert",
-         "errors_by_stage": {"manifest": 0, "fetch": 2, "decode": 1, "score": 0}},
+        {
+            "rows": 8,
+            "scored": 5,
+            "reused": 0,
+            "deduplicated": 0,
+            "errors": 3,
+            "model_version": "nima-mobilenet-test-litert",
+            "errors_by_stage": {"manifest": 0, "fetch": 2, "decode": 1, "score": 0},
+        },
     )
     write_night(
         output,
@@ -100,8 +110,15 @@ def synthetic_two_nights(output: Path) -> Path:
             {"image_id": "e4", "stage": "manifest", "error_type": "MissingUri"},
             {"image_id": "e5", "stage": "fetch", "error_type": "Timeout"},
         ],
-        {"rows": 9, "scored": 4, "reused": 2, "deduplicated": 0, "errors": 3, "model_version": "nima-mobilenet-test-litert",
-         "errors_by_stage": {"manifest": 1, "fetch": 2, "decode": 0, "score": 0}},
+        {
+            "rows": 9,
+            "scored": 4,
+            "reused": 2,
+            "deduplicated": 0,
+            "errors": 3,
+            "model_version": "nima-mobilenet-test-litert",
+            "errors_by_stage": {"manifest": 1, "fetch": 2, "decode": 0, "score": 0},
+        },
     )
     return output
 
@@ -126,8 +143,17 @@ def test_score_distribution_per_night(synthetic):
 def test_histogram_per_night(synthetic):
     rows = queries.histogram_per_night(str(synthetic))
     assert [(r["dt"], r["bucket"], r["images"]) for r in rows] == [
-        (A, 4.0, 1), (A, 5.0, 1), (A, 5.5, 1), (A, 6.0, 1), (A, 7.0, 1),
-        (B, 3.5, 1), (B, 4.0, 1), (B, 4.5, 1), (B, 5.0, 1), (B, 5.5, 1), (B, 8.0, 1),
+        (A, 4.0, 1),
+        (A, 5.0, 1),
+        (A, 5.5, 1),
+        (A, 6.0, 1),
+        (A, 7.0, 1),
+        (B, 3.5, 1),
+        (B, 4.0, 1),
+        (B, 4.5, 1),
+        (B, 5.0, 1),
+        (B, 5.5, 1),
+        (B, 8.0, 1),
     ]
 
 
@@ -208,14 +234,19 @@ def pipeline_nights(tmp_path_factory):
     return _NIGHTS["nights"]
 
 
-MOVER = "listing-00001"
+MOVER = "listing-00001"  # re-encoded before night B: its score moves
+DELETED = "listing-00003"  # its file deleted before night B, its row kept: a fetch error row
+DROPPED = "listing-00004"  # left the manifest before night B
+RESTORED = "missing"  # a missing file on night A, there on night B
 
 
 def _run_two_nights(root: Path) -> dict:
     """Two nights of the real pipeline on real photos (the sample catalog, made from the
     photos scikit-learn ships, so this never skips). Night B: listing-00001 re-encoded
-    (its score moves), listing-00004 dropped, listing-00005 new, incremental reuse of
-    the rest. Both nights keep `category` and have a broken and a missing file."""
+    (its score moves), listing-00004 dropped from the manifest, listing-00003's file
+    deleted (its row stays: an error row), the file `missing` pointed at put there (scored
+    now), listing-00005 new, incremental reuse of the rest. Both nights keep `category`
+    and have a broken file and a missing one."""
     catalog = write_sample_catalog(root / "catalog", count=7, broken=False)
     rows = [(r["image_id"], r["uri"], r["category"]) for r in csv.DictReader(open(catalog))]
     images = Path(rows[0][1]).parent
@@ -235,15 +266,27 @@ def _run_two_nights(root: Path) -> dict:
     broken = [("broken", str(images / "broken.jpg"), "misc"), ("missing", str(images / "missing.jpg"), "misc")]
     output = root / "out"
     common = ["--keep_columns=category", "--direct_running_mode=in_memory", "--batch_size=4"]
-    first = pipeline.run([f"--manifest={manifest('a.csv', rows[:5] + broken)}", f"--output={output}",
-                          f"--run_date={NIGHT_A}", *common]).summary
+    first = pipeline.run(
+        [f"--manifest={manifest('a.csv', rows[:5] + broken)}", f"--output={output}", f"--run_date={NIGHT_A}", *common]
+    ).summary
 
     Image.open(rows[1][1]).save(rows[1][1], quality=25)  # changed in place
-    spares = [("spare-unreachable", str(images / "spare-unreachable.jpg"), "misc"),
-              ("spare-undecodable", str(images / "spare-undecodable.jpg"), "misc")]
+    Path(rows[3][1]).unlink()  # deleted; its row stays in the manifest
+    shutil.copy(rows[4][1], images / "missing.jpg")  # the file night A missed is there now
+    spares = [
+        ("spare-unreachable", str(images / "spare-unreachable.jpg"), "misc"),
+        ("spare-undecodable", str(images / "spare-undecodable.jpg"), "misc"),
+    ]
     night_b = rows[:4] + [rows[5]] + spares + broken
-    second = pipeline.run([f"--manifest={manifest('b.csv', night_b)}", f"--output={output}",
-                           f"--run_date={NIGHT_B}", "--incremental", *common]).summary
+    second = pipeline.run(
+        [
+            f"--manifest={manifest('b.csv', night_b)}",
+            f"--output={output}",
+            f"--run_date={NIGHT_B}",
+            "--incremental",
+            *common,
+        ]
+    ).summary
     return {"output": output, "images": images, "summaries": {NIGHT_A: first, NIGHT_B: second}}
 
 
@@ -251,6 +294,7 @@ def _table(output: Path, table: str, night: str) -> list[dict]:
     return pq.read_table(output / table / f"dt={night}").to_pylist()
 
 
+@pytest.mark.slow  # two nights of the real pipeline
 def test_queries_on_a_real_pipeline_output(pipeline_nights):
     output, summaries = pipeline_nights["output"], pipeline_nights["summaries"]
     a, b = (_table(output, "scores", n) for n in (NIGHT_A, NIGHT_B))
@@ -258,7 +302,9 @@ def test_queries_on_a_real_pipeline_output(pipeline_nights):
 
     per_night = queries.distribution_per_night(str(output))
     assert [(r["dt"], r["images"]) for r in per_night] == [(A, len(a)), (B, len(b))]
-    assert [r["images"] for r in per_night] == [summaries[n]["rows"] - summaries[n]["errors"] for n in (NIGHT_A, NIGHT_B)]
+    assert [r["images"] for r in per_night] == [
+        summaries[n]["rows"] - summaries[n]["errors"] for n in (NIGHT_A, NIGHT_B)
+    ]
     assert per_night[1]["mean"] == pytest.approx(sum(r["mean_score"] for r in b) / len(b), abs=5e-4)
 
     movers = queries.biggest_movers(str(output), NIGHT_A, NIGHT_B, n=10)
@@ -285,7 +331,15 @@ def test_queries_on_a_real_pipeline_output(pipeline_nights):
         stages = summaries[night]["errors_by_stage"]
         assert {s: c for s, c in stages.items() if c} == {"decode": 1, "fetch": 1}
 
+    not_found = {
+        night: [e["image_id"] for e in _table(output, "errors", night) if e["error_type"] == "NotFound"]
+        for night in (NIGHT_A, NIGHT_B)
+    }
+    assert not_found == {NIGHT_A: [RESTORED], NIGHT_B: [DELETED]}
+    assert DELETED in before and RESTORED in after and DROPPED in before and DROPPED not in after
+
     runs = queries.runs(str(output))
     assert [(r["rows"], r["scored"], r["reused"], r["deduplicated"], r["errors"]) for r in runs] == [
-        tuple(summaries[n][k] for k in ("rows", "scored", "reused", "deduplicated", "errors")) for n in (NIGHT_A, NIGHT_B)
+        tuple(summaries[n][k] for k in ("rows", "scored", "reused", "deduplicated", "errors"))
+        for n in (NIGHT_A, NIGHT_B)
     ]
