@@ -8,7 +8,7 @@ venv="${AISTHETICS_VENV:-.venv}"
 if ! "$venv/bin/python" -c "import aisthetics_transforms, pipeline, duckdb" 2>/dev/null; then
   echo "Setting up $venv (first run only; a few minutes)..." >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -e .
+  "$venv/bin/pip" install -q -e '.[report,sample]'
 fi
 python="$venv/bin/python"
 

@@ -28,20 +28,26 @@ setup(
         "pillow>=12.3,<13",
         "pillow-heif>=1.8,<2",
         "pyarrow>=25,<26",
-        "duckdb>=2.0,<2.1",
-        # Its wheel ships the two photos the sample catalog is made from.
-        "scikit-learn>=1.5,<2",
         "requests>=2.32.4,<3",
         # Used directly for gs:// fetches (one metadata + one pinned media request).
         "google-cloud-storage>=3.17,<4",
         "urllib3>=2.5,<3",
     ],
+    # What Dataflow workers do not need: `pip install -e '.[report,sample]'` for local use.
     extras_require={
+        # `aisthetics report` and aisthetics_transforms.queries run their SQL in DuckDB.
+        "report": ["duckdb>=2.0,<2.1"],
+        # Its wheel ships the two photos the sample catalog (./run_local.sh, the tests) is made of.
+        "sample": ["scikit-learn>=1.5,<2"],
         "test": [
+            "aisthetics[report,sample]",
             "pytest>=9,<10",
             "gcp-storage-emulator==2026.7.19",
             # Drives headless Chromium over the DevTools protocol (tests/headless_chromium.py).
             "websockets>=13,<18",
+            # The checks .ci/run makes before the tests (configured in pyproject.toml).
+            "ruff>=0.14,<0.15",
+            "mypy>=1.18,<1.19",
         ],
     },
     entry_points={"console_scripts": ["aisthetics=aisthetics_transforms.cli:main"]},

@@ -1,8 +1,9 @@
 """The one-line API of the seed's 2.0.0 example, batched internally.
 
-    nima = aisthetics_transforms.get_aisthetics_model()
-    nima.predict(images='/path/a.jpg', augmented=True)
+nima = aisthetics_transforms.get_aisthetics_model()
+nima.predict(images='/path/a.jpg', augmented=True)
 """
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,14 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from aisthetics_transforms.preprocess import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image, to_model_input
 from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
+from aisthetics_transforms.preprocess import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    ImageDecodeError,
+    decode_image,
+    to_model_input,
+)
 
 
 class ImageScoringError(ValueError):

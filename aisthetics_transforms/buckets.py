@@ -11,6 +11,7 @@ so that every worker agrees on it. A bucket's pieces cross the shuffle as zstd-c
 Arrow IPC (uris share long prefixes: ~8x smaller than pickled tables), which is what
 the shuffle, and the local runner that holds it in memory, has to carry.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -22,7 +23,9 @@ import pyarrow.compute as pc
 ROWS_PER_BUCKET = 20_000  # rows one element holds at most (a few MB as Arrow), however large the catalog
 MIN_BUCKETS = 4
 # One pseudo-random odd 64-bit multiplier per byte position (positions past the table wrap).
-_MULTIPLIERS = np.random.default_rng(20261129).integers(1, 2**63, size=256, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_MULTIPLIERS = np.random.default_rng(20261129).integers(1, 2**63, size=256, dtype=np.uint64) * np.uint64(2) + np.uint64(
+    1
+)
 
 
 def bucket_count(rows: int) -> int:
@@ -74,7 +77,9 @@ def bucket_of(value: str, n: int) -> int:
     return int(buckets_of(pa.array([value], pa.string()), n)[0])
 
 
-_CODEC = pa.Codec("zstd")  # one call per piece; ~8x smaller than the IPC stream (lz4: ~4x, measured 1.3x more memory growth)
+_CODEC = pa.Codec(
+    "zstd"
+)  # one call per piece; ~8x smaller than the IPC stream (lz4: ~4x, measured 1.3x more memory growth)
 
 
 def pack(table: pa.Table) -> bytes:

@@ -1,5 +1,6 @@
 """Helpers for DoFns that hold elements across ``process`` calls and emit the rest in
 ``finish_bundle`` (fetch's and decode's thread pools, score's inference thread)."""
+
 from __future__ import annotations
 
 import queue

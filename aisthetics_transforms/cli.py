@@ -5,6 +5,7 @@ some image (each gets an ``"error"`` entry and a line on stderr); 2 for a usage 
 input mistake (a bad option, weights file or report date), told in one line on stderr;
 130 when interrupted (Ctrl-C).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,10 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from aisthetics_transforms.report import ReportError, write_report
+    try:
+        from aisthetics_transforms.report import ReportError, write_report
+    except ModuleNotFoundError as exc:  # duckdb: an extra, not needed by the pipeline's workers
+        raise UsageError(f"aisthetics report needs {exc.name}: pip install 'aisthetics[report]'") from None
 
     try:
         path = write_report(
@@ -71,7 +75,9 @@ def _report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     verbose_help = "show TensorFlow's and LiteRT's own start-up logs (default: silenced)"
-    parser = OneLineArgumentParser(prog="aisthetics", description="NIMA image aesthetics scoring.", epilog=EXIT_STATUS_HELP)
+    parser = OneLineArgumentParser(
+        prog="aisthetics", description="NIMA image aesthetics scoring.", epilog=EXIT_STATUS_HELP
+    )
     parser.add_argument("--verbose", action="store_true", help=verbose_help)
     # Also accepted after the command; SUPPRESS keeps a subcommand from resetting it to False.
     common = OneLineArgumentParser(add_help=False)

@@ -6,6 +6,7 @@ pinned to the generation fetch saw) and must still hash to the same content. So 
 bytes exist only while their image is in flight, never in a shuffle. Only the declared
 size is trusted before decoding, so a decompression bomb costs a header read.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import Future
@@ -17,7 +18,12 @@ from apache_beam.pvalue import TaggedOutput
 from aisthetics_transforms.bundles import WorkPool, in_global_window
 from aisthetics_transforms.fetch import DEFAULT_LIMITS as DEFAULT_FETCH_LIMITS
 from aisthetics_transforms.fetch import FetchError, FetchLimits, ThreadSessions, refetch
-from aisthetics_transforms.preprocess import DEFAULT_LIMITS, DecodeLimits, ImageDecodeError, decode_image_and_orientation
+from aisthetics_transforms.preprocess import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    ImageDecodeError,
+    decode_image_and_orientation,
+)
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import ContentResult, ContentTask, DecodedImage, Failure
 
@@ -29,7 +35,9 @@ IN_FLIGHT_PER_THREAD = 16
 
 
 def decode_content(
-    task: ContentTask, limits: DecodeLimits = DEFAULT_LIMITS, fetch_limits: FetchLimits = DEFAULT_FETCH_LIMITS,
+    task: ContentTask,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    fetch_limits: FetchLimits = DEFAULT_FETCH_LIMITS,
     session=None,
 ) -> DecodedImage | ContentResult:
     """Read ``task``'s content again from the first of its uris that still has it, and
@@ -92,7 +100,10 @@ class DecodeImages(beam.DoFn):
             result = decoding.result()
         except Exception as exc:  # one strange file must not fail the bundle
             uri = task.sources[0][0]
-            result = ContentResult(task.content_sha256, failure=Failure("decode", "InternalError", f"{uri}: unexpected {type(exc).__name__}: {exc}"))
+            result = ContentResult(
+                task.content_sha256,
+                failure=Failure("decode", "InternalError", f"{uri}: unexpected {type(exc).__name__}: {exc}"),
+            )
         if isinstance(result, ContentResult):
             inc(self.errors)
             yield TaggedOutput(FAILED, result)

@@ -14,6 +14,7 @@ grows with the popularity of a uri. Between PlanFetches and fetch, and between
 DedupeContent and decode, a shuffle keyed per uri or per content spreads the image work
 over every worker (on Dataflow, dynamic work rebalancing can split it there).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -113,8 +114,11 @@ def keep_first_of_each_id(element, files: list, keep_columns: tuple):
     table = buckets.concat(tables)
     if table is None:
         return
-    table = table.take(pc.sort_indices(table, [("image_id", "ascending"), ("manifest_file", "ascending"),
-                                               ("manifest_line", "ascending")]))
+    table = table.take(
+        pc.sort_indices(
+            table, [("image_id", "ascending"), ("manifest_file", "ascending"), ("manifest_line", "ascending")]
+        )
+    )
     ids = table.column("image_id")
     repeated = np.zeros(table.num_rows, dtype=bool)
     if table.num_rows > 1:
@@ -128,10 +132,16 @@ def keep_first_of_each_id(element, files: list, keep_columns: tuple):
     for i in np.flatnonzero(repeated).tolist():
         [ref] = table_refs(table.slice(i, 1), keep_columns)
         inc(_DUPLICATES)
-        yield TaggedOutput(ERRORS, error_row(
-            ref, "manifest", "DuplicateImageId",
-            f"{where(i)}: image_id {ref.image_id!r} (uri {ref.uri}) is already used at {where(first_of[i])}; "
-            "only that row is scored"))
+        yield TaggedOutput(
+            ERRORS,
+            error_row(
+                ref,
+                "manifest",
+                "DuplicateImageId",
+                f"{where(i)}: image_id {ref.image_id!r} (uri {ref.uri}) is already used at {where(first_of[i])}; "
+                "only that row is scored",
+            ),
+        )
 
 
 def keep_first_rows(element, files: list, keep_columns: tuple):
@@ -166,8 +176,8 @@ class UniqueImageIds(beam.PTransform):
             tables
             | "ById" >> beam.ParDo(SplitByBucket("image_id"), AsSingleton(n))
             | "GroupById" >> beam.GroupByKey()
-            | "KeepFirst" >> beam.FlatMap(keep_first_rows, self.files, self.keep_columns).with_outputs(
-                URIS, ERRORS, main=ROWS)
+            | "KeepFirst"
+            >> beam.FlatMap(keep_first_rows, self.files, self.keep_columns).with_outputs(URIS, ERRORS, main=ROWS)
         )
         return {ROWS: kept[ROWS], URIS: kept[URIS], ERRORS: kept[ERRORS], "row_count": row_count}
 
@@ -298,7 +308,10 @@ class DedupeContent(beam.PTransform):
             | "JoinOnContent" >> beam.CoGroupByKey()
             | "ReuseOrScore" >> beam.FlatMap(reuse_or_score).with_outputs(REUSED, main="tasks")
         )
-        return {"tasks": decided.tasks | "CountContents" >> beam.ParDo(Count("contents_planned")), REUSED: decided[REUSED]}
+        return {
+            "tasks": decided.tasks | "CountContents" >> beam.ParDo(Count("contents_planned")),
+            REUSED: decided[REUSED],
+        }
 
 
 def failure_for(failure: Failure | None, uri: str) -> Failure | None:

@@ -15,6 +15,7 @@ Reused rows keep their original ``scored_at`` and say ``reused``; a row scored u
 another ``model_version`` is never reused. An unreadable file of the earlier night only
 means its rows are scored again: it is counted in the summary, never fatal.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,14 @@ from aisthetics_transforms.dedupe import SplitByBucket
 from aisthetics_transforms.records import STATS
 
 PREVIOUS_COLUMNS = (
-    "uri", "mean_score", "sd_score", "predictions", "model_version", "scored_at", "content_sha256", "source_version",
+    "uri",
+    "mean_score",
+    "sd_score",
+    "predictions",
+    "model_version",
+    "scored_at",
+    "content_sha256",
+    "source_version",
     "exif_orientation",
 )
 _LOG = logging.getLogger(__name__)
@@ -70,7 +78,7 @@ class ReadPreviousFiles(beam.DoFn):
     """A path of the earlier night -> its reusable rows (:func:`read_previous_file`). Its
     display data names the night, so the Dataflow UI shows what a job reuses."""
 
-    def __init__(self, model_version: str, night: "PreviousNight"):
+    def __init__(self, model_version: str, night: PreviousNight):
         self.model_version = model_version
         self.night = night.partition
         self.run = night.run_id or ""
@@ -89,7 +97,7 @@ class ReadPreviousNight(beam.PTransform):
     within each row group. ``uri_buckets`` is the singleton PCollection of tonight's uri
     bucket count; ``content_buckets`` the content bucket count."""
 
-    def __init__(self, night: "PreviousNight", model_version: str, uri_buckets, content_buckets: int):
+    def __init__(self, night: PreviousNight, model_version: str, uri_buckets, content_buckets: int):
         super().__init__()
         self.night = night
         self.model_version = model_version
@@ -101,8 +109,8 @@ class ReadPreviousNight(beam.PTransform):
             pbegin
             | "PreviousFiles" >> beam.Create(self.night.files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadFiles" >> beam.ParDo(ReadPreviousFiles(self.model_version, self.night))
-            .with_outputs(STATS, main="tables")
+            | "ReadFiles"
+            >> beam.ParDo(ReadPreviousFiles(self.model_version, self.night)).with_outputs(STATS, main="tables")
         )
         return {
             "uri": (
@@ -137,5 +145,6 @@ def find_previous_night(output: str, run_date: str) -> Optional[PreviousNight]:
         return None
     date = summary["run_date"]
     files = sorted(layout.night_files(output, "scores", date, summary))
-    return PreviousNight(date, summary.get("run_id"), layout.partition_dir(output, "scores", date), files,
-                         int(summary.get("rows", 0)))
+    return PreviousNight(
+        date, summary.get("run_id"), layout.partition_dir(output, "scores", date), files, int(summary.get("rows", 0))
+    )

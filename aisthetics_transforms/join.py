@@ -5,6 +5,7 @@ UriOutcome of every uri its rows name, and every row takes its uri's score or fa
 with Arrow, so a bucket costs a few vectorised calls however many rows share one uri.
 A row without an outcome would be a wiring bug: it fails loudly rather than vanish.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -114,4 +115,3 @@ class JoinRows(beam.PTransform):
             | "ByRowBucket" >> beam.CoGroupByKey()
             | "TakeOutcomes" >> beam.FlatMap(join_bucket, self.keep_columns).with_outputs(ERRORS, main="scores")
         )
-

@@ -14,6 +14,7 @@ own name, directly under its table directory, so ``dt=...`` inside ``--output`` 
 Every function takes local paths and ``gs://`` (any Beam filesystem) alike. Beam is imported
 only for remote paths, so local readers such as the report start quickly.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -141,7 +142,7 @@ def _gcs():
 
 
 def _blob(path: str):
-    bucket, _, name = path[len("gs://"):].partition("/")
+    bucket, _, name = path[len("gs://") :].partition("/")
     return _gcs().client.bucket(bucket).blob(name)
 
 
@@ -155,8 +156,10 @@ def _remote_list(prefix: str) -> list[Entry]:
     """Every object whose path starts with ``prefix``, in one (paged) listing."""
     if prefix.startswith("gs://"):
         return [Entry(path, path, updated) for path, (_, updated) in _gcs().list_files(prefix, with_metadata=True)]
-    return [Entry(m.path, m.path, m.last_updated_in_seconds or 0.0)
-            for m in _filesystems().match([prefix + "**"])[0].metadata_list]
+    return [
+        Entry(m.path, m.path, m.last_updated_in_seconds or 0.0)
+        for m in _filesystems().match([prefix + "**"])[0].metadata_list
+    ]
 
 
 def list_dir(directory: str) -> list[Entry]:
@@ -168,7 +171,7 @@ def list_tree(directory: str) -> list[Entry]:
     """Every file below ``directory``, named relative to it."""
     directory = directory.rstrip("/")
     if not is_local(directory):
-        return sorted(e._replace(name=e.path[len(directory) + 1:]) for e in _remote_list(directory + "/"))
+        return sorted(e._replace(name=e.path[len(directory) + 1 :]) for e in _remote_list(directory + "/"))
     found = []
     for root, _, names in os.walk(directory):
         for name in names:
@@ -207,8 +210,9 @@ def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-str
     if is_local(path):
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile("wb", dir=directory, prefix=f".{os.path.basename(path)}.",
-                                         suffix=".tmp", delete=False) as f:
+        with tempfile.NamedTemporaryFile(
+            "wb", dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp", delete=False
+        ) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -237,7 +241,7 @@ def create_if_absent(path: str) -> bool:
             except FileNotFoundError:
                 continue
         raise FileNotFoundError(f"could not create {path}: its directory keeps disappearing")
-    if (_gcs().exists(path) if path.startswith("gs://") else _filesystems().exists(path)):
+    if _gcs().exists(path) if path.startswith("gs://") else _filesystems().exists(path):
         return False
     write_atomic(path, b"")
     return True
@@ -271,7 +275,7 @@ def move(pairs: Sequence[tuple[str, str]]) -> None:
             os.replace(source, destination)
     elif pairs[0][0].startswith("gs://"):
         for start in range(0, len(pairs), _GCS_BATCH):
-            _gcs_failures(_gcs().copy_batch(list(pairs[start:start + _GCS_BATCH])))
+            _gcs_failures(_gcs().copy_batch(list(pairs[start : start + _GCS_BATCH])))
         delete([source for source, _ in pairs])
     else:
         _filesystems().rename([s for s, _ in pairs], [d for _, d in pairs])
@@ -290,7 +294,7 @@ def delete(paths: Sequence[str]) -> None:
                 pass
     elif paths[0].startswith("gs://"):
         for start in range(0, len(paths), _GCS_BATCH):  # GcsIO's batches treat 404 as done
-            _gcs_failures(_gcs().delete_batch(paths[start:start + _GCS_BATCH]))
+            _gcs_failures(_gcs().delete_batch(paths[start : start + _GCS_BATCH]))
     else:
         _filesystems().delete(paths)
 
@@ -369,7 +373,7 @@ def published_dates(output: str) -> list[str]:
         paths = [e.path for e in _remote_list(join(runs, "dt="))]
     found = set()
     for path in paths:
-        parts = path[len(runs) + 1:].split("/")
+        parts = path[len(runs) + 1 :].split("/")
         if len(parts) == 2 and parts[1] == SUMMARY and parts[0].startswith("dt=") and is_date(parts[0][3:]):
             found.add(parts[0][3:])
     return sorted(found)

@@ -15,6 +15,7 @@ TensorFlow and LiteRT print pages of start-up logs from C++ (CUDA probing, conve
 signatures, "Created TensorFlow Lite XNNPACK delegate"). They are silenced unless
 ``AISTHETICS_VERBOSE`` is set (``--verbose``); a cold cache says one line instead.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -232,7 +233,9 @@ def _read_hdf5_layers(path: str, arrays: bool = True) -> dict[str, list]:
                 if names:
                     layers[name] = [np.asarray(group[n]) if arrays else group[n].shape for n in names]
         except (KeyError, OSError) as exc:
-            raise WeightsError(f"weights file {path!r} is damaged (truncated?): {_one_line(exc)}; {WEIGHTS_FIX}") from None
+            raise WeightsError(
+                f"weights file {path!r} is damaged (truncated?): {_one_line(exc)}; {WEIGHTS_FIX}"
+            ) from None
     return layers
 
 

@@ -20,6 +20,7 @@ Every failure is an :class:`ImageDecodeError` whose ``error_type`` is one of
 image at all: a login page, a private file): they say what kind of content it is and
 its size. They do not name the uri either; callers prefix it ("URI: message").
 """
+
 from __future__ import annotations
 
 import io
@@ -130,8 +131,16 @@ _SIGNATURES = (
 _RIFF_KINDS = {b"WEBP": "WebP image", b"WAVE": "WAV audio", b"AVI ": "AVI video"}
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
-_SUPPORTED_KINDS = {"JPEG image", "PNG image", "GIF image", "TIFF image", "WebP image", "HEIF image",
-                    "AVIF image", "BMP image"}
+_SUPPORTED_KINDS = {
+    "JPEG image",
+    "PNG image",
+    "GIF image",
+    "TIFF image",
+    "WebP image",
+    "HEIF image",
+    "AVIF image",
+    "BMP image",
+}
 # Text: no control characters but tab, newline, carriage return and form feed.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
@@ -171,7 +180,11 @@ def content_kind(data: bytes) -> str:
     text = _text_kind(data[:4096])
     if text:
         return text
-    if data[:2] == b"BM" and len(data) >= 18 and int.from_bytes(data[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):
+    if (
+        data[:2] == b"BM"
+        and len(data) >= 18
+        and int.from_bytes(data[14:18], "little") in (12, 40, 52, 56, 64, 108, 124)
+    ):
         return "BMP image"
     return "binary data"
 
@@ -211,7 +224,9 @@ def _failure(
     data: bytes, exc: BaseException, limits: DecodeLimits, image: Optional[Image.Image] = None
 ) -> ImageDecodeError:
     """The ImageDecodeError for an exception Pillow raised opening or decoding ``data``."""
-    what = f"{image.format} image {image.size[0]}x{image.size[1]}" if image is not None else f"a {describe_content(data)}"
+    what = (
+        f"{image.format} image {image.size[0]}x{image.size[1]}" if image is not None else f"a {describe_content(data)}"
+    )
     if isinstance(exc, Image.DecompressionBombError):  # Pillow's guard, at twice our limit
         declared = _BOMB_PIXELS.search(str(exc))
         size = f"declares {declared.group(1)} pixels" if declared else "holds a frame or tile larger than the limit"
@@ -227,7 +242,9 @@ def _failure(
         )
     if isinstance(exc, MemoryError):
         return ImageDecodeError("DecodeFailed", f"{what}: out of memory while decoding")
-    return ImageDecodeError("CorruptImage", f"{what} could not be decoded (damaged or truncated): {_library_detail(exc)}")
+    return ImageDecodeError(
+        "CorruptImage", f"{what} could not be decoded (damaged or truncated): {_library_detail(exc)}"
+    )
 
 
 def _unidentified(data: bytes) -> ImageDecodeError:
@@ -297,7 +314,9 @@ def open_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Imag
 
 # Modes whose NEAREST resize picks exactly the pixels an RGB resize picks (Pillow's
 # fixed-point path; 16-bit modes take a floating-point one that rounds differently).
-_RESIZE_FIRST_MODES = frozenset({"1", "L", "P", "LA", "PA", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"})
+_RESIZE_FIRST_MODES = frozenset(
+    {"1", "L", "P", "LA", "PA", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"}
+)
 
 
 def _model_pixels(image: Image.Image, limits: DecodeLimits) -> Image.Image:

@@ -7,6 +7,7 @@ and print one line: updated in place on a terminal, a plain line every few secon
 otherwise (logs, CI). Rates and times are formatted by tqdm. Importing this module is
 cheap (no Beam), so a command can say what it does before its slow imports.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -127,7 +128,7 @@ class Reporter:
         self._shown = ""  # the last plain line printed
         self._last = (0.0, 0)  # (time, count) the rate is measured from
 
-    def start(self) -> "Reporter":
+    def start(self) -> Reporter:
         if self.interval > 0:
             self.started = time.monotonic()
             self._thread.start()

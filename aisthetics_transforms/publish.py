@@ -24,6 +24,7 @@ can fail or SIGKILL a publish anywhere: ``claimed``, ``locked``, ``staged``, ``m
 ``before_commit``, ``committed``, ``pruned.scores``, ``pruned.errors``, ``released``,
 ``unstaged``, ``cleaned``.
 """
+
 from __future__ import annotations
 
 import io
@@ -89,12 +90,29 @@ class RunInfo:
 
     @classmethod
     def new(
-        cls, output: str, run_date: str, model_version: str, source: str, previous_partition: Optional[str] = None,
-        keep_columns: Sequence[str] = (), staging_ttl_hours: float = 72.0, lock: Optional[LockTimes] = None,
-    ) -> "RunInfo":
+        cls,
+        output: str,
+        run_date: str,
+        model_version: str,
+        source: str,
+        previous_partition: Optional[str] = None,
+        keep_columns: Sequence[str] = (),
+        staging_ttl_hours: float = 72.0,
+        lock: Optional[LockTimes] = None,
+    ) -> RunInfo:
         now = datetime.now(timezone.utc)
-        return cls(output.rstrip("/"), run_date, layout.new_run_id(now), model_version, now.isoformat(), source,
-                   previous_partition, tuple(keep_columns), staging_ttl_hours, lock or LockTimes())
+        return cls(
+            output.rstrip("/"),
+            run_date,
+            layout.new_run_id(now),
+            model_version,
+            now.isoformat(),
+            source,
+            previous_partition,
+            tuple(keep_columns),
+            staging_ttl_hours,
+            lock or LockTimes(),
+        )
 
 
 def _no_fault(step: str) -> None:
@@ -159,7 +177,7 @@ class DateLock:
         self._stop = threading.Event()
         self._heartbeat: Optional[threading.Thread] = None
 
-    def __enter__(self) -> "DateLock":
+    def __enter__(self) -> DateLock:
         try:
             self.acquire()
         except BaseException as exc:
@@ -198,7 +216,8 @@ class DateLock:
                 raise PublishError(
                     f"run {self.run_id} of {self.run_date} waited {self.times.wait_s:.0f} s for the publish lock, "
                     f"held by run {holder} ({layout.join(self.directory, holder + CLAIM)}); a dead run's claim "
-                    f"expires {self.times.ttl_s:.0f} s after its last heartbeat: rerun then")
+                    f"expires {self.times.ttl_s:.0f} s after its last heartbeat: rerun then"
+                )
             time.sleep(self.times.poll_s)
 
     def holds(self) -> bool:
@@ -220,8 +239,12 @@ class DateLock:
         now = time.time()
         stale = [r for r, t in created.items() if r != self.run_id and now - max(t, alive.get(r, t)) > self.times.ttl_s]
         if stale and remove_stale:
-            _log.warning("publish of %s: removing the claims of runs gone silent for %.0f s: %s",
-                         self.run_date, self.times.ttl_s, ", ".join(stale))
+            _log.warning(
+                "publish of %s: removing the claims of runs gone silent for %.0f s: %s",
+                self.run_date,
+                self.times.ttl_s,
+                ", ".join(stale),
+            )
             layout.delete([layout.join(self.directory, r + suffix) for r in stale for suffix in (CLAIM, ALIVE)])
         orphans = [r for r, t in alive.items() if r not in created and now - t > self.times.ttl_s]
         if orphans and remove_stale:  # heartbeats of runs that died releasing
@@ -287,8 +310,10 @@ def _refuse_if_superseded(run: RunInfo, published: Optional[dict]) -> None:
     other = _run_of(published)
     if published is not None and other and other > run.run_id:
         when = published.get("published_at") or published.get("finished_at") or "an unknown time"
-        raise Superseded(f"run {run.run_id} of {run.run_date} superseded by newer run {other} published at {when}; "
-                         f"nothing of run {run.run_id} was published")
+        raise Superseded(
+            f"run {run.run_id} of {run.run_date} superseded by newer run {other} published at {when}; "
+            f"nothing of run {run.run_id} was published"
+        )
 
 
 def _empty_parquet(schema) -> bytes:
@@ -302,7 +327,7 @@ def stage_and_move(run: RunInfo, committed: Sequence[str], fault=_no_fault) -> d
     staging = layout.staging_dir(run.output, run.run_date, run.run_id)
     names: dict[str, set] = {table: set() for table in layout.TABLES}
     for path in committed:
-        table, _, name = path[len(staging) + 1:].partition("/")
+        table, _, name = path[len(staging) + 1 :].partition("/")
         if not path.startswith(staging + "/") or table not in names or not layout.is_run_file(name, run.run_id):
             raise PublishError(f"{path} is not a staged file of run {run.run_id} under {staging}")
         names[table].add(name)
@@ -324,12 +349,14 @@ def stage_and_move(run: RunInfo, committed: Sequence[str], fault=_no_fault) -> d
             if name in staged:
                 moves.append((staged[name], layout.join(visible_dir, name)))
             elif name not in visible:
-                raise PublishError(f"{layout.join(staged_dir, name)} of run {run.run_id} is neither staged nor "
-                                   f"published (deleted by another hand?); rerun {run.run_date}")
+                raise PublishError(
+                    f"{layout.join(staged_dir, name)} of run {run.run_id} is neither staged nor "
+                    f"published (deleted by another hand?); rerun {run.run_date}"
+                )
     fault("staged")
     batch = 1 if layout.is_local(run.output) else MOVE_BATCH
     for i, start in enumerate(range(0, len(moves), batch), 1):
-        layout.move(moves[start:start + batch])
+        layout.move(moves[start : start + batch])
         fault(f"moved.{i}")
     return names
 
@@ -338,8 +365,10 @@ def _commit(run: RunInfo, summary: dict, expected: dict[str, set], lock: DateLoc
     """Step 3, after checking that nothing changed under us while the files moved."""
     fault("before_commit")
     if not lock.holds():
-        raise PublishError(f"run {run.run_id} of {run.run_date} lost its publish lock while publishing (paused "
-                           f"longer than {run.lock.ttl_s:.0f} s?); nothing was committed: rerun {run.run_date}")
+        raise PublishError(
+            f"run {run.run_id} of {run.run_date} lost its publish lock while publishing (paused "
+            f"longer than {run.lock.ttl_s:.0f} s?); nothing was committed: rerun {run.run_date}"
+        )
     current = layout.read_summary(run.output, run.run_date)
     if current is not None and _run_of(current) == run.run_id:
         return current
@@ -347,9 +376,11 @@ def _commit(run: RunInfo, summary: dict, expected: dict[str, set], lock: DateLoc
     for table, names in expected.items():
         missing = names - {e.name for e in layout.list_dir(layout.partition_dir(run.output, table, run.run_date))}
         if missing:
-            raise PublishError(f"{len(missing)} files of run {run.run_id} vanished from "
-                               f"{layout.partition_dir(run.output, table, run.run_date)} before the commit, e.g. "
-                               f"{sorted(missing)[0]}; nothing was committed: rerun {run.run_date}")
+            raise PublishError(
+                f"{len(missing)} files of run {run.run_id} vanished from "
+                f"{layout.partition_dir(run.output, table, run.run_date)} before the commit, e.g. "
+                f"{sorted(missing)[0]}; nothing was committed: rerun {run.run_date}"
+            )
     published = {**summary, "run_id": run.run_id, "published_at": datetime.now(timezone.utc).isoformat()}
     data = json.dumps(published, indent=2, sort_keys=True).encode() + b"\n"
     layout.write_atomic(layout.summary_path(run.output, run.run_date), data, "application/json")

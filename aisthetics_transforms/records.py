@@ -9,6 +9,7 @@ buckets naming the uri, where every row takes its uri's Score or Failure (``join
 manifest row that cannot even be read is an error row (:func:`error_row`) at once. So
 every manifest row ends in exactly one of the two tables.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -21,8 +22,15 @@ ERRORS = "errors"  # tag of every stage's failure output
 STATS = "stats"  # tag of the counts stages report for summary.json
 STAGES = ("manifest", "fetch", "decode", "score")
 MANIFEST_ERROR_TYPES = (
-    "MissingUri", "InvalidUri", "InvalidRow", "InvalidJson", "MalformedCsv", "InvalidEncoding", "InvalidFile",
-    "UnreadableFile", "DuplicateImageId",
+    "MissingUri",
+    "InvalidUri",
+    "InvalidRow",
+    "InvalidJson",
+    "MalformedCsv",
+    "InvalidEncoding",
+    "InvalidFile",
+    "UnreadableFile",
+    "DuplicateImageId",
 )
 SCORE_ERROR_TYPES = ("InferenceFailed", "InvalidPrediction")
 
@@ -133,7 +141,11 @@ class UriOutcome(NamedTuple):
 def previous_score(row: dict) -> PreviousScore:
     """An earlier scores-table row (a dict) as a PreviousScore."""
     score = Score(
-        row["mean_score"], row["sd_score"], tuple(row["predictions"]), row["model_version"], row["scored_at"],
+        row["mean_score"],
+        row["sd_score"],
+        tuple(row["predictions"]),
+        row["model_version"],
+        row["scored_at"],
         row.get("exif_orientation"),  # absent in partitions from before it existed
     )
     return PreviousScore(row["content_sha256"], row.get("source_version"), score)

@@ -7,6 +7,7 @@ size), generated deterministically, so the same seed always writes the same file
 
     python -m aisthetics_transforms.sample DIR [--count N] [--size 800x600] [--no-broken]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ DoFn instance (Beam makes one per thread, and may call ``setup`` again) in a pro
 gets the same loaded model, so the weights are read and the interpreter built once per
 worker process. The ``model_loads`` counter records each real load.
 """
+
 from __future__ import annotations
 
 import threading
@@ -119,8 +120,9 @@ class ScoreBatches(beam.DoFn):
             return
         finite = np.isfinite(distributions).all(axis=1)
         good = [image for image, ok in zip(batch, finite) if ok]
-        yield from self._fail([image for image, ok in zip(batch, finite) if not ok], "InvalidPrediction",
-                              "model output is not finite")
+        yield from self._fail(
+            [image for image, ok in zip(batch, finite) if not ok], "InvalidPrediction", "model output is not finite"
+        )
         inc(self.scored, len(good))
         self._inferred += len(good)
         yield from content_results(good, distributions[finite], held.model.model_version, scored_at)

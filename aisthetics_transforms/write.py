@@ -9,6 +9,7 @@ are complete does one final step publish the night (``publish.publish_night``): 
 files move into the partitions and summary.json, written last, commits them. A rerun of a
 date replaces it, and a run that dies before the commit leaves it as it was.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,16 +25,16 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from aisthetics_transforms.progress import inc
 from aisthetics_transforms.layout import is_local as _is_local
 from aisthetics_transforms.layout import staging_dir
+from aisthetics_transforms.progress import inc
 from aisthetics_transforms.publish import RunInfo, publish_night
 from aisthetics_transforms.records import STAGES, errors_schema, scores_schema
 
 ROW_GROUP_ROWS = 50_000  # score rows per Parquet row group (about 10 MB in memory)
 
 
-def summarize(files: Sequence[dict], stats: dict, run: "RunInfo") -> dict:
+def summarize(files: Sequence[dict], stats: dict, run: RunInfo) -> dict:
     """summary.json: row counts from what the committed Parquet files hold
     (:func:`file_counts`), and what the stages counted (``stats``: inferences, fetches...)."""
     totals: dict = {}
@@ -172,8 +173,11 @@ class WriteTables(beam.PTransform):
         staged = staging_dir(self.run.output, self.run.run_date, self.run.run_id)
         schemas = {"scores": scores_schema(self.run.keep_columns), "errors": errors_schema(self.run.keep_columns)}
         files = [
-            tables[table] | f"Write{table.title()}" >> beam.ParDo(
-                WriteParquetFiles(FileSystems.join(staged, table), f"{self.run.run_id}-{table}", table, schemas[table]))
+            tables[table]
+            | f"Write{table.title()}"
+            >> beam.ParDo(
+                WriteParquetFiles(FileSystems.join(staged, table), f"{self.run.run_id}-{table}", table, schemas[table])
+            )
             for table in ("scores", "errors")
         ]
         files = files | "Files" >> beam.Flatten()

@@ -12,6 +12,7 @@ it had in flight at once. Every run must score every image.
 
 Report: benchmarks/results/fetch.md, raw numbers: fetch.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,18 +45,33 @@ def run_pipeline(manifest: str, fetch_threads: int | None, server: ImageServer, 
     extra = loopback_flags(source, env) + ([f"--fetch_threads={fetch_threads}"] if fetch_threads else [])
     server.reset()
     label = f"--fetch_threads={fetch_threads or 'default'}"
-    run = quietest(lambda: run_timed(pipeline_command(manifest, out, RUN_DATE, *extra), env=env, cwd=source,
-                                     log_dir=WORK / "logs", name=f"threads-{fetch_threads or 'default'}",
-                                     sample_interval=None, label=label),
-                   label=label, idle_wait=0.0, retry=False)
+    run = quietest(
+        lambda: run_timed(
+            pipeline_command(manifest, out, RUN_DATE, *extra),
+            env=env,
+            cwd=source,
+            log_dir=WORK / "logs",
+            name=f"threads-{fetch_threads or 'default'}",
+            sample_interval=None,
+            label=label,
+        ),
+        label=label,
+        idle_wait=0.0,
+        retry=False,
+    )
     summary = read_summary(out, RUN_DATE)
     if summary.get("scored") != images or summary.get("errors"):
         raise SystemExit(f"expected {images} scored and no errors, the summary says {summary}")
     served = server.snapshot()
-    return {"fetch_threads": fetch_threads, "wall_s": run["process_wall_s"],
-            "images_per_s": images / run["process_wall_s"], "server_requests": served["requests"],
-            "most_waiting": served["most_in_flight"], "other_cpu_cores": run["other_cpu_cores"],
-            "steal_cores": run["steal_cores"]}
+    return {
+        "fetch_threads": fetch_threads,
+        "wall_s": run["process_wall_s"],
+        "images_per_s": images / run["process_wall_s"],
+        "server_requests": served["requests"],
+        "most_waiting": served["most_in_flight"],
+        "other_cpu_cores": run["other_cpu_cores"],
+        "steal_cores": run["steal_cores"],
+    }
 
 
 def report(data: dict) -> str:
@@ -103,22 +119,38 @@ def main(argv=None) -> None:
 
     server = ImageServer.of_files((f["uri"] for f in catalog["files"]), latency=args.latency_ms / 1000)
     try:
-        manifest = write_manifest(WORK / f"manifest-http-{args.images}.csv",
-                                  ((f"listing-{i:05d}", server.url(f["uri"]), f["category"])
-                                   for i, f in enumerate(catalog["files"])))["path"]
-        ways = {"1": {"label": "1 (one at a time)", "threads": 1},
-                "default": {"label": f"{DEFAULT_FETCH_THREADS} (the default)", "threads": None}}
-        runs = run_rounds({key: (lambda way=way: run_pipeline(manifest, way["threads"], server, args.images, source))
-                           for key, way in ways.items()}, args.rounds)
+        manifest = write_manifest(
+            WORK / f"manifest-http-{args.images}.csv",
+            ((f"listing-{i:05d}", server.url(f["uri"]), f["category"]) for i, f in enumerate(catalog["files"])),
+        )["path"]
+        ways = {
+            "1": {"label": "1 (one at a time)", "threads": 1},
+            "default": {"label": f"{DEFAULT_FETCH_THREADS} (the default)", "threads": None},
+        }
+        runs = run_rounds(
+            {
+                key: (lambda way=way: run_pipeline(manifest, way["threads"], server, args.images, source))
+                for key, way in ways.items()
+            },
+            args.rounds,
+        )
     finally:
         server.close()
     for key, way in ways.items():
         way["runs"] = runs[key]
         way["median_s"] = statistics.median(r["wall_s"] for r in way["runs"])
-    data = {"command": command_line(__file__, argv), "machine": machine_info(), "code": code,
-            "catalog": catalog_summary(catalog), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "images": args.images, "latency_ms": args.latency_ms, "rounds": args.rounds, "ways": ways,
-            "total_wall_s": time.perf_counter() - started}
+    data = {
+        "command": command_line(__file__, argv),
+        "machine": machine_info(),
+        "code": code,
+        "catalog": catalog_summary(catalog),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "images": args.images,
+        "latency_ms": args.latency_ms,
+        "rounds": args.rounds,
+        "ways": ways,
+        "total_wall_s": time.perf_counter() - started,
+    }
     write_results(Path(args.out), report(data), data)
 
 

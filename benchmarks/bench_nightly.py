@@ -28,6 +28,7 @@ per-transform execution time) and the top functions.
 The report is printed and written to benchmarks/results/nightly.md, the raw numbers to
 nightly.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,8 +80,9 @@ def night_manifest(catalog: dict, rows: int) -> dict:
     index = np.arange(rows) % len(files)
     np.random.default_rng(MANIFEST_SEED).shuffle(index)
     path = WORK / f"manifest-{len(files)}-{catalog['size']}-{rows}.csv"
-    return write_manifest(path, ((f"row-{i:07d}", files[j]["uri"], files[j]["category"])
-                                 for i, j in enumerate(index.tolist())))
+    return write_manifest(
+        path, ((f"row-{i:07d}", files[j]["uri"], files[j]["category"]) for i, j in enumerate(index.tolist()))
+    )
 
 
 # --- one night ---------------------------------------------------------------------------------
@@ -98,8 +100,15 @@ def run_night(label: str, manifest: dict, output: Path, night: int, source: Path
     waited = wait_for_idle(args.idle_wait) if args.idle_wait > 0 else 0.0
     name = label.replace(" (incremental)", "").replace(",", "").replace(" ", "_")
     print(f"  {label} ...", end="", file=sys.stderr, flush=True)
-    run = run_timed(cmd, env=child_env(source), cwd=source, log_dir=WORK / "logs", name=name,
-                    sample_interval=args.sample_interval, label=label)
+    run = run_timed(
+        cmd,
+        env=child_env(source),
+        cwd=source,
+        log_dir=WORK / "logs",
+        name=name,
+        sample_interval=args.sample_interval,
+        label=label,
+    )
     summary = read_summary(output, NIGHT1_DATE if night == 1 else NIGHT2_DATE)
     wall = run["process_wall_s"]
     result = {
@@ -118,8 +127,12 @@ def run_night(label: str, manifest: dict, output: Path, night: int, source: Path
         "other_cpu_cores": run["other_cpu_cores"],
         "steal_cores": run["steal_cores"],
     }
-    print(f" {describe(run)}; {result['rows_per_s']:.0f} rows/s, scored {summary['scored']}, reused "
-          f"{summary['reused']}, dedup {summary['deduplicated']}", file=sys.stderr, flush=True)
+    print(
+        f" {describe(run)}; {result['rows_per_s']:.0f} rows/s, scored {summary['scored']}, reused "
+        f"{summary['reused']}, dedup {summary['deduplicated']}",
+        file=sys.stderr,
+        flush=True,
+    )
     check_summary(result, manifest)
     return result
 
@@ -166,8 +179,15 @@ def memory_growth(runs: dict) -> list[dict]:
         ps, pb = role_peaks(small), role_peaks(big)
         for role in pb:
             if role in ps:
-                rows.append({"night": night, "process": role, "small_mb": ps[role], "big_mb": pb[role],
-                             "ratio": pb[role] / ps[role] if ps[role] else float("nan")})
+                rows.append(
+                    {
+                        "night": night,
+                        "process": role,
+                        "small_mb": ps[role],
+                        "big_mb": pb[role],
+                        "ratio": pb[role] / ps[role] if ps[role] else float("nan"),
+                    }
+                )
     return rows
 
 
@@ -211,8 +231,9 @@ def profile_night2(manifest: dict, output: Path, source: Path, args) -> dict:
         ({"stage": k, "plain_s": v[0] / 1000, "cprofile_s": v[1] / 1000} for k, v in stages.items()),
         key=lambda r: -r["plain_s"],
     )
-    out["top_transforms"] = sorted(({"transform": k, "plain_s": v / 1000} for k, v in plain_msecs.items()),
-                                   key=lambda r: -r["plain_s"])[:15]
+    out["top_transforms"] = sorted(
+        ({"transform": k, "plain_s": v / 1000} for k, v in plain_msecs.items()), key=lambda r: -r["plain_s"]
+    )[:15]
     out["top_tottime"] = top_functions(str(prof), "tottime_s", args.profile_top)
     out["top_cumtime"] = top_functions(str(prof), "cumtime_s", args.profile_top)
     out["prof_file"] = str(prof)
@@ -236,29 +257,47 @@ def goals(data: dict) -> list[str]:
     n1, n2 = runs["big_1"], runs["big_2"]
     frac = n2["wall_s"] / n1["wall_s"]
     lines = [
-        goal_line(frac < GOAL_INCREMENTAL_FRACTION, f"incremental night < {GOAL_INCREMENTAL_FRACTION:.0%} "
-        f"of first night's wall time ({n1['rows']:,} rows): {n2['wall_s']:.1f} s / {n1['wall_s']:.1f} s = {frac:.1%}"
-        + (f" (night 2: the median of {len(n2['repeat_walls_s'])} runs, "
-           f"{', '.join('%.1f' % w for w in n2['repeat_walls_s'])} s)" if len(n2.get("repeat_walls_s", [])) > 1 else ""))
+        goal_line(
+            frac < GOAL_INCREMENTAL_FRACTION,
+            f"incremental night < {GOAL_INCREMENTAL_FRACTION:.0%} "
+            f"of first night's wall time ({n1['rows']:,} rows): {n2['wall_s']:.1f} s / {n1['wall_s']:.1f} s = {frac:.1%}"
+            + (
+                f" (night 2: the median of {len(n2['repeat_walls_s'])} runs, "
+                f"{', '.join('%.1f' % w for w in n2['repeat_walls_s'])} s)"
+                if len(n2.get("repeat_walls_s", [])) > 1
+                else ""
+            ),
+        )
     ]
     small = runs["small_1"]["rows"]
     grown = [g for g in data["memory"] if g["ratio"] >= GOAL_RSS_GROWTH and not g["process"].startswith("all")]
     worst = max((g for g in data["memory"] if not g["process"].startswith("all")), key=lambda g: g["ratio"])
-    lines.append(goal_line(
-        not grown, f"no process's peak RSS grows >= {GOAL_RSS_GROWTH}x from {small:,} to "
-        f"{n1['rows']:,} rows: largest ratio {worst['ratio']:.2f}x ({worst['process']}, night {worst['night']}: "
-        f"{worst['small_mb']:.0f} -> {worst['big_mb']:.0f} MB)"))
+    lines.append(
+        goal_line(
+            not grown,
+            f"no process's peak RSS grows >= {GOAL_RSS_GROWTH}x from {small:,} to "
+            f"{n1['rows']:,} rows: largest ratio {worst['ratio']:.2f}x ({worst['process']}, night {worst['night']}: "
+            f"{worst['small_mb']:.0f} -> {worst['big_mb']:.0f} MB)",
+        )
+    )
     for g in grown:
-        lines.append(f"      grows: night {g['night']} {g['process']} {g['small_mb']:.0f} -> {g['big_mb']:.0f} MB "
-                     f"({g['ratio']:.2f}x)")
+        lines.append(
+            f"      grows: night {g['night']} {g['process']} {g['small_mb']:.0f} -> {g['big_mb']:.0f} MB "
+            f"({g['ratio']:.2f}x)"
+        )
     workers = [g for g in data["memory"] if g["process"] == "largest worker"]
     for g in workers:
-        lines.append(f"INFO  night {g['night']}: largest worker {g['big_mb']:.0f} MB at {n1['rows']:,} rows vs "
-                     f"{g['small_mb']:.0f} MB at {small:,} ({g['ratio']:.2f}x)")
+        lines.append(
+            f"INFO  night {g['night']}: largest worker {g['big_mb']:.0f} MB at {n1['rows']:,} rows vs "
+            f"{g['small_mb']:.0f} MB at {small:,} ({g['ratio']:.2f}x)"
+        )
     cm = data["cost_model"]
     night1_rows = cm["1"]["ms_per_1000_rows"]
-    compared = (f"night 2 costs {cm['2']['ms_per_1000_rows'] / night1_rows:.0%} of night 1" if night1_rows > 0
-                else "night 1's time does not measurably grow with rows (inference dominates), night 2's does")
+    compared = (
+        f"night 2 costs {cm['2']['ms_per_1000_rows'] / night1_rows:.0%} of night 1"
+        if night1_rows > 0
+        else "night 1's time does not measurably grow with rows (inference dominates), night 2's does"
+    )
     lines.append(
         f"INFO  per extra row, {compared} ({cm['2']['ms_per_1000_rows']:.0f} vs {night1_rows:.0f} ms per 1,000 "
         f"rows). The goal needs night 2 under {GOAL_INCREMENTAL_FRACTION * n1['wall_s']:.1f} s here; its fixed "
@@ -381,8 +420,13 @@ def report(data: dict) -> str:
         ]
         for r in prof["top_tottime"]:
             lines.append(f"| `{r['function']}` | {r['calls']:,} | {r['tottime_s']:.1f} | {r['cumtime_s']:.1f} |")
-        lines += ["", "Top functions by cumulative time:", "", "| function | calls | own s | cumulative s |",
-                  "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "Top functions by cumulative time:",
+            "",
+            "| function | calls | own s | cumulative s |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         for r in prof["top_cumtime"]:
             lines.append(f"| `{r['function']}` | {r['calls']:,} | {r['tottime_s']:.1f} | {r['cumtime_s']:.1f} |")
         if data.get("profile_notes"):
@@ -398,24 +442,43 @@ def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000, help="manifest rows of the main runs (default 200,000)")
-    parser.add_argument("--small-rows", type=int, default=50_000,
-                        help="manifest rows of the comparison runs for memory vs row count (default 50,000)")
+    parser.add_argument(
+        "--small-rows",
+        type=int,
+        default=50_000,
+        help="manifest rows of the comparison runs for memory vs row count (default 50,000)",
+    )
     parser.add_argument("--distinct", type=int, default=4000, help="distinct JPEG files (default 4000)")
     parser.add_argument("--size", default="640x480", help="catalog image size WIDTHxHEIGHT (default 640x480)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
-    parser.add_argument("--night2-runs", type=int, default=3,
-                        help="runs of each incremental night; the median is kept (default 3)")
+    parser.add_argument(
+        "--night2-runs", type=int, default=3, help="runs of each incremental night; the median is kept (default 3)"
+    )
     parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between /proc samples")
-    parser.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
-                        help="profile night 2 in one process: when it misses its goal (auto), always, or never")
+    parser.add_argument(
+        "--profile",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="profile night 2 in one process: when it misses its goal (auto), always, or never",
+    )
     parser.add_argument("--profile-top", type=int, default=20, help="functions to list per profile table")
-    parser.add_argument("--commit", help="measure this commit (extracted with git archive) instead of the "
-                        "working tree, e.g. HEAD while others edit the tree")
-    parser.add_argument("--render", metavar="JSON",
-                        help="only rewrite the report (stdout and --out) from a nightly.json written earlier")
-    parser.add_argument("--idle-wait", type=float, default=20.0,
-                        help="before each run, wait up to this many seconds for other processes to leave the "
-                             "cores alone (0: never wait)")
+    parser.add_argument(
+        "--commit",
+        help="measure this commit (extracted with git archive) instead of the "
+        "working tree, e.g. HEAD while others edit the tree",
+    )
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only rewrite the report (stdout and --out) from a nightly.json written earlier",
+    )
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=20.0,
+        help="before each run, wait up to this many seconds for other processes to leave the "
+        "cores alone (0: never wait)",
+    )
     args = parser.parse_args(argv)
     if args.render:
         data = json.loads(Path(args.render).read_text())
@@ -432,15 +495,20 @@ def main(argv=None) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     code = checkout(args.commit)
     source = source_of(code)
-    print(f"code: {code['source']} ({code['commit'][:12]}{', working tree' if code['working_tree'] else ''})",
-          file=sys.stderr)
+    print(
+        f"code: {code['source']} ({code['commit'][:12]}{', working tree' if code['working_tree'] else ''})",
+        file=sys.stderr,
+    )
     print(f"model cache: {MODEL_CACHE}", file=sys.stderr)
     warm = warm_model_cache(WORK / "logs", source)
     size = parse_size(args.size)
     catalog = build_catalog(args.distinct, size)
     print(f"catalog: {args.distinct} files of {args.size} in {catalog['directory']}", file=sys.stderr)
-    print(f"  {'cached' if catalog['cached'] else 'written in %.0f s' % catalog['build_s']}, "
-          f"{catalog['mean_jpeg_kb']:.0f} KB each", file=sys.stderr)
+    print(
+        f"  {'cached' if catalog['cached'] else 'written in %.0f s' % catalog['build_s']}, "
+        f"{catalog['mean_jpeg_kb']:.0f} KB each",
+        file=sys.stderr,
+    )
     manifests = {"small": night_manifest(catalog, args.small_rows), "big": night_manifest(catalog, args.rows)}
 
     runs = {}
@@ -452,8 +520,10 @@ def main(argv=None) -> None:
             label = f"night {night}{' (incremental)' if night == 2 else ''}, {manifest['rows']:,} rows"
             # Night 2 is a few seconds, as long as this machine's speed takes to drift by 20%:
             # it runs --night2-runs times (each replaces the same partition) and keeps its median run.
-            repeats = [run_night(label, manifest, output, night, source, args)
-                       for _ in range(args.night2_runs if night == 2 else 1)]
+            repeats = [
+                run_night(label, manifest, output, night, source, args)
+                for _ in range(args.night2_runs if night == 2 else 1)
+            ]
             chosen = median_run(repeats, key=lambda r: r["wall_s"])
             chosen["repeat_walls_s"] = [r["wall_s"] for r in repeats]
             # Memory is judged on the largest launcher peak of the repeats, not the median run's.

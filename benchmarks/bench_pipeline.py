@@ -30,6 +30,7 @@ installed, a py-spy record of one multi_processing run (summary appended to the 
 Report: benchmarks/results/pipeline.md, raw numbers: pipeline.json.
 ``--worker NAME`` is the script's own child (one BENCH_RESULT line on stdout).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -143,8 +144,15 @@ def worker_runinference(args) -> None:
     import importlib.util
 
     hub = importlib.util.find_spec("tensorflow_hub")
-    emit({"images": len(uris), "scored": count, "workers": cores, "batch_size": args.batch_size,
-             "tensorflow_hub": "stub" if hub and str(WORK) in str(hub.origin) else "installed"})
+    emit(
+        {
+            "images": len(uris),
+            "scored": count,
+            "workers": cores,
+            "batch_size": args.batch_size,
+            "tensorflow_hub": "stub" if hub and str(WORK) in str(hub.origin) else "installed",
+        }
+    )
 
 
 def worker_parity(args) -> None:
@@ -161,11 +169,20 @@ def worker_parity(args) -> None:
     got = nima.predict([r["uri"] for r in sample], augmented=True)
     d_mean = max(abs(r["mean_score"] - g["mean_score_prediction"]) for r, g in zip(sample, got))
     d_sd = max(abs(r["sd_score"] - g["sd_score_prediction"]) for r, g in zip(sample, got))
-    d_pred = max(float(np.abs(np.asarray(r["predictions"]) - np.asarray(g["predictions"])).max())
-                 for r, g in zip(sample, got))
-    emit({"rows_in_parquet": len(table), "compared": len(sample), "max_abs_diff_mean": d_mean,
-             "max_abs_diff_sd": d_sd, "max_abs_diff_predictions": d_pred, "model_version": nima.model_version,
-             "parquet_model_versions": sorted({r["model_version"] for r in table})})
+    d_pred = max(
+        float(np.abs(np.asarray(r["predictions"]) - np.asarray(g["predictions"])).max()) for r, g in zip(sample, got)
+    )
+    emit(
+        {
+            "rows_in_parquet": len(table),
+            "compared": len(sample),
+            "max_abs_diff_mean": d_mean,
+            "max_abs_diff_sd": d_sd,
+            "max_abs_diff_predictions": d_pred,
+            "model_version": nima.model_version,
+            "parquet_model_versions": sorted({r["model_version"] for r in table}),
+        }
+    )
 
 
 WORKERS = {"prepare_keras": worker_prepare_keras, "runinference": worker_runinference, "parity": worker_parity}
@@ -178,8 +195,13 @@ def hub_stub_path() -> list[str]:
     """Beam's tensorflow_inference imports tensorflow_hub at module level (it only uses
     ``hub.resolve`` on the model path). When it is not installed, a stub whose ``resolve`` returns
     a local path unchanged goes on the RunInference row's PYTHONPATH."""
-    probe = subprocess.run([sys.executable, "-c", "import importlib.util,sys; "
-                            "sys.exit(0 if importlib.util.find_spec('tensorflow_hub') else 1)"])
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('tensorflow_hub') else 1)",
+        ]
+    )
     if probe.returncode == 0:
         return []
     stub = WORK / "stubs" / "tensorflow_hub"
@@ -196,9 +218,18 @@ def hub_stub_path() -> list[str]:
 def run_tree(label: str, cmd: list[str], args, env: dict, log_name: str) -> dict:
     """One process (and its children) timed from the parent, VmHWM of the tree sampled; a run
     disturbed by other processes is re-run once and the quieter run kept."""
+
     def once() -> dict:
-        run = run_timed(cmd, env=env, cwd=REPO, log_dir=WORK / "logs", name=log_name,
-                        sample_interval=args.sample_interval, timelines=False, label=label)
+        run = run_timed(
+            cmd,
+            env=env,
+            cwd=REPO,
+            log_dir=WORK / "logs",
+            name=log_name,
+            sample_interval=args.sample_interval,
+            timelines=False,
+            label=label,
+        )
         run["label"] = label
         run["worker_result"] = run.pop("result")
         return run
@@ -219,14 +250,26 @@ def e2e_row(label, manifest, n, args, key) -> dict:
     r["output"] = str(out)
     r["summary"] = read_summary(out, RUN_DATE)
     if r["summary"].get("scored") != n or r["summary"].get("errors"):
-        r["problem"] = f"summary says scored {r['summary'].get('scored')}, errors {r['summary'].get('errors')} (expected {n}, 0)"
+        r["problem"] = (
+            f"summary says scored {r['summary'].get('scored')}, errors {r['summary'].get('errors')} (expected {n}, 0)"
+        )
         print(f"    WARNING {label}: {r['problem']}", file=sys.stderr)
     return r
 
 
 def runinference_row(label, manifest, n, args, key, keras_model, stub) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "runinference", "--manifest", manifest,
-           "--keras-model", keras_model, "--batch-size", str(args.batch_size)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "runinference",
+        "--manifest",
+        manifest,
+        "--keras-model",
+        keras_model,
+        "--batch-size",
+        str(args.batch_size),
+    ]
     r = run_tree(label, cmd, args, child_env(extra_path=stub), key)
     r["images"] = n
     r["seconds"] = r["process_wall_s"]
@@ -240,8 +283,15 @@ def runinference_row(label, manifest, n, args, key, keras_model, stub) -> dict:
 def worker_row(name, catalog, n, args, passes=1, threads=None) -> dict:
     """A harness.workers row (seed, litert_model, decode) on the first ``n`` files of a catalog."""
     paths = paths_file(catalog, n, WORK / f"paths-{catalog['size']}-{n}.txt")
-    return run_worker(name, log_dir=WORK / "logs", paths=paths, passes=passes, threads=threads, gemm_seconds=1.0,
-                      idle_wait=args.idle_wait)
+    return run_worker(
+        name,
+        log_dir=WORK / "logs",
+        paths=paths,
+        passes=passes,
+        threads=threads,
+        gemm_seconds=1.0,
+        idle_wait=args.idle_wait,
+    )
 
 
 # --- profiles ------------------------------------------------------------------------------------
@@ -261,11 +311,17 @@ def cprofile_run(manifest: str, n: int, args) -> dict:
     stages = defaultdict(float)
     for step, ms in result["transform_msecs"].items():
         stages[stage_of(step)] += ms / 1000
-    return {"command": "python -m pipeline " + " ".join(argv), "images": n, "process_wall_s": wall,
-            "pipeline_wall_s": result["wall_s"], "peak_rss_mb": result["peak_rss_mb"],
-            "stages_s": dict(sorted(stages.items(), key=lambda kv: -kv[1])),
-            "top_tottime": top_functions(str(prof), "tottime_s", 30),
-            "top_cumtime": top_functions(str(prof), "cumtime_s", 15), "prof_file": str(prof)}
+    return {
+        "command": "python -m pipeline " + " ".join(argv),
+        "images": n,
+        "process_wall_s": wall,
+        "pipeline_wall_s": result["wall_s"],
+        "peak_rss_mb": result["peak_rss_mb"],
+        "stages_s": dict(sorted(stages.items(), key=lambda kv: -kv[1])),
+        "top_tottime": top_functions(str(prof), "tottime_s", 30),
+        "top_cumtime": top_functions(str(prof), "cumtime_s", 15),
+        "prof_file": str(prof),
+    }
 
 
 def pyspy_run(manifest: str, n: int, args) -> dict:
@@ -274,10 +330,14 @@ def pyspy_run(manifest: str, n: int, args) -> dict:
     if args.idle_wait > 0:
         wait_for_idle(args.idle_wait)
     print(f"  py-spy record --subprocesses, multi_processing, {n} images ...", end="", file=sys.stderr, flush=True)
-    result = pyspy_record(pipeline_command(manifest, out, RUN_DATE), WORK / "pipeline_multi_processing.speedscope.json",
-                          REPO)
-    print(f" {result.get('wall_s', 0.0):.1f} s ({'recorded' if result['available'] else result['reason'][:60]})",
-          file=sys.stderr, flush=True)
+    result = pyspy_record(
+        pipeline_command(manifest, out, RUN_DATE), WORK / "pipeline_multi_processing.speedscope.json", REPO
+    )
+    print(
+        f" {result.get('wall_s', 0.0):.1f} s ({'recorded' if result['available'] else result['reason'][:60]})",
+        file=sys.stderr,
+        flush=True,
+    )
     return {**result, "images": n}
 
 
@@ -312,10 +372,15 @@ def write_profile_text(data: dict) -> str:
         lines.append(f"  not available: {spy.get('reason')}")
     else:
         lines.append(f"  {spy['command']}")
-        lines.append(f"  {spy['images']} images, {spy['wall_s']:.1f} s under py-spy at 50 Hz; speedscope file {spy['file']}")
+        lines.append(
+            f"  {spy['images']} images, {spy['wall_s']:.1f} s under py-spy at 50 Hz; speedscope file {spy['file']}"
+        )
         for p in spy["processes"]:
-            lines += ["", f"  {p['process']}: {p['seconds']:.1f} s of non-idle samples over {p['threads']} threads",
-                      "    self (leaf):"]
+            lines += [
+                "",
+                f"  {p['process']}: {p['seconds']:.1f} s of non-idle samples over {p['threads']} threads",
+                "    self (leaf):",
+            ]
             for fn, sec in p["top_self"][:12]:
                 lines.append(f"      {sec:6.2f} s {100 * sec / p['seconds']:5.1f}%  {fn}")
             lines.append("    on the stack (inclusive):")
@@ -341,8 +406,13 @@ def derived(data: dict) -> dict:
     out = {"model_only": model}
     for size in data["sizes"]:
         dec = rate(rows[f"decode_{size}"])
-        out[size] = {"decode": dec, "ideal": ideal_rate(model, dec, cores), "seed": rate(rows[f"seed_{size}"]),
-                     "runinference": rate(rows[f"runinference_{size}"]), "e2e": rate(rows[f"e2e_{size}"])}
+        out[size] = {
+            "decode": dec,
+            "ideal": ideal_rate(model, dec, cores),
+            "seed": rate(rows[f"seed_{size}"]),
+            "runinference": rate(rows[f"runinference_{size}"]),
+            "e2e": rate(rows[f"e2e_{size}"]),
+        }
     out["rounds"] = []
     for i in range(len(rows["litert_model"].get("round_rates", []))):
         at = {key: r["round_rates"][i] for key, r in rows.items() if "round_rates" in r}
@@ -361,11 +431,12 @@ def derived(data: dict) -> dict:
 
 def goals(data: dict) -> list[str]:
     d, rows = data["derived"], data["rows"]
-    s, l = d["800x600"], d.get("1600x1200")
+    s, large = d["800x600"], d.get("1600x1200")
 
     # In the default single-process mode the launcher is the worker: it scores the images.
-    worker_rss = [(k, r.get("worker_peak_rss_mb") or r["launcher_peak_rss_mb"])
-                  for k, r in rows.items() if k.startswith("e2e_")]
+    worker_rss = [
+        (k, r.get("worker_peak_rss_mb") or r["launcher_peak_rss_mb"]) for k, r in rows.items() if k.startswith("e2e_")
+    ]
     peak = max(worker_rss, key=lambda kv: kv[1]) if worker_rss else ("-", float("nan"))
 
     def in_rounds(key, fmt):
@@ -373,26 +444,50 @@ def goals(data: dict) -> list[str]:
         return f" (medians of {len(values)} rounds; within each round: {', '.join(values)})" if len(values) > 1 else ""
 
     out = [
-        goal_line(s["e2e"] / s["seed"] >= GOAL_VS_SEED, f"end to end 800x600 >= {GOAL_VS_SEED:.0f}x seed way: "
-             f"{s['e2e']:.1f} / {s['seed']:.1f} = {s['e2e'] / s['seed']:.1f}x" + in_rounds("e2e_vs_seed", lambda v: f"{v:.1f}x")),
-        goal_line(s["e2e"] / s["runinference"] >= GOAL_VS_RUNINFERENCE, f"end to end 800x600 >= {GOAL_VS_RUNINFERENCE:.0f}x "
-             f"RunInference+Keras: {s['e2e']:.1f} / {s['runinference']:.1f} = {s['e2e'] / s['runinference']:.1f}x"),
-        goal_line(s["e2e"] / s["ideal"] >= GOAL_IDEAL_800, f"end to end 800x600 >= {GOAL_IDEAL_800:.0%} of ideal: "
-             f"{s['e2e']:.1f} / {s['ideal']:.1f} = {s['e2e'] / s['ideal']:.0%}"
-             + in_rounds("e2e_vs_ideal_800x600", lambda v: f"{v:.0%}")),
+        goal_line(
+            s["e2e"] / s["seed"] >= GOAL_VS_SEED,
+            f"end to end 800x600 >= {GOAL_VS_SEED:.0f}x seed way: "
+            f"{s['e2e']:.1f} / {s['seed']:.1f} = {s['e2e'] / s['seed']:.1f}x"
+            + in_rounds("e2e_vs_seed", lambda v: f"{v:.1f}x"),
+        ),
+        goal_line(
+            s["e2e"] / s["runinference"] >= GOAL_VS_RUNINFERENCE,
+            f"end to end 800x600 >= {GOAL_VS_RUNINFERENCE:.0f}x "
+            f"RunInference+Keras: {s['e2e']:.1f} / {s['runinference']:.1f} = {s['e2e'] / s['runinference']:.1f}x",
+        ),
+        goal_line(
+            s["e2e"] / s["ideal"] >= GOAL_IDEAL_800,
+            f"end to end 800x600 >= {GOAL_IDEAL_800:.0%} of ideal: "
+            f"{s['e2e']:.1f} / {s['ideal']:.1f} = {s['e2e'] / s['ideal']:.0%}"
+            + in_rounds("e2e_vs_ideal_800x600", lambda v: f"{v:.0%}"),
+        ),
     ]
-    if l:
-        out.append(goal_line(l["e2e"] / l["ideal"] >= GOAL_IDEAL_1600, f"end to end 1600x1200 >= {GOAL_IDEAL_1600:.0%} of "
-                        f"ideal: {l['e2e']:.1f} / {l['ideal']:.1f} = {l['e2e'] / l['ideal']:.0%}"
-                        + in_rounds("e2e_vs_ideal_1600x1200", lambda v: f"{v:.0%}")))
-    out.append(goal_line(peak[1] < GOAL_WORKER_RSS_MB, f"end to end peak RSS per worker < {GOAL_WORKER_RSS_MB:.0f} MB: "
-                    f"{peak[1]:.0f} MB (largest, in {peak[0]})"))
+    if large:
+        out.append(
+            goal_line(
+                large["e2e"] / large["ideal"] >= GOAL_IDEAL_1600,
+                f"end to end 1600x1200 >= {GOAL_IDEAL_1600:.0%} of "
+                f"ideal: {large['e2e']:.1f} / {large['ideal']:.1f} = {large['e2e'] / large['ideal']:.0%}"
+                + in_rounds("e2e_vs_ideal_1600x1200", lambda v: f"{v:.0%}"),
+            )
+        )
+    out.append(
+        goal_line(
+            peak[1] < GOAL_WORKER_RSS_MB,
+            f"end to end peak RSS per worker < {GOAL_WORKER_RSS_MB:.0f} MB: {peak[1]:.0f} MB (largest, in {peak[0]})",
+        )
+    )
     par = data.get("parity")
     if par:
         worst = max(par["max_abs_diff_mean"], par["max_abs_diff_sd"], par["max_abs_diff_predictions"])
-        out.append(goal_line(worst <= 1e-6, f"parity: {par['compared']} Parquet rows vs get_aisthetics_model().predict(): "
-                        f"max |diff| mean {par['max_abs_diff_mean']:.1e}, sd {par['max_abs_diff_sd']:.1e}, "
-                        f"predictions {par['max_abs_diff_predictions']:.1e} (<= 1e-6)"))
+        out.append(
+            goal_line(
+                worst <= 1e-6,
+                f"parity: {par['compared']} Parquet rows vs get_aisthetics_model().predict(): "
+                f"max |diff| mean {par['max_abs_diff_mean']:.1e}, sd {par['max_abs_diff_sd']:.1e}, "
+                f"predictions {par['max_abs_diff_predictions']:.1e} (<= 1e-6)",
+            )
+        )
     out += noise_note([k for k, r in rows.items() if disturbed(r)])
     problems = [f"{k}: {r['problem']}" for k, r in rows.items() if r.get("problem")]
     out += [f"NOTE  {p}" for p in problems]
@@ -407,7 +502,10 @@ def report(data: dict) -> str:
         machine_line(m),
         "",
         "Corpus (`write_sample_catalog`, crops of scikit-learn's two photos, every file distinct): "
-        + "; ".join(f"{c['distinct_files']} JPEGs of {c['size']} (~{c['mean_jpeg_kb']:.0f} KB each)" for c in data["catalogs"].values())
+        + "; ".join(
+            f"{c['distinct_files']} JPEGs of {c['size']} (~{c['mean_jpeg_kb']:.0f} KB each)"
+            for c in data["catalogs"].values()
+        )
         + f". Command: `{data['command']}`.",
         "",
         "| way | size | images | images/s | × seed way | % of ideal | peak RSS per worker (MB) | launcher / process (MB) | other CPU | what is timed |",
@@ -425,22 +523,51 @@ def report(data: dict) -> str:
         wk = r.get("worker_peak_rss_mb")
         wkc = f"{wk:.0f} ({r['worker_count']} workers)" if wk else "—"
         launcher = r.get("launcher_peak_rss_mb") or r.get("peak_rss_mb")
-        lines.append(f"| {label} | {size or 'any'} | {r['images']} | {rt:.1f} | {xs} | {pi} | {wkc} | {launcher:.0f} | "
-                     f"{noise_cell(r)} | {what} |")
+        lines.append(
+            f"| {label} | {size or 'any'} | {r['images']} | {rt:.1f} | {xs} | {pi} | {wkc} | {launcher:.0f} | "
+            f"{noise_cell(r)} | {what} |"
+        )
 
     for size in data["sizes"]:
-        add(f"seed_{size}", "seed way: Keras `model.predict` per image", size,
-            "harness.workers: read + decode + `predict` batch of 1, after 8 warm-up images (no process start)")
-        add(f"runinference_{size}", "Beam RunInference + `TFModelHandlerNumpy` (.keras)", size,
-            f"process start to end; FnApiRunner multi_processing, {cores} workers, batches <= {data['args']['batch_size']}")
-        add(f"e2e_{size}", "**this pipeline, end to end** (manifest -> Parquet)", size,
-            "`python -m pipeline --progress_seconds=0`, process start to end")
-        add(f"decode_{size}", "decode only, 1 core", size, "read + decode_image (harness.workers)", ideal=False, seed=False)
+        add(
+            f"seed_{size}",
+            "seed way: Keras `model.predict` per image",
+            size,
+            "harness.workers: read + decode + `predict` batch of 1, after 8 warm-up images (no process start)",
+        )
+        add(
+            f"runinference_{size}",
+            "Beam RunInference + `TFModelHandlerNumpy` (.keras)",
+            size,
+            f"process start to end; FnApiRunner multi_processing, {cores} workers, batches <= {data['args']['batch_size']}",
+        )
+        add(
+            f"e2e_{size}",
+            "**this pipeline, end to end** (manifest -> Parquet)",
+            size,
+            "`python -m pipeline --progress_seconds=0`, process start to end",
+        )
+        add(
+            f"decode_{size}",
+            "decode only, 1 core",
+            size,
+            "read + decode_image (harness.workers)",
+            ideal=False,
+            seed=False,
+        )
         if size in d:
-            lines.append(f"| ideal = 1 / (1/model + 1/({cores} × decode)) | {size} | | {d[size]['ideal']:.1f} | "
-                         f"{d[size]['ideal'] / d[size]['seed']:.1f}× | 100% | | | | computed |")
-    add("litert_model", f"LiteRT model only, {cores} threads", None, "loaded engine on pre-decoded float32 (harness.workers)",
-        ideal=False, seed=False)
+            lines.append(
+                f"| ideal = 1 / (1/model + 1/({cores} × decode)) | {size} | | {d[size]['ideal']:.1f} | "
+                f"{d[size]['ideal'] / d[size]['seed']:.1f}× | 100% | | | | computed |"
+            )
+    add(
+        "litert_model",
+        f"LiteRT model only, {cores} threads",
+        None,
+        "loaded engine on pre-decoded float32 (harness.workers)",
+        ideal=False,
+        seed=False,
+    )
     add("e2e_fixed", "end to end, fixed cost", "800x600", "the same command on 16 images", ideal=False, seed=False)
     lines += [
         "",
@@ -453,35 +580,53 @@ def report(data: dict) -> str:
         "process (or the single benchmark process, its own VmHWM).",
         f"- other CPU: cores other processes used during the row; above {NOISE_CORES:.2f} (⚠) the row was disturbed.",
     ]
-    in_rounds = [f"{k} {', '.join('%.1f' % v for v in r['round_rates'])}" for k, r in rows.items()
-                 if len(r.get("round_rates", [])) > 1]
+    in_rounds = [
+        f"{k} {', '.join('%.1f' % v for v in r['round_rates'])}"
+        for k, r in rows.items()
+        if len(r.get("round_rates", [])) > 1
+    ]
     if in_rounds:
-        lines.append(f"- Rounds: the 800x600 seed row, the end-to-end and decode rows of each size and the model-only row "
-                     f"ran {len(d['rounds'])} times, "
-                     "one of each per round (this machine's speed drifts from minute to minute); each row shows its "
-                     f"median run. Images/s per round: {'; '.join(in_rounds)}.")
+        lines.append(
+            f"- Rounds: the 800x600 seed row, the end-to-end and decode rows of each size and the model-only row "
+            f"ran {len(d['rounds'])} times, "
+            "one of each per round (this machine's speed drifts from minute to minute); each row shows its "
+            f"median run. Images/s per round: {'; '.join(in_rounds)}."
+        )
     if "marginal_800x600" in d:
-        lines.append(f"- Fixed cost of an end-to-end run: {d['fixed_cost_s']:.1f} s (16 images). Beyond it, the 800x600 run "
-                     f"scores {d['marginal_800x600']:.1f} img/s ({100 * d['marginal_800x600'] / d['800x600']['ideal']:.0f}% of ideal).")
-    sub = [f"{k}: {rows[k]['images']} of {data['catalogs'][k.split('_')[-1]]['distinct_files']}"
-           for k in rows if k.split("_")[0] in ("seed", "runinference") and k.split("_")[-1] in data["catalogs"]
-           and rows[k]["images"] < data["catalogs"][k.split("_")[-1]]["distinct_files"]]
+        lines.append(
+            f"- Fixed cost of an end-to-end run: {d['fixed_cost_s']:.1f} s (16 images). Beyond it, the 800x600 run "
+            f"scores {d['marginal_800x600']:.1f} img/s ({100 * d['marginal_800x600'] / d['800x600']['ideal']:.0f}% of ideal)."
+        )
+    sub = [
+        f"{k}: {rows[k]['images']} of {data['catalogs'][k.split('_')[-1]]['distinct_files']}"
+        for k in rows
+        if k.split("_")[0] in ("seed", "runinference")
+        and k.split("_")[-1] in data["catalogs"]
+        and rows[k]["images"] < data["catalogs"][k.split("_")[-1]]["distinct_files"]
+    ]
     if sub:
         lines.append(f"- Subsets (to keep the run short): {'; '.join(sub)} images.")
     ri = next((r for k, r in rows.items() if k.startswith("runinference_")), None)
     if ri:
-        lines.append(f"- RunInference: the handler loads `{data['keras_model']['keras_model']}` with "
-                     f"`tf.keras.models.load_model` (reload check: max |diff| {data['keras_model']['reload_max_abs_diff']:.1e}); "
-                     f"tensorflow_hub: {ri.get('worker_result', {}).get('tensorflow_hub')} "
-                     "(Beam's tensorflow_inference imports it at module level; not installed here, so a stub whose "
-                     "`resolve()` returns a local path is put on that row's PYTHONPATH).")
+        lines.append(
+            f"- RunInference: the handler loads `{data['keras_model']['keras_model']}` with "
+            f"`tf.keras.models.load_model` (reload check: max |diff| {data['keras_model']['reload_max_abs_diff']:.1e}); "
+            f"tensorflow_hub: {ri.get('worker_result', {}).get('tensorflow_hub')} "
+            "(Beam's tensorflow_inference imports it at module level; not installed here, so a stub whose "
+            "`resolve()` returns a local path is put on that row's PYTHONPATH)."
+        )
     lines += ["", "## Goals", "", "```", *data["goal_lines"], "```", ""]
     cp = data.get("profile", {}).get("cprofile")
     if cp:
-        lines += ["## Profile", "", f"`{profile_path(Path(data['args']['out'])).name}`: cProfile of `{cp['command']}` "
-                  f"({cp['images']} images), top 30 by tottime; py-spy: "
-                  f"{'recorded' if data['profile'].get('pyspy', {}).get('available') else 'not available'}. "
-                  "Stages (Beam execution time under cProfile):", ""]
+        lines += [
+            "## Profile",
+            "",
+            f"`{profile_path(Path(data['args']['out'])).name}`: cProfile of `{cp['command']}` "
+            f"({cp['images']} images), top 30 by tottime; py-spy: "
+            f"{'recorded' if data['profile'].get('pyspy', {}).get('available') else 'not available'}. "
+            "Stages (Beam execution time under cProfile):",
+            "",
+        ]
         for stage, s in list(cp["stages_s"].items())[:8]:
             lines.append(f"- {stage}: {s:.1f} s")
         lines.append("")
@@ -496,20 +641,36 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="800x600 corpus size (default 2000)")
     parser.add_argument("--large-images", type=int, default=1000, help="1600x1200 corpus size (default 1000; 0: skip)")
-    parser.add_argument("--seed-images", type=int, default=100, help="seed way on this many images per size (default 100)")
-    parser.add_argument("--runinference-images", type=int, default=500,
-                        help="RunInference on at most this many images per size (default 500; 0: all). It runs "
-                             "at a few images/s, so the whole corpus would take most of the time box")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of the rows behind the goals: 800x600 seed, end to end, model only, decode (default 3)")
-    parser.add_argument("--profile-images", type=int, default=300, help="images of the cProfile / py-spy runs (default 300)")
+    parser.add_argument(
+        "--seed-images", type=int, default=100, help="seed way on this many images per size (default 100)"
+    )
+    parser.add_argument(
+        "--runinference-images",
+        type=int,
+        default=500,
+        help="RunInference on at most this many images per size (default 500; 0: all). It runs "
+        "at a few images/s, so the whole corpus would take most of the time box",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of the rows behind the goals: 800x600 seed, end to end, model only, decode (default 3)",
+    )
+    parser.add_argument(
+        "--profile-images", type=int, default=300, help="images of the cProfile / py-spy runs (default 300)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="RunInference max batch size (default 32, as ours)")
     parser.add_argument("--parity-images", type=int, default=20)
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
     parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between /proc samples")
-    parser.add_argument("--idle-wait", type=float, default=20.0,
-                        help="before each row wait up to this many seconds for quiet; a disturbed row is re-run once")
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=20.0,
+        help="before each row wait up to this many seconds for quiet; a disturbed row is re-run once",
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
     parser.add_argument("--keras-model", help=argparse.SUPPRESS)
@@ -522,8 +683,11 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     busy = busy_elsewhere(2.0)
     if busy > NOISE_CORES:
-        print(f"warning: the machine is not idle ({busy:.2f} cores busy elsewhere); each row waits up to "
-              f"{args.idle_wait:.0f} s for quiet", file=sys.stderr)
+        print(
+            f"warning: the machine is not idle ({busy:.2f} cores busy elsewhere); each row waits up to "
+            f"{args.idle_wait:.0f} s for quiet",
+            file=sys.stderr,
+        )
     WORK.mkdir(parents=True, exist_ok=True)
     code = checkout()
     print(f"model cache: {MODEL_CACHE}", file=sys.stderr)
@@ -531,8 +695,13 @@ def main(argv=None) -> None:
     from aisthetics_transforms.model import default_weights_path, file_sha256
 
     keras_path = WORK / f"nima_mobilenet_{file_sha256(default_weights_path())[:12]}.keras"
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "prepare_keras",
-                           "--keras-model", str(keras_path)], env=child_env(), cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", "prepare_keras", "--keras-model", str(keras_path)],
+        env=child_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     keras_info = parse_result(proc, "prepare .keras")
     stub = hub_stub_path()
 
@@ -541,20 +710,27 @@ def main(argv=None) -> None:
     catalogs = {}
     for size in sizes:
         catalogs[size] = build_catalog(counts[size], SIZES[size])
-        print(f"corpus: {counts[size]} JPEGs of {size} in {catalogs[size]['directory']}, "
-              f"{'cached' if catalogs[size]['cached'] else 'written in %.0f s' % catalogs[size]['build_s']}, "
-              f"{catalogs[size]['mean_jpeg_kb']:.0f} KB each", file=sys.stderr)
+        print(
+            f"corpus: {counts[size]} JPEGs of {size} in {catalogs[size]['directory']}, "
+            f"{'cached' if catalogs[size]['cached'] else 'written in %.0f s' % catalogs[size]['build_s']}, "
+            f"{catalogs[size]['mean_jpeg_kb']:.0f} KB each",
+            file=sys.stderr,
+        )
 
     first = catalogs["800x600"]
     # The rows behind the goals run in rounds, one of each per round (harness.rounds): each row
     # keeps its median run, and the ratios are also taken within each round (paired).
-    in_rounds = {"litert_model": lambda: worker_row("litert_model", first, min(MODEL_ONLY_IMAGES, counts["800x600"]),
-                                                    args, passes=3)}
+    in_rounds = {
+        "litert_model": lambda: worker_row(
+            "litert_model", first, min(MODEL_ONLY_IMAGES, counts["800x600"]), args, passes=3
+        )
+    }
     for size in sizes:
         cat, n = catalogs[size], counts[size]
         in_rounds[f"decode_{size}"] = lambda cat=cat, n=n: worker_row("decode", cat, n, args, passes=3)
         in_rounds[f"e2e_{size}"] = lambda cat=cat, n=n, size=size: e2e_row(
-            f"end to end, {size}, {n} images", subset_manifest(cat, n), n, args, f"e2e_{size}")
+            f"end to end, {size}, {n} images", subset_manifest(cat, n), n, args, f"e2e_{size}"
+        )
     in_rounds["seed_800x600"] = lambda: worker_row("seed", first, min(counts["800x600"], args.seed_images), args)
     rows = {}
     for key, runs in run_rounds(in_rounds, args.rounds).items():
@@ -565,22 +741,55 @@ def main(argv=None) -> None:
         if size != "800x600":  # its seed row is not behind a goal: one run
             rows[f"seed_{size}"] = worker_row("seed", cat, min(n, args.seed_images), args)
         ri_n = min(n, args.runinference_images) if args.runinference_images else n
-        rows[f"runinference_{size}"] = runinference_row(f"RunInference + Keras, {size}, {ri_n} images",
-                                                        subset_manifest(cat, ri_n), ri_n, args, f"runinference_{size}",
-                                                        str(keras_path), stub)
-    rows["e2e_fixed"] = e2e_row(f"end to end, fixed cost, {FIXED_COST_IMAGES} images",
-                                subset_manifest(first, FIXED_COST_IMAGES), FIXED_COST_IMAGES, args, "e2e_fixed")
+        rows[f"runinference_{size}"] = runinference_row(
+            f"RunInference + Keras, {size}, {ri_n} images",
+            subset_manifest(cat, ri_n),
+            ri_n,
+            args,
+            f"runinference_{size}",
+            str(keras_path),
+            stub,
+        )
+    rows["e2e_fixed"] = e2e_row(
+        f"end to end, fixed cost, {FIXED_COST_IMAGES} images",
+        subset_manifest(first, FIXED_COST_IMAGES),
+        FIXED_COST_IMAGES,
+        args,
+        "e2e_fixed",
+    )
 
     print("parity ...", file=sys.stderr)
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", "parity", "--output",
-                           rows["e2e_800x600"]["output"], "--parity-images", str(args.parity_images)],
-                          env=child_env(), cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            "parity",
+            "--output",
+            rows["e2e_800x600"]["output"],
+            "--parity-images",
+            str(args.parity_images),
+        ],
+        env=child_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     parity = parse_result(proc, "parity")
 
-    data = {"machine": machine_info(), "command": command_line(__file__, argv), "code": code,
-            "args": vars(args), "busy_before_start": busy, "warm": warm, "keras_model": keras_info,
-            "sizes": sizes, "catalogs": {k: catalog_summary(v) for k, v in catalogs.items()},
-            "rows": rows, "parity": parity}
+    data = {
+        "machine": machine_info(),
+        "command": command_line(__file__, argv),
+        "code": code,
+        "args": vars(args),
+        "busy_before_start": busy,
+        "warm": warm,
+        "keras_model": keras_info,
+        "sizes": sizes,
+        "catalogs": {k: catalog_summary(v) for k, v in catalogs.items()},
+        "rows": rows,
+        "parity": parity,
+    }
     data["derived"] = derived(data)
     data["images_per_s"] = {k: rate(r) for k, r in rows.items()}
     data["goal_lines"] = goals(data)

@@ -14,6 +14,7 @@ time (process start to exit, imports included) and that process's peak RSS (its 
 are printed. The goal: under 30 s, with memory that does not grow with the row count
 (compare sizes: --rows 100000,1000000,5000000).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from harness import CACHE, REPO
 from harness.code import checkout
 from harness.corpus import build_catalog
@@ -37,8 +37,13 @@ NIGHTS = ("2026-11-27", "2026-11-28")
 GOAL_S = 30.0
 FILES_PER_NIGHT = 4
 CATEGORIES = np.array(["shoes", "bags", "dresses", "jackets", "watches", "furniture", "toys", "bikes", "books"])
-STAGES_AND_TYPES = [("fetch", "NotFound"), ("fetch", "Timeout"), ("decode", "CorruptImage"),
-                    ("decode", "UnsupportedFormat"), ("manifest", "MissingUri")]
+STAGES_AND_TYPES = [
+    ("fetch", "NotFound"),
+    ("fetch", "Timeout"),
+    ("decode", "CorruptImage"),
+    ("decode", "UnsupportedFormat"),
+    ("manifest", "MissingUri"),
+]
 
 
 def _strings(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
@@ -54,7 +59,10 @@ def write_night(output: Path, night: str, ids: np.ndarray, scores: np.ndarray, p
     predictions /= predictions.sum(axis=1, keepdims=True)
     offsets = pa.array(np.arange(0, 10 * n + 1, 10, dtype=np.int32))
     uri_pick = ids % (len(photos) + 2)  # two in every len+2 point at files that do not exist
-    uris = [photos[k] if k < len(photos) else f"/nonexistent/catalog/{i}.jpg" for k, i in zip(uri_pick.tolist(), ids.tolist())]
+    uris = [
+        photos[k] if k < len(photos) else f"/nonexistent/catalog/{i}.jpg"
+        for k, i in zip(uri_pick.tolist(), ids.tolist())
+    ]
     weights = np.linspace(3, 1, len(CATEGORIES))
     columns = {
         "image_id": _strings("listing-", ids, 8),
@@ -78,8 +86,12 @@ def write_night(output: Path, night: str, ids: np.ndarray, scores: np.ndarray, p
     folder.mkdir(parents=True, exist_ok=True)
     step = -(-n // FILES_PER_NIGHT)
     for f in range(FILES_PER_NIGHT):
-        pq.write_table(table.slice(f * step, step), folder / f"part-{f:05d}-of-{FILES_PER_NIGHT:05d}.parquet",
-                       compression="snappy", row_group_size=128 * 1024)
+        pq.write_table(
+            table.slice(f * step, step),
+            folder / f"part-{f:05d}-of-{FILES_PER_NIGHT:05d}.parquet",
+            compression="snappy",
+            row_group_size=128 * 1024,
+        )
 
     n_errors = max(1, n // 50)
     kinds = rng.integers(0, len(STAGES_AND_TYPES), n_errors)
@@ -100,9 +112,17 @@ def write_night(output: Path, night: str, ids: np.ndarray, scores: np.ndarray, p
     pq.write_table(errors, folder / "part-00000-of-00001.parquet")
     runs = output / "runs" / f"dt={night}"
     runs.mkdir(parents=True, exist_ok=True)
-    summary = {"run_date": night, "rows": n + n_errors, "scored": int(n * 0.05), "reused": int(n * 0.95),
-               "deduplicated": 0, "errors": n_errors, "model_version": "nima-mobilenet-e563ad91b3d4-litert",
-               "started_at": f"{night}T03:00:00+00:00", "finished_at": f"{night}T04:00:00+00:00"}
+    summary = {
+        "run_date": night,
+        "rows": n + n_errors,
+        "scored": int(n * 0.05),
+        "reused": int(n * 0.95),
+        "deduplicated": 0,
+        "errors": n_errors,
+        "model_version": "nima-mobilenet-e563ad91b3d4-litert",
+        "started_at": f"{night}T03:00:00+00:00",
+        "finished_at": f"{night}T04:00:00+00:00",
+    }
     (runs / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
@@ -142,12 +162,22 @@ def child(output: str, night: str, top: int) -> int:
 
 def run_report(output: Path, top: int) -> dict:
     source = REPO
-    run = run_timed([sys.executable, __file__, "--child", str(output), NIGHTS[1], str(top)], env=child_env(source),
-                    cwd=source, log_dir=CACHE / "report-logs", name="report", sample_interval=None,
-                    label="aisthetics report")
+    run = run_timed(
+        [sys.executable, __file__, "--child", str(output), NIGHTS[1], str(top)],
+        env=child_env(source),
+        cwd=source,
+        log_dir=CACHE / "report-logs",
+        name="report",
+        sample_interval=None,
+        label="aisthetics report",
+    )
     path = Path(run["stdout_tail"].splitlines()[0].strip())
-    return {"wall_s": run["process_wall_s"], "peak_rss_mb": run["result"]["peak_rss_mb"], "report": str(path),
-            "report_kb": path.stat().st_size / 1024}
+    return {
+        "wall_s": run["process_wall_s"],
+        "peak_rss_mb": run["result"]["peak_rss_mb"],
+        "report": str(path),
+        "report_kb": path.stat().st_size / 1024,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,9 +198,12 @@ def main(argv: list[str] | None = None) -> int:
             r = run_report(output, args.top)
             ok = r["wall_s"] < GOAL_S
             failed |= not ok
-            print(f"rows/night {rows:>9,}  run {i + 1}: wall {r['wall_s']:5.1f} s  "
-                  f"peak RSS {r['peak_rss_mb']:6.0f} MB  report {r['report_kb']:5.0f} KB  "
-                  f"{'OK' if ok else 'OVER'} (goal < {GOAL_S:.0f} s)", flush=True)
+            print(
+                f"rows/night {rows:>9,}  run {i + 1}: wall {r['wall_s']:5.1f} s  "
+                f"peak RSS {r['peak_rss_mb']:6.0f} MB  report {r['report_kb']:5.0f} KB  "
+                f"{'OK' if ok else 'OVER'} (goal < {GOAL_S:.0f} s)",
+                flush=True,
+            )
     print(f"report: {r['report']}")
     return 1 if failed else 0
 

@@ -23,6 +23,7 @@ Every run must leave every manifest row in exactly one table, once (summary.json
 image ids are checked; the dead uris must be fetch errors). Report: benchmarks/results/scale.md,
 raw numbers: scale.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,9 @@ class Row:
     extra: list[str] = field(default_factory=list)  # pipeline flags of this row only
 
     def manifest(self) -> dict:
-        return write_manifest(WORK / f"manifest-{self.key}.csv", zip(image_ids(len(self.uris)), self.uris,
-                                                                     self.categories))
+        return write_manifest(
+            WORK / f"manifest-{self.key}.csv", zip(image_ids(len(self.uris)), self.uris, self.categories)
+        )
 
 
 def image_ids(count: int) -> list[str]:
@@ -99,15 +101,38 @@ def build_rows(catalog: dict, server: ImageServer, dead: SilentHosts, args) -> l
     return [
         Row("files_n", f"{n} images, files on disk", paths[:n], cats[:n], n),
         Row("http_n", f"{n} images over HTTP", [server.url(p) for p in paths[:n]], cats[:n], n),
-        Row("http_4n", f"{4 * n} images over HTTP", [server.url(p) for p in paths[:4 * n]], cats[:4 * n], 4 * n),
-        Row("even", f"{args.rows:,} rows over {u} uris, evenly", [paths[i % u] for i in range(args.rows)],
-            [cats[i % u] for i in range(args.rows)], u),
-        Row("skewed", f"{args.rows:,} rows over {u} uris, half on one",
-            [paths[i] for i in skewed_index(args.rows, u)], [cats[i] for i in skewed_index(args.rows, u)], u),
-        Row("http_base", f"{d} images over HTTP, --http_deadline={args.deadline:g}", [server.url(p) for p in paths[:d]],
-            cats[:d], d, extra=deadline),
-        Row("http_dead", f"the same + {args.dead_hosts} uris on hosts that never answer", dead_uris, dead_cats, d,
-            {"fetch": args.dead_hosts}, extra=deadline),
+        Row("http_4n", f"{4 * n} images over HTTP", [server.url(p) for p in paths[: 4 * n]], cats[: 4 * n], 4 * n),
+        Row(
+            "even",
+            f"{args.rows:,} rows over {u} uris, evenly",
+            [paths[i % u] for i in range(args.rows)],
+            [cats[i % u] for i in range(args.rows)],
+            u,
+        ),
+        Row(
+            "skewed",
+            f"{args.rows:,} rows over {u} uris, half on one",
+            [paths[i] for i in skewed_index(args.rows, u)],
+            [cats[i] for i in skewed_index(args.rows, u)],
+            u,
+        ),
+        Row(
+            "http_base",
+            f"{d} images over HTTP, --http_deadline={args.deadline:g}",
+            [server.url(p) for p in paths[:d]],
+            cats[:d],
+            d,
+            extra=deadline,
+        ),
+        Row(
+            "http_dead",
+            f"the same + {args.dead_hosts} uris on hosts that never answer",
+            dead_uris,
+            dead_cats,
+            d,
+            {"fetch": args.dead_hosts},
+            extra=deadline,
+        ),
     ]
 
 
@@ -120,21 +145,46 @@ def run_row(row: Row, manifest: dict, server: ImageServer, dead: SilentHosts, so
     server.reset()
     dead.reset()
     print(f"  {row.label} ...", end="", file=sys.stderr, flush=True)
-    run = run_timed(cmd, env=env, cwd=source, log_dir=WORK / "logs", name=row.key, sample_interval=args.sample_interval,
-                    timelines=False, label=row.label)
+    run = run_timed(
+        cmd,
+        env=env,
+        cwd=source,
+        log_dir=WORK / "logs",
+        name=row.key,
+        sample_interval=args.sample_interval,
+        timelines=False,
+        label=row.label,
+    )
     served, dead_connections = server.snapshot(), dead.reset()
-    problems = accounting_problems(out, RUN_DATE, image_ids(manifest["rows"]), scored=row.scored,
-                                   errors_by_stage=row.errors_by_stage)
+    problems = accounting_problems(
+        out, RUN_DATE, image_ids(manifest["rows"]), scored=row.scored, errors_by_stage=row.errors_by_stage
+    )
     result = {
-        "key": row.key, "label": row.label, "rows": manifest["rows"], "distinct_uris": manifest["distinct_uris"],
-        "command": run["command"], "wall_s": run["process_wall_s"], "cpu_s": run["process_cpu_s"],
-        "peak_rss_mb": run["tree_peak_rss_mb"], "launcher_peak_rss_mb": run["launcher_peak_rss_mb"],
-        "processes": run["processes"], "other_cpu_cores": run["other_cpu_cores"], "steal_cores": run["steal_cores"],
-        "idle_wait_s": waited, "summary": summary_counts(read_summary(out, RUN_DATE)),
-        "server": served, "dead_host_connections": dead_connections, "problems": problems, "log": run["log"],
+        "key": row.key,
+        "label": row.label,
+        "rows": manifest["rows"],
+        "distinct_uris": manifest["distinct_uris"],
+        "command": run["command"],
+        "wall_s": run["process_wall_s"],
+        "cpu_s": run["process_cpu_s"],
+        "peak_rss_mb": run["tree_peak_rss_mb"],
+        "launcher_peak_rss_mb": run["launcher_peak_rss_mb"],
+        "processes": run["processes"],
+        "other_cpu_cores": run["other_cpu_cores"],
+        "steal_cores": run["steal_cores"],
+        "idle_wait_s": waited,
+        "summary": summary_counts(read_summary(out, RUN_DATE)),
+        "server": served,
+        "dead_host_connections": dead_connections,
+        "problems": problems,
+        "log": run["log"],
     }
-    print(f" {describe(run)}; {served['requests']} HTTP requests served"
-          + (f", {dead_connections} connections to dead hosts" if dead_connections else ""), file=sys.stderr, flush=True)
+    print(
+        f" {describe(run)}; {served['requests']} HTTP requests served"
+        + (f", {dead_connections} connections to dead hosts" if dead_connections else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     for problem in problems:
         print(f"    WARNING {row.label}: {problem}", file=sys.stderr)
     return result
@@ -145,8 +195,10 @@ def run_row(row: Row, manifest: dict, server: ImageServer, dead: SilentHosts, so
 # name -> (what it compares, its value from one round's runs of every row)
 RATIOS = {
     "http_rss_4x": ("HTTP peak RSS, 4N images / N", lambda r: r["http_4n"]["peak_rss_mb"] / r["http_n"]["peak_rss_mb"]),
-    "http_vs_files_wall": ("HTTP wall / the same N files from disk",
-                           lambda r: r["http_n"]["wall_s"] / r["files_n"]["wall_s"]),
+    "http_vs_files_wall": (
+        "HTTP wall / the same N files from disk",
+        lambda r: r["http_n"]["wall_s"] / r["files_n"]["wall_s"],
+    ),
     "skew_rss": ("skewed / even manifest, peak RSS", lambda r: r["skewed"]["peak_rss_mb"] / r["even"]["peak_rss_mb"]),
     "skew_wall": ("skewed / even manifest, wall", lambda r: r["skewed"]["wall_s"] / r["even"]["wall_s"]),
     "dead_extra_s": ("wall the dead hosts add (s)", lambda r: r["http_dead"]["wall_s"] - r["http_base"]["wall_s"]),
@@ -158,8 +210,13 @@ def ratios(runs: dict[str, list[dict]]) -> dict:
 
 
 def goal_limits(args) -> dict:
-    return {"http_rss_4x": GOAL_HTTP_RSS_4X, "http_vs_files_wall": GOAL_HTTP_VS_FILES_WALL, "skew_rss": GOAL_SKEW_RSS,
-            "skew_wall": GOAL_SKEW_WALL, "dead_extra_s": GOAL_DEAD_DEADLINES * args["deadline"]}
+    return {
+        "http_rss_4x": GOAL_HTTP_RSS_4X,
+        "http_vs_files_wall": GOAL_HTTP_VS_FILES_WALL,
+        "skew_rss": GOAL_SKEW_RSS,
+        "skew_wall": GOAL_SKEW_WALL,
+        "dead_extra_s": GOAL_DEAD_DEADLINES * args["deadline"],
+    }
 
 
 def fmt_ratio(name: str, value: float) -> str:
@@ -175,18 +232,30 @@ def goals(data: dict) -> list[str]:
         "skew_rss": f"half of {args['rows']:,} rows on one uri: peak RSS <= {GOAL_SKEW_RSS:.2f}x the even manifest",
         "skew_wall": f"half of {args['rows']:,} rows on one uri: wall <= {GOAL_SKEW_WALL:.2f}x the even manifest",
         "dead_extra_s": f"{args['dead_hosts']} dead hosts among {args['dead_images']} images add <= "
-                        f"{GOAL_DEAD_DEADLINES} x the {args['deadline']:g} s deadline = {limits['dead_extra_s']:.1f} s",
+        f"{GOAL_DEAD_DEADLINES} x the {args['deadline']:g} s deadline = {limits['dead_extra_s']:.1f} s",
     }
     lines = []
     for name, values in per_round.items():
         mid = median(values)
-        rounds = f" (median of {len(values)} rounds: {', '.join(fmt_ratio(name, v) for v in values)})" \
-            if len(values) > 1 else ""
+        rounds = (
+            f" (median of {len(values)} rounds: {', '.join(fmt_ratio(name, v) for v in values)})"
+            if len(values) > 1
+            else ""
+        )
         lines.append(goal_line(mid <= limits[name], f"{texts[name]}: {fmt_ratio(name, mid)}{rounds}"))
-    problems = [f"{r['label']} (round {i + 1}): {p}" for runs in data["runs"].values()
-                for i, r in enumerate(runs) for p in r["problems"]]
-    lines.append(goal_line(not problems, "every manifest row in exactly one table, once, in every run"
-                           + (f": {len(problems)} problems" if problems else "")))
+    problems = [
+        f"{r['label']} (round {i + 1}): {p}"
+        for runs in data["runs"].values()
+        for i, r in enumerate(runs)
+        for p in r["problems"]
+    ]
+    lines.append(
+        goal_line(
+            not problems,
+            "every manifest row in exactly one table, once, in every run"
+            + (f": {len(problems)} problems" if problems else ""),
+        )
+    )
     lines += [f"      {p}" for p in problems]
     lines += noise_note(sorted({r["label"] for runs in data["runs"].values() for r in runs if disturbed(r)}))
     return lines
@@ -221,7 +290,8 @@ def report(data: dict) -> str:
             f"| {r['label']} | {r['rows']:,} | {r['distinct_uris']:,} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | "
             f"{s['scored']:,} | {s['errors']} | {r['server']['requests']:,} | {r['server']['cpu_s']:.1f} | "
             f"{', '.join('%.1f' % x['wall_s'] for x in runs[key])} | "
-            f"{', '.join('%.0f' % x['peak_rss_mb'] for x in runs[key])} | {noise_cell(r)} |")
+            f"{', '.join('%.0f' % x['peak_rss_mb'] for x in runs[key])} | {noise_cell(r)} |"
+        )
     lines += [
         "",
         "- Each row shows its median run by wall time. peak RSS: each process's VmHWM in the run's tree, added up "
@@ -238,8 +308,11 @@ def report(data: dict) -> str:
     ]
     limits = goal_limits(data["args"])
     for name, values in data["ratios"].items():
-        lines.append(f"| {RATIOS[name][0]} | <= {fmt_ratio(name, limits[name])} | "
-                     + " | ".join(fmt_ratio(name, v) for v in values) + f" | {fmt_ratio(name, median(values))} |")
+        lines.append(
+            f"| {RATIOS[name][0]} | <= {fmt_ratio(name, limits[name])} | "
+            + " | ".join(fmt_ratio(name, v) for v in values)
+            + f" | {fmt_ratio(name, median(values))} |"
+        )
     lines += ["", "## Goals", "", "```", *data["goal_lines"], "```", ""]
     return "\n".join(lines)
 
@@ -255,12 +328,18 @@ def main(argv=None) -> None:
     parser.add_argument("--skew-uris", type=int, default=400, help="distinct uris of the skew rows (default 400)")
     parser.add_argument("--dead-images", type=int, default=400, help="HTTP images of the dead-host rows (default 400)")
     parser.add_argument("--dead-hosts", type=int, default=4, help="uris on hosts that never answer (default 4)")
-    parser.add_argument("--deadline", type=float, default=10.0, help="--http_deadline of the dead-host rows (default 10)")
+    parser.add_argument(
+        "--deadline", type=float, default=10.0, help="--http_deadline of the dead-host rows (default 10)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each row runs once per round (default 3)")
     parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between /proc samples")
-    parser.add_argument("--idle-wait", type=float, default=20.0,
-                        help="before each run, wait up to this many seconds for other processes to leave the cores "
-                             "alone (0: never wait)")
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=20.0,
+        help="before each run, wait up to this many seconds for other processes to leave the cores "
+        "alone (0: never wait)",
+    )
     parser.add_argument("--commit", help="measure this commit (extracted with git archive) instead of the working tree")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
     args = parser.parse_args(argv)
@@ -280,22 +359,34 @@ def main(argv=None) -> None:
     source = source_of(code)
     warm = warm_model_cache(WORK / "logs", source)
     catalog = build_catalog(max(4 * args.images, args.skew_uris, args.dead_images), SIZE)
-    print(f"catalog: {catalog['distinct_files']} files of {catalog['size']} in {catalog['directory']} "
-          f"({'cached' if catalog['cached'] else 'written in %.0f s' % catalog['build_s']})", file=sys.stderr)
-    server = ImageServer.of_files(f["uri"] for f in catalog["files"][:max(4 * args.images, args.dead_images)])
+    print(
+        f"catalog: {catalog['distinct_files']} files of {catalog['size']} in {catalog['directory']} "
+        f"({'cached' if catalog['cached'] else 'written in %.0f s' % catalog['build_s']})",
+        file=sys.stderr,
+    )
+    server = ImageServer.of_files(f["uri"] for f in catalog["files"][: max(4 * args.images, args.dead_images)])
     dead = SilentHosts(args.dead_hosts)
     try:
         rows = build_rows(catalog, server, dead, args)
         manifests = {row.key: row.manifest() for row in rows}
-        runs = run_rounds({row.key: (lambda row=row: run_row(row, manifests[row.key], server, dead, source, args))
-                           for row in rows}, args.rounds, reverse_every_other=True)
+        runs = run_rounds(
+            {row.key: (lambda row=row: run_row(row, manifests[row.key], server, dead, source, args)) for row in rows},
+            args.rounds,
+            reverse_every_other=True,
+        )
     finally:
         server.close()
         dead.close()
     data = {
-        "machine": machine_info(), "command": command_line(__file__, argv), "code": code, "args": vars(args),
-        "busy_before_start": busy, "warm": warm, "catalog": catalog_summary(catalog),
-        "manifests": manifests, "runs": runs,
+        "machine": machine_info(),
+        "command": command_line(__file__, argv),
+        "code": code,
+        "args": vars(args),
+        "busy_before_start": busy,
+        "warm": warm,
+        "catalog": catalog_summary(catalog),
+        "manifests": manifests,
+        "runs": runs,
         "rows": {key: median_run(r, key=lambda x: x["wall_s"]) for key, r in runs.items()},
         "ratios": ratios(runs),
     }

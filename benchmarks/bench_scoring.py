@@ -8,6 +8,7 @@ A short warm-up is run and excluded from each timing. The float32 GEMM rate of t
 by the FLOPs of one NIMA-MobileNet image, gives the ceiling that LiteRT is compared with. The table
 is printed and written to benchmarks/results/scoring.md, the raw numbers to scoring.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ GOAL_RSS_MB = 400.0
 def mobilenet_v1_flops(alpha: float = 1.0, size: int = 224, classes: int = 10) -> dict:
     """2 x MACs of every conv, depthwise conv and dense layer of NIMA-MobileNet v1, from
     the architecture's layer shapes (BatchNorm, ReLU, bias and pooling are not counted)."""
+
     def c(n):
         return int(n * alpha)
 
@@ -78,11 +80,23 @@ def first_score(path: str, source: Path, idle_wait: float) -> dict:
     for i in range(2):
         if idle_wait > 0:
             wait_for_idle(idle_wait)
-        run = run_timed([sys.executable, "-c", FIRST_SCORE_CODE.format(path=path, mark=RESULT_MARK)], env=child_env(source),
-                        cwd=Path(tempfile.gettempdir()), log_dir=WORK / "logs", name=f"first_score_{i + 1}",
-                        sample_interval=None, label="first score")
-        runs.append({**run["result"], "seconds": run["process_wall_s"], "other_cpu_cores": run["other_cpu_cores"],
-                     "steal_cores": run["steal_cores"]})
+        run = run_timed(
+            [sys.executable, "-c", FIRST_SCORE_CODE.format(path=path, mark=RESULT_MARK)],
+            env=child_env(source),
+            cwd=Path(tempfile.gettempdir()),
+            log_dir=WORK / "logs",
+            name=f"first_score_{i + 1}",
+            sample_interval=None,
+            label="first score",
+        )
+        runs.append(
+            {
+                **run["result"],
+                "seconds": run["process_wall_s"],
+                "other_cpu_cores": run["other_cpu_cores"],
+                "steal_cores": run["steal_cores"],
+            }
+        )
     print(f"  first score: {runs[0]['seconds']:.2f} s, then {runs[1]['seconds']:.2f} s", file=sys.stderr)
     return {"runs": runs, "reported": runs[1]}
 
@@ -168,7 +182,11 @@ def report(data: dict) -> str:
 
 
 ROWS = [
-    ("seed", "seed way (Keras `model.predict`, batch of 1)", "read + decode_image + to_model_input + predict, per image"),
+    (
+        "seed",
+        "seed way (Keras `model.predict`, batch of 1)",
+        "read + decode_image + to_model_input + predict, per image",
+    ),
     ("keras_batched", "Keras batched (`engine='keras'`, batch_size=64)", "`predict(paths)`"),
     ("litert_predict", "LiteRT predict() (`engine='litert'`, default {threads} threads)", "`predict(paths)`"),
     ("litert_model", "LiteRT model only ({threads} threads)", "engine on pre-decoded float32 inputs, no decode"),
@@ -205,12 +223,24 @@ def goals(data: dict) -> list[str]:
     noisy += ["first score"] if disturbed(fs) else []
 
     return [
-        goal_line(lp / seed >= GOAL_SPEEDUP, f"LiteRT predict() >= {GOAL_SPEEDUP:.0f}x seed way: {lp:.1f} / {seed:.1f} = {lp / seed:.1f}x"),
-        goal_line(frac >= GOAL_CEILING_FRACTION, f"LiteRT predict() >= {GOAL_CEILING_FRACTION:.0%} of float32 ceiling: "
-             f"{lp:.1f} / {data['ceiling']['img_per_s']:.1f} = {frac:.0%}"),
-        goal_line(fs["seconds"] < GOAL_FIRST_SCORE_S, f"first score, warm cache < {GOAL_FIRST_SCORE_S:.0f} s: {fs['seconds']:.2f} s"),
-        goal_line(rss < GOAL_RSS_MB, f"LiteRT path peak RSS < {GOAL_RSS_MB:.0f} MB: predict() over {rows['litert_predict']['images']} "
-             f"images {rss:.0f} MB (first-score process {fs['peak_rss_mb']:.0f} MB)"),
+        goal_line(
+            lp / seed >= GOAL_SPEEDUP,
+            f"LiteRT predict() >= {GOAL_SPEEDUP:.0f}x seed way: {lp:.1f} / {seed:.1f} = {lp / seed:.1f}x",
+        ),
+        goal_line(
+            frac >= GOAL_CEILING_FRACTION,
+            f"LiteRT predict() >= {GOAL_CEILING_FRACTION:.0%} of float32 ceiling: "
+            f"{lp:.1f} / {data['ceiling']['img_per_s']:.1f} = {frac:.0%}",
+        ),
+        goal_line(
+            fs["seconds"] < GOAL_FIRST_SCORE_S,
+            f"first score, warm cache < {GOAL_FIRST_SCORE_S:.0f} s: {fs['seconds']:.2f} s",
+        ),
+        goal_line(
+            rss < GOAL_RSS_MB,
+            f"LiteRT path peak RSS < {GOAL_RSS_MB:.0f} MB: predict() over {rows['litert_predict']['images']} "
+            f"images {rss:.0f} MB (first-score process {fs['peak_rss_mb']:.0f} MB)",
+        ),
     ] + noise_note(noisy)
 
 
@@ -219,9 +249,13 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=300, help="corpus size (default 300)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
     parser.add_argument("--gemm-seconds", type=float, default=4.0, help=argparse.SUPPRESS)
-    parser.add_argument("--idle-wait", type=float, default=20.0,
-                        help="before each row, wait up to this many seconds for other processes to "
-                             "leave the cores alone; a disturbed row is re-run once (0: never wait or re-run)")
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=20.0,
+        help="before each row, wait up to this many seconds for other processes to "
+        "leave the cores alone; a disturbed row is re-run once (0: never wait or re-run)",
+    )
     args = parser.parse_args(argv)
     if args.images < WARMUP_IMAGES:
         parser.error(f"--images must be at least {WARMUP_IMAGES}")
@@ -229,22 +263,39 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     busy = busy_elsewhere(2.0)
     if busy > NOISE_CORES:
-        print(f"warning: the machine is not idle ({busy:.2f} cores busy in other processes); "
-              f"each row first waits up to {args.idle_wait:.0f} s for quiet", file=sys.stderr)
+        print(
+            f"warning: the machine is not idle ({busy:.2f} cores busy in other processes); "
+            f"each row first waits up to {args.idle_wait:.0f} s for quiet",
+            file=sys.stderr,
+        )
     code = checkout()
     source = source_of(code)
     catalog = build_catalog(args.images, CORPUS_SIZE)
     paths = paths_file(catalog, args.images, WORK / f"paths-{args.images}.txt")
     print(f"corpus: {args.images} images of 800x600 in {catalog['directory']}", file=sys.stderr)
-    corpus = {"source": "write_sample_catalog: crops of scikit-learn's china.jpg and flower.jpg",
-              "distinct_photos": 2, "images": args.images, "size": catalog["size"],
-              "mean_jpeg_kb": catalog["mean_jpeg_kb"], "directory": catalog["directory"]}
+    corpus = {
+        "source": "write_sample_catalog: crops of scikit-learn's china.jpg and flower.jpg",
+        "distinct_photos": 2,
+        "images": args.images,
+        "size": catalog["size"],
+        "mean_jpeg_kb": catalog["mean_jpeg_kb"],
+        "directory": catalog["directory"],
+    }
     print(f"model cache: {MODEL_CACHE}", file=sys.stderr)
     logs = WORK / "logs"
 
     def row(name, passes=1, threads=None, **extra):
-        result = run_worker(name, log_dir=logs, paths=paths, passes=passes, threads=threads, source=source,
-                            gemm_seconds=args.gemm_seconds, idle_wait=args.idle_wait, **extra)
+        result = run_worker(
+            name,
+            log_dir=logs,
+            paths=paths,
+            passes=passes,
+            threads=threads,
+            source=source,
+            gemm_seconds=args.gemm_seconds,
+            idle_wait=args.idle_wait,
+            **extra,
+        )
         others = result.pop("other_attempts", [])
         if others:
             result["other_attempt_images_per_s"] = [rate(r) for r in others if "images" in r]
@@ -277,7 +328,7 @@ def main(argv=None) -> None:
         "ceiling": {
             "gemm": gemm,
             "blas_summary": f"{blas.get('internal_api')} {blas.get('version')}, kernel {blas.get('architecture')}, "
-                            f"{blas.get('num_threads')} threads",
+            f"{blas.get('num_threads')} threads",
             "flops": flops,
             "keras_flops": keras_flops,
             "gflop_per_image": gflop,

@@ -8,6 +8,7 @@ encodes it with the coder Beam gives a PCollection of Python objects; row tables
 packed as the pipeline packs them (zstd Arrow IPC, ``buckets.pack``) at ``--rows`` rows.
 docs/catalog-scale.md's per-stage table and shuffle estimate come from these figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,10 @@ def tables(uri: str, rows: int) -> dict:
             "uri": uris,
             "mean_score": np.random.default_rng(1).uniform(2, 8, rows),
             "sd_score": np.random.default_rng(2).uniform(1, 2, rows),
-            "predictions": pa.array(list(np.random.default_rng(3).dirichlet(np.ones(10), rows).astype(np.float32)),
-                                    scores_schema().field("predictions").type),
+            "predictions": pa.array(
+                list(np.random.default_rng(3).dirichlet(np.ones(10), rows).astype(np.float32)),
+                scores_schema().field("predictions").type,
+            ),
             "model_version": ["nima-mobilenet-e563ad91b3d4-litert"] * rows,
             "scored_at": pa.array([datetime.now(timezone.utc)] * rows, scores_schema().field("scored_at").type),
             "content_sha256": [hashlib.sha256(str(i).encode()).hexdigest() for i in range(rows)],
@@ -63,8 +66,12 @@ def tables(uri: str, rows: int) -> dict:
     )
     return {
         "a manifest row (image_id, uri, one kept column)": pa.table(
-            {"image_id": [f"listing-{i:09d}" for i in range(rows)], "uri": uris,
-             "category": [f"category-{i % 40}" for i in range(rows)]}),
+            {
+                "image_id": [f"listing-{i:09d}" for i in range(rows)],
+                "uri": uris,
+                "category": [f"category-{i % 40}" for i in range(rows)],
+            }
+        ),
         "a uri request (uri, row bucket)": pa.table({"uri": uris, "bucket": np.full(rows, 7, np.int32)}),
         "an earlier night's row": scored,
     }

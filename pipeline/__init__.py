@@ -6,6 +6,7 @@ mistake a user can make into one line on stderr and a documented exit status
 (:data:`pipeline.options.EXIT_STATUS_HELP`). This module says what a run does before
 Beam's slow imports, and stops at once on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import gc
@@ -26,8 +27,11 @@ def interrupted(signum=None, frame=None) -> None:
     Not an exception: Beam would catch it inside a DoFn, log its traceback and wrap it.
     Leaving at any point is safe, as a night is published whole or not at all."""
     progress.clear()
-    print("pipeline: interrupted; nothing half-written (a night is published whole or not at all)",
-          file=sys.stderr, flush=True)
+    print(
+        "pipeline: interrupted; nothing half-written (a night is published whole or not at all)",
+        file=sys.stderr,
+        flush=True,
+    )
     os._exit(EXIT_INTERRUPTED)
 
 
@@ -53,13 +57,23 @@ if sys.argv[:1] == ["-m"]:  # ``python -m pipeline`` is importing this package: 
     if not {"-h", "--help"} & set(sys.argv[1:]):
         _say_started()
 
-from pipeline.build import build_pipeline  # noqa: E402  (after the first line and the Ctrl-C handler)
 from aisthetics_transforms.progress import summary_line  # noqa: E402
 from aisthetics_transforms.publish import PublishError  # noqa: E402
+from pipeline.build import build_pipeline  # noqa: E402  (after the first line and the Ctrl-C handler)
 from pipeline.run import LOCAL_RUNNERS, USAGE_ERRORS, RunOutcome, run  # noqa: E402
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "LOCAL_RUNNERS", "RunOutcome", "build_pipeline",
-           "main", "one_line", "run"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "LOCAL_RUNNERS",
+    "RunOutcome",
+    "build_pipeline",
+    "main",
+    "one_line",
+    "run",
+]
 
 
 def one_line(exc: BaseException) -> str:

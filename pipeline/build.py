@@ -1,6 +1,7 @@
 """The graph of one night: :func:`build_pipeline` wires the stages of ``aisthetics_transforms``,
 in the order the data flows: manifest -> dedupe -> (incremental) -> fetch -> dedupe -> decode
 -> score -> dedupe -> join -> write. Nothing here does work; each stage is a transform."""
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -46,25 +47,31 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
     earlier = {}
     if previous:
         earlier = p | "ReadPreviousNight" >> ReadPreviousNight(
-            previous, run.model_version, uri_buckets, bucket_count(previous_rows))
+            previous, run.model_version, uri_buckets, bucket_count(previous_rows)
+        )
     fetch_limits = FetchLimits(
-        max_bytes=opts.max_image_bytes, read_timeout=opts.http_timeout, deadline=opts.http_deadline,
-        allow_private_hosts=opts.allow_private_hosts, max_connections_per_host=opts.max_connections_per_host,
+        max_bytes=opts.max_image_bytes,
+        read_timeout=opts.http_timeout,
+        deadline=opts.http_deadline,
+        allow_private_hosts=opts.allow_private_hosts,
+        max_connections_per_host=opts.max_connections_per_host,
         max_bytes_in_flight=opts.max_bytes_in_flight,
     )
     fetched = (
         rows[dedupe.URIS]
         | "PlanFetches" >> PlanFetches(uri_buckets, earlier.get("uri"))
-        | "FetchImages" >> beam.ParDo(FetchImages(fetch_limits, opts.fetch_threads)).with_outputs(
-            OUTCOMES, STATS, main="claims")
+        | "FetchImages"
+        >> beam.ParDo(FetchImages(fetch_limits, opts.fetch_threads)).with_outputs(OUTCOMES, STATS, main="claims")
     )
     contents = fetched.claims | "DedupeContent" >> DedupeContent(earlier.get("content"), bucket_count(previous_rows))
     decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
     decoded = (
         contents["tasks"]
         | "SpreadContents" >> beam.Reshuffle()
-        | "DecodeImages" >> beam.ParDo(DecodeImages(decode_limits, opts.decode_threads, fetch_limits)).with_outputs(
-            FAILED, main="images")
+        | "DecodeImages"
+        >> beam.ParDo(DecodeImages(decode_limits, opts.decode_threads, fetch_limits)).with_outputs(
+            FAILED, main="images"
+        )
     )
     model = ModelSpec(opts.engine, opts.weights, opts.batch_size, opts.inference_threads)
     scored = decoded.images | "ScoreImages" >> ScoreImages(model)
@@ -73,10 +80,10 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
         results.append(contents[dedupe.REUSED])
         stats.append(earlier[STATS])
     results = results | "Results" >> beam.Flatten()
-    outcomes = (
-        [fetched[OUTCOMES], {"claims": fetched.claims, "results": results} | "ResultsToUris" >> ResultsToUris()]
-        | "Outcomes" >> beam.Flatten()
-    )
+    outcomes = [
+        fetched[OUTCOMES],
+        {"claims": fetched.claims, "results": results} | "ResultsToUris" >> ResultsToUris(),
+    ] | "Outcomes" >> beam.Flatten()
     joined = {"rows": rows[dedupe.ROWS], "outcomes": outcomes} | "JoinRows" >> JoinRows(keep)
     errors = [manifest[ERRORS], rows[ERRORS], joined[ERRORS]] | "Errors" >> beam.Flatten()
     stats = stats | "Stats" >> beam.Flatten()

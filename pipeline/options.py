@@ -5,6 +5,7 @@ problem, a malformed value, an unknown option that looks like a misspelt known o
 and every problem :meth:`AistheticsOptions.validate_inputs` finds; so nothing runs
 (and nothing is written) with options that would fail later.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,8 @@ import textwrap
 from datetime import date, datetime, timezone
 from typing import Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
 # Beam's parser class knows add_value_provider_argument, which Beam's own option classes use.
-from apache_beam.options.pipeline_options import _BeamArgumentParser
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from aisthetics_transforms import records
 from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS
@@ -82,7 +81,9 @@ class AistheticsOptions(PipelineOptions):
         source = parser.add_argument_group("input")
         source.add_argument("--manifest", help="CSV, JSON Lines or Parquet manifest (path or glob; local or gs://)")
         source.add_argument("--images", help="score every file matching this glob instead of a manifest")
-        source.add_argument("--manifest_format", choices=FORMATS, help="the manifest's format; default: from its extension")
+        source.add_argument(
+            "--manifest_format", choices=FORMATS, help="the manifest's format; default: from its extension"
+        )
         source.add_argument("--uri_column", default="uri", help="manifest column holding each image's uri")
         source.add_argument(
             "--id_column", default="image_id", help="manifest column holding each image's id; the uri when absent"
@@ -112,11 +113,15 @@ class AistheticsOptions(PipelineOptions):
             help="show TensorFlow's and LiteRT's own start-up logs (silenced otherwise)",
         )
         out.add_argument(
-            "--staging_ttl_hours", type=float, default=72.0,
+            "--staging_ttl_hours",
+            type=float,
+            default=72.0,
             help="later runs delete staging left by runs that started longer ago (longer than any run lives)",
         )
         out.add_argument(
-            "--publish_lock_ttl_seconds", type=float, default=120.0,
+            "--publish_lock_ttl_seconds",
+            type=float,
+            default=120.0,
             help="a run holding or awaiting a date's publish lock that shows no sign of life for this long "
             "is presumed dead, and its claim removed",
         )
@@ -153,22 +158,38 @@ class AistheticsOptions(PipelineOptions):
         )
 
         limits = parser.add_argument_group("limits")
-        limits.add_argument("--max_image_bytes", type=int, default=50 * 2**20, help="largest image file fetched, in bytes")
         limits.add_argument(
-            "--max_pixels", type=int, default=64_000_000, help="largest image decoded, in pixels (checked before decoding)"
+            "--max_image_bytes", type=int, default=50 * 2**20, help="largest image file fetched, in bytes"
         )
-        limits.add_argument("--max_dimension", type=int, default=20_000, help="longest side of an image decoded, in pixels")
+        limits.add_argument(
+            "--max_pixels",
+            type=int,
+            default=64_000_000,
+            help="largest image decoded, in pixels (checked before decoding)",
+        )
+        limits.add_argument(
+            "--max_dimension", type=int, default=20_000, help="longest side of an image decoded, in pixels"
+        )
         limits.add_argument("--http_timeout", type=float, default=15.0, help="seconds of silence allowed per read")
         limits.add_argument("--http_deadline", type=float, default=60.0, help="seconds per image, retries included")
         limits.add_argument(
-            "--allow_private_hosts", nargs="?", const=True, default=False, type=_flag,
+            "--allow_private_hosts",
+            nargs="?",
+            const=True,
+            default=False,
+            type=_flag,
             help="also fetch from private networks and loopback (link-local and cloud metadata hosts stay refused)",
         )
         limits.add_argument(
-            "--max_connections_per_host", type=int, default=4, help="requests at once to one host:port per worker process"
+            "--max_connections_per_host",
+            type=int,
+            default=4,
+            help="requests at once to one host:port per worker process",
         )
         limits.add_argument(
-            "--max_bytes_in_flight", type=int, default=256 * 2**20,
+            "--max_bytes_in_flight",
+            type=int,
+            default=256 * 2**20,
             help="image body bytes being read at once per worker process (at least --max_image_bytes)",
         )
 
@@ -340,7 +361,8 @@ def help_text() -> str:
         prog=PROG,
         description=textwrap.fill(
             "Score a catalog of images with NIMA: manifest -> fetch -> decode -> score -> Parquet tables under "
-            "--output (scores/, errors/ and runs/, partitioned by dt=RUN_DATE).", 78
+            "--output (scores/, errors/ and runs/, partitioned by dt=RUN_DATE).",
+            78,
         ),
         epilog="\n\n".join(textwrap.fill(p, 78) for p in paragraphs),
         formatter_class=_HelpFormatter,

@@ -1,6 +1,7 @@
 """One night: parse the options, pick the local defaults, check what can be checked before
 anything is written (options, manifest, weights), find the earlier night, build the graph
 and run it, with a progress line when the stages run in this process."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,13 +17,13 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
+from aisthetics_transforms import progress
 from aisthetics_transforms.incremental import find_previous_night
 from aisthetics_transforms.layout import summary_path
 from aisthetics_transforms.manifest import (
     ManifestError,
 )
 from aisthetics_transforms.model import WeightsError, check_model, convert_model
-from aisthetics_transforms import progress
 from aisthetics_transforms.progress import TALLY, Reporter
 from aisthetics_transforms.publish import LockTimes
 from aisthetics_transforms.write import RunInfo
@@ -88,9 +89,16 @@ def run(argv: list[str] | None = None) -> RunOutcome:
 
     version = check_model(opts.engine, opts.weights)  # bad weights fail here, not inside the graph
     previous = find_previous_night(opts.output, opts.run_date) if opts.incremental else None
-    info = RunInfo.new(opts.output, opts.run_date, version, opts.manifest or opts.images,
-                       previous.partition if previous else None, opts.keep_column_list,
-                       opts.staging_ttl_hours, LockTimes(ttl_s=opts.publish_lock_ttl_seconds))
+    info = RunInfo.new(
+        opts.output,
+        opts.run_date,
+        version,
+        opts.manifest or opts.images,
+        previous.partition if previous else None,
+        opts.keep_column_list,
+        opts.staging_ttl_hours,
+        LockTimes(ttl_s=opts.publish_lock_ttl_seconds),
+    )
     if opts.incremental and previous is None:
         reason = f"no night published under {info.output} before {opts.run_date}"
         info = dataclasses.replace(info, incremental_reason=reason)

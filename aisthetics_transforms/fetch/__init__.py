@@ -14,6 +14,7 @@ Each failure is a :class:`FetchError` whose ``error_type`` is one of
 Entry points: :func:`check_version` (the cheap "has it changed?" signal, never raises),
 :func:`fetch_image` (bytes, version and pin), :func:`refetch` (the same bytes again).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,19 @@ from aisthetics_transforms.fetch.limits import (  # the public names are used fr
 )
 
 __all__ = [
-    "DEFAULT_FETCH_THREADS", "DEFAULT_LIMITS", "FETCH_ERROR_TYPES", "FetchError", "FetchLimits", "Fetched",
-    "ThreadSessions", "Version", "check_version", "fetch_bytes", "fetch_image", "is_local_file", "make_http_session",
+    "DEFAULT_FETCH_THREADS",
+    "DEFAULT_LIMITS",
+    "FETCH_ERROR_TYPES",
+    "FetchError",
+    "FetchLimits",
+    "Fetched",
+    "ThreadSessions",
+    "Version",
+    "check_version",
+    "fetch_bytes",
+    "fetch_image",
+    "is_local_file",
+    "make_http_session",
     "refetch",
 ]
 
@@ -85,7 +97,9 @@ def fetch_image(
     return fetch_local_file(_local_path(uri, scheme), uri, limits)
 
 
-def check_version(uri: str, limits: FetchLimits = DEFAULT_LIMITS, session: Optional[requests.Session] = None) -> Version:
+def check_version(
+    uri: str, limits: FetchLimits = DEFAULT_LIMITS, session: Optional[requests.Session] = None
+) -> Version:
     """The cheapest trustworthy "has it changed?" signal for ``uri``, without reading it.
 
     Files: size and modification time; ``gs://``: generation and size (one metadata

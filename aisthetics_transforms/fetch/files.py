@@ -1,5 +1,6 @@
 """Local files (paths and ``file://`` uris): read within the limits, never under /proc, /sys or
 /dev, never blocking on a FIFO; the version signal is size and modification time."""
+
 from __future__ import annotations
 
 import os

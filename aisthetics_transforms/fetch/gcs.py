@@ -9,6 +9,7 @@ behave as in Beam's FileSystems), once per process and emulator host, and its
 requests sit inside the per-image deadline: timeouts and retries are cut to what is
 left of it, and its sockets are registered with the fetch watchdog.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,7 @@ class GcsObject(NamedTuple):
 def split_gcs_uri(uri: str) -> tuple[str, str]:
     # Checked here because the GCS client may first spend many seconds looking
     # for credentials before it notices that the uri could never work.
-    bucket, _, name = uri[len("gs://"):].partition("/")
+    bucket, _, name = uri[len("gs://") :].partition("/")
     if not bucket or not name:
         raise FetchError("InvalidUri", f"a GCS uri must look like gs://BUCKET/OBJECT, got {uri}")
     if name.endswith("/"):

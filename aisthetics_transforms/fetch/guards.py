@@ -6,6 +6,7 @@ Each is one object shared by every fetch thread of the process (``HOST_SLOTS``,
 ``BYTES_IN_FLIGHT``, ``WATCHDOG``); the limits come with each call, from its
 :class:`~aisthetics_transforms.fetch.limits.FetchLimits`.
 """
+
 from __future__ import annotations
 
 import heapq

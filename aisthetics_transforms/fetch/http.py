@@ -11,6 +11,7 @@ headers, ``100 Continue`` lines or body cannot outlast it. Retries (connection
 failures, timeouts, 408, 429, 5xx) and redirects run in our own loop, so that back-off
 and ``Retry-After`` waits stay inside the deadline and each hop is checked.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -118,8 +119,11 @@ class _ConnectionMixin(_Connection):
 
 def _pool_classes(check_addresses: bool) -> dict:
     def pool(base_pool, base_connection):
-        connection = type(f"Watched{base_connection.__name__}", (_ConnectionMixin, base_connection),
-                          {"check_addresses": check_addresses})
+        connection = type(
+            f"Watched{base_connection.__name__}",
+            (_ConnectionMixin, base_connection),
+            {"check_addresses": check_addresses},
+        )
         return type(f"Watched{base_pool.__name__}", (base_pool,), {"ConnectionCls": connection})
 
     return {"http": pool(HTTPConnectionPool, HTTPConnection), "https": pool(HTTPSConnectionPool, HTTPSConnection)}
@@ -193,7 +197,9 @@ def http_version(uri: str, limits: FetchLimits, session: requests.Session) -> Ve
     """ETag, else Last-Modified with Content-Length, from HEAD requests inside the deadline."""
     deadline = Deadline(limits.deadline)
     try:
-        return _follow(session, "HEAD", uri, limits, deadline, lambda response, *_: Version(version_of(response.headers)))
+        return _follow(
+            session, "HEAD", uri, limits, deadline, lambda response, *_: Version(version_of(response.headers))
+        )
     except FetchError as err:
         return Version(None, f"version check failed ({err.error_type}): {err}")
 
@@ -303,18 +309,28 @@ def _send(session, method: str, url: str, where: str, limits: FetchLimits, deadl
     except FetchError:
         raise  # refused by the address guard, or the deadline passed while resolving
     except requests.exceptions.ConnectTimeout:
-        raise _failure(deadline, where, f"connecting (connect_timeout {limits.connect_timeout:g}s)", "Timeout")
+        raise _failure(
+            deadline, where, f"connecting (connect_timeout {limits.connect_timeout:g}s)", "Timeout"
+        ) from None
     except requests.exceptions.ReadTimeout:
-        raise _failure(deadline, where, f"waiting for the response (read_timeout {limits.read_timeout:g}s)", "Timeout")
+        raise _failure(
+            deadline, where, f"waiting for the response (read_timeout {limits.read_timeout:g}s)", "Timeout"
+        ) from None
     except requests.exceptions.SSLError as exc:
         if deadline.expired():
             raise deadline.exceeded(where, "during the TLS handshake") from None
         raise FetchError("TlsError", f"TLS failed for {where}: {_root_cause(exc)}") from None
-    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
-            requests.exceptions.InvalidHeader, LocationParseError, ValueError) as exc:
+    except (
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidSchema,
+        requests.exceptions.InvalidHeader,
+        LocationParseError,
+        ValueError,
+    ) as exc:
         raise FetchError("InvalidUri", f"invalid url {where}: {exc}") from None
     except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError, OSError) as exc:
-        raise _failure(deadline, where, "waiting for the response", "ConnectionFailed", _root_cause(exc))
+        raise _failure(deadline, where, "waiting for the response", "ConnectionFailed", _root_cause(exc)) from None
 
 
 def _failure(deadline: Deadline, where: str, doing: str, error_type: str, cause=None) -> Exception:
@@ -404,10 +420,18 @@ def _read_body(response: requests.Response, where: str, limits: FetchLimits, dea
         except (HTTPError, http.client.HTTPException, OSError) as exc:  # timeouts, resets, cut connections
             timeout = isinstance(exc, (ReadTimeoutError, TimeoutError))
             raise _failure(
-                deadline, where, f"reading the body after {total} bytes", "Timeout" if timeout else "ConnectionFailed",
+                deadline,
+                where,
+                f"reading the body after {total} bytes",
+                "Timeout" if timeout else "ConnectionFailed",
                 _root_cause(exc),
             ) from None
         if declared is not None and total < declared:
-            raise _failure(deadline, where, f"reading the body: {total} of {declared} bytes", "ConnectionFailed",
-                           "the connection closed early")
+            raise _failure(
+                deadline,
+                where,
+                f"reading the body: {total} of {declared} bytes",
+                "ConnectionFailed",
+                "the connection closed early",
+            )
         return buffer_bytes(buffer)

@@ -3,6 +3,7 @@
 Kept apart from :mod:`aisthetics_transforms.fetch` so that its helper modules (guards,
 http, gcs) can share them without importing each other in a circle.
 """
+
 from __future__ import annotations
 
 import time

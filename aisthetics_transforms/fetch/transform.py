@@ -13,6 +13,7 @@ Results leave as they finish, not in input order: a dead host holds one thread f
 deadline. Outputs: claims ``(content_sha256, ContentClaim)`` (main), ``(row bucket,
 UriOutcome)`` on ``OUTCOMES``, and per-bundle counts on ``STATS``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -119,7 +120,9 @@ class FetchImages(beam.DoFn):
             if isinstance(exc, FetchError):
                 failure = Failure("fetch", exc.error_type, str(exc))
             else:
-                failure = Failure("fetch", "InternalError", f"unexpected {type(exc).__name__} fetching {task.uri}: {exc}")
+                failure = Failure(
+                    "fetch", "InternalError", f"unexpected {type(exc).__name__} fetching {task.uri}: {exc}"
+                )
             inc(self.errors)
             self._stats["fetch_errors"] += 1
             yield from _to_buckets(task, UriOutcome(task.uri, failure=failure))

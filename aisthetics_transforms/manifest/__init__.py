@@ -19,6 +19,7 @@ readers are ``csv_format``, ``jsonl_format`` and ``parquet_format``, ``rows`` tu
 rows into refs and error rows, ``images`` serves ``--images``, and ``transforms`` wires it
 all into Beam.
 """
+
 from aisthetics_transforms.manifest.files import (
     JSONL_RANGE_BYTES,
     ROWS_PER_TABLE,
@@ -45,8 +46,24 @@ from aisthetics_transforms.manifest.rows import (
 from aisthetics_transforms.manifest.transforms import ReadImageGlob, ReadManifest
 
 __all__ = [
-    "FORMATS", "JSONL_RANGE_BYTES", "RESERVED_COLUMNS", "ROWS_PER_TABLE", "ManifestError", "ManifestFile", "ManifestSpec",
-    "ManifestSplit", "ReadImageGlob", "ReadManifest", "check_manifest_file", "image_glob_refs", "image_glob_tables",
-    "list_manifest_files", "manifest_files", "manifest_format", "open_manifest", "plan_splits", "read_manifest_file",
+    "FORMATS",
+    "JSONL_RANGE_BYTES",
+    "RESERVED_COLUMNS",
+    "ROWS_PER_TABLE",
+    "ManifestError",
+    "ManifestFile",
+    "ManifestSpec",
+    "ManifestSplit",
+    "ReadImageGlob",
+    "ReadManifest",
+    "check_manifest_file",
+    "image_glob_refs",
+    "image_glob_tables",
+    "list_manifest_files",
+    "manifest_files",
+    "manifest_format",
+    "open_manifest",
+    "plan_splits",
+    "read_manifest_file",
     "read_split",
 ]

@@ -9,6 +9,7 @@ Plain lines -- one record per line, no quotes, no CR, valid UTF-8 -- are parsed 
 Arrow's CSV reader in blocks; from the first block that is not plain on, the row reader
 (Python's ``csv``) takes over, so both give the same refs and error rows.
 """
+
 from __future__ import annotations
 
 import collections
@@ -96,8 +97,7 @@ def _next_csv_record(feed: _LineFeed, reader):
             return None, feed.record, "unexpected end of file inside a quoted field"
         raise
     except _RecordTooLong:
-        return None, feed.record, (
-            f"a quoted field is still open after {MAX_RECORD_LINES} lines")
+        return None, feed.record, (f"a quoted field is still open after {MAX_RECORD_LINES} lines")
     except csv.Error as exc:
         problem = str(exc)
         if problem == "unexpected end of data":
@@ -128,8 +128,9 @@ def _csv_header(path: str, feed: _LineFeed) -> list[str] | None:
         except StopIteration:
             return None
         if problem:
-            raise ManifestError(f"manifest {path}: cannot parse the header on line "
-                                f"{lines[0][0] if lines else 1}: {problem}")
+            raise ManifestError(
+                f"manifest {path}: cannot parse the header on line {lines[0][0] if lines else 1}: {problem}"
+            )
         if not _is_blank(row):
             return [name.strip() for name in row]
 
@@ -153,16 +154,21 @@ def _csv_body(builder: RowBuilder, header: list[str], feed: _LineFeed) -> Iterat
             continue
         if problem is None and len(row) != len(header):
             problem = f"{len(row)} fields where the header has {len(header)}"
-        if problem is None and multiline and any(
-                "\n" in v or "\r" in v for v in (row[uri_i], row[id_i] if id_i is not None else "")):
+        if (
+            problem is None
+            and multiline
+            and any("\n" in v or "\r" in v for v in (row[uri_i], row[id_i] if id_i is not None else ""))
+        ):
             problem = "a line break inside the uri or id (probably an unclosed quote)"
         if problem is not None:
             if multiline:
                 # Only the first line is given up; the rest is parsed again as rows.
                 feed.push_back(lines[1:])
-                problem += (f" (probably an unclosed quote: the record ran on from line {first} "
-                            f"to line {lines[-1][0]}; only line {first} is skipped, the lines "
-                            "after it are read again as rows)")
+                problem += (
+                    f" (probably an unclosed quote: the record ran on from line {first} "
+                    f"to line {lines[-1][0]}; only line {first} is skipped, the lines "
+                    "after it are read again as rows)"
+                )
             reader = _csv_reader(feed)
             uri = id_ = None
             if row is not None and not multiline:
@@ -172,9 +178,13 @@ def _csv_body(builder: RowBuilder, header: list[str], feed: _LineFeed) -> Iterat
             continue
         values = dict(zip(header, row))
         if not all(ok for _, _, ok in lines):
-            yield builder.error(first, "InvalidEncoding", "not valid UTF-8",
-                                uri=values.get(spec.uri_column, "").strip(),
-                                image_id=(values.get(spec.id_column) or "").strip() or None)
+            yield builder.error(
+                first,
+                "InvalidEncoding",
+                "not valid UTF-8",
+                uri=values.get(spec.uri_column, "").strip(),
+                image_id=(values.get(spec.id_column) or "").strip() or None,
+            )
             continue
         yield builder.build(values, first)
 
@@ -196,8 +206,10 @@ def csv_items(stream, builder: RowBuilder) -> Iterator:
         read_options=pa_csv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES + (1 << 20)),
         parse_options=pa_csv.ParseOptions(quote_char=False, newlines_in_values=False, ignore_empty_lines=False),
         convert_options=pa_csv.ConvertOptions(
-            include_columns=[names[index[c]] for c in wanted], column_types={n: pa.string() for n in names},
-            strings_can_be_null=False),
+            include_columns=[names[index[c]] for c in wanted],
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=False,
+        ),
     )
     line = 2  # of the block's first line
     pending = b""

@@ -1,5 +1,6 @@
 """Manifest files: which files a ``--manifest`` pattern names, their format, and opening them
 (decompressing ``.gz``/``.bz2``/``.xz`` by name); a path that exists literally is that file, not a glob."""
+
 from __future__ import annotations
 
 import bz2
@@ -21,9 +22,20 @@ from aisthetics_transforms.manifest.rows import (
     ManifestSpec,
 )
 
-_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
-               ".parquet": "parquet", ".pq": "parquet"}
-_DECOMPRESSORS: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".lzma": lzma.open}
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_DECOMPRESSORS: dict[str, Callable[..., Any]] = {
+    ".gz": gzip.open,
+    ".bz2": bz2.open,
+    ".xz": lzma.open,
+    ".lzma": lzma.open,
+}
 
 JSONL_RANGE_BYTES = 64 << 20  # an uncompressed JSON Lines file larger than this is read in ranges
 ROWS_PER_TABLE = 50_000
@@ -75,7 +87,8 @@ def manifest_format(path: str, spec: ManifestSpec) -> str:
         raise ManifestError(
             f"cannot tell the format of manifest {path!r} from its extension; name it "
             f"{', '.join(sorted(_EXTENSIONS))} (optionally .gz) or pass the format "
-            f"({', '.join(FORMATS)})")
+            f"({', '.join(FORMATS)})"
+        )
     return _EXTENSIONS[ext]
 
 

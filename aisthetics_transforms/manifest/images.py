@@ -1,4 +1,5 @@
 """``--images GLOB``: every file a glob matches as a manifest row (image_id = uri = its absolute path)."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ safely at any byte: the reader of ``[start, stop)`` skips the line running into 
 range (the previous range reads it) and reads every line that begins before ``stop``,
 however far past ``stop`` it runs. Together the ranges read every line exactly once.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -79,7 +80,9 @@ def json_document_problem(head: bytes, complete: bool) -> str | None:
         value = json.loads(first) if newline or complete else None
     except ValueError:
         value = None
-    if text.startswith("[") and (value is None or (isinstance(value, list) and any(isinstance(v, dict) for v in value))):
+    if text.startswith("[") and (
+        value is None or (isinstance(value, list) and any(isinstance(v, dict) for v in value))
+    ):
         return "a JSON array, not JSON Lines; convert it with jq -c '.[]' {path} > rows.jsonl"
     if text.startswith("{") and first.strip() == "{":
         return "pretty-printed JSON, not JSON Lines (one object per line); convert it with jq -c . {path} > rows.jsonl"
@@ -118,5 +121,9 @@ def check_sampled_columns(path: str, spec: ManifestSpec, lines: Iterator[tuple[i
     missing = [c for c in spec.required_columns() if c not in seen]
     if rows and missing:
         raise missing_columns_error(
-            path, missing, seen, seen=f"its first {rows} row(s) have",
-            hint="; a column that only appears later needs a null in the first row")
+            path,
+            missing,
+            seen,
+            seen=f"its first {rows} row(s) have",
+            hint="; a column that only appears later needs a null in the first row",
+        )

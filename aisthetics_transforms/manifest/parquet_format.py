@@ -5,6 +5,7 @@ group's first row number is known before any of it is read. Batches whose needed
 columns are all valid UTF-8 strings go through Arrow in bulk; the others (numbers, a
 string column holding invalid UTF-8...) row by row, so a bad value is an error row.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Iterator
@@ -47,14 +48,17 @@ def parquet_rows(parquet, builder: RowBuilder, row_group: int | None = None, fir
     present = set(parquet.schema_arrow.names)
     columns = [c for c in builder.spec.used_columns() if c in present]
     number = first_row
-    batches = parquet.iter_batches(batch_size=ROWS_PER_BATCH, columns=columns,
-                                   row_groups=None if row_group is None else [row_group])
+    batches = parquet.iter_batches(
+        batch_size=ROWS_PER_BATCH, columns=columns, row_groups=None if row_group is None else [row_group]
+    )
     for batch in batches:
         values = {c: batch.column(c) for c in columns}
         if all(_is_valid_string(v) for v in values.values()):
             refs, others = plain_rows(values, np.arange(number, number + batch.num_rows), builder)
             yield refs
-            rows: Iterable[tuple[int, dict]] = [(i, {c: values[c][i].as_py() for c in columns}) for i in others.tolist()]
+            rows: Iterable[tuple[int, dict]] = [
+                (i, {c: values[c][i].as_py() for c in columns}) for i in others.tolist()
+            ]
         else:
             # Invalid UTF-8 read as bytes: the builder makes that row an InvalidEncoding error.
             readable = pa.table({c: v.cast(pa.large_binary()) if _is_text(v.type) else v for c, v in values.items()})

@@ -1,5 +1,6 @@
 """Manifest pieces: a file cut into parts read in parallel (a Parquet row group, a byte range
 of JSON Lines, a whole CSV or compressed file), and one piece read into refs tables and error rows."""
+
 from __future__ import annotations
 
 from typing import Iterator, NamedTuple
@@ -134,8 +135,10 @@ def _stopped(split: ManifestSplit, spec: ManifestSpec, position: int | None, exc
         message = f"manifest {file.path} cannot be read from {start}: {type(exc).__name__}: {detail}"
     else:
         error_type = "UnreadableFile"
-        message = (f"manifest {file.path}: reading stopped after {file.describe(position)} (rows up to "
-                   f"there are kept): {type(exc).__name__}: {detail}")
+        message = (
+            f"manifest {file.path}: reading stopped after {file.describe(position)} (rows up to "
+            f"there are kept): {type(exc).__name__}: {detail}"
+        )
     ref = ImageRef(printable(split.where()), "", {c: None for c in spec.keep_columns})
     return records.error_row(ref, "manifest", error_type, printable(message))
 
@@ -183,5 +186,6 @@ def check_manifest_file(file: ManifestFile, spec: ManifestSpec) -> None:
     except ManifestError:
         raise
     except Exception as exc:
-        raise ManifestError(f"manifest {file.path} cannot be read: {type(exc).__name__}: "
-                            f"{' '.join(str(exc).split())}") from exc
+        raise ManifestError(
+            f"manifest {file.path} cannot be read: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        ) from exc

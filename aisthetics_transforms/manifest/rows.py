@@ -5,6 +5,7 @@ it raises, where a row is in its file (:class:`ManifestFile`), the row-by-row bu
 (:class:`RowBuilder`) and its bulk twin for Arrow columns (:func:`plain_rows`). Both give
 the same refs for the same values, so a reader may use either for any row.
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,8 +24,14 @@ from aisthetics_transforms import records
 from aisthetics_transforms.records import ImageRef
 
 FORMATS = ("csv", "jsonl", "parquet")
-FORMAT_ALIASES = {"csv": "csv", "jsonl": "jsonl", "json": "jsonl", "ndjson": "jsonl",
-                  "parquet": "parquet", "pq": "parquet"}
+FORMAT_ALIASES = {
+    "csv": "csv",
+    "jsonl": "jsonl",
+    "json": "jsonl",
+    "ndjson": "jsonl",
+    "parquet": "parquet",
+    "pq": "parquet",
+}
 DEFAULT_ID_COLUMN = "image_id"  # optional: the uri is the id when a manifest has no such column
 
 # Kept columns are appended to the scores and errors tables, so they must not
@@ -50,8 +57,7 @@ class ManifestSpec:
         if self.format is not None:
             fmt = FORMAT_ALIASES.get(str(self.format).strip().lower())
             if fmt is None:
-                raise ManifestError(
-                    f"unknown manifest format {self.format!r}; use one of {', '.join(FORMATS)}")
+                raise ManifestError(f"unknown manifest format {self.format!r}; use one of {', '.join(FORMATS)}")
             object.__setattr__(self, "format", fmt)
         if not self.uri_column:
             raise ManifestError("uri_column must not be empty")
@@ -60,7 +66,8 @@ class ManifestSpec:
         if clash:
             raise ManifestError(
                 f"keep_columns {clash} clash with output table columns "
-                f"{sorted(RESERVED_COLUMNS)}; rename them in the manifest")
+                f"{sorted(RESERVED_COLUMNS)}; rename them in the manifest"
+            )
         object.__setattr__(self, "keep_columns", keep)
 
     def required_columns(self) -> list[str]:
@@ -98,12 +105,14 @@ class ManifestFile(NamedTuple):
         return f"{self.path}:byte {position}" if self.unit == "byte" else f"{self.path}:{position}"
 
 
-def missing_columns_error(path: str, missing: list[str], present: Iterable[str], seen: str = "it has",
-                          hint: str = "") -> ManifestError:
+def missing_columns_error(
+    path: str, missing: list[str], present: Iterable[str], seen: str = "it has", hint: str = ""
+) -> ManifestError:
     return ManifestError(
         f"manifest {path}: column(s) {', '.join(repr(c) for c in missing)} not found; "
         f"{seen} {', '.join(repr(c) for c in present) or 'no columns'} "
-        f"(see --uri_column, --id_column, --keep_columns{hint})")
+        f"(see --uri_column, --id_column, --keep_columns{hint})"
+    )
 
 
 def check_columns(path: str, spec: ManifestSpec, present: list[str]) -> None:
@@ -114,8 +123,7 @@ def check_columns(path: str, spec: ManifestSpec, present: list[str]) -> None:
     counts = collections.Counter(present)
     doubled = [c for c in spec.used_columns() if counts[c] > 1]
     if doubled:
-        raise ManifestError(f"manifest {path}: column(s) {doubled} appear more than once "
-                            f"in the header {present}")
+        raise ManifestError(f"manifest {path}: column(s) {doubled} appear more than once in the header {present}")
 
 
 # --------------------------------------------------------------------------- values
@@ -145,8 +153,7 @@ def as_text(value) -> str | None:
         return "true" if value else "false"
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", errors="surrogateescape").strip()
-    if isinstance(value, (int, float, decimal.Decimal, datetime.date, datetime.time,
-                          datetime.timedelta)):
+    if isinstance(value, (int, float, decimal.Decimal, datetime.date, datetime.time, datetime.timedelta)):
         return str(value)
     return json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
 
@@ -213,26 +220,45 @@ class RowBuilder:
             raw_uri = as_text(raw_uri)
         if raw_uri is not None and not isinstance(raw_uri, str):
             return self.error(
-                position, "InvalidUri",
+                position,
+                "InvalidUri",
                 f"{spec.uri_column!r} must be a string, got {type(raw_uri).__name__} {as_text(raw_uri)}",
-                uri=as_text(raw_uri), image_id=image_id if isinstance(image_id, str) else None, kept=kept)
+                uri=as_text(raw_uri),
+                image_id=image_id if isinstance(image_id, str) else None,
+                kept=kept,
+            )
         uri = (raw_uri or "").strip()
-        undecodable = [column for column, text in ((spec.uri_column, uri), (spec.id_column, image_id), *kept.items())
-                       if isinstance(text, str) and not is_utf8(text)]
+        undecodable = [
+            column
+            for column, text in ((spec.uri_column, uri), (spec.id_column, image_id), *kept.items())
+            if isinstance(text, str) and not is_utf8(text)
+        ]
         if undecodable:  # an id that is not valid text is no id: the row's location is
             return self.error(
-                position, "InvalidEncoding",
+                position,
+                "InvalidEncoding",
                 f"{', '.join(repr(c) for c in undecodable)} not valid UTF-8 "
                 "(invalid bytes, or an unpaired surrogate escape such as \\ud800)",
-                uri=uri, image_id=image_id if isinstance(image_id, str) and is_utf8(image_id) else None, kept=kept)
+                uri=uri,
+                image_id=image_id if isinstance(image_id, str) and is_utf8(image_id) else None,
+                kept=kept,
+            )
         if not uri:
-            return self.error(position, "MissingUri", f"no value in column {spec.uri_column!r}",
-                              image_id=image_id if isinstance(image_id, str) else None, kept=kept)
+            return self.error(
+                position,
+                "MissingUri",
+                f"no value in column {spec.uri_column!r}",
+                image_id=image_id if isinstance(image_id, str) else None,
+                kept=kept,
+            )
         if image_id is _INVALID:
             return self.error(
-                position, "InvalidRow",
+                position,
+                "InvalidRow",
                 f"{spec.id_column!r} must be a string or a number, got {type(raw_id).__name__}",
-                uri=uri, kept=kept)
+                uri=uri,
+                kept=kept,
+            )
         return ImageRef(image_id or uri, uri, kept, f"{self.file.path}:{position}")
 
 
@@ -261,12 +287,14 @@ def plain_rows(columns: dict[str, pa.Array], positions: np.ndarray, builder: Row
         if builder.empty_is_null:
             value = pc.if_else(pc.equal(value, ""), pa.scalar(None, value.type), value)
         kept[name] = pc.filter(value, keep)
-    table = pa.table({
-        "image_id": pc.filter(image_id, keep),
-        "uri": pc.filter(uri, keep),
-        **kept,
-        "manifest_line": pa.array(positions[plain], pa.int64()),
-    })
+    table = pa.table(
+        {
+            "image_id": pc.filter(image_id, keep),
+            "uri": pc.filter(uri, keep),
+            **kept,
+            "manifest_line": pa.array(positions[plain], pa.int64()),
+        }
+    )
     if len(positions):
         builder.reached(int(positions[-1]))
     return table, np.flatnonzero(~plain)

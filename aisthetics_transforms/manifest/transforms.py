@@ -1,5 +1,6 @@
 """The manifest stage's Beam transforms: :class:`ReadManifest` (files -> shuffle -> pieces planned per
 file -> shuffle -> rows read per piece) and :class:`ReadImageGlob`."""
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -72,11 +73,12 @@ class ReadManifest(beam.PTransform):
         files = pbegin | "ManifestFiles" >> beam.Create(self.files)
         if len(self.files) > 1:
             files = files | "SpreadFiles" >> beam.Reshuffle()
-        planned = _route(files | "PlanSplits" >> beam.FlatMap(plan_splits, self.spec, self.jsonl_range_bytes),
-                         "PlanErrors")
-        items = (planned["items"]
-                 | "SpreadSplits" >> beam.Reshuffle()
-                 | "ReadSplits" >> beam.FlatMap(read_split, self.spec))
+        planned = _route(
+            files | "PlanSplits" >> beam.FlatMap(plan_splits, self.spec, self.jsonl_range_bytes), "PlanErrors"
+        )
+        items = (
+            planned["items"] | "SpreadSplits" >> beam.Reshuffle() | "ReadSplits" >> beam.FlatMap(read_split, self.spec)
+        )
         rows = _route(items, "SplitErrors")
         errors = (planned[records.ERRORS], rows[records.ERRORS]) | "ManifestErrors" >> beam.Flatten()
         return {"refs": rows["items"], records.ERRORS: errors}
@@ -107,6 +109,7 @@ class ReadImageGlob(beam.PTransform):
             pbegin
             | "ImagePattern" >> beam.Create([self.pattern])
             | "ListImages" >> beam.FlatMap(image_glob_tables, self.keep_columns)
-            | "SpreadRows" >> beam.Reshuffle())
+            | "SpreadRows" >> beam.Reshuffle()
+        )
         rows = _route(tables, "SplitErrors")  # paths are unique, so image_ids are
         return {"refs": rows["items"], records.ERRORS: rows[records.ERRORS]}

@@ -16,6 +16,7 @@ The scripts in benchmarks/ are run as ``python benchmarks/bench_x.py``, so this 
 - ``workers``: the measured children that several scripts run (``python -m harness.workers NAME``).
 - ``profiling``: the pipeline in one process under cProfile, and reading the profile.
 """
+
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent.parent

@@ -4,6 +4,7 @@
 ``git archive`` (which does not touch the repository) into benchmarks/.cache/src-SHA/, and every
 child imports ``pipeline`` and ``aisthetics_transforms`` from there (their cwd, first on PYTHONPATH).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -25,8 +26,9 @@ def checkout(commit: str | None = None) -> dict:
     if not commit:
         try:
             head = git("rev-parse", "HEAD")
-            dirty = [line[3:] for line in git("status", "--porcelain").splitlines()
-                     if not line[3:].startswith("benchmarks/")]
+            dirty = [
+                line[3:] for line in git("status", "--porcelain").splitlines() if not line[3:].startswith("benchmarks/")
+            ]
         except (OSError, subprocess.CalledProcessError):  # not a git checkout
             head, dirty = "unknown", []
         info = {"source": str(REPO), "commit": head, "working_tree": True, "uncommitted_changes": dirty}
@@ -40,8 +42,13 @@ def checkout(commit: str | None = None) -> dict:
             archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
             tmp.rename(target)
-        info = {"source": str(target), "commit": sha, "working_tree": False, "requested": commit,
-                "subject": git("log", "-1", "--format=%s", sha)}
+        info = {
+            "source": str(target),
+            "commit": sha,
+            "working_tree": False,
+            "requested": commit,
+            "subject": git("log", "-1", "--format=%s", sha),
+        }
     sys.path.insert(0, info["source"])
     return info
 
@@ -53,6 +60,7 @@ def source_of(info: dict) -> Path:
 def code_line(info: dict) -> str:
     if info["working_tree"]:
         dirty = info["uncommitted_changes"]
-        return (f"Code: the working tree at {info['commit'][:12]}"
-                + (f", with uncommitted changes to {', '.join(dirty)}." if dirty else ", clean."))
+        return f"Code: the working tree at {info['commit'][:12]}" + (
+            f", with uncommitted changes to {', '.join(dirty)}." if dirty else ", clean."
+        )
     return f"Code: commit {info['commit'][:12]} ({info['subject']}), extracted with `git archive`."

@@ -5,6 +5,7 @@ is deterministic: file i is the same whatever the count, so one folder per image
 benchmark, and a request for fewer files than the folder holds takes the first ones. The package under
 test must be importable (see :mod:`harness.code`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -80,8 +81,9 @@ def write_manifest(path: Path, rows: Iterable[tuple[str, str, str]]) -> dict:
 
 def first_files_manifest(catalog: dict, count: int, path: Path) -> dict:
     """The first ``count`` files of a catalog, one row each (image ids listing-00000, ...)."""
-    return write_manifest(path, ((f"listing-{i:05d}", f["uri"], f["category"])
-                                 for i, f in enumerate(catalog["files"][:count])))
+    return write_manifest(
+        path, ((f"listing-{i:05d}", f["uri"], f["category"]) for i, f in enumerate(catalog["files"][:count]))
+    )
 
 
 def paths_file(catalog: dict, count: int, path: Path) -> str:

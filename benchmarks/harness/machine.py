@@ -3,6 +3,7 @@
 This project's 2-core machines differ (AVX2 only or AVX-512) and are shared, so every report names
 the CPU and flags, and every timed row says how many cores *other* processes used while it ran.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,8 +19,14 @@ from pathlib import Path
 NOISE_CORES = 0.10
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16")
 DISTRIBUTIONS = {  # report key -> distribution name
-    "apache_beam": "apache-beam", "pyarrow": "pyarrow", "grpcio": "grpcio", "tensorflow": "tensorflow",
-    "keras": "keras", "ai_edge_litert": "ai-edge-litert", "numpy": "numpy", "pillow": "pillow",
+    "apache_beam": "apache-beam",
+    "pyarrow": "pyarrow",
+    "grpcio": "grpcio",
+    "tensorflow": "tensorflow",
+    "keras": "keras",
+    "ai_edge_litert": "ai-edge-litert",
+    "numpy": "numpy",
+    "pillow": "pillow",
 }
 
 
@@ -93,8 +100,9 @@ def cpu_snapshot() -> CpuSnapshot:
     user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     children = kids.ru_utime + kids.ru_stime
-    return CpuSnapshot((user + nice + system + irq + softirq) / hz, steal / hz, me.ru_utime + me.ru_stime + children,
-                       children)
+    return CpuSnapshot(
+        (user + nice + system + irq + softirq) / hz, steal / hz, me.ru_utime + me.ru_stime + children, children
+    )
 
 
 def noise_since(start: CpuSnapshot, wall: float) -> dict:

@@ -3,6 +3,7 @@
 The output layout is the project's contract: ``scores/dt=D/*.parquet``, ``errors/dt=D/*.parquet``,
 ``runs/dt=D/summary.json``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,14 +17,23 @@ from typing import Iterable, Sequence
 
 def pipeline_command(manifest: str, output: Path, run_date: str, *extra: str) -> list[str]:
     """The local default run (in-memory FnApiRunner, LiteRT on every core), no progress lines."""
-    return [sys.executable, "-m", "pipeline", f"--manifest={manifest}", f"--output={output}",
-            f"--run_date={run_date}", "--progress_seconds=0", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"--manifest={manifest}",
+        f"--output={output}",
+        f"--run_date={run_date}",
+        "--progress_seconds=0",
+        *extra,
+    ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _help_text(source: str, env_items: tuple) -> str:
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "--help"], env=dict(env_items), cwd=source,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--help"], env=dict(env_items), cwd=source, capture_output=True, text=True
+    )
     return proc.stdout
 
 
@@ -44,8 +54,14 @@ def table_ids(output: Path, table: str, run_date: str) -> list[str]:
     return pq.read_table(str(folder), columns=["image_id"]).column("image_id").to_pylist()
 
 
-def accounting_problems(output: Path, run_date: str, image_ids: Iterable[str], *, scored: int | None = None,
-                        errors_by_stage: dict[str, int] | None = None) -> list[str]:
+def accounting_problems(
+    output: Path,
+    run_date: str,
+    image_ids: Iterable[str],
+    *,
+    scored: int | None = None,
+    errors_by_stage: dict[str, int] | None = None,
+) -> list[str]:
     """What is wrong with a run's accounting: every manifest row (``image_ids``, unique) must be in exactly one
     of the two tables, once; summary.json must count the same rows, and ``scored`` inferences and
     ``errors_by_stage`` when given (stages not named must have none). Empty when all is right."""
@@ -75,6 +91,7 @@ def accounting_problems(output: Path, run_date: str, image_ids: Iterable[str], *
     return problems
 
 
-def summary_counts(summary: dict, keys: Sequence[str] = ("rows", "scored", "deduplicated", "reused", "errors",
-                                                          "uris", "fetched")) -> dict:
+def summary_counts(
+    summary: dict, keys: Sequence[str] = ("rows", "scored", "deduplicated", "reused", "errors", "uris", "fetched")
+) -> dict:
     return {k: summary.get(k) for k in keys}

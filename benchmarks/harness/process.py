@@ -3,6 +3,7 @@
 Every row of every benchmark runs in a fresh process, so imports and peak memory of one row do not
 leak into another, and is timed from the parent around the whole process.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ def child_env(source: Path = REPO, extra_path: Sequence[str] = (), unset_openbla
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["AISTHETICS_CACHE_DIR"] = str(MODEL_CACHE)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*map(str, extra_path), str(source), str(BENCH_DIR),
-                                                      env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [*map(str, extra_path), str(source), str(BENCH_DIR), env.get("PYTHONPATH")])
+    )
     if unset_openblas:
         env.pop("OPENBLAS_CORETYPE", None)
         env.pop("OPENBLAS_L2_SIZE", None)
@@ -46,7 +48,7 @@ def emit(result: dict) -> None:
 def find_result(stdout: str) -> dict | None:
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
+            return json.loads(line[len(RESULT_MARK) :])
     return None
 
 
@@ -68,7 +70,7 @@ def _proc_stat(pid: int) -> tuple[int, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return int(fields[1]), int(fields[19])
 
 
@@ -166,8 +168,15 @@ class TreeSampler(threading.Thread):
             if rec is None:
                 cmd = _cmdline(pid)
                 rec = self.procs[(pid, start)] = {
-                    "pid": pid, "ppid": ppid, "role": role_of(pid, ppid, self.root, cmd), "cmdline": cmd,
-                    "peak_rss_mb": 0.0, "max_rss_mb": 0.0, "first_seen_s": now, "samples": 0, "rss_timeline": [],
+                    "pid": pid,
+                    "ppid": ppid,
+                    "role": role_of(pid, ppid, self.root, cmd),
+                    "cmdline": cmd,
+                    "peak_rss_mb": 0.0,
+                    "max_rss_mb": 0.0,
+                    "first_seen_s": now,
+                    "samples": 0,
+                    "rss_timeline": [],
                 }
             if kb["VmHWM"] / 1024 > rec["peak_rss_mb"]:
                 rec["peak_rss_mb"] = kb["VmHWM"] / 1024
@@ -198,8 +207,17 @@ class TreeSampler(threading.Thread):
 # --- one timed child ----------------------------------------------------------------------------
 
 
-def run_timed(cmd: Sequence[str], *, env: dict, cwd: Path, log_dir: Path, name: str,
-              sample_interval: float | None = 0.5, timelines: bool = True, label: str | None = None) -> dict:
+def run_timed(
+    cmd: Sequence[str],
+    *,
+    env: dict,
+    cwd: Path,
+    log_dir: Path,
+    name: str,
+    sample_interval: float | None = 0.5,
+    timelines: bool = True,
+    label: str | None = None,
+) -> dict:
     """Run ``cmd`` to its end, timed around the whole process (start-up included).
 
     ``cmd`` runs under harness/spawn.py, which times it and takes its exact ``wait4`` figures (wall,
@@ -214,8 +232,9 @@ def run_timed(cmd: Sequence[str], *, env: dict, cwd: Path, log_dir: Path, name: 
     start = cpu_snapshot()
     with open(stdout_path, "w") as out, open(log_path, "w") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, str(SPAWNER), str(spawn_path), "--", *cmd], stdout=out, stderr=err,
-                                env=env, cwd=cwd)
+        proc = subprocess.Popen(
+            [sys.executable, str(SPAWNER), str(spawn_path), "--", *cmd], stdout=out, stderr=err, env=env, cwd=cwd
+        )
         sampler = TreeSampler(proc.pid, sample_interval) if sample_interval else None
         if sampler:
             sampler.start()
@@ -229,15 +248,29 @@ def run_timed(cmd: Sequence[str], *, env: dict, cwd: Path, log_dir: Path, name: 
         raise SystemExit(f"{label or name}: exit status {proc.returncode}: {' '.join(cmd)} (log: {log_path})")
     spawned = json.loads(spawn_path.read_text())
     stdout = stdout_path.read_text()
-    run = {"command": " ".join(map(str, cmd)), "process_wall_s": spawned["wall_s"], "process_cpu_s": spawned["cpu_s"],
-           "other_cpu_cores": noise["other_cpu_cores"], "steal_cores": noise["steal_cores"], "log": str(log_path),
-           "result": find_result(stdout), "stdout_tail": stdout[-2000:]}
+    run = {
+        "command": " ".join(map(str, cmd)),
+        "process_wall_s": spawned["wall_s"],
+        "process_cpu_s": spawned["cpu_s"],
+        "other_cpu_cores": noise["other_cpu_cores"],
+        "steal_cores": noise["steal_cores"],
+        "log": str(log_path),
+        "result": find_result(stdout),
+        "stdout_tail": stdout[-2000:],
+    }
     if sampler:
         procs = sampler.result()
         launcher = next((p for p in procs if p["role"] == "launcher"), None)
         if launcher is None:  # it exited before the first sample
-            launcher = {"pid": spawned["pid"], "role": "launcher", "label": "launcher", "cmdline": " ".join(cmd),
-                        "peak_rss_mb": 0.0, "samples": 0, "rss_timeline": []}
+            launcher = {
+                "pid": spawned["pid"],
+                "role": "launcher",
+                "label": "launcher",
+                "cmdline": " ".join(cmd),
+                "peak_rss_mb": 0.0,
+                "samples": 0,
+                "rss_timeline": [],
+            }
             procs.insert(0, launcher)
         launcher["sampled_peak_rss_mb"] = launcher["peak_rss_mb"]
         # wait4's ru_maxrss is the largest peak of the launcher and every descendant it reaped, and at
@@ -250,14 +283,16 @@ def run_timed(cmd: Sequence[str], *, env: dict, cwd: Path, log_dir: Path, name: 
         if not timelines:
             procs = [{k: v for k, v in p.items() if k != "rss_timeline"} for p in procs]
         workers = [p["peak_rss_mb"] for p in procs if p["role"] == "worker"]
-        run.update({
-            "processes": procs,
-            "launcher_peak_rss_mb": launcher["peak_rss_mb"],
-            "worker_peak_rss_mb": max(workers, default=None),
-            "worker_count": len(workers),
-            "tree_peak_rss_mb": sum(p["peak_rss_mb"] for p in procs),  # each process's own peak, added up
-            "sampler": {"interval_s": sample_interval, "samples": sampler.samples},
-        })
+        run.update(
+            {
+                "processes": procs,
+                "launcher_peak_rss_mb": launcher["peak_rss_mb"],
+                "worker_peak_rss_mb": max(workers, default=None),
+                "worker_count": len(workers),
+                "tree_peak_rss_mb": sum(p["peak_rss_mb"] for p in procs),  # each process's own peak, added up
+                "sampler": {"interval_s": sample_interval, "samples": sampler.samples},
+            }
+        )
     return run
 
 
@@ -269,8 +304,10 @@ def describe(run: dict) -> str:
         if run["worker_count"]:
             text += f", {run['worker_count']} workers, the largest {run['worker_peak_rss_mb']:.0f} MB"
     if disturbed(run):
-        text += (f"  [disturbed: other processes used {run['other_cpu_cores']:.2f} cores, host stole "
-                 f"{run.get('steal_cores', 0.0):.2f}]")
+        text += (
+            f"  [disturbed: other processes used {run['other_cpu_cores']:.2f} cores, host stole "
+            f"{run.get('steal_cores', 0.0):.2f}]"
+        )
     return text
 
 

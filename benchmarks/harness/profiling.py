@@ -7,6 +7,7 @@ The child runs ``pipeline.run(args)`` in its own process (``--direct_running_mod
 the runner and the SDK side together, so the profile sees both) and prints one result line with Beam's
 per-transform execution-time counters. The parent side runs it and reads the profile.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,10 @@ def top_functions(prof_path: str, key: str, n: int) -> list[dict]:
     import pstats
 
     stats = pstats.Stats(prof_path)
-    rows = [{"function": f"{shorten(filename)}:{line}({func})", "calls": nc, "tottime_s": tt, "cumtime_s": ct}
-            for (filename, line, func), (cc, nc, tt, ct, _) in stats.stats.items()]  # type: ignore[attr-defined]
+    rows = [
+        {"function": f"{shorten(filename)}:{line}({func})", "calls": nc, "tottime_s": tt, "cumtime_s": ct}
+        for (filename, line, func), (cc, nc, tt, ct, _) in stats.stats.items()
+    ]  # type: ignore[attr-defined]
     rows.sort(key=lambda r: r[key], reverse=True)
     return rows[:n]
 
@@ -93,10 +96,18 @@ def pyspy_record(cmd: Sequence[str], prof: Path, source: Path) -> dict:
     proc = subprocess.run(full, env=child_env(source), cwd=source, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or not prof.exists():
-        return {"available": False, "wall_s": wall,
-                "reason": f"py-spy exit {proc.returncode}: {(proc.stderr or proc.stdout)[-800:]}"}
-    return {"available": True, "command": " ".join(full), "wall_s": wall, "file": str(prof),
-            **summarize_speedscope(prof)}
+        return {
+            "available": False,
+            "wall_s": wall,
+            "reason": f"py-spy exit {proc.returncode}: {(proc.stderr or proc.stdout)[-800:]}",
+        }
+    return {
+        "available": True,
+        "command": " ".join(full),
+        "wall_s": wall,
+        "file": str(prof),
+        **summarize_speedscope(prof),
+    }
 
 
 def summarize_speedscope(path: Path) -> dict:
@@ -125,9 +136,15 @@ def summarize_speedscope(path: Path) -> dict:
                 rec["inclusive"][fn] += w
     out = []
     for n, (pid, rec) in enumerate(sorted(per_proc.items())):  # the launcher is the first pid
-        out.append({"process": f"{'launcher' if n == 0 else 'SDK worker'} (pid {pid})", "threads": rec["threads"],
-                    "seconds": rec["seconds"], "top_self": rec["self"].most_common(15),
-                    "top_inclusive": rec["inclusive"].most_common(25)})
+        out.append(
+            {
+                "process": f"{'launcher' if n == 0 else 'SDK worker'} (pid {pid})",
+                "threads": rec["threads"],
+                "seconds": rec["seconds"],
+                "top_self": rec["self"].most_common(15),
+                "top_inclusive": rec["inclusive"].most_common(25),
+            }
+        )
     return {"processes": out}
 
 

@@ -1,4 +1,5 @@
 """Report helpers: the machine line, goal lines, noise cells, and writing a result's two files."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,22 @@ from .machine import NOISE_CORES, disturbed
 
 def machine_line(m: dict) -> str:
     """The date, the CPU (model, family, flags), cores, memory and the versions that matter."""
-    versions = [("Python", "python"), ("Apache Beam", "apache_beam"), ("TensorFlow", "tensorflow"), ("Keras", "keras"),
-                ("ai-edge-litert", "ai_edge_litert"), ("pyarrow", "pyarrow"), ("numpy", "numpy"), ("Pillow", "pillow")]
-    return (f"{m['date']} — {m['cpu_model']} (family {m.get('cpu_family')} model {m.get('cpu_model_number')}), "
-            f"{m['cores']} cores, SIMD {'/'.join(m['simd']) or 'none'}, {m['memory_gb']} GB; "
-            + ", ".join(f"{name} {m[key]}" for name, key in versions if m.get(key)) + ".")
+    versions = [
+        ("Python", "python"),
+        ("Apache Beam", "apache_beam"),
+        ("TensorFlow", "tensorflow"),
+        ("Keras", "keras"),
+        ("ai-edge-litert", "ai_edge_litert"),
+        ("pyarrow", "pyarrow"),
+        ("numpy", "numpy"),
+        ("Pillow", "pillow"),
+    ]
+    return (
+        f"{m['date']} — {m['cpu_model']} (family {m.get('cpu_family')} model {m.get('cpu_model_number')}), "
+        f"{m['cores']} cores, SIMD {'/'.join(m['simd']) or 'none'}, {m['memory_gb']} GB; "
+        + ", ".join(f"{name} {m[key]}" for name, key in versions if m.get(key))
+        + "."
+    )
 
 
 def goal_line(ok: bool, text: str) -> str:
@@ -31,8 +43,10 @@ def noise_note(names: Sequence[str]) -> list[str]:
     return [f"NOTE  disturbed by other processes (re-run on an idle machine): {'; '.join(names)}"] if names else []
 
 
-NOISE_EXPLAINED = (f"other CPU: cores other processes used while the row ran (machine-wide busy time from /proc/stat, "
-                   f"less the benchmark's own); above {NOISE_CORES:.2f} (⚠) the row was disturbed.")
+NOISE_EXPLAINED = (
+    f"other CPU: cores other processes used while the row ran (machine-wide busy time from /proc/stat, "
+    f"less the benchmark's own); above {NOISE_CORES:.2f} (⚠) the row was disturbed."
+)
 
 
 def command_line(script: str, argv: Sequence[str]) -> str:

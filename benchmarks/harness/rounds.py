@@ -4,6 +4,7 @@ This machine's speed drifts by 15-20% from minute to minute with nothing else ru
 of each row could land on a fast minute for one and a slow minute for the other. Rows compared by a
 goal therefore run alternately, and the ratio is also taken within each round (paired).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -11,8 +12,9 @@ import sys
 from typing import Callable
 
 
-def run_rounds(rows: dict[str, Callable[[], dict]], rounds: int, reverse_every_other: bool = False
-               ) -> dict[str, list[dict]]:
+def run_rounds(
+    rows: dict[str, Callable[[], dict]], rounds: int, reverse_every_other: bool = False
+) -> dict[str, list[dict]]:
     """Every row once per round, in the order given (with ``reverse_every_other``, rounds 2, 4, ...
     in reverse, so a drift within a round favours neither row of a pair); ``{row: [run of round 1, ...]}``."""
     runs: dict[str, list[dict]] = {name: [] for name in rows}

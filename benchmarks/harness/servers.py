@@ -5,6 +5,7 @@ prepared in memory, one send per request, keep-alive): a CDN costs the pipeline 
 and on a 2-core machine every millisecond the server spends is taken from the pipeline. It counts
 what it did, including its own CPU time, so a report can say what it cost.
 """
+
 from __future__ import annotations
 
 import socket
@@ -35,7 +36,7 @@ class ImageServer(ThreadingHTTPServer):
         self.thread.start()
 
     @classmethod
-    def of_files(cls, paths: Iterable[str], latency: float = 0.0) -> "ImageServer":
+    def of_files(cls, paths: Iterable[str], latency: float = 0.0) -> ImageServer:
         """Every file read once into memory, served at ``/NAME``."""
         return cls({f"/{Path(p).name}": Path(p).read_bytes() for p in paths}, latency)
 
@@ -49,8 +50,14 @@ class ImageServer(ThreadingHTTPServer):
 
     def reset(self) -> None:
         with self.lock:
-            self.counts = {"requests": 0, "bytes_sent": 0, "most_in_flight": 0, "connections": 0, "cpu_s": 0.0,
-                           "not_found": 0}
+            self.counts = {
+                "requests": 0,
+                "bytes_sent": 0,
+                "most_in_flight": 0,
+                "connections": 0,
+                "cpu_s": 0.0,
+                "not_found": 0,
+            }
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -108,7 +115,7 @@ class _ImageHandler(BaseHTTPRequestHandler):
                 self.send_error(404)
                 return
             if not with_body:
-                response = response[:response.index(b"\r\n\r\n") + 4]
+                response = response[: response.index(b"\r\n\r\n") + 4]
             self.wfile.write(response)
             sent = len(response)
         finally:
@@ -133,14 +140,16 @@ class SilentHosts:
             threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def uris(self) -> list[str]:
-        return [f"http://{host}:{port}/never-answers-{i}.jpg"
-                for i, (host, port) in enumerate(s.getsockname()[:2] for s in self.listeners)]
+        return [
+            f"http://{host}:{port}/never-answers-{i}.jpg"
+            for i, (host, port) in enumerate(s.getsockname()[:2] for s in self.listeners)
+        ]
 
     def _accept(self, listener: socket.socket) -> None:
         while not self.closed.is_set():
             try:
                 conn, _ = listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -9,6 +9,7 @@ that holds hundreds of MB (bench_scale's HTTP server holds every image) would re
 instead of a smaller child's exact peak. This process stays a few MB, so the figure is the child's.
 Only the standard library is imported, to stay small.
 """
+
 import json
 import os
 import subprocess
@@ -32,8 +33,17 @@ def main() -> int:
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     with open(report, "w") as f:
-        json.dump({"pid": proc.pid, "exit_status": proc.returncode, "wall_s": wall, "ru_maxrss_kb": usage.ru_maxrss,
-                   "cpu_s": usage.ru_utime + usage.ru_stime, "spawner_peak_kb": spawner_kb}, f)
+        json.dump(
+            {
+                "pid": proc.pid,
+                "exit_status": proc.returncode,
+                "wall_s": wall,
+                "ru_maxrss_kb": usage.ru_maxrss,
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+                "spawner_peak_kb": spawner_kb,
+            },
+            f,
+        )
     return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
 

@@ -7,6 +7,7 @@ times (the median pass is its figure) and prints one ``BENCH_RESULT {json}`` lin
 every one of them; bench_pipeline runs seed, litert_model and decode for its ideal and its seed row;
 bench_nightly, bench_pipeline, bench_fetch and bench_scale run ``warm`` before timing anything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -153,11 +154,18 @@ def worker_litert_model(args) -> None:
     inputs = list(distinct.values())
     chunk, n = 32, len(inputs)
     ring = np.stack([inputs[j % n] for j in range(chunk + n)])
-    batches = [ring[i % n: i % n + min(chunk, len(paths) - i)] for i in range(0, len(paths), chunk)]
+    batches = [ring[i % n : i % n + min(chunk, len(paths) - i)] for i in range(0, len(paths), chunk)]
     model.predict(batches[0][:WARMUP_IMAGES])
     timing = timed_passes(lambda: [model.predict(b) for b in batches], args.passes)
-    emit({"images": len(paths), "load_s": load_s, "num_threads": model.engine.num_threads,
-          "distinct_inputs": len(inputs), **timing})
+    emit(
+        {
+            "images": len(paths),
+            "load_s": load_s,
+            "num_threads": model.engine.num_threads,
+            "distinct_inputs": len(inputs),
+            **timing,
+        }
+    )
 
 
 def worker_decode(args) -> None:
@@ -197,11 +205,22 @@ def worker_gemm(args) -> None:
         np.matmul(a, b, out=c)
         rates.append(flop / (time.perf_counter() - t0) / 1e9)
     rates.sort()
-    blas = [{k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "threading_layer")}
-            for info in threadpoolctl.threadpool_info()]
-    emit({"matrix": n, "repeats": len(rates), "gflops_median": rates[len(rates) // 2], "gflops_max": rates[-1],
-          "gflops_min": rates[0], "gflops_all": rates, "blas": blas,
-          "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}})
+    blas = [
+        {k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "threading_layer")}
+        for info in threadpoolctl.threadpool_info()
+    ]
+    emit(
+        {
+            "matrix": n,
+            "repeats": len(rates),
+            "gflops_median": rates[len(rates) // 2],
+            "gflops_max": rates[-1],
+            "gflops_min": rates[0],
+            "gflops_all": rates,
+            "blas": blas,
+            "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+        }
+    )
 
 
 WORKERS = {
@@ -218,9 +237,19 @@ WORKERS = {
 # --- parent side ----------------------------------------------------------------------------------
 
 
-def run_worker(name: str, *, log_dir: Path, paths: str | None = None, passes: int = 1, threads: int | None = None,
-               gemm_seconds: float = 4.0, source: Path = REPO, unset_openblas: bool = False, idle_wait: float = 0.0,
-               retry: bool = True) -> dict:
+def run_worker(
+    name: str,
+    *,
+    log_dir: Path,
+    paths: str | None = None,
+    passes: int = 1,
+    threads: int | None = None,
+    gemm_seconds: float = 4.0,
+    source: Path = REPO,
+    unset_openblas: bool = False,
+    idle_wait: float = 0.0,
+    retry: bool = True,
+) -> dict:
     """One worker in a fresh process, timed from here: the worker's result plus process_wall_s,
     process_cpu_s and the noise figures. A run disturbed by other processes is run once more and
     the quieter one kept (see :func:`harness.process.quietest`)."""
@@ -230,9 +259,15 @@ def run_worker(name: str, *, log_dir: Path, paths: str | None = None, passes: in
     label = f"{name}{f' ({threads} thread)' if threads else ''}"
 
     def once() -> dict:
-        run = run_timed(cmd, env=child_env(source, unset_openblas=unset_openblas), cwd=source, log_dir=log_dir,
-                        name=label.replace(" ", "_").replace("(", "").replace(")", ""), sample_interval=None,
-                        label=label)
+        run = run_timed(
+            cmd,
+            env=child_env(source, unset_openblas=unset_openblas),
+            cwd=source,
+            log_dir=log_dir,
+            name=label.replace(" ", "_").replace("(", "").replace(")", ""),
+            sample_interval=None,
+            label=label,
+        )
         if run["result"] is None:
             raise SystemExit(f"{label}: no result line (log: {run['log']})")
         keep = ("process_wall_s", "process_cpu_s", "other_cpu_cores", "steal_cores")

@@ -1,10 +1,11 @@
 """The benchmark harness measures what it says: real child processes, a real loopback server and
 real sockets, real Parquet tables. Fast (a few seconds); no pipeline run."""
+
 from __future__ import annotations
 
 import http.client
-import socket
 import json
+import socket
 import sys
 import time
 from pathlib import Path
@@ -17,25 +18,32 @@ import pytest
 # Not a conftest.py: the project's tests import their own `conftest` module by name.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench_scale  # noqa: E402
 from harness.machine import own_peak_rss_mb  # noqa: E402
 from harness.pipeline_runs import accounting_problems  # noqa: E402
 from harness.process import child_env, run_timed  # noqa: E402
 from harness.rounds import median_run, run_rounds, within_rounds  # noqa: E402
 from harness.servers import ImageServer, SilentHosts  # noqa: E402
 
-import bench_scale  # noqa: E402
-
 # Touches N MB, holds them a moment (so a sampler sees the process at its peak), prints done.
-ALLOCATE = ("import sys, time; x = bytearray(int(sys.argv[1]) * 2**20); x[::4096] = b'1' * len(x[::4096]); "
-            "time.sleep(0.3); print('done')")
+ALLOCATE = (
+    "import sys, time; x = bytearray(int(sys.argv[1]) * 2**20); x[::4096] = b'1' * len(x[::4096]); "
+    "time.sleep(0.3); print('done')"
+)
 
 
 def test_run_timed_takes_the_childs_own_peak_even_when_the_benchmark_is_larger(tmp_path):
     ballast = bytearray(400 * 2**20)  # this process now far above the child's peak
     ballast[::4096] = b"1" * len(ballast[::4096])
     assert own_peak_rss_mb() > 400
-    run = run_timed([sys.executable, "-c", ALLOCATE, "120"], env=child_env(), cwd=tmp_path, log_dir=tmp_path,
-                    name="alloc", sample_interval=0.05)
+    run = run_timed(
+        [sys.executable, "-c", ALLOCATE, "120"],
+        env=child_env(),
+        cwd=tmp_path,
+        log_dir=tmp_path,
+        name="alloc",
+        sample_interval=0.05,
+    )
     del ballast
     launcher = run["launcher_peak_rss_mb"]
     assert 120 < launcher < 200, run["processes"]  # the child's own 120 MB, not our 400+
@@ -45,11 +53,19 @@ def test_run_timed_takes_the_childs_own_peak_even_when_the_benchmark_is_larger(t
 
 
 def test_run_timed_follows_every_process_of_the_tree(tmp_path):
-    parent = ("import subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1], '150']); "
-              "x = bytearray(60 * 2**20); x[::4096] = b'1' * len(x[::4096]); "
-              "import time; time.sleep(0.5)")  # long enough for the sampler to see it
-    run = run_timed([sys.executable, "-c", parent, ALLOCATE], env=child_env(), cwd=tmp_path, log_dir=tmp_path,
-                    name="tree", sample_interval=0.05)
+    parent = (
+        "import subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1], '150']); "
+        "x = bytearray(60 * 2**20); x[::4096] = b'1' * len(x[::4096]); "
+        "import time; time.sleep(0.5)"
+    )  # long enough for the sampler to see it
+    run = run_timed(
+        [sys.executable, "-c", parent, ALLOCATE],
+        env=child_env(),
+        cwd=tmp_path,
+        log_dir=tmp_path,
+        name="tree",
+        sample_interval=0.05,
+    )
     peaks = {p["role"]: p["peak_rss_mb"] for p in run["processes"]}
     assert 60 < peaks["launcher"] < 130  # its own, not its child's (which wait4 would have given)
     assert peaks["other"] > 150
@@ -59,8 +75,14 @@ def test_run_timed_follows_every_process_of_the_tree(tmp_path):
 
 def test_run_timed_ends_the_benchmark_with_the_log_when_the_child_fails(tmp_path):
     with pytest.raises(SystemExit, match="exit status 3"):
-        run_timed([sys.executable, "-c", "import sys; print('bad input', file=sys.stderr); sys.exit(3)"],
-                  env=child_env(), cwd=tmp_path, log_dir=tmp_path, name="fails", sample_interval=None)
+        run_timed(
+            [sys.executable, "-c", "import sys; print('bad input', file=sys.stderr); sys.exit(3)"],
+            env=child_env(),
+            cwd=tmp_path,
+            log_dir=tmp_path,
+            name="fails",
+            sample_interval=None,
+        )
     assert "bad input" in (tmp_path / "fails.log").read_text()
 
 
@@ -115,22 +137,25 @@ def write_run(output: Path, run_date: str, scores: list[str], errors: list[tuple
     by_stage = {"manifest": 0, "fetch": 0, "decode": 0, "score": 0}
     for _, stage in errors:
         by_stage[stage] += 1
-    (runs / "summary.json").write_text(json.dumps(
-        {"rows": len(scores) + len(errors), "errors": len(errors), "errors_by_stage": by_stage, **summary}))
+    (runs / "summary.json").write_text(
+        json.dumps({"rows": len(scores) + len(errors), "errors": len(errors), "errors_by_stage": by_stage, **summary})
+    )
 
 
 def test_accounting_passes_a_run_that_holds_every_row_once(tmp_path):
     write_run(tmp_path, "2026-11-28", ["r0", "r1"], [("r2", "fetch")], {"scored": 1})
-    assert accounting_problems(tmp_path, "2026-11-28", ["r0", "r1", "r2"], scored=1,
-                               errors_by_stage={"fetch": 1}) == []
+    assert accounting_problems(tmp_path, "2026-11-28", ["r0", "r1", "r2"], scored=1, errors_by_stage={"fetch": 1}) == []
 
 
-@pytest.mark.parametrize("scores, errors, expected", [
-    (["r0", "r1"], [], "manifest rows are in no table"),
-    (["r0", "r1", "r2", "r2"], [], "more than once"),
-    (["r0", "r1", "r2", "r9"], [], "ids the manifest does not have"),
-    (["r0", "r1"], [("r2", "decode")], "errors by stage"),
-])
+@pytest.mark.parametrize(
+    "scores, errors, expected",
+    [
+        (["r0", "r1"], [], "manifest rows are in no table"),
+        (["r0", "r1", "r2", "r2"], [], "more than once"),
+        (["r0", "r1", "r2", "r9"], [], "ids the manifest does not have"),
+        (["r0", "r1"], [("r2", "decode")], "errors by stage"),
+    ],
+)
 def test_accounting_names_what_is_wrong(tmp_path, scores, errors, expected):
     write_run(tmp_path, "2026-11-28", scores, errors, {"scored": 1})
     problems = accounting_problems(tmp_path, "2026-11-28", ["r0", "r1", "r2"], scored=1)
