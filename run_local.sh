@@ -19,20 +19,25 @@ fi
 sample=sample_output/catalog
 out=sample_output/tables
 "$python" -m aisthetics_transforms.sample "$sample" >/dev/null
-"$python" -m pipeline --manifest="$sample/manifest.csv" --output="$out" --keep_columns=category
+# The summary JSON goes to the night's summary.json; the run's own last line says what happened.
+"$python" -m pipeline --manifest="$sample/manifest.csv" --output="$out" --keep_columns=category >/dev/null
 
-cat <<TXT
+# A first look at the tables, with the query the README shows (DuckDB, over the Parquet files).
+"$python" - "$out" <<'PY'
+import sys
+import duckdb
 
-Tables written under $out/:
-  scores: $out/scores/dt=*/*.parquet
-  errors: $out/errors/dt=*/*.parquet
-  runs:   $out/runs/dt=*/summary.json
-Look at them with DuckDB:
-  $python -c "import duckdb; duckdb.sql(\"SELECT category, count(*) AS n, round(avg(mean_score), 3) AS mean FROM read_parquet('$out/scores/*/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY mean DESC\").show()"
-TXT
+out = sys.argv[1]
+print("\nMean score per category (DuckDB over " + out + "/scores/dt=*/*.parquet):")
+duckdb.sql(f"""SELECT category, count(*) AS images, round(avg(mean_score), 2) AS mean_score
+               FROM read_parquet('{out}/scores/*/*.parquet', hive_partitioning = true)
+               GROUP BY ALL ORDER BY mean_score DESC""").show()
+print("Errors (" + out + "/errors/dt=*/*.parquet):")
+duckdb.sql(f"""SELECT image_id, stage, error_type FROM read_parquet('{out}/errors/*/*.parquet')
+               ORDER BY ALL""").show()
+PY
 
 # The nightly report of the run just written (the newest night under $out).
 report="$("$python" -m aisthetics_transforms.cli report "$PWD/$out")"
-echo
 echo "Report (one self-contained HTML page; open it in a browser):"
 echo "  $report"
