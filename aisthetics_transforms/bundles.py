@@ -51,7 +51,7 @@ class WorkPool(Generic[T]):
         self._unfinished += 1
         finished = self._finished
         future.add_done_callback(lambda f: finished.put((element, f)))
-        if self._unfinished >= self.limit:
+        if self._unfinished > self.limit:
             yield self._next(block=True)
         while self._unfinished:
             try:
