@@ -292,6 +292,7 @@ def publish_night(run: RunInfo, committed: Sequence[str], summary: dict, *, faul
                 prune(run, fault)
     except Superseded:  # nothing of this run will ever be published
         layout.remove_tree(layout.staging_dir(run.output, run.run_date, run.run_id))
+        layout.remove_empty_dirs(layout.join(run.output, layout.STAGING))
         raise
     fault("released")
     layout.remove_tree(layout.staging_dir(run.output, run.run_date, run.run_id))
