@@ -22,12 +22,15 @@ from pathlib import Path
 import apache_beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from apache_beam.portability.api import beam_runner_api_pb2
 from packaging.specifiers import SpecifierSet
 
 from aisthetics_transforms.model import engine_name, local_weights, model_version
 from aisthetics_transforms.write import scores_schema
 from gcs_emulator import PROJECT, gcs  # noqa: F401  (gcs is a pytest fixture)
+
+pytestmark = pytest.mark.slow  # the real DataflowRunner translating the graph, staging to the emulator
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_DATE = "2026-11-28"
@@ -160,9 +163,9 @@ def check_spec(gcs, job: dict, root: str, source_stage: str) -> None:
     assert options["save_main_session"] is False
 
 
-def test_dataflow_template_from_manifest(gcs, ava, tmp_path):
+def test_dataflow_template_from_manifest(gcs, photos, tmp_path):
     root = f"dataflow-manifest-{uuid.uuid4().hex[:8]}"
-    uris = [gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in sorted(ava.glob("*.jpg"))[:2]]
+    uris = [gcs.upload_file(f"{root}/imgs/photo-{i}.jpg", p) for i, p in enumerate(photos[:2])]
     manifest = gcs.upload_bytes(f"{root}/manifest.csv", ("uri\n" + "\n".join(uris) + "\n").encode(), "text/csv")
     job, seconds = translate(gcs, tmp_path, [f"--manifest={manifest}"], root)
     check_spec(gcs, job, root, "ReadManifest")
@@ -170,10 +173,10 @@ def test_dataflow_template_from_manifest(gcs, ava, tmp_path):
     assert seconds < 100
 
 
-def test_dataflow_template_from_image_glob(gcs, ava, tmp_path):
+def test_dataflow_template_from_image_glob(gcs, photos, tmp_path):
     root = f"dataflow-images-{uuid.uuid4().hex[:8]}"
-    for p in sorted(ava.glob("*.jpg"))[:2]:
-        gcs.upload_file(f"{root}/imgs/{p.name}", p)
+    for i, p in enumerate(photos[:2]):
+        gcs.upload_file(f"{root}/imgs/photo-{i}.jpg", p)
     pattern = gcs.uri(f"{root}/imgs/*.jpg")
     job, seconds = translate(gcs, tmp_path, [f"--images={pattern}"], root)
     check_spec(gcs, job, root, "ListImages")
@@ -197,9 +200,9 @@ def scores_partition_bytes(uris: list[str]) -> bytes:
     return buffer.getvalue()
 
 
-def test_dataflow_template_incremental(gcs, ava, tmp_path):
+def test_dataflow_template_incremental(gcs, photos, tmp_path):
     root = f"dataflow-incremental-{uuid.uuid4().hex[:8]}"
-    uris = [gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in sorted(ava.glob("*.jpg"))[:2]]
+    uris = [gcs.upload_file(f"{root}/imgs/photo-{i}.jpg", p) for i, p in enumerate(photos[:2])]
     manifest = gcs.upload_bytes(f"{root}/manifest.csv", ("uri\n" + "\n".join(uris) + "\n").encode(), "text/csv")
     run_id = "20261127T030000000000Z-abc123"  # a published night: its files and the summary naming their run
     previous = gcs.upload_bytes(

@@ -15,6 +15,8 @@ import pipeline
 from aisthetics_transforms import get_aisthetics_model
 from gcs_emulator import gcs  # noqa: F401  (pytest fixture)
 
+pytestmark = pytest.mark.slow  # whole-pipeline runs against the GCS emulator
+
 RUN_DATE = "2026-11-28"
 TOLERANCE = 1e-6
 PHOTOS = 3
@@ -30,13 +32,12 @@ def read_parquet_dir(gcs, prefix: str) -> list[dict]:
     return rows
 
 
-def test_pipeline_on_gcs(gcs, ava, tmp_path):
+def test_pipeline_on_gcs(gcs, photos, tmp_path):
     started = time.monotonic()
     root = f"gcs-run-{uuid.uuid4().hex[:8]}"
-    photos = sorted(ava.glob("*.jpg"))[:PHOTOS]
-    assert len(photos) == PHOTOS, f"need {PHOTOS} photos in {ava}"
+    photos = {f"photo-{i}": photo for i, photo in enumerate(photos[:PHOTOS])}
 
-    manifest = {p.stem: gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in photos}
+    manifest = {image_id: gcs.upload_file(f"{root}/imgs/{image_id}.jpg", p) for image_id, p in photos.items()}
     manifest["broken"] = gcs.upload_bytes(f"{root}/imgs/broken.jpg", BROKEN_BYTES, "image/jpeg")
     manifest["missing"] = gcs.uri(f"{root}/imgs/does-not-exist.jpg")
     csv = "image_id,uri\n" + "".join(f"{image_id},{uri}\n" for image_id, uri in manifest.items())
@@ -46,10 +47,10 @@ def test_pipeline_on_gcs(gcs, ava, tmp_path):
     # Expected scores from the public API on local copies (downloaded back, so the
     # bytes are the ones the pipeline reads). This also warms the model cache.
     local = {}
-    for p in photos:
-        copy = tmp_path / p.name
-        copy.write_bytes(gcs.download_bytes(manifest[p.stem]))
-        local[p.stem] = copy
+    for image_id in photos:
+        copy = tmp_path / f"{image_id}.jpg"
+        copy.write_bytes(gcs.download_bytes(manifest[image_id]))
+        local[image_id] = copy
     expected = {stem: r for stem, r in zip(local, get_aisthetics_model().predict([str(c) for c in local.values()], augmented=True))}
 
     run_started = time.monotonic()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pipeline
 from pipeline.options import (
     AT_LEAST,
     AistheticsOptions,
@@ -142,7 +143,34 @@ def test_help_shows_every_option_with_its_help_and_says_beams_are_accepted():
     assert "Any Apache Beam pipeline option is accepted" in text and "Exit status:" in text
 
 
-# --- the command a user runs ----------------------------------------------------------------
+def test_bad_options_are_refused_before_anything_runs(tmp_path):
+    """Every problem with the options is named at once, and nothing is written."""
+    output = tmp_path / "out"
+    with pytest.raises(OptionsError) as refused:
+        pipeline.run(
+            [
+                f"--manifest={tmp_path / 'missing.csv'}",
+                f"--images={tmp_path}/*.jpg",
+                f"--output={output}",
+                "--run_date=28.11.2026",
+                "--batch_size=0",
+                "--fetch_threads=0",
+                "--decode_threads=-1",
+            ]
+        )
+    message = str(refused.value)
+    for problem in (
+        "exactly one of --manifest or --images",
+        "--run_date must be YYYY-MM-DD, got '28.11.2026'",
+        "--batch_size must be at least 1",
+        "--fetch_threads must be at least 1",
+        "--decode_threads must be at least 0",
+    ):
+        assert problem in message
+    assert not output.exists()
+
+
+# --- the command a user runs (each a subprocess of ``python -m pipeline``: slow) ------------
 
 
 def python_m_pipeline(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -189,6 +217,7 @@ MISTAKES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MISTAKES)
 def test_every_mistake_is_one_line_exit_2_and_nothing_written(name, catalog, tmp_path, litert_model):
     """(``litert_model``: a warm model cache. A mistake found only while the graph runs, as
@@ -204,6 +233,7 @@ def test_every_mistake_is_one_line_exit_2_and_nothing_written(name, catalog, tmp
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_output_pointing_at_a_file_is_one_line_and_the_file_is_untouched(catalog):
     before = (catalog / "tables.txt").read_bytes()
     proc = python_m_pipeline(f"--manifest={catalog}/manifest.csv", f"--output={catalog}/tables.txt")
@@ -213,6 +243,7 @@ def test_output_pointing_at_a_file_is_one_line_and_the_file_is_untouched(catalog
     assert (catalog / "tables.txt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_run_local_sh_passes_its_arguments_and_their_mistakes_on(catalog, tmp_path):
     output = tmp_path / "out"
     proc = subprocess.run([str(REPO / "run_local.sh"), f"--manifest={catalog}/manifest.csv", f"--output={output}",
@@ -223,12 +254,14 @@ def test_run_local_sh_passes_its_arguments_and_their_mistakes_on(catalog, tmp_pa
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_help_is_ours_and_exits_0():
     proc = python_m_pipeline("--help")
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout == help_text()
 
 
+@pytest.mark.slow
 def test_a_run_with_beams_own_options_succeeds_quietly(catalog, tmp_path, litert_model):
     """``litert_model``: the model cache is warm, as it is after a first run."""
     output = tmp_path / "out"
@@ -250,6 +283,7 @@ class _StallingHandler(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_run_is_one_line_exit_130_and_publishes_nothing(catalog, tmp_path, litert_model):
     """The run is stopped while it waits on an image server that does not answer: one
     line, at once, and no night appears under --output."""

@@ -22,6 +22,7 @@ import pipeline
 from aisthetics_transforms.records import error_types
 from aisthetics_transforms import score, write
 from aisthetics_transforms.preprocess import decode_image, to_model_input
+from aisthetics_transforms.sample import source_photos
 from aisthetics_transforms.write import RunInfo
 from pipeline.options import AistheticsOptions
 from test_scoring import png_declaring
@@ -87,11 +88,11 @@ def corpus(photo: Image.Image) -> dict[str, tuple[bytes, tuple]]:
 
 
 @pytest.fixture(scope="module")
-def bad_catalog(tmp_path_factory, ava):
+def bad_catalog(tmp_path_factory):
     root = tmp_path_factory.mktemp("robustness")
     files = root / "files"
     files.mkdir()
-    photo = Image.open(ava / "42039.jpg").convert("RGB")
+    photo = source_photos()["china"]  # a real photograph, 640x427
     expected = {}
     rows = []
     for name, (data, outcome) in corpus(photo).items():
@@ -143,6 +144,7 @@ def classify(row: dict) -> str:
     return row["image_id"]
 
 
+@pytest.mark.slow  # whole-pipeline run
 def test_every_bad_input_is_one_clear_error_row_and_the_run_succeeds(bad_catalog, litert_model):
     output = bad_catalog["root"] / "out"
     started = time.monotonic()
@@ -242,6 +244,7 @@ def test_an_unreadable_file_is_permission_denied(tmp_path):
     assert proc.stdout.startswith("PermissionDenied permission denied reading"), proc.stdout
 
 
+@pytest.mark.slow  # whole-pipeline run
 def test_a_worker_fault_is_retried_without_duplicates_or_losses(bad_catalog, tmp_path, monkeypatch):
     """The first attempt at each batch holding a marker image fails after emitting part of
     its output; Beam retries the bundle, and the tables must still hold each row once."""
@@ -280,6 +283,7 @@ def test_a_worker_fault_is_retried_without_duplicates_or_losses(bad_catalog, tmp
     assert len(scores) == sum(v == SCORED for k, v in bad_catalog["expected"].items() if k in expected_csv_cases)
 
 
+@pytest.mark.slow  # whole-pipeline run
 def test_files_of_a_failed_write_attempt_are_not_published(bad_catalog, tmp_path, monkeypatch):
     """Each writer's first attempt writes its whole Parquet file and then dies; Beam retries
     the bundle, which writes another file. Only the committed files may be published."""
