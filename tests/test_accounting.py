@@ -18,6 +18,8 @@ import pipeline
 from aisthetics_transforms.records import error_types
 from aisthetics_transforms.sample import write_sample_catalog
 
+pytestmark = pytest.mark.slow  # whole-pipeline runs
+
 NIGHTS = ("2026-11-01", "2026-11-02")
 HOT_ROWS = 3000  # rows on one "no photo" placeholder uri
 

@@ -30,6 +30,7 @@ def photo(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow  # converts the model in a subprocess
 def test_a_cold_start_says_one_line_and_a_warm_one_nothing(tmp_path, photo):
     """The first scoring converts the model (TensorFlow prints ~150 lines doing it); the
     user sees one line saying so. Later ones print nothing but the results, unless --verbose."""

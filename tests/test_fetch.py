@@ -243,6 +243,7 @@ def test_http_retry_after_past_the_deadline_fails_at_once(server, base, session)
     assert server.hits[path] == 1
 
 
+@pytest.mark.slow  # a server held until the deadline
 def test_http_stalled_body_stops_at_the_deadline(base, session):
     limits = loopback(deadline=2, read_timeout=15)
     start = time.monotonic()
@@ -252,6 +253,7 @@ def test_http_stalled_body_stops_at_the_deadline(base, session):
     assert time.monotonic() - start < 2 + 0.75
 
 
+@pytest.mark.slow  # a server held until the deadline
 def test_http_body_stalling_late_stops_at_the_deadline(base, session):
     # A read that starts just before the deadline must not get a full read_timeout.
     limits = loopback(deadline=2, read_timeout=15)
@@ -260,6 +262,7 @@ def test_http_body_stalling_late_stops_at_the_deadline(base, session):
     assert time.monotonic() - start < 2 + 0.5
 
 
+@pytest.mark.slow  # a server held until the deadline
 def test_http_dribbled_body_stops_at_the_deadline(base, session):
     limits = loopback(deadline=2, read_timeout=1)
     start = time.monotonic()

@@ -17,6 +17,8 @@ import pytest
 from aisthetics_transforms import fetch
 from aisthetics_transforms.fetch import FetchError, FetchLimits
 
+pytestmark = pytest.mark.slow  # real servers that hold each fetch until a deadline of seconds passes
+
 DEADLINE = 2.0
 MARGIN = 0.75  # thread scheduling on a busy 2-core machine
 # read_timeout well above every gap the servers leave, so only the deadline can end a fetch.

@@ -12,6 +12,8 @@ from aisthetics_transforms import fetch
 from aisthetics_transforms.fetch import FetchError, FetchLimits
 from gcs_emulator import counting_proxy, gcs  # noqa: F401  (pytest fixture)
 
+pytestmark = pytest.mark.slow  # the GCS emulator
+
 DATA = bytes(range(256)) * 64  # 16 KiB
 LIMITS = FetchLimits(deadline=20)
 

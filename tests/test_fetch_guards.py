@@ -255,6 +255,7 @@ def test_each_redirect_hop_takes_a_slot_of_its_own_host(start_server):
     assert first.hits == second.hits == 8
 
 
+@pytest.mark.slow  # servers held until the deadline
 def test_waiting_for_a_host_slot_counts_against_the_deadline(start_server):
     slow = start_server(delay=3.0)
     limits = FetchLimits(allow_private_hosts=True, max_connections_per_host=1, deadline=1.0, retries=0)

@@ -20,6 +20,8 @@ from aisthetics_transforms.publish import FAULT_ENV
 from aisthetics_transforms.sample import write_sample_catalog
 from test_publish import assert_whole
 
+pytestmark = pytest.mark.slow  # subprocesses of python -m pipeline, killed
+
 DATE, EARLIER = "2026-11-28", "2026-11-27"
 # Named points of the publish (test_publish.py injects at every one in-process; here the
 # whole process dies): the first change to the visible partition, then its last steps.

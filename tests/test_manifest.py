@@ -266,6 +266,7 @@ def test_reserved_keep_column_is_refused():
 # --------------------------------------------------------------------------- pipeline
 
 
+@pytest.mark.slow  # a Beam pipeline
 def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
     write(tmp_path / "m-0.csv", CSV_TEXT)
     write(tmp_path / "m-1.jsonl", JSONL_TEXT)
@@ -319,6 +320,7 @@ def test_refs_know_their_file_and_line(tmp_path):
     assert [r.source for r in refs] == [f"{path}:2", f"{path}:4"]
 
 
+@pytest.mark.slow  # a Beam pipeline
 def test_duplicate_image_ids_keep_the_first_row_in_manifest_order(tmp_path):
     first = write(tmp_path / "a.csv", "image_id,uri\nx,/1.jpg\ny,/2.jpg\n")
     second = write(tmp_path / "b.csv", "image_id,uri\nx,/3.jpg\nx,/4.jpg\n")

@@ -8,11 +8,14 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from aisthetics_transforms import manifest
 from aisthetics_transforms.manifest import ManifestSpec
 from gcs_emulator import gcs  # noqa: F401  (pytest fixture)
 from manifest_reading import pieces_as_rows
+
+pytestmark = pytest.mark.slow  # the GCS emulator
 
 
 def manifest_files_in(tmp_path) -> dict[str, bytes]:

@@ -143,6 +143,7 @@ def test_a_corrupt_parquet_row_group_is_one_error_row(tmp_path):
     assert error["error_message"].startswith(f"manifest {path} cannot be read from row 11: ")
 
 
+@pytest.mark.slow  # a Beam pipeline
 def test_bad_later_files_of_a_glob_are_error_rows_in_a_pipeline(tmp_path):
     (tmp_path / "a.csv").write_text("uri,image_id\n/a.jpg,a\n")
     (tmp_path / "b.csv").write_text("url,image_id\n/b.jpg,b\n")  # no uri column
@@ -251,6 +252,7 @@ def test_images_with_a_relative_glob_are_stored_as_absolute_paths(tmp_path, monk
 # --------------------------------------------------------------------------- a whole night
 
 
+@pytest.mark.slow  # a whole-pipeline run
 def test_a_night_of_hostile_manifests_succeeds_with_every_bad_row_an_error_row(tmp_path, litert_model):
     """``python -m pipeline`` over a glob of the files above: exit 0, good rows scored, one
     error row per bad row or file, every table written."""

@@ -152,6 +152,7 @@ def test_csv_and_compressed_files_are_one_piece(tmp_path):
         assert refs[0].source == f"{file.path}:{2 if file.format == 'csv' else 1}"
 
 
+@pytest.mark.slow  # a Beam pipeline
 def test_pipeline_reads_a_parquet_and_a_jsonl_in_several_pieces_as_in_one(tmp_path):
     """Row groups and byte ranges are separate work items (the manifest_splits counter),
     and the refs and errors equal reading each file as one piece, duplicates included:

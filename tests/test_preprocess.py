@@ -138,6 +138,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.slow  # a subprocess measures its peak memory on each hostile image
 def test_hostile_images_are_refused_with_little_memory(tmp_path):
     """Decoded in a child process whose peak memory is measured against its own baseline
     (after imports and one ordinary image): at --max_pixels=1000000, as the issue ran it."""

@@ -43,6 +43,7 @@ def catalog(tmp_path_factory):
     return write_sample_catalog(tmp_path_factory.mktemp("progress") / "catalog", count=24)
 
 
+@pytest.mark.slow  # python -m pipeline
 def test_in_a_log_a_run_prints_plain_progress_lines_and_ends_with_the_summary(catalog, tmp_path):
     output = tmp_path / "out"
     started = time.monotonic()
@@ -62,6 +63,7 @@ def test_in_a_log_a_run_prints_plain_progress_lines_and_ends_with_the_summary(ca
     assert not [line for _, line in lines if "Traceback" in line or "WARNING" in line]
 
 
+@pytest.mark.slow  # python -m pipeline
 def test_on_a_terminal_a_run_says_what_it_does_within_two_seconds_and_updates_the_line_in_place(catalog, tmp_path):
     parent, child = pty.openpty()
     chunks: list[tuple[float, bytes]] = []
@@ -93,6 +95,7 @@ def test_on_a_terminal_a_run_says_what_it_does_within_two_seconds_and_updates_th
     assert "aisthetics: 27 rows in " in text
 
 
+@pytest.mark.slow  # python -m pipeline
 def test_incremental_with_no_earlier_night_says_so_in_one_line(catalog, tmp_path):
     output = tmp_path / "out"
     proc = subprocess.run(

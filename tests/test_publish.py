@@ -158,7 +158,8 @@ def fault_then_recover(output: str, step: str, then: str) -> None:
 # Faults
 
 
-@pytest.mark.parametrize("then", ["retry", "rerun"])
+# A new run waits for the failed run's claim to go stale (a second each): the slow set.
+@pytest.mark.parametrize("then", ["retry", pytest.param("rerun", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("step", STEPS)
 def test_a_fault_at_any_step_leaves_one_whole_night(tmp_path, step, then):
     fault_then_recover(str(tmp_path / "out"), step, then)
@@ -288,6 +289,7 @@ def test_a_waiting_run_gives_up_after_its_wait_with_one_clear_line(tmp_path):
     assert_whole(output, {run.run_id: NEW})
 
 
+@pytest.mark.slow  # waits out a lock's time to live
 def test_a_dead_runs_claim_expires_and_a_live_one_is_kept(tmp_path):
     output = str(tmp_path / "out")
     claims = layout.claims_dir(output, DATE)

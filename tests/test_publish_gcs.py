@@ -17,6 +17,8 @@ from test_publish import (
     stage, visible_files,
 )
 
+pytestmark = pytest.mark.slow  # the GCS emulator
+
 
 @pytest.fixture
 def output(gcs) -> str:
