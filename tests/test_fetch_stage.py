@@ -13,7 +13,6 @@ import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from aisthetics_transforms.bundles import WorkPool
 from aisthetics_transforms.fetch import FetchLimits, check_version
 from aisthetics_transforms.fetch.transform import OUTCOMES, FetchImages
 from aisthetics_transforms.records import STATS, PreviousScore, Score, UriTask
@@ -172,7 +171,8 @@ def test_every_uri_ends_as_one_claim_or_one_outcome_per_row_bucket(base, tmp_pat
                       "uris_same_content": 1}
 
 
-@pytest.mark.parametrize("threads", [1, 4])
+# One thread takes 30 slow requests one after another (seconds): the slow set.
+@pytest.mark.parametrize("threads", [pytest.param(1, marks=pytest.mark.slow), 4])
 def test_threads_fetch_at_once_and_every_uri_comes_out_once(server, base, threads):
     tasks = [UriTask(f"{base}/slow/{threads}/{i}", (i % 3,)) for i in range(30)]
     with server.lock:
@@ -184,6 +184,7 @@ def test_threads_fetch_at_once_and_every_uri_comes_out_once(server, base, thread
     assert server.most_active == threads
 
 
+@pytest.mark.slow  # a silent host, waited on until the deadline
 def test_a_dead_host_holds_one_thread_for_one_deadline_not_the_window(base, dead_host):
     """Four uris of a host that never answers, spread among forty slow ones: results leave
     as they finish, so they add about one deadline to the run, not one per dead uri."""
@@ -202,19 +203,3 @@ def test_a_dead_host_holds_one_thread_for_one_deadline_not_the_window(base, dead
     assert len(claims) == 40
     assert sorted(o.failure.error_type for _, o in outcomes) == ["DeadlineExceeded"] * 4
     assert with_dead - alive_only < 1.5 * deadline, (alive_only, with_dead)
-
-
-def test_work_pool_hands_back_finished_calls_before_a_slow_one():
-    pool = WorkPool(threads=3, per_thread=4, name="test")
-    pool.start()
-    started = time.monotonic()
-    returned = []
-    for i in range(20):
-        for element, future in pool.submit(i, time.sleep, 1.5 if i == 0 else 0.01):
-            future.result()
-            returned.append((element, time.monotonic() - started))
-    returned += [(element, time.monotonic() - started) for element, future in pool.drain()]
-    pool.shutdown()
-    assert sorted(e for e, _ in returned) == list(range(20))
-    assert returned[-1][0] == 0  # the slow call came last...
-    assert all(t < 1.4 for e, t in returned if e != 0)  # ...and held back nothing
