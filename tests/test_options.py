@@ -170,6 +170,15 @@ def test_bad_options_are_refused_before_anything_runs(tmp_path):
     assert not output.exists()
 
 
+def test_an_error_reaches_the_user_as_its_first_line_without_beams_additions():
+    beam_wrapped = RuntimeError("manifest m.csv: column 'uri' not found [while running 'ReadManifest/Read']\n"
+                                "Traceback (most recent call last):\n  ...")
+    assert pipeline.one_line(beam_wrapped) == "manifest m.csv: column 'uri' not found"
+    problems = ["--batch_size must be at least 1, got 0", "--fetch_threads must be at least 1, got 0"]
+    assert pipeline.one_line(OptionsError(problems)) == "; ".join(problems)
+    assert pipeline.one_line(MemoryError()) == "MemoryError"  # no message: its type says what happened
+
+
 # --- the command a user runs (each a subprocess of ``python -m pipeline``: slow) ------------
 
 
