@@ -55,7 +55,8 @@ def expected_outputs(tasks: list[ContentTask], contents: list[bytes]) -> tuple[l
     return decoded, failed
 
 
-@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=pytest.mark.slow), 5])
+# A Beam pipeline each: the fast set keeps the many-threaded one.
+@pytest.mark.parametrize("threads", [pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow), 5])
 def test_decode_threads_give_the_same_outputs_and_failures(threads, tmp_path):
     """More good images than two threads keep in flight, so outputs leave from ``process``
     as well as ``finish_bundle``; bad ones in between."""

@@ -226,6 +226,7 @@ def test_http_503_forever_gives_up_after_retries(server, base, session):
     assert server.hits[path] == FAST.retries + 1
 
 
+@pytest.mark.slow  # waits out a one-second Retry-After
 def test_http_429_honours_retry_after(server, base, session):
     path = _unique("/ratelimited")
     start = time.monotonic()

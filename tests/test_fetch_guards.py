@@ -214,6 +214,7 @@ def test_pseudo_files_are_refused_even_through_a_symlink(tmp_path, target):
 # --- per-host connections ------------------------------------------------------
 
 
+@pytest.mark.slow  # 48 requests to servers that take 0.15 s each
 def test_requests_to_one_host_are_limited_process_wide(start_server):
     slow_a, slow_b = start_server(delay=0.15), start_server(delay=0.15)
     limits = FetchLimits(allow_private_hosts=True, max_connections_per_host=3)
@@ -300,6 +301,7 @@ def test_bodies_in_flight_stay_within_the_byte_budget(start_server):
     assert 6 * 2**20 <= BYTES_IN_FLIGHT.peak <= 8 * 2**20  # two bodies at once, never three
 
 
+@pytest.mark.slow  # a subprocess measures its peak memory over 300 MB of bodies
 def test_many_large_bodies_peak_at_the_budget_not_their_sum(start_server):
     """30 bodies of 10 MB on 16 threads: the bytes Python holds at once (tracemalloc's
     peak, which the allocator's caching does not blur) stay near the 40 MiB budget, not

@@ -234,6 +234,7 @@ def test_a_path_that_exists_literally_is_that_file_not_a_glob(tmp_path):
 # --------------------------------------------------------------------------- --images
 
 
+@pytest.mark.slow  # a Beam pipeline
 def test_images_with_a_relative_glob_are_stored_as_absolute_paths(tmp_path, monkeypatch):
     (tmp_path / "photos").mkdir()
     for name in ("b.jpg", "a.jpg"):

@@ -190,6 +190,7 @@ def test_every_bad_input_is_one_clear_error_row_and_the_run_succeeds(bad_catalog
     assert "already used" in messages["duplicate"]
 
 
+@pytest.mark.slow  # a subprocess measures its peak memory
 def test_memory_stays_bounded_on_bombs_and_oversized_files(tmp_path):
     big = tmp_path / "huge.jpg"
     with open(big, "wb") as f:  # 2 GB, sparse: costs no disk
