@@ -2,6 +2,7 @@
 
 This file is also what Dataflow stages with ``--setup_file=./setup.py``.
 """
+
 from setuptools import find_packages, setup
 
 setup(

@@ -1,4 +1,5 @@
 """Test helper: manifest pieces read as the pipeline reads them, as plain rows to compare."""
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -30,8 +31,10 @@ def pieces_as_rows(pieces, spec):
                 assert item.schema == records.refs_schema(spec.keep_columns)
                 assert set(item.column("manifest_file").to_pylist()) <= {piece.file.number}
                 positions = item.column("manifest_line").to_pylist()
-                refs += [ref._replace(source=f"{piece.file.path}:{position}")
-                         for ref, position in zip(records.table_refs(item, spec.keep_columns), positions)]
+                refs += [
+                    ref._replace(source=f"{piece.file.path}:{position}")
+                    for ref, position in zip(records.table_refs(item, spec.keep_columns), positions)
+                ]
             else:
                 errors.append(item)
     return refs, errors

@@ -1,6 +1,7 @@
 """The accounting invariant on a catalog built to stress it: every manifest row ends in
 exactly one of the two tables, once, whatever shares a uri, a content or an image_id,
 whatever fails, on a first night and on an incremental one."""
+
 from __future__ import annotations
 
 import collections
@@ -17,6 +18,8 @@ import pytest
 import pipeline
 from aisthetics_transforms.records import error_types
 from aisthetics_transforms.sample import write_sample_catalog
+
+pytestmark = pytest.mark.slow  # whole-pipeline runs
 
 NIGHTS = ("2026-11-01", "2026-11-02")
 HOT_ROWS = 3000  # rows on one "no photo" placeholder uri
@@ -60,13 +63,24 @@ def catalog(tmp_path_factory):
 
 
 def run_night(catalog, output: Path, run_date: str, *extra: str) -> dict:
-    argv = [f"--manifest={catalog['manifest']}", f"--output={output}", f"--run_date={run_date}",
-            "--direct_running_mode=in_memory", "--batch_size=4", "--allow_private_hosts", *extra]
+    argv = [
+        f"--manifest={catalog['manifest']}",
+        f"--output={output}",
+        f"--run_date={run_date}",
+        "--direct_running_mode=in_memory",
+        "--batch_size=4",
+        "--allow_private_hosts",
+        *extra,
+    ]
     return pipeline.run(argv).summary
 
 
 def table(output: Path, name: str, run_date: str) -> list[dict]:
-    return duckdb.sql(f"SELECT * FROM read_parquet('{output}/{name}/dt={run_date}/*.parquet')").to_arrow_table().to_pylist()
+    return (
+        duckdb.sql(f"SELECT * FROM read_parquet('{output}/{name}/dt={run_date}/*.parquet')")
+        .to_arrow_table()
+        .to_pylist()
+    )
 
 
 def check_every_row_once(catalog, output: Path, run_date: str, summary: dict) -> tuple[list, list]:
@@ -81,7 +95,9 @@ def check_every_row_once(catalog, output: Path, run_date: str, summary: dict) ->
     repeated = [e for e in errors if e["error_type"] == "DuplicateImageId"]
     assert [e["image_id"] for e in repeated] == ["photo-0-0"]
     by_id = collections.Counter(r["image_id"] for r in scores + errors)
-    expected = collections.Counter(image_id or f"{catalog['manifest']}:{line}" for line, (image_id, _) in enumerate(rows, 2))
+    expected = collections.Counter(
+        image_id or f"{catalog['manifest']}:{line}" for line, (image_id, _) in enumerate(rows, 2)
+    )
     assert +by_id == +expected
     return scores, errors
 
@@ -116,7 +132,8 @@ def test_incremental_night_reuses_every_unchanged_row_and_still_counts_each_once
     assert summary["version_checks"] >= len(catalog["photos"])
     before = {r["image_id"]: r for r in table(output, "scores", NIGHTS[0])}
     assert {r["image_id"]: (r["mean_score"], r["scored_at"]) for r in scores} == {
-        i: (r["mean_score"], r["scored_at"]) for i, r in before.items()}
+        i: (r["mean_score"], r["scored_at"]) for i, r in before.items()
+    }
 
 
 def test_an_unreadable_file_of_the_earlier_night_only_means_scoring_again(catalog, tmp_path):

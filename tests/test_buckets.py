@@ -1,4 +1,5 @@
 """Hash buckets: the same bucket for the same key in every process, and nothing lost or doubled."""
+
 from __future__ import annotations
 
 import subprocess
@@ -32,7 +33,9 @@ def test_hashes_depend_on_the_value_only():
 
 
 def test_keys_spread_over_the_buckets():
-    counts = np.bincount(buckets.buckets_of(pa.array([f"/images/{i:06d}.jpg" for i in range(40_000)]), 16), minlength=16)
+    counts = np.bincount(
+        buckets.buckets_of(pa.array([f"/images/{i:06d}.jpg" for i in range(40_000)]), 16), minlength=16
+    )
     assert counts.min() > 0.9 * 40_000 / 16 and counts.max() < 1.1 * 40_000 / 16
 
 

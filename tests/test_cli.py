@@ -1,5 +1,6 @@
 """The ``aisthetics`` command as a user meets it: a quiet first start, and every mistake
 one line on stderr with a documented exit status."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def aisthetics(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aisthetics_transforms.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "aisthetics_transforms.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +36,7 @@ def photo(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow  # converts the model in a subprocess
 def test_a_cold_start_says_one_line_and_a_warm_one_nothing(tmp_path, photo):
     """The first scoring converts the model (TensorFlow prints ~150 lines doing it); the
     user sees one line saying so. Later ones print nothing but the results, unless --verbose."""
@@ -60,7 +67,10 @@ MISTAKES = {
     "missing-weights": (("score", "--weights={tmp}/none.hdf5", "{photo}"), "weights file '{tmp}/none.hdf5' not found"),
     "image-as-weights": (("score", "--weights={photo}", "{photo}"), "is not a readable HDF5 file"),
     "report-of-nothing": (("report", "{tmp}/no-output"), "no published night under {tmp}/no-output"),
-    "report-bad-date": (("report", "{tmp}", "--run_date=2026-1-5"), "run_date must be a date written YYYY-MM-DD, got '2026-1-5'"),
+    "report-bad-date": (
+        ("report", "{tmp}", "--run_date=2026-1-5"),
+        "run_date must be a date written YYYY-MM-DD, got '2026-1-5'",
+    ),
     "report-bad-top": (("report", "{tmp}", "--top=0"), "--top must be between 1 and"),
 }
 
@@ -84,9 +94,13 @@ def test_ctrl_c_is_one_line_and_130_even_with_a_read_blocked(tmp_path, photo, li
     (``litert_model``: the shared model cache is warm, so nothing else is said.)"""
     fifo = tmp_path / "never-written.jpg"
     os.mkfifo(fifo)
-    proc = subprocess.Popen([sys.executable, "-m", "aisthetics_transforms.cli", "score", str(photo), str(fifo)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aisthetics_transforms.cli", "score", str(photo), str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         deadline = time.monotonic() + 120
         while True:  # opening for writing succeeds once the command has opened it for reading

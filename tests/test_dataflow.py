@@ -5,6 +5,7 @@ the job spec to a local file instead of submitting it, so Google is never contac
 With runner v2 (the only one for Python) the spec carries no ``steps``: the graph
 is the Beam pipeline proto staged as ``pipeline.pb`` and named by ``pipelineUrl``.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,26 +23,46 @@ from pathlib import Path
 import apache_beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from apache_beam.portability.api import beam_runner_api_pb2
+from gcs_emulator import PROJECT, gcs  # noqa: F401  (gcs is a pytest fixture)
 from packaging.specifiers import SpecifierSet
 
 from aisthetics_transforms.model import engine_name, local_weights, model_version
 from aisthetics_transforms.write import scores_schema
-from gcs_emulator import PROJECT, gcs  # noqa: F401  (gcs is a pytest fixture)
+
+pytestmark = pytest.mark.slow  # the real DataflowRunner translating the graph, staging to the emulator
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_DATE = "2026-11-28"
 TIMEOUT = 110  # seconds per translation; each takes ~6 s here
-STAGES = ("UniqueImageIds", "PlanFetches", "FetchImages", "DedupeContent", "DecodeImages", "ScoreImages", "JoinRows", "WriteTables")
-PACKAGE_FILES = ("setup.py", "pipeline/__init__.py", "pipeline/options.py", "aisthetics_transforms/score.py",
-                 "aisthetics_transforms/write.py", "aisthetics_transforms/dedupe.py")
+STAGES = (
+    "UniqueImageIds",
+    "PlanFetches",
+    "FetchImages",
+    "DedupeContent",
+    "DecodeImages",
+    "ScoreImages",
+    "JoinRows",
+    "WriteTables",
+)
+PACKAGE_FILES = (
+    "setup.py",
+    "pipeline/__init__.py",
+    "pipeline/options.py",
+    "aisthetics_transforms/score.py",
+    "aisthetics_transforms/write.py",
+    "aisthetics_transforms/dedupe.py",
+)
 
 
 def translate(gcs, tmp_path: Path, source_args: list[str], root: str) -> tuple[dict, float]:
     """Run ``python -m pipeline`` with the DataflowRunner into a template; return the spec."""
     template = tmp_path / "job.json"
     cmd = [
-        sys.executable, "-m", "pipeline",
+        sys.executable,
+        "-m",
+        "pipeline",
         "--runner=DataflowRunner",
         # "p" would fail Beam's project-id validation (6-30 chars); any valid id works offline.
         f"--project={PROJECT}",
@@ -89,7 +110,9 @@ def nearest_shuffle(proto: beam_runner_api_pb2.Pipeline, name: str) -> str:
     """The GroupByKey that feeds the transform ``name`` most directly: walking up its
     input through the transforms fused with it (anything but a GroupByKey)."""
     transforms = proto.components.transforms
-    producer = {pcoll: t.unique_name for t in transforms.values() if not t.subtransforms for pcoll in t.outputs.values()}
+    producer = {
+        pcoll: t.unique_name for t in transforms.values() if not t.subtransforms for pcoll in t.outputs.values()
+    }
     by_name = {t.unique_name: t for t in transforms.values()}
     current = by_name[name]
     for _ in range(100):
@@ -124,7 +147,9 @@ def check_spec(gcs, job: dict, root: str, source_stage: str) -> None:
     # The per-image stages sit behind a shuffle of one element per uri / per content, not a
     # bucket of rows: Dataflow spreads them over every worker and can split them.
     proto = staged_proto(gcs, job)
-    assert nearest_shuffle(proto, "FetchImages").startswith("PlanFetches/SpreadUris/"), nearest_shuffle(proto, "FetchImages")
+    assert nearest_shuffle(proto, "FetchImages").startswith("PlanFetches/SpreadUris/"), nearest_shuffle(
+        proto, "FetchImages"
+    )
     assert nearest_shuffle(proto, "DecodeImages").startswith("SpreadContents/")
     if source_stage == "ReadManifest":  # manifests are read in pieces spread over the workers
         assert nearest_shuffle(proto, "ReadManifest/ReadSplits").startswith("ReadManifest/SpreadSplits/")
@@ -160,9 +185,9 @@ def check_spec(gcs, job: dict, root: str, source_stage: str) -> None:
     assert options["save_main_session"] is False
 
 
-def test_dataflow_template_from_manifest(gcs, ava, tmp_path):
+def test_dataflow_template_from_manifest(gcs, photos, tmp_path):
     root = f"dataflow-manifest-{uuid.uuid4().hex[:8]}"
-    uris = [gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in sorted(ava.glob("*.jpg"))[:2]]
+    uris = [gcs.upload_file(f"{root}/imgs/photo-{i}.jpg", p) for i, p in enumerate(photos[:2])]
     manifest = gcs.upload_bytes(f"{root}/manifest.csv", ("uri\n" + "\n".join(uris) + "\n").encode(), "text/csv")
     job, seconds = translate(gcs, tmp_path, [f"--manifest={manifest}"], root)
     check_spec(gcs, job, root, "ReadManifest")
@@ -170,10 +195,10 @@ def test_dataflow_template_from_manifest(gcs, ava, tmp_path):
     assert seconds < 100
 
 
-def test_dataflow_template_from_image_glob(gcs, ava, tmp_path):
+def test_dataflow_template_from_image_glob(gcs, photos, tmp_path):
     root = f"dataflow-images-{uuid.uuid4().hex[:8]}"
-    for p in sorted(ava.glob("*.jpg"))[:2]:
-        gcs.upload_file(f"{root}/imgs/{p.name}", p)
+    for i, p in enumerate(photos[:2]):
+        gcs.upload_file(f"{root}/imgs/photo-{i}.jpg", p)
     pattern = gcs.uri(f"{root}/imgs/*.jpg")
     job, seconds = translate(gcs, tmp_path, [f"--images={pattern}"], root)
     check_spec(gcs, job, root, "ListImages")
@@ -187,9 +212,18 @@ def scores_partition_bytes(uris: list[str]) -> bytes:
     scored_at = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
     predictions = [0.0, 0.0, 0.05, 0.15, 0.3, 0.3, 0.15, 0.05, 0.0, 0.0]
     rows = [
-        {"image_id": uri, "uri": uri, "mean_score": 5.5, "sd_score": 1.4, "predictions": predictions,
-         "model_version": version, "scored_at": scored_at, "content_sha256": f"{i:064x}",
-         "source_version": f"size=1;updated={i}.0", "reused": False}
+        {
+            "image_id": uri,
+            "uri": uri,
+            "mean_score": 5.5,
+            "sd_score": 1.4,
+            "predictions": predictions,
+            "model_version": version,
+            "scored_at": scored_at,
+            "content_sha256": f"{i:064x}",
+            "source_version": f"size=1;updated={i}.0",
+            "reused": False,
+        }
         for i, uri in enumerate(uris)
     ]
     buffer = io.BytesIO()
@@ -197,16 +231,18 @@ def scores_partition_bytes(uris: list[str]) -> bytes:
     return buffer.getvalue()
 
 
-def test_dataflow_template_incremental(gcs, ava, tmp_path):
+def test_dataflow_template_incremental(gcs, photos, tmp_path):
     root = f"dataflow-incremental-{uuid.uuid4().hex[:8]}"
-    uris = [gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in sorted(ava.glob("*.jpg"))[:2]]
+    uris = [gcs.upload_file(f"{root}/imgs/photo-{i}.jpg", p) for i, p in enumerate(photos[:2])]
     manifest = gcs.upload_bytes(f"{root}/manifest.csv", ("uri\n" + "\n".join(uris) + "\n").encode(), "text/csv")
     run_id = "20261127T030000000000Z-abc123"  # a published night: its files and the summary naming their run
     previous = gcs.upload_bytes(
-        f"{root}/out/scores/dt=2026-11-27/{run_id}-scores-0.parquet", scores_partition_bytes(uris))
+        f"{root}/out/scores/dt=2026-11-27/{run_id}-scores-0.parquet", scores_partition_bytes(uris)
+    )
     # A file of a run that died while publishing: in the partition, but not of the published night.
-    gcs.upload_bytes(f"{root}/out/scores/dt=2026-11-27/20261127T020000000000Z-dead00-scores-0.parquet",
-                     scores_partition_bytes(uris))
+    gcs.upload_bytes(
+        f"{root}/out/scores/dt=2026-11-27/20261127T020000000000Z-dead00-scores-0.parquet", scores_partition_bytes(uris)
+    )
     summary = {"run_id": run_id, "run_date": "2026-11-27", "rows": len(uris)}
     gcs.upload_bytes(f"{root}/out/runs/dt=2026-11-27/summary.json", json.dumps(summary).encode(), "application/json")
     job, seconds = translate(gcs, tmp_path, [f"--manifest={manifest}", "--incremental"], root)

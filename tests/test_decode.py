@@ -1,5 +1,6 @@
 """The decode stage in a pipeline: a pool of decode threads gives exactly what decoding
 one image at a time gives, with every failure reported for its content."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,11 +12,11 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
+from test_scoring import png_declaring
 
 from aisthetics_transforms.decode import FAILED, IN_FLIGHT_PER_THREAD, DecodeImages
 from aisthetics_transforms.preprocess import ImageDecodeError, decode_image_and_orientation
 from aisthetics_transforms.records import ContentTask
-from test_scoring import png_declaring
 
 
 def jpeg(seed: int, size: tuple[int, int]) -> bytes:
@@ -35,7 +36,12 @@ def write_contents(directory, contents: list[bytes]) -> list[ContentTask]:
 
 
 def summary(decoded) -> tuple:
-    return decoded.content_sha256, decoded.uri, hashlib.sha256(decoded.pixels.tobytes()).hexdigest(), decoded.pixels.shape
+    return (
+        decoded.content_sha256,
+        decoded.uri,
+        hashlib.sha256(decoded.pixels.tobytes()).hexdigest(),
+        decoded.pixels.shape,
+    )
 
 
 def failure_key(result) -> tuple:
@@ -51,11 +57,16 @@ def expected_outputs(tasks: list[ContentTask], contents: list[bytes]) -> tuple[l
         except ImageDecodeError as exc:
             failed.append((task.content_sha256, "decode", exc.error_type))
             continue
-        decoded.append((task.content_sha256, task.sources[0][0], hashlib.sha256(pixels.tobytes()).hexdigest(), (224, 224, 3)))
+        decoded.append(
+            (task.content_sha256, task.sources[0][0], hashlib.sha256(pixels.tobytes()).hexdigest(), (224, 224, 3))
+        )
     return decoded, failed
 
 
-@pytest.mark.parametrize("threads", [1, 2, 5])
+# A Beam pipeline each: the fast set keeps the many-threaded one.
+@pytest.mark.parametrize(
+    "threads", [pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow), 5]
+)
 def test_decode_threads_give_the_same_outputs_and_failures(threads, tmp_path):
     """More good images than two threads keep in flight, so outputs leave from ``process``
     as well as ``finish_bundle``; bad ones in between."""

@@ -1,4 +1,5 @@
 """Fetch stage against a real HTTP server on 127.0.0.1 and real local files."""
+
 from __future__ import annotations
 
 import collections
@@ -15,6 +16,8 @@ from aisthetics_transforms import fetch
 from aisthetics_transforms.fetch import FetchError, FetchLimits, fetch_bytes
 
 PAYLOAD = bytes(range(256)) * 40  # 10240 bytes
+
+
 # Small waits so failures and retries are quick; the deadline tests set their own.
 def loopback(**fields) -> FetchLimits:
     """Limits for servers on 127.0.0.1, which the address guard refuses by default."""
@@ -226,6 +229,7 @@ def test_http_503_forever_gives_up_after_retries(server, base, session):
     assert server.hits[path] == FAST.retries + 1
 
 
+@pytest.mark.slow  # waits out a one-second Retry-After
 def test_http_429_honours_retry_after(server, base, session):
     path = _unique("/ratelimited")
     start = time.monotonic()
@@ -243,6 +247,7 @@ def test_http_retry_after_past_the_deadline_fails_at_once(server, base, session)
     assert server.hits[path] == 1
 
 
+@pytest.mark.slow  # a server held until the deadline
 def test_http_stalled_body_stops_at_the_deadline(base, session):
     limits = loopback(deadline=2, read_timeout=15)
     start = time.monotonic()
@@ -252,6 +257,7 @@ def test_http_stalled_body_stops_at_the_deadline(base, session):
     assert time.monotonic() - start < 2 + 0.75
 
 
+@pytest.mark.slow  # a server held until the deadline
 def test_http_body_stalling_late_stops_at_the_deadline(base, session):
     # A read that starts just before the deadline must not get a full read_timeout.
     limits = loopback(deadline=2, read_timeout=15)
@@ -260,6 +266,7 @@ def test_http_body_stalling_late_stops_at_the_deadline(base, session):
     assert time.monotonic() - start < 2 + 0.5
 
 
+@pytest.mark.slow  # a server held until the deadline
 def test_http_dribbled_body_stops_at_the_deadline(base, session):
     limits = loopback(deadline=2, read_timeout=1)
     start = time.monotonic()
@@ -348,11 +355,14 @@ def test_unsupported_scheme():
     assert "ftp://example.com/a.jpg" in str(err)
 
 
-@pytest.mark.parametrize("uri, error_type", [
-    ("gs://", "InvalidUri"),
-    ("gs://bucket-only", "InvalidUri"),
-    ("gs://bucket/folder/", "IsADirectory"),
-])
+@pytest.mark.parametrize(
+    "uri, error_type",
+    [
+        ("gs://", "InvalidUri"),
+        ("gs://bucket-only", "InvalidUri"),
+        ("gs://bucket/folder/", "IsADirectory"),
+    ],
+)
 def test_malformed_gcs_uri_refused_without_contacting_gcs(uri, error_type):
     start = time.monotonic()
     _fails(error_type, uri)

@@ -1,6 +1,7 @@
 """Deadlines that hold: raw-socket servers on 127.0.0.1 that answer too slowly in every
 way a read timeout cannot catch (each byte arrives well within it), and a report whose
 thumbnails must finish, interpreter exit included, within their budget."""
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,14 @@ import pytest
 from aisthetics_transforms import fetch
 from aisthetics_transforms.fetch import FetchError, FetchLimits
 
+pytestmark = pytest.mark.slow  # real servers that hold each fetch until a deadline of seconds passes
+
 DEADLINE = 2.0
 MARGIN = 0.75  # thread scheduling on a busy 2-core machine
 # read_timeout well above every gap the servers leave, so only the deadline can end a fetch.
-LIMITS = FetchLimits(deadline=DEADLINE, read_timeout=5, connect_timeout=2, retries=3, backoff=0.05,
-                     allow_private_hosts=True)
+LIMITS = FetchLimits(
+    deadline=DEADLINE, read_timeout=5, connect_timeout=2, retries=3, backoff=0.05, allow_private_hosts=True
+)
 DRIP = 0.1  # seconds between two bytes
 
 
@@ -39,7 +43,7 @@ def _drip(conn: socket.socket, data: bytes, stop: threading.Event) -> None:
     for i in range(len(data)):
         if stop.wait(DRIP):
             return
-        conn.sendall(data[i:i + 1])
+        conn.sendall(data[i : i + 1])
 
 
 def dribble_status_line(conn, stop):
@@ -198,7 +202,9 @@ found = report.fetch_thumbnails({uris!r}, limits, workers=4, budget_s={budget})
 print(json.dumps({{"started": started, "problems": sorted({{t.problem for t in found.values()}})}}), flush=True)
 """
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     out, err = proc.communicate(timeout=60)
     exited = time.time()
     assert proc.returncode == 0, err

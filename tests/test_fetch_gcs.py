@@ -1,5 +1,6 @@
 """gs:// fetches and version checks against the real GCS emulator, with every request the
 client makes counted by a recording proxy in between (each one is billed on GCS)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,10 +8,12 @@ import time
 import uuid
 
 import pytest
+from gcs_emulator import counting_proxy, gcs  # noqa: F401  (pytest fixture)
 
 from aisthetics_transforms import fetch
 from aisthetics_transforms.fetch import FetchError, FetchLimits
-from gcs_emulator import counting_proxy, gcs  # noqa: F401  (pytest fixture)
+
+pytestmark = pytest.mark.slow  # the GCS emulator
 
 DATA = bytes(range(256)) * 64  # 16 KiB
 LIMITS = FetchLimits(deadline=20)

@@ -1,5 +1,6 @@
 """Address and path guards, the per-host connection limit, the byte budget and the error
 types, against real servers on 127.0.0.1 and real files."""
+
 from __future__ import annotations
 
 import hashlib
@@ -55,7 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             time.sleep(server.delay)
             if self.path.startswith("/to/"):
-                status, body, extra = 302, b"", [("Location", self.path[len("/to/"):])]
+                status, body, extra = 302, b"", [("Location", self.path[len("/to/") :])]
             elif self.path == "/secret-500":
                 status, body, extra = 500, SECRET, []
             else:
@@ -100,24 +101,27 @@ def _error(uri, limits=FetchLimits()) -> FetchError:
 # --- addresses ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("address, private, never", [
-    ("169.254.169.254", False, True),
-    ("169.254.1.1", False, True),
-    ("fe80::1", False, True),
-    ("fd00:ec2::254", False, True),
-    ("::ffff:169.254.169.254", False, True),  # IPv4-mapped
-    ("64:ff9b::a9fe:a9fe", False, True),  # NAT64 of 169.254.169.254
-    ("0.0.0.0", False, True),
-    ("127.0.0.1", True, False),
-    ("::1", True, False),
-    ("10.1.2.3", True, False),
-    ("172.31.255.1", True, False),
-    ("192.168.0.10", True, False),
-    ("100.64.0.1", True, False),
-    ("fd12:3456::1", True, False),
-    ("93.184.215.14", False, False),
-    ("2606:4700::1111", False, False),
-])
+@pytest.mark.parametrize(
+    "address, private, never",
+    [
+        ("169.254.169.254", False, True),
+        ("169.254.1.1", False, True),
+        ("fe80::1", False, True),
+        ("fd00:ec2::254", False, True),
+        ("::ffff:169.254.169.254", False, True),  # IPv4-mapped
+        ("64:ff9b::a9fe:a9fe", False, True),  # NAT64 of 169.254.169.254
+        ("0.0.0.0", False, True),
+        ("127.0.0.1", True, False),
+        ("::1", True, False),
+        ("10.1.2.3", True, False),
+        ("172.31.255.1", True, False),
+        ("192.168.0.10", True, False),
+        ("100.64.0.1", True, False),
+        ("fd12:3456::1", True, False),
+        ("93.184.215.14", False, False),
+        ("2606:4700::1111", False, False),
+    ],
+)
 def test_address_classes(address, private, never):
     ip = ipaddress.ip_address(address)
     refused_by_default = address_problem(ip, allow_private=False)
@@ -214,6 +218,7 @@ def test_pseudo_files_are_refused_even_through_a_symlink(tmp_path, target):
 # --- per-host connections ------------------------------------------------------
 
 
+@pytest.mark.slow  # 48 requests to servers that take 0.15 s each
 def test_requests_to_one_host_are_limited_process_wide(start_server):
     slow_a, slow_b = start_server(delay=0.15), start_server(delay=0.15)
     limits = FetchLimits(allow_private_hosts=True, max_connections_per_host=3)
@@ -243,7 +248,9 @@ def test_each_redirect_hop_takes_a_slot_of_its_own_host(start_server):
     limits = FetchLimits(allow_private_hosts=True, max_connections_per_host=2)
     fetched = []
     threads = [
-        threading.Thread(target=lambda i=i: fetched.append(fetch.fetch_image(f"{first.base}/to/{second.base}/{i}.jpg", limits)))
+        threading.Thread(
+            target=lambda i=i: fetched.append(fetch.fetch_image(f"{first.base}/to/{second.base}/{i}.jpg", limits))
+        )
         for i in range(8)
     ]
     for thread in threads:
@@ -255,6 +262,7 @@ def test_each_redirect_hop_takes_a_slot_of_its_own_host(start_server):
     assert first.hits == second.hits == 8
 
 
+@pytest.mark.slow  # servers held until the deadline
 def test_waiting_for_a_host_slot_counts_against_the_deadline(start_server):
     slow = start_server(delay=3.0)
     limits = FetchLimits(allow_private_hosts=True, max_connections_per_host=1, deadline=1.0, retries=0)
@@ -274,8 +282,9 @@ def test_waiting_for_a_host_slot_counts_against_the_deadline(start_server):
 
 def test_bodies_in_flight_stay_within_the_byte_budget(start_server):
     server = start_server(body_size=3 * 2**20, delay=0.05)
-    limits = FetchLimits(allow_private_hosts=True, max_bytes=4 * 2**20, max_bytes_in_flight=8 * 2**20,
-                         max_connections_per_host=16)
+    limits = FetchLimits(
+        allow_private_hosts=True, max_bytes=4 * 2**20, max_bytes_in_flight=8 * 2**20, max_connections_per_host=16
+    )
     sessions = fetch.ThreadSessions(limits)
     digests, errors = [], []
     BYTES_IN_FLIGHT.peak = BYTES_IN_FLIGHT.in_use
@@ -299,6 +308,7 @@ def test_bodies_in_flight_stay_within_the_byte_budget(start_server):
     assert 6 * 2**20 <= BYTES_IN_FLIGHT.peak <= 8 * 2**20  # two bodies at once, never three
 
 
+@pytest.mark.slow  # a subprocess measures its peak memory over 300 MB of bodies
 def test_many_large_bodies_peak_at_the_budget_not_their_sum(start_server):
     """30 bodies of 10 MB on 16 threads: the bytes Python holds at once (tracemalloc's
     peak, which the allocator's caching does not blur) stay near the 40 MiB budget, not

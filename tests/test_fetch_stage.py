@@ -1,5 +1,6 @@
 """The fetch stage's DoFn: one UriTask -> a claim on its content, or its outcome; threads
 that hand results on as they finish, so a dead host costs one thread one deadline."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,6 @@ import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from aisthetics_transforms.bundles import WorkPool
 from aisthetics_transforms.fetch import FetchLimits, check_version
 from aisthetics_transforms.fetch.transform import OUTCOMES, FetchImages
 from aisthetics_transforms.records import STATS, PreviousScore, Score, UriTask
@@ -146,21 +146,26 @@ def test_every_uri_ends_as_one_claim_or_one_outcome_per_row_bucket(base, tmp_pat
     ]
     claims, outcomes, stats = run_fetch(tasks)
 
-    assert sorted((s, c.uri, c.buckets) for s, c in claims) == sorted([
-        (sha(b"/ok/a" + PAYLOAD), f"{base}/ok/a", (0,)),
-        (sha(b"local.jpg" + PAYLOAD), str(local), (1, 2)),
-        (sha(b"new " + PAYLOAD), str(changed), (4,)),
-    ])
-    summary = sorted(
-        (bucket, o.uri, o.failure.error_type if o.failure else None, o.reused, o.content_sha256) for bucket, o in outcomes
+    assert sorted((s, c.uri, c.buckets) for s, c in claims) == sorted(
+        [
+            (sha(b"/ok/a" + PAYLOAD), f"{base}/ok/a", (0,)),
+            (sha(b"local.jpg" + PAYLOAD), str(local), (1, 2)),
+            (sha(b"new " + PAYLOAD), str(changed), (4,)),
+        ]
     )
-    assert summary == sorted([
-        (0, f"{base}/missing", "NotFound", False, None),
-        (2, f"{base}/missing", "NotFound", False, None),
-        (3, "", "InvalidUri", False, None),
-        (4, str(unchanged), None, True, before[unchanged].content_sha256),
-        (4, str(touched), None, True, before[touched].content_sha256),
-    ])
+    summary = sorted(
+        (bucket, o.uri, o.failure.error_type if o.failure else None, o.reused, o.content_sha256)
+        for bucket, o in outcomes
+    )
+    assert summary == sorted(
+        [
+            (0, f"{base}/missing", "NotFound", False, None),
+            (2, f"{base}/missing", "NotFound", False, None),
+            (3, "", "InvalidUri", False, None),
+            (4, str(unchanged), None, True, before[unchanged].content_sha256),
+            (4, str(touched), None, True, before[touched].content_sha256),
+        ]
+    )
     touched_outcome = next(o for _, o in outcomes if o.uri == str(touched))
     assert touched_outcome.source_version == check_version(str(touched)).value != before[touched].source_version
     assert all(o.score == SCORE for _, o in outcomes if o.reused)
@@ -168,11 +173,18 @@ def test_every_uri_ends_as_one_claim_or_one_outcome_per_row_bucket(base, tmp_pat
     for counts in stats:
         for key, n in counts.items():
             totals[key] = totals.get(key, 0) + n
-    assert totals == {"uris": 7, "fetched": 4, "fetch_errors": 2, "version_checks": 3, "uris_unchanged": 1,
-                      "uris_same_content": 1}
+    assert totals == {
+        "uris": 7,
+        "fetched": 4,
+        "fetch_errors": 2,
+        "version_checks": 3,
+        "uris_unchanged": 1,
+        "uris_same_content": 1,
+    }
 
 
-@pytest.mark.parametrize("threads", [1, 4])
+# One thread takes 30 slow requests one after another (seconds): the slow set.
+@pytest.mark.parametrize("threads", [pytest.param(1, marks=pytest.mark.slow), 4])
 def test_threads_fetch_at_once_and_every_uri_comes_out_once(server, base, threads):
     tasks = [UriTask(f"{base}/slow/{threads}/{i}", (i % 3,)) for i in range(30)]
     with server.lock:
@@ -180,16 +192,24 @@ def test_threads_fetch_at_once_and_every_uri_comes_out_once(server, base, thread
     claims, outcomes, _ = run_fetch(tasks, threads=threads)
     assert not outcomes
     assert sorted((c.uri, s) for s, c in claims) == sorted(
-        (t.uri, sha(t.uri[len(base):].encode() + PAYLOAD)) for t in tasks)
+        (t.uri, sha(t.uri[len(base) :].encode() + PAYLOAD)) for t in tasks
+    )
     assert server.most_active == threads
 
 
+@pytest.mark.slow  # a silent host, waited on until the deadline
 def test_a_dead_host_holds_one_thread_for_one_deadline_not_the_window(base, dead_host):
     """Four uris of a host that never answers, spread among forty slow ones: results leave
     as they finish, so they add about one deadline to the run, not one per dead uri."""
     deadline = 2.0
-    limits = FetchLimits(connect_timeout=1, read_timeout=deadline, deadline=deadline, retries=0, allow_private_hosts=True,
-                         max_connections_per_host=16)
+    limits = FetchLimits(
+        connect_timeout=1,
+        read_timeout=deadline,
+        deadline=deadline,
+        retries=0,
+        allow_private_hosts=True,
+        max_connections_per_host=16,
+    )
     tasks = [UriTask(f"{base}/slow/dead/{i}", (0,)) for i in range(40)]
     started = time.monotonic()
     run_fetch(tasks, limits=limits, threads=8)
@@ -202,19 +222,3 @@ def test_a_dead_host_holds_one_thread_for_one_deadline_not_the_window(base, dead
     assert len(claims) == 40
     assert sorted(o.failure.error_type for _, o in outcomes) == ["DeadlineExceeded"] * 4
     assert with_dead - alive_only < 1.5 * deadline, (alive_only, with_dead)
-
-
-def test_work_pool_hands_back_finished_calls_before_a_slow_one():
-    pool = WorkPool(threads=3, per_thread=4, name="test")
-    pool.start()
-    started = time.monotonic()
-    returned = []
-    for i in range(20):
-        for element, future in pool.submit(i, time.sleep, 1.5 if i == 0 else 0.01):
-            future.result()
-            returned.append((element, time.monotonic() - started))
-    returned += [(element, time.monotonic() - started) for element, future in pool.drain()]
-    pool.shutdown()
-    assert sorted(e for e, _ in returned) == list(range(20))
-    assert returned[-1][0] == 0  # the slow call came last...
-    assert all(t < 1.4 for e, t in returned if e != 0)  # ...and held back nothing

@@ -1,4 +1,5 @@
 """The whole pipeline on gs:// paths, against a real GCS API (gcp-storage-emulator) on loopback."""
+
 from __future__ import annotations
 
 import collections
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from gcs_emulator import gcs  # noqa: F401  (pytest fixture)
 
 import pipeline
 from aisthetics_transforms import get_aisthetics_model
-from gcs_emulator import gcs  # noqa: F401  (pytest fixture)
+
+pytestmark = pytest.mark.slow  # whole-pipeline runs against the GCS emulator
 
 RUN_DATE = "2026-11-28"
 TOLERANCE = 1e-6
@@ -30,13 +33,12 @@ def read_parquet_dir(gcs, prefix: str) -> list[dict]:
     return rows
 
 
-def test_pipeline_on_gcs(gcs, ava, tmp_path):
+def test_pipeline_on_gcs(gcs, photos, tmp_path):
     started = time.monotonic()
     root = f"gcs-run-{uuid.uuid4().hex[:8]}"
-    photos = sorted(ava.glob("*.jpg"))[:PHOTOS]
-    assert len(photos) == PHOTOS, f"need {PHOTOS} photos in {ava}"
+    photos = {f"photo-{i}": photo for i, photo in enumerate(photos[:PHOTOS])}
 
-    manifest = {p.stem: gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in photos}
+    manifest = {image_id: gcs.upload_file(f"{root}/imgs/{image_id}.jpg", p) for image_id, p in photos.items()}
     manifest["broken"] = gcs.upload_bytes(f"{root}/imgs/broken.jpg", BROKEN_BYTES, "image/jpeg")
     manifest["missing"] = gcs.uri(f"{root}/imgs/does-not-exist.jpg")
     csv = "image_id,uri\n" + "".join(f"{image_id},{uri}\n" for image_id, uri in manifest.items())
@@ -46,19 +48,24 @@ def test_pipeline_on_gcs(gcs, ava, tmp_path):
     # Expected scores from the public API on local copies (downloaded back, so the
     # bytes are the ones the pipeline reads). This also warms the model cache.
     local = {}
-    for p in photos:
-        copy = tmp_path / p.name
-        copy.write_bytes(gcs.download_bytes(manifest[p.stem]))
-        local[p.stem] = copy
-    expected = {stem: r for stem, r in zip(local, get_aisthetics_model().predict([str(c) for c in local.values()], augmented=True))}
+    for image_id in photos:
+        copy = tmp_path / f"{image_id}.jpg"
+        copy.write_bytes(gcs.download_bytes(manifest[image_id]))
+        local[image_id] = copy
+    expected = {
+        stem: r
+        for stem, r in zip(local, get_aisthetics_model().predict([str(c) for c in local.values()], augmented=True))
+    }
 
     run_started = time.monotonic()
-    outcome = pipeline.run([
-        f"--manifest={manifest_uri}",
-        f"--output={output}",
-        f"--run_date={RUN_DATE}",
-        "--direct_running_mode=in_memory",
-    ])
+    outcome = pipeline.run(
+        [
+            f"--manifest={manifest_uri}",
+            f"--output={output}",
+            f"--run_date={RUN_DATE}",
+            "--direct_running_mode=in_memory",
+        ]
+    )
     run_seconds = time.monotonic() - run_started
 
     scores = read_parquet_dir(gcs, f"{root}/out/scores/dt={RUN_DATE}/")
@@ -106,8 +113,9 @@ def test_billed_requests_per_image_on_a_first_and_an_incremental_night(gcs, tmp_
     metadata request and nothing else."""
     import csv
 
-    from aisthetics_transforms.sample import write_sample_catalog
     from gcs_emulator import counting_proxy
+
+    from aisthetics_transforms.sample import write_sample_catalog
 
     root = f"gcs-billing-{uuid.uuid4().hex[:8]}"
     sample = write_sample_catalog(tmp_path / "sample", count=4, broken=False)
@@ -115,18 +123,28 @@ def test_billed_requests_per_image_on_a_first_and_an_incremental_night(gcs, tmp_
     uris = [gcs.upload_file(f"{root}/imgs/{p.name}", p) for p in local]
     uris.append(gcs.upload_file(f"{root}/imgs/copy-of-{local[0].name}", local[0]))  # same bytes, another object
     manifest = gcs.upload_bytes(
-        f"{root}/manifest.csv", ("image_id,uri\n" + "".join(f"img-{i},{u}\n" for i, u in enumerate(uris))).encode())
+        f"{root}/manifest.csv", ("image_id,uri\n" + "".join(f"img-{i},{u}\n" for i, u in enumerate(uris))).encode()
+    )
     image_prefix = "/o/" + f"{root}/imgs/".replace("/", "%2F")
 
     def night(run_date: str, *extra: str) -> tuple[dict, collections.Counter]:
         with counting_proxy(gcs.host) as proxy:
             monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.host)
-            summary = pipeline.run([f"--manifest={manifest}", f"--output={gcs.uri(root + '/out')}",
-                                    f"--run_date={run_date}", "--direct_running_mode=in_memory", *extra]).summary
+            summary = pipeline.run(
+                [
+                    f"--manifest={manifest}",
+                    f"--output={gcs.uri(root + '/out')}",
+                    f"--run_date={run_date}",
+                    "--direct_running_mode=in_memory",
+                    *extra,
+                ]
+            ).summary
             monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.host)
         kinds = collections.Counter(
             ("media" if "alt=media" in path else "metadata", path.split("?")[0].split(image_prefix)[1])
-            for _, path in proxy.requests if image_prefix in path)
+            for _, path in proxy.requests
+            if image_prefix in path
+        )
         return summary, kinds
 
     first, requests = night("2026-11-27")

@@ -1,8 +1,10 @@
 """Nightly mode: incremental reuse, deduplication, idempotent reruns, and a killed run."""
+
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import shutil
 import signal
@@ -20,6 +22,7 @@ from aisthetics_transforms.incremental import find_previous_night
 from aisthetics_transforms.sample import write_sample_catalog
 
 NIGHTS = ["2026-11-26", "2026-11-27", "2026-11-28"]
+pytestmark = pytest.mark.slow  # whole-pipeline runs, and a killed subprocess
 
 
 def write_manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -36,9 +39,11 @@ def night(manifest: Path, output: Path, run_date: str, *extra: str) -> dict:
 
 
 def scores(output: Path, run_date: str) -> dict[str, dict]:
-    rows = duckdb.sql(
-        f"SELECT * FROM read_parquet('{output}/scores/dt={run_date}/*.parquet') ORDER BY image_id"
-    ).to_arrow_table().to_pylist()
+    rows = (
+        duckdb.sql(f"SELECT * FROM read_parquet('{output}/scores/dt={run_date}/*.parquet') ORDER BY image_id")
+        .to_arrow_table()
+        .to_pylist()
+    )
     assert len(rows) == len({r["image_id"] for r in rows}), "duplicate image_id rows"
     return {r["image_id"]: r for r in rows}
 
@@ -52,20 +57,24 @@ def partition_digest(output: Path, run_date: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory, ava):
+def catalog(tmp_path_factory, photos):
+    """Five photos copied into the catalog's own folder (night 3 changes them), a byte copy
+    of the first under another name, and a second row for the second photo's file."""
     root = tmp_path_factory.mktemp("nightly")
     images = root / "images"
     images.mkdir()
-    for photo in sorted(ava.glob("*.jpg")):
-        shutil.copy(photo, images / photo.name)
-    shutil.copy(ava / "42039.jpg", images / "copy-of-42039.jpg")  # same bytes, another file
-    rows = [(f"ava-{p.stem}", str(p)) for p in sorted(images.glob("*.jpg"))]
-    rows.append(("same-file-again", str(images / "42040.jpg")))  # a second row for one file
+    files = []
+    for i, photo in enumerate(photos):
+        files.append(images / f"photo-{i}.jpg")
+        shutil.copy(photo, files[-1])
+    shutil.copy(files[0], images / "copy-of-photo-0.jpg")  # same bytes, another file
+    rows = [(p.stem, str(p)) for p in sorted(images.glob("*.jpg"))]
+    rows.append(("same-file-again", str(files[1])))  # a second row for one file
     return {"root": root, "images": images, "rows": rows}
 
 
 @pytest.fixture(scope="module")
-def nights(catalog, ava):
+def nights(catalog):
     """Three nights: 1 from scratch, 2 unchanged, 3 with one image changed in place and one added."""
     root, images, rows = catalog["root"], catalog["images"], catalog["rows"]
     output = root / "out"
@@ -73,9 +82,11 @@ def nights(catalog, ava):
     first = night(manifest, output, NIGHTS[0])
     second = night(manifest, output, NIGHTS[1])
 
-    os.utime(images / "42044.jpg", ns=(1, 1))  # touched: new mtime, same bytes
-    Image.open(ava / "42042.jpg").save(images / "42042.jpg", quality=70)  # changed in place
-    sample = write_sample_catalog(root / "sample", count=1, broken=False)
+    os.utime(images / "photo-4.jpg", ns=(1, 1))  # touched: new mtime, same bytes
+    changed = images / "photo-3.jpg"
+    Image.open(io.BytesIO(changed.read_bytes())).save(changed, quality=70)  # changed in place
+    # Another seed than the photos': a new content, not one of theirs again.
+    sample = write_sample_catalog(root / "sample", count=1, broken=False, seed=99)
     added = next(iter(csv.DictReader(open(sample))))["uri"]
     third_manifest = write_manifest(root / "manifest-3.csv", rows + [("added", added)])
     third = night(third_manifest, output, NIGHTS[2])
@@ -91,9 +102,9 @@ def test_night_one_scores_every_row_and_infers_each_content_once(nights):
     assert first["incremental_reason"].startswith("no night published under ")  # said, not silent
     rows = scores(nights["output"], NIGHTS[0])
     assert len(rows) == n and not any(r["reused"] for r in rows.values())
-    assert rows["ava-42039"]["content_sha256"] == rows["ava-copy-of-42039"]["content_sha256"]
-    assert rows["ava-42039"]["mean_score"] == rows["ava-copy-of-42039"]["mean_score"]
-    assert rows["same-file-again"]["predictions"] == rows["ava-42040"]["predictions"]
+    assert rows["photo-0"]["content_sha256"] == rows["copy-of-photo-0"]["content_sha256"]
+    assert rows["photo-0"]["mean_score"] == rows["copy-of-photo-0"]["mean_score"]
+    assert rows["same-file-again"]["predictions"] == rows["photo-1"]["predictions"]
 
 
 def test_night_two_unchanged_infers_nothing_and_writes_everything(nights):
@@ -112,14 +123,14 @@ def test_night_three_infers_exactly_the_changed_and_the_new(nights):
     third = nights["summaries"][2]
     assert third["incremental_from"].endswith(f"dt={NIGHTS[1]}")
     assert third["rows"] == nights["n"] + 1
-    assert third["scored"] == 2  # 42042 changed in place, "added" is new
-    assert third["reused"] == nights["n"] - 1  # the touched 42044 is matched by its content
+    assert third["scored"] == 2  # photo-3 changed in place, "added" is new
+    assert third["reused"] == nights["n"] - 1  # the touched photo-4 is matched by its content
     rows = scores(nights["output"], NIGHTS[2])
     fresh = sorted(i for i, r in rows.items() if not r["reused"])
-    assert fresh == ["added", "ava-42042"]
+    assert fresh == ["added", "photo-3"]
     previous = scores(nights["output"], NIGHTS[1])
-    assert rows["ava-42042"]["content_sha256"] != previous["ava-42042"]["content_sha256"]
-    assert rows["ava-42044"]["reused"] and rows["ava-42044"]["source_version"] != previous["ava-42044"]["source_version"]
+    assert rows["photo-3"]["content_sha256"] != previous["photo-3"]["content_sha256"]
+    assert rows["photo-4"]["reused"] and rows["photo-4"]["source_version"] != previous["photo-4"]["source_version"]
 
 
 def test_rerunning_night_three_gives_the_same_rows(nights):
@@ -159,9 +170,20 @@ def test_a_run_killed_mid_write_leaves_the_date_intact(nights, tmp_path):
     # A bigger manifest so the run is still writing when it is killed.
     sample = write_sample_catalog(tmp_path / "big", count=160, broken=False)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", f"--manifest={sample}", f"--output={output}", f"--run_date={NIGHTS[2]}",
-         "--direct_running_mode=multi_processing", "--direct_num_workers=2", "--batch_size=4"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            f"--manifest={sample}",
+            f"--output={output}",
+            f"--run_date={NIGHTS[2]}",
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+            "--batch_size=4",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 240
     staged = None

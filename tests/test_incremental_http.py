@@ -1,6 +1,6 @@
 """Nightly mode over http: which validators spare the GET, which spare only the inference.
 
-A real HTTP server on loopback serves AVA photos in three ways, and a second server
+A real HTTP server on loopback serves the sample photos in three ways, and a second server
 refuses HEAD (405); both count GET and HEAD per path:
 
 - ``/etag.jpg``: a strong ETag on GET and on HEAD (200);
@@ -12,6 +12,7 @@ Night 1 scores from scratch, night 2 is unchanged (nothing inferred; GET only wh
 validator answers HEAD), night 3 changes the bytes (and ETag) of ``/etag.jpg`` and the
 bytes of ``/none.jpg``: exactly those two are inferred again.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,6 +33,7 @@ import aisthetics_transforms
 import pipeline
 
 NIGHTS = ["2026-11-26", "2026-11-27", "2026-11-28"]
+pytestmark = pytest.mark.slow  # whole-pipeline runs
 LAST_MODIFIED = "Wed, 25 Nov 2026 08:00:00 GMT"
 
 
@@ -131,11 +133,18 @@ def servers():
 
 
 def night(manifest: Path, output: Path, run_date: str) -> dict:
-    return pipeline.run([
-        f"--manifest={manifest}", f"--output={output}", f"--run_date={run_date}",
-        "--direct_running_mode=in_memory", "--incremental",
-        "--http_deadline=10", "--http_timeout=5", "--allow_private_hosts",
-    ]).summary
+    return pipeline.run(
+        [
+            f"--manifest={manifest}",
+            f"--output={output}",
+            f"--run_date={run_date}",
+            "--direct_running_mode=in_memory",
+            "--incremental",
+            "--http_deadline=10",
+            "--http_timeout=5",
+            "--allow_private_hosts",
+        ]
+    ).summary
 
 
 def read_rows(output: Path, table: str, run_date: str) -> dict[str, dict]:
@@ -149,18 +158,18 @@ def read_rows(output: Path, table: str, run_date: str) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def nights(servers, ava, tmp_path_factory):
+def nights(servers, photos, tmp_path_factory):
     """Three nights over the same manifest; the request counts each night saw."""
     main, no_head = servers["main"], servers["no_head"]
     root = tmp_path_factory.mktemp("nightly-http")
-    photo = {p.stem: p.read_bytes() for p in sorted(ava.glob("*.jpg"))}
-    # Nights 1-2 use three contents (42039, 42040, 42041); 42042 and 42044 are new on night 3.
-    main.serve("/etag.jpg", Resource(photo["42039"], etag=strong_etag(photo["42039"])))
-    main.serve("/lastmod.jpg", Resource(photo["42040"], last_modified=LAST_MODIFIED))
-    main.serve("/none.jpg", Resource(photo["42041"]))
-    no_head.serve("/photo.jpg", Resource(photo["42039"], etag=strong_etag(photo["42039"])))
-    local = root / "local-42040.jpg"
-    shutil.copy(ava / "42040.jpg", local)
+    body = [p.read_bytes() for p in photos]
+    # Nights 1-2 use three contents (photos 0, 1, 2); photos 3 and 4 are new on night 3.
+    main.serve("/etag.jpg", Resource(body[0], etag=strong_etag(body[0])))
+    main.serve("/lastmod.jpg", Resource(body[1], last_modified=LAST_MODIFIED))
+    main.serve("/none.jpg", Resource(body[2]))
+    no_head.serve("/photo.jpg", Resource(body[0], etag=strong_etag(body[0])))
+    local = root / "local-photo-1.jpg"
+    shutil.copy(photos[1], local)
     rows = [
         ("http-etag", main.url("/etag.jpg")),
         ("http-lastmod", main.url("/lastmod.jpg")),
@@ -184,14 +193,17 @@ def nights(servers, ava, tmp_path_factory):
 
     run(NIGHTS[0])
     run(NIGHTS[1])
-    main.serve("/etag.jpg", Resource(photo["42042"], etag=strong_etag(photo["42042"])))
-    main.serve("/none.jpg", Resource(photo["42044"]))
+    main.serve("/etag.jpg", Resource(body[3], etag=strong_etag(body[3])))
+    main.serve("/none.jpg", Resource(body[4]))
     run(NIGHTS[2])
     return {
-        "output": output, "summaries": summaries, "requests": requests, "n": len(rows),
-        "new_photos": {"http-etag": ava / "42042.jpg", "http-none": ava / "42044.jpg"},
-        "bodies": photo,
-        "etags": {"42039": strong_etag(photo["42039"]), "42042": strong_etag(photo["42042"])},
+        "output": output,
+        "summaries": summaries,
+        "requests": requests,
+        "n": len(rows),
+        "new_photos": {"http-etag": photos[3], "http-none": photos[4]},
+        "bodies": body,
+        "etags": {"first": strong_etag(body[0]), "changed": strong_etag(body[3])},
     }
 
 
@@ -202,14 +214,14 @@ def test_night_one_fetches_everything_once_reads_each_content_once_more_and_chec
     assert first["incremental_from"] is None
     requests = nights["requests"][0]
     # Every uri is fetched once to hash it; decode then reads each content to score once
-    # more, from a local file where it has one (42040), else from one of its uris.
+    # more, from a local file where it has one (photo 1), else from one of its uris.
     assert requests["main"]["/lastmod.jpg"] == {"GET": 1, "HEAD": 0}
     assert requests["main"]["/none.jpg"] == {"GET": 2, "HEAD": 0}
     same_content = [requests["main"]["/etag.jpg"], requests["no_head"]["/photo.jpg"]]
     assert sorted(r["GET"] for r in same_content) == [1, 2] and {r["HEAD"] for r in same_content} == {0}
     rows = read_rows(nights["output"], "scores", NIGHTS[0])
-    assert rows["http-etag"]["source_version"] == f"etag={nights['etags']['42039']}"
-    length = len(nights["bodies"]["42040"])
+    assert rows["http-etag"]["source_version"] == f"etag={nights['etags']['first']}"
+    length = len(nights["bodies"][1])
     assert rows["http-lastmod"]["source_version"] == f"last-modified={LAST_MODIFIED};length={length}"
     assert rows["http-none"]["source_version"] is None
 
@@ -251,7 +263,7 @@ def test_night_three_infers_exactly_the_two_changed_photos(nights):
     rows = read_rows(nights["output"], "scores", NIGHTS[2])
     previous = read_rows(nights["output"], "scores", NIGHTS[1])
     assert sorted(i for i, r in rows.items() if not r["reused"]) == ["http-etag", "http-none"]
-    assert rows["http-etag"]["source_version"] == f"etag={nights['etags']['42042']}"
+    assert rows["http-etag"]["source_version"] == f"etag={nights['etags']['changed']}"
     model = aisthetics_transforms.get_aisthetics_model()
     for image_id, path in nights["new_photos"].items():
         row = rows[image_id]

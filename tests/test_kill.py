@@ -1,6 +1,7 @@
 """``python -m pipeline`` killed while it republishes a date, and two runs of one date at once:
 a reader always sees the old night or the new one, whole. The output path holds ``dt=...``
 itself, which must not confuse --incremental, the publish or the readers."""
+
 from __future__ import annotations
 
 import csv
@@ -14,11 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from test_publish import assert_whole
 
 from aisthetics_transforms import layout
 from aisthetics_transforms.publish import FAULT_ENV
 from aisthetics_transforms.sample import write_sample_catalog
-from test_publish import assert_whole
+
+pytestmark = pytest.mark.slow  # subprocesses of python -m pipeline, killed
 
 DATE, EARLIER = "2026-11-28", "2026-11-27"
 # Named points of the publish (test_publish.py injects at every one in-process; here the
@@ -46,15 +49,27 @@ def catalog(tmp_path_factory) -> dict:
     new_rows = [{**r, "image_id": f"v2-{r['image_id']}"} for r in good[2:] + broken]
     manifests = {
         "old": (write_manifest(root / "old.csv", good[:5]), ([r["image_id"] for r in good[:5]], [])),
-        "new": (write_manifest(root / "new.csv", new_rows),
-                ([r["image_id"] for r in new_rows[:6]], [r["image_id"] for r in new_rows[6:]])),
+        "new": (
+            write_manifest(root / "new.csv", new_rows),
+            ([r["image_id"] for r in new_rows[:6]], [r["image_id"] for r in new_rows[6:]]),
+        ),
     }
     return {"root": root, "manifests": manifests}
 
 
 def pipeline_args(manifest: Path, output: Path, run_date: str = DATE, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline", f"--manifest={manifest}", f"--output={output}", f"--run_date={run_date}",
-            "--direct_running_mode=in_memory", "--incremental", "--publish_lock_ttl_seconds=1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"--manifest={manifest}",
+        f"--output={output}",
+        f"--run_date={run_date}",
+        "--direct_running_mode=in_memory",
+        "--incremental",
+        "--publish_lock_ttl_seconds=1",
+        *extra,
+    ]
 
 
 def start(args: list[str], logs: Path, fault: str = "") -> subprocess.Popen:
@@ -79,6 +94,7 @@ def whole_night(output: Path, manifests: dict) -> str:
 def kill_after_claim(proc: subprocess.Popen, claims: Path, delay: float) -> None:
     """SIGKILL ``proc`` ``delay`` seconds after its publish claims the date (the first thing
     a publish does; it moves files ~0.05 s later and is done in well under a second)."""
+
     def listed() -> set:
         try:
             return {n for n in os.listdir(claims) if n.endswith(".claim")}
@@ -136,8 +152,10 @@ def test_killed_republishes_leave_a_whole_night_and_a_rerun_publishes_the_new_on
 def test_two_runs_of_one_date_at_once_leave_the_newest_whole(catalog):
     manifests, output = catalog["manifests"], catalog["root"] / "concurrent" / "out"
     logs = catalog["root"] / "logs-concurrent"
-    procs = {name: start(pipeline_args(manifests[name][0], output, DATE, "--publish_lock_ttl_seconds=30"), logs / name)
-             for name in ("old", "new")}
+    procs = {
+        name: start(pipeline_args(manifests[name][0], output, DATE, "--publish_lock_ttl_seconds=30"), logs / name)
+        for name in ("old", "new")
+    }
     run_ids = {}
     for name, proc in procs.items():
         proc.wait(timeout=240)

@@ -1,4 +1,5 @@
 """Manifest stage: real CSV, JSON Lines and Parquet files in tmp_path -> ImageRefs and error rows."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,31 +12,31 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from manifest_reading import pieces_as_rows, unique_ids
 
 from aisthetics_transforms import manifest, records
-from aisthetics_transforms.manifest import csv_format
 from aisthetics_transforms.manifest import (
     ManifestError,
     ManifestSpec,
     ReadImageGlob,
     ReadManifest,
+    csv_format,
     image_glob_refs,
     list_manifest_files,
     read_manifest_file,
 )
 from aisthetics_transforms.records import ImageRef
-from manifest_reading import pieces_as_rows, unique_ids
 
 PIPELINE_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 
 CSV_TEXT = (
-    "uri,image_id,category\n"                      # line 1
-    '/img/a.jpg,a,"cats, dogs"\n'                  # 2
-    '"/img/b,1.jpg",,birds\n'                      # 3: no id -> uri
-    "\n"                                           # 4: blank, not a row
-    ",c,empty\n"                                   # 5: MissingUri
-    "/img/d.jpg,d,x,surplus\n"                     # 6: MalformedCsv
-    "  /img/e.jpg , e ,  fish \n"                  # 7: values stripped
+    "uri,image_id,category\n"  # line 1
+    '/img/a.jpg,a,"cats, dogs"\n'  # 2
+    '"/img/b,1.jpg",,birds\n'  # 3: no id -> uri
+    "\n"  # 4: blank, not a row
+    ",c,empty\n"  # 5: MissingUri
+    "/img/d.jpg,d,x,surplus\n"  # 6: MalformedCsv
+    "  /img/e.jpg , e ,  fish \n"  # 7: values stripped
 )
 CSV_REFS = [
     ImageRef("a", "/img/a.jpg", {"category": "cats, dogs"}),
@@ -45,12 +46,12 @@ CSV_REFS = [
 
 JSONL_TEXT = (
     '{"uri": "gs://bucket/a.jpg", "image_id": "a", "category": "cats"}\n'  # line 1
-    '{"uri": "/img/b.jpg", "image_id": 17}\n'                              # 2
-    "\n"                                                                   # 3
-    '{"uri": "/img/c.jpg", "image_id": "c"\n'                              # 4: InvalidJson
-    '["/img/d.jpg", "d"]\n'                                                # 5: InvalidRow
-    '{"uri": 5, "image_id": "e", "category": "fives"}\n'                   # 6: InvalidUri
-    '{"image_id": "f"}\n'                                                  # 7: MissingUri
+    '{"uri": "/img/b.jpg", "image_id": 17}\n'  # 2
+    "\n"  # 3
+    '{"uri": "/img/c.jpg", "image_id": "c"\n'  # 4: InvalidJson
+    '["/img/d.jpg", "d"]\n'  # 5: InvalidRow
+    '{"uri": 5, "image_id": "e", "category": "fives"}\n'  # 6: InvalidUri
+    '{"image_id": "f"}\n'  # 7: MissingUri
 )
 
 
@@ -61,8 +62,13 @@ def write(path, text):
 
 def error(path, where, error_type, uri="", image_id=None, **kept):
     """An error row without its message (compared separately)."""
-    return {"image_id": image_id or f"{path}:{where}", "uri": uri, "stage": "manifest",
-            "error_type": error_type, **kept}
+    return {
+        "image_id": image_id or f"{path}:{where}",
+        "uri": uri,
+        "stage": "manifest",
+        "error_type": error_type,
+        **kept,
+    }
 
 
 def without_source(ref: ImageRef) -> ImageRef:
@@ -97,8 +103,7 @@ def test_csv_rows_refs_and_errors(tmp_path):
 
 
 def test_csv_unclosed_quote_loses_only_its_own_line(tmp_path):
-    path = write(tmp_path / "m.csv",
-                 "uri,image_id\n/a.jpg,a\n\"/b.jpg,b\n/c.jpg,c\n/d.jpg,d\n")
+    path = write(tmp_path / "m.csv", 'uri,image_id\n/a.jpg,a\n"/b.jpg,b\n/c.jpg,c\n/d.jpg,d\n')
     refs, errors = split(read_manifest_file(path, ManifestSpec(path)))
     assert [r.image_id for r in refs] == ["a", "c", "d"]
     assert without_message(errors) == [error(path, 3, "MalformedCsv")]
@@ -108,8 +113,7 @@ def test_csv_unclosed_quote_loses_only_its_own_line(tmp_path):
 
 def test_csv_quote_closed_later_does_not_swallow_rows(tmp_path):
     # The stray quote on line 3 pairs with the opening quote on line 5.
-    path = write(tmp_path / "m.csv",
-                 'uri,image_id,category\n/a.jpg,a,x\n"/b.jpg,b,x\n/c.jpg,c,x\n/d.jpg,d,"y"\n')
+    path = write(tmp_path / "m.csv", 'uri,image_id,category\n/a.jpg,a,x\n"/b.jpg,b,x\n/c.jpg,c,x\n/d.jpg,d,"y"\n')
     refs, errors = split(read_manifest_file(path, ManifestSpec(path)))
     assert [r.image_id for r in refs] == ["a", "c", "d"]
     assert [(e["image_id"], e["error_type"]) for e in errors] == [(f"{path}:3", "MalformedCsv")]
@@ -129,8 +133,7 @@ def test_csv_open_quote_is_given_up_after_max_record_lines(tmp_path, monkeypatch
 def test_csv_multiline_quoted_kept_value_is_one_row(tmp_path):
     path = write(tmp_path / "m.csv", 'uri,note\n/a.jpg,"two\nlines"\n/b.jpg,ok\n')
     refs, errors = split(read_manifest_file(path, ManifestSpec(path, keep_columns=("note",))))
-    assert refs == [ImageRef("/a.jpg", "/a.jpg", {"note": "two\nlines"}),
-                    ImageRef("/b.jpg", "/b.jpg", {"note": "ok"})]
+    assert refs == [ImageRef("/a.jpg", "/a.jpg", {"note": "two\nlines"}), ImageRef("/b.jpg", "/b.jpg", {"note": "ok"})]
     assert errors == []
 
 
@@ -139,8 +142,7 @@ def test_csv_invalid_utf8_is_an_error_row(tmp_path):
     path.write_bytes(b"\xef\xbb\xbfuri\n/a.jpg\n/caf\xe9.jpg\n/b.jpg\n")
     refs, errors = split(read_manifest_file(str(path), ManifestSpec(str(path))))
     assert [r.uri for r in refs] == ["/a.jpg", "/b.jpg"]  # BOM does not end up in the header
-    assert [(e["error_type"], e["error_message"]) for e in errors] == [
-        ("InvalidEncoding", "line 3: not valid UTF-8")]
+    assert [(e["error_type"], e["error_message"]) for e in errors] == [("InvalidEncoding", "line 3: not valid UTF-8")]
 
 
 def test_renamed_columns(tmp_path):
@@ -200,7 +202,8 @@ def test_explicit_format_and_gzip(tmp_path):
     with gzip.open(path, "wt", encoding="utf-8") as f:
         f.write(json.dumps({"uri": "/a.jpg"}) + "\n")
     assert list(read_manifest_file(path, ManifestSpec(path, format="jsonl"))) == [
-        ImageRef("/a.jpg", "/a.jpg", {}, f"{path}:1")]
+        ImageRef("/a.jpg", "/a.jpg", {}, f"{path}:1")
+    ]
     with pytest.raises(ManifestError, match="format"):
         list(read_manifest_file(path, ManifestSpec(path)))
     with pytest.raises(ManifestError, match="unknown manifest format"):
@@ -212,21 +215,24 @@ def test_explicit_format_and_gzip(tmp_path):
 
 def test_parquet_rows(tmp_path):
     path = str(tmp_path / "m.parquet")
-    table = pa.table({
-        "uri": ["/a.jpg", None, "  ", "/d.jpg"],
-        "image_id": ["a", "b", None, None],
-        "score": [1.5, None, 3.0, 4.0],
-    })
+    table = pa.table(
+        {
+            "uri": ["/a.jpg", None, "  ", "/d.jpg"],
+            "image_id": ["a", "b", None, None],
+            "score": [1.5, None, 3.0, 4.0],
+        }
+    )
     pq.write_table(table, path, row_group_size=2)
     refs, errors = split(read_manifest_file(path, ManifestSpec(path, keep_columns=("score",))))
-    assert refs == [ImageRef("a", "/a.jpg", {"score": "1.5"}),
-                    ImageRef("/d.jpg", "/d.jpg", {"score": "4.0"})]
+    assert refs == [ImageRef("a", "/a.jpg", {"score": "1.5"}), ImageRef("/d.jpg", "/d.jpg", {"score": "4.0"})]
     assert without_message(errors) == [
         error(path, 2, "MissingUri", image_id="b", score=None),
         error(path, 3, "MissingUri", score="3.0"),
     ]
     assert [e["error_message"] for e in errors] == [
-        "row 2: no value in column 'uri'", "row 3: no value in column 'uri'"]
+        "row 2: no value in column 'uri'",
+        "row 3: no value in column 'uri'",
+    ]
 
 
 # --------------------------------------------------------------------------- globs
@@ -266,6 +272,7 @@ def test_reserved_keep_column_is_refused():
 # --------------------------------------------------------------------------- pipeline
 
 
+@pytest.mark.slow  # a Beam pipeline
 def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
     write(tmp_path / "m-0.csv", CSV_TEXT)
     write(tmp_path / "m-1.jsonl", JSONL_TEXT)
@@ -273,7 +280,8 @@ def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
     (tmp_path / "img" / "a.jpg").write_bytes(b"x")
     spec = ManifestSpec(str(tmp_path / "m-*"), keep_columns=("category",))
     expected_refs, expected_errors = split(
-        [item for f in list_manifest_files(spec) for item in read_manifest_file(f, spec)])
+        [item for f in list_manifest_files(spec) for item in read_manifest_file(f, spec)]
+    )
     # Rows in the files: 5 CSV rows + 6 JSON lines (blank lines are not rows).
     assert len(expected_refs) + len(expected_errors) == 11
     assert (len(expected_refs), len(expected_errors)) == (5, 6)
@@ -290,11 +298,17 @@ def test_read_manifest_and_image_glob_in_a_pipeline(tmp_path):
     assert_that(refs | beam.Map(without_source), equal_to(expected_refs), label="Refs")
     errors = result[records.ERRORS]
     assert_that(errors | beam.Filter(lambda r: not is_duplicate(r)), equal_to(expected_errors), label="Errors")
-    assert_that(errors | beam.Filter(is_duplicate) | beam.Map(lambda r: (r["image_id"], r["uri"])),
-                equal_to([("a", "gs://bucket/a.jpg")]), label="Duplicates")
+    assert_that(
+        errors | beam.Filter(is_duplicate) | beam.Map(lambda r: (r["image_id"], r["uri"])),
+        equal_to([("a", "gs://bucket/a.jpg")]),
+        label="Duplicates",
+    )
     images = p | "Images" >> ReadImageGlob(str(tmp_path / "img" / "*.jpg"))
-    assert_that(images["refs"] | "ImageRows" >> beam.FlatMap(records.table_refs, ()), equal_to([ImageRef(image, image, {})]),
-                label="ImageRefs")
+    assert_that(
+        images["refs"] | "ImageRows" >> beam.FlatMap(records.table_refs, ()),
+        equal_to([ImageRef(image, image, {})]),
+        label="ImageRefs",
+    )
     assert_that(images[records.ERRORS], equal_to([]), label="ImageErrors")
     run = p.run()
     run.wait_until_finish()
@@ -319,6 +333,7 @@ def test_refs_know_their_file_and_line(tmp_path):
     assert [r.source for r in refs] == [f"{path}:2", f"{path}:4"]
 
 
+@pytest.mark.slow  # a Beam pipeline
 def test_duplicate_image_ids_keep_the_first_row_in_manifest_order(tmp_path):
     first = write(tmp_path / "a.csv", "image_id,uri\nx,/1.jpg\ny,/2.jpg\n")
     second = write(tmp_path / "b.csv", "image_id,uri\nx,/3.jpg\nx,/4.jpg\n")
@@ -329,10 +344,24 @@ def test_duplicate_image_ids_keep_the_first_row_in_manifest_order(tmp_path):
         kept = result["refs"] | beam.Map(lambda r: (r.image_id, r.uri))
         dropped = result[records.ERRORS] | beam.Map(lambda r: (r["uri"], r["error_type"], r["error_message"]))
         assert_that(kept, equal_to([("x", "/1.jpg"), ("y", "/2.jpg")]), label="Kept")
-        assert_that(dropped, equal_to([
-            ("/3.jpg", "DuplicateImageId", f"{second}:2: image_id 'x' (uri /3.jpg) is already used at {first}:2; only that row is scored"),
-            ("/4.jpg", "DuplicateImageId", f"{second}:3: image_id 'x' (uri /4.jpg) is already used at {first}:2; only that row is scored"),
-        ]), label="Duplicates")
+        assert_that(
+            dropped,
+            equal_to(
+                [
+                    (
+                        "/3.jpg",
+                        "DuplicateImageId",
+                        f"{second}:2: image_id 'x' (uri /3.jpg) is already used at {first}:2; only that row is scored",
+                    ),
+                    (
+                        "/4.jpg",
+                        "DuplicateImageId",
+                        f"{second}:3: image_id 'x' (uri /4.jpg) is already used at {first}:2; only that row is scored",
+                    ),
+                ]
+            ),
+            label="Duplicates",
+        )
 
 
 # --------------------------------------------------------------------------- tables
@@ -354,23 +383,28 @@ TRICKY_CSVS = {
     "plain": "image_id,uri,category\n" + "".join(f"id{i},/img/{i % 7}.jpg,c{i % 3}\n" for i in range(300)),
     "no trailing newline": "image_id,uri,category\na,/a.jpg,x\nb,/b.jpg,y",
     "spaces, empty and missing values": "image_id,uri,category\n a ,/a.jpg,x\n,/b.jpg, y\nc,,z\nd, ,\ne,/e.jpg,\n",
-    "quotes later in the file": "image_id,uri,category\n" + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(120))
+    "quotes later in the file": "image_id,uri,category\n"
+    + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(120))
     + 'q,"/q.jpg","a, b"\nm,/m.jpg,"two\nlines"\nz,/z.jpg,c\n',
-    "unclosed quote": "image_id,uri,category\n" + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(50))
+    "unclosed quote": "image_id,uri,category\n"
+    + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(50))
     + 'bad,"/bad.jpg,c\nok,/ok.jpg,c\n',
-    "wrong field count": "image_id,uri,category\n" + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(90))
+    "wrong field count": "image_id,uri,category\n"
+    + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(90))
     + "x,/x.jpg\ny,/y.jpg,c,extra\nw,/w.jpg,c\n",
     "blank lines and CRLF": "image_id,uri,category\r\na,/a.jpg,x\r\n\r\nb,/b.jpg,y\r\n",
     "BOM": "\ufeffimage_id,uri,category\na,/a.jpg,x\n",
     "unicode spaces": "image_id,uri,category\na\u00a0,/a.jpg,x\u2003\nb,/b.jpg,\x1fy\n",
     "one column": "uri,category\n/a.jpg,x\n   ,y\n/b.jpg,\n",
-    "lone CR later": "image_id,uri,category\n" + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(60))
+    "lone CR later": "image_id,uri,category\n"
+    + "".join(f"id{i},/i/{i}.jpg,c\n" for i in range(60))
     + "cr,/cr.jpg,a\rb\nz,/z.jpg,c\n",
     # A long value in a column the pipeline does not read, with a quote in the same block.
     "large field and a quote": "image_id,uri,category,notes\n"
-    + f"a,/a.jpg,x,{'n' * 200_000}\nb,\"/b.jpg\",y,short\nc,/c.jpg,z,{'m' * 150_000}\n",
+    + f'a,/a.jpg,x,{"n" * 200_000}\nb,"/b.jpg",y,short\nc,/c.jpg,z,{"m" * 150_000}\n',
     # A line longer than Arrow's block: the row reader takes the rest of the file.
-    "field longer than a block": "image_id,uri,category,notes\n" + "".join(f"i{i},/{i}.jpg,c,n\n" for i in range(40))
+    "field longer than a block": "image_id,uri,category,notes\n"
+    + "".join(f"i{i},/{i}.jpg,c,n\n" for i in range(40))
     + f"big,/big.jpg,{'k' * 300_000},{'n' * (1 << 21)}\nz,/z.jpg,c,n\n",
 }
 
@@ -405,7 +439,7 @@ def test_both_csv_readers_accept_large_fields(tmp_path, name):
 
 def test_an_empty_csv_kept_cell_is_null_in_both_readers(tmp_path):
     path = tmp_path / "m.csv"
-    path.write_text("uri,category,note\n/a.jpg,,x\n/b.jpg,  ,\n/c.jpg,c,\"\"\n")
+    path.write_text('uri,category,note\n/a.jpg,,x\n/b.jpg,  ,\n/c.jpg,c,""\n')
     spec = ManifestSpec(str(path), keep_columns=("category", "note"))
     expected = [{"category": None, "note": "x"}, {"category": None, "note": None}, {"category": "c", "note": None}]
     for refs, errors in (_table_items(path, spec), _with_sources(read_manifest_file(str(path), spec))):
@@ -422,8 +456,16 @@ def test_tables_of_invalid_utf8_and_parquet_match_the_row_reader(tmp_path):
     spec = ManifestSpec(str(path), keep_columns=("category",))
     assert _table_items(path, spec) == _with_sources(read_manifest_file(str(path), spec))
     parquet = tmp_path / "m.parquet"
-    pq.write_table(pa.table({"image_id": ["a", None, " c", "d"], "uri": ["/a.jpg", "/b.jpg", "/c.jpg", None],
-                             "category": ["x", None, "z", "w"]}), parquet)
+    pq.write_table(
+        pa.table(
+            {
+                "image_id": ["a", None, " c", "d"],
+                "uri": ["/a.jpg", "/b.jpg", "/c.jpg", None],
+                "category": ["x", None, "z", "w"],
+            }
+        ),
+        parquet,
+    )
     spec = ManifestSpec(str(parquet), keep_columns=("category",))
     refs, errors = _table_items(parquet, spec, index=3)
     assert (refs, errors) == _with_sources(read_manifest_file(str(parquet), spec))

@@ -1,5 +1,6 @@
 """Manifest pieces read from gs:// (a real GCS API, gcp-storage-emulator on loopback) give
 the rows the same files give on disk."""
+
 from __future__ import annotations
 
 import gzip
@@ -8,18 +9,28 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from aisthetics_transforms import manifest
-from aisthetics_transforms.manifest import ManifestSpec
+import pytest
 from gcs_emulator import gcs  # noqa: F401  (pytest fixture)
 from manifest_reading import pieces_as_rows
 
+from aisthetics_transforms import manifest
+from aisthetics_transforms.manifest import ManifestSpec
+
+pytestmark = pytest.mark.slow  # the GCS emulator
+
 
 def manifest_files_in(tmp_path) -> dict[str, bytes]:
-    jsonl = "".join(json.dumps({"uri": f"gs://b/{i}.jpg", "image_id": f"j{i}", "note": "\u00e9" * (i % 5)}) + "\r\n"
-                    for i in range(300)) + "not json\n" + '{"uri": "gs://b/last.jpg"}'
-    table = pa.table({"uri": [f"gs://b/p{i}.jpg" if i % 9 else None for i in range(50)],
-                      "note": [f"n{i}" for i in range(50)]})
+    jsonl = (
+        "".join(
+            json.dumps({"uri": f"gs://b/{i}.jpg", "image_id": f"j{i}", "note": "\u00e9" * (i % 5)}) + "\r\n"
+            for i in range(300)
+        )
+        + "not json\n"
+        + '{"uri": "gs://b/last.jpg"}'
+    )
+    table = pa.table(
+        {"uri": [f"gs://b/p{i}.jpg" if i % 9 else None for i in range(50)], "note": [f"n{i}" for i in range(50)]}
+    )
     pq.write_table(table, tmp_path / "p.parquet", row_group_size=7)
     return {
         "a.jsonl": jsonl.encode(),
@@ -56,7 +67,10 @@ def test_pieces_from_gcs_equal_pieces_from_disk(gcs, tmp_path):
     assert on_gcs == on_disk
     assert [(name, unit, pieces) for name, unit, pieces, _, _ in on_gcs] == [
         ("a.jsonl", "byte", -(-len(manifest_files_in(tmp_path)["a.jsonl"]) // 1000)),
-        ("b.parquet", "row", 8), ("c.csv.gz", "line", 1), ("d[1].csv", "line", 1)]
+        ("b.parquet", "row", 8),
+        ("c.csv.gz", "line", 1),
+        ("d[1].csv", "line", 1),
+    ]
     assert [len(refs) for _, _, _, refs, _ in on_gcs] == [301, 44, 100, 1]
     # A literal name with glob characters is that object.
     literal = manifest.list_manifest_files(ManifestSpec(gcs.uri(f"{root}/d[1].csv")))

@@ -1,4 +1,5 @@
 """Manifests read in pieces: planning and piecewise reading equal reading each file whole."""
+
 from __future__ import annotations
 
 import bz2
@@ -12,11 +13,11 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from manifest_reading import pieces_as_rows, unique_ids
 
 from aisthetics_transforms import manifest, records
 from aisthetics_transforms.manifest import ManifestSpec, ManifestSplit, ReadManifest
 from aisthetics_transforms.manifest.jsonl_format import jsonl_lines
-from manifest_reading import pieces_as_rows, unique_ids
 
 PIPELINE_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 
@@ -101,12 +102,14 @@ def test_byte_positions_point_at_the_line(tmp_path):
 
 
 def write_parquet(path, rows: int, row_group_size: int, **extra):
-    table = pa.table({
-        "uri": [None if i % 7 == 3 else f"/img/{i}.jpg" for i in range(rows)],
-        "image_id": [f"id{i}" if i % 5 else None for i in range(rows)],
-        "category": [f" c{i % 3}" if i % 4 == 0 else f"c{i % 3}" for i in range(rows)],
-        **extra,
-    })
+    table = pa.table(
+        {
+            "uri": [None if i % 7 == 3 else f"/img/{i}.jpg" for i in range(rows)],
+            "image_id": [f"id{i}" if i % 5 else None for i in range(rows)],
+            "category": [f" c{i % 3}" if i % 4 == 0 else f"c{i % 3}" for i in range(rows)],
+            **extra,
+        }
+    )
     pq.write_table(table, path, row_group_size=row_group_size)
     return str(path)
 
@@ -152,6 +155,7 @@ def test_csv_and_compressed_files_are_one_piece(tmp_path):
         assert refs[0].source == f"{file.path}:{2 if file.format == 'csv' else 1}"
 
 
+@pytest.mark.slow  # a Beam pipeline
 def test_pipeline_reads_a_parquet_and_a_jsonl_in_several_pieces_as_in_one(tmp_path):
     """Row groups and byte ranges are separate work items (the manifest_splits counter),
     and the refs and errors equal reading each file as one piece, duplicates included:
@@ -183,21 +187,34 @@ def test_pipeline_reads_a_parquet_and_a_jsonl_in_several_pieces_as_in_one(tmp_pa
     p = BeamTestPipeline(argv=PIPELINE_ARGS)
     read = ReadManifest(spec, jsonl_range_bytes=range_bytes)
     result = unique_ids(p | read, read.files, ("category",))
-    refs = result["refs"] | beam.Map(
-        lambda r: (r.image_id, r.uri, r.kept["category"]))
+    refs = result["refs"] | beam.Map(lambda r: (r.image_id, r.uri, r.kept["category"]))
     assert_that(refs, equal_to(kept), label="Refs")
     errors = result[records.ERRORS]
     is_duplicate = lambda row: row["error_type"] == "DuplicateImageId"  # noqa: E731
     assert_that(errors | beam.Filter(lambda r: not is_duplicate(r)), equal_to(expected_errors), label="Errors")
     second_at, first_at = data.index(b'{"uri": "/j/second.jpg"'), data.index(b'{"uri": "/j/first.jpg"')
     third_at = data.index(b'{"uri": "/j/from-parquet.jpg"')
-    assert_that(errors | beam.Filter(is_duplicate) | beam.Map(lambda r: (r["uri"], r["error_message"])), equal_to([
-        ("/j/second.jpg", f"{files[1].path}:byte {second_at}: image_id 'twice' (uri /j/second.jpg) is already used at "
-                          f"{files[1].path}:byte {first_at}; only that row is scored"),
-        ("/j/from-parquet.jpg", f"{files[1].path}:byte {third_at}: image_id 'id37' (uri /j/from-parquet.jpg) is already used at "
-                                f"{files[0].path}:38; only that row is scored"),
-    ]), label="Duplicates")
+    assert_that(
+        errors | beam.Filter(is_duplicate) | beam.Map(lambda r: (r["uri"], r["error_message"])),
+        equal_to(
+            [
+                (
+                    "/j/second.jpg",
+                    f"{files[1].path}:byte {second_at}: image_id 'twice' (uri /j/second.jpg) is already used at "
+                    f"{files[1].path}:byte {first_at}; only that row is scored",
+                ),
+                (
+                    "/j/from-parquet.jpg",
+                    f"{files[1].path}:byte {third_at}: image_id 'id37' (uri /j/from-parquet.jpg) is already used at "
+                    f"{files[0].path}:38; only that row is scored",
+                ),
+            ]
+        ),
+        label="Duplicates",
+    )
     run = p.run()
     run.wait_until_finish()
-    counters = run.metrics().query(MetricsFilter().with_namespace("aisthetics").with_name("manifest_splits"))["counters"]
+    counters = run.metrics().query(MetricsFilter().with_namespace("aisthetics").with_name("manifest_splits"))[
+        "counters"
+    ]
     assert sum(c.committed for c in counters) == pieces

@@ -1,6 +1,7 @@
 """``python -m pipeline`` as a user meets it: every option checked before anything runs,
 misspelt options caught, and every mistake one line on stderr with a documented exit
 status, nothing written under --output."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pipeline
 from pipeline.options import (
     AT_LEAST,
     AistheticsOptions,
@@ -39,40 +41,62 @@ def validated(*args: str) -> list[str]:
 # --- checks without a process -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("run_date, good", [
-    ("2026-01-05", True), ("2024-02-29", True),
-    ("2026-1-5", False), ("2026-01-5", False), ("2026-02-30", False), ("2025-02-29", False), ("20260105", False),
-    ("2026-01-05T00:00", False), (" 2026-01-05", False), ("", False), ("2026-01-05/..", False),
-])
+@pytest.mark.parametrize(
+    "run_date, good",
+    [
+        ("2026-01-05", True),
+        ("2024-02-29", True),
+        ("2026-1-5", False),
+        ("2026-01-5", False),
+        ("2026-02-30", False),
+        ("2025-02-29", False),
+        ("20260105", False),
+        ("2026-01-05T00:00", False),
+        (" 2026-01-05", False),
+        ("", False),
+        ("2026-01-05/..", False),
+    ],
+)
 def test_run_date_is_a_real_zero_padded_date(run_date, good):
     problems = run_date_problems(run_date)
     assert (problems == []) is good
     if not good:
-        assert problems == [f"--run_date must be YYYY-MM-DD, got {run_date!r}; give a real date, zero-padded "
-                            "(e.g. 2026-01-05)"]
+        assert problems == [
+            f"--run_date must be YYYY-MM-DD, got {run_date!r}; give a real date, zero-padded (e.g. 2026-01-05)"
+        ]
 
 
-@pytest.mark.parametrize("keep, refused", [
-    (("category", "brand"), []),
-    (("DT",), ["DT"]),  # the partition key: a kept dt breaks hive-partitioned reads
-    (("Image_ID",), ["Image_ID"]),
-    (("manifest_line", "manifest_file"), ["manifest_line", "manifest_file"]),
-    (("mean_score", "Stage", "error_message"), ["mean_score", "Stage", "error_message"]),
-    (("brand", "brand"), ["brand"]),
-    (("brand", "Brand"), ["Brand"]),
-])
+@pytest.mark.parametrize(
+    "keep, refused",
+    [
+        (("category", "brand"), []),
+        (("DT",), ["DT"]),  # the partition key: a kept dt breaks hive-partitioned reads
+        (("Image_ID",), ["Image_ID"]),
+        (("manifest_line", "manifest_file"), ["manifest_line", "manifest_file"]),
+        (("mean_score", "Stage", "error_message"), ["mean_score", "Stage", "error_message"]),
+        (("brand", "brand"), ["brand"]),
+        (("brand", "Brand"), ["Brand"]),
+    ],
+)
 def test_kept_columns_may_not_repeat_or_shadow_a_table_column_in_any_case(keep, refused):
     problems = keep_column_problems(keep)
     assert len(problems) == len(refused)
     for problem, name in zip(problems, refused):
-        assert problem.startswith(f"--keep_columns cannot keep {name!r}") or \
-            problem.startswith(f"--keep_columns names {name!r} twice")
+        assert problem.startswith(f"--keep_columns cannot keep {name!r}") or problem.startswith(
+            f"--keep_columns names {name!r} twice"
+        )
 
 
 def test_every_number_is_range_checked_and_all_problems_named_at_once(tmp_path):
     below = [f"--{name}={least - 1}" for name, least in AT_LEAST.items()]
-    problems = validated(f"--manifest={tmp_path}/m.csv", f"--output={tmp_path}/out", *below,
-                         "--http_timeout=0", "--http_deadline=nan", "--progress_seconds=-5")
+    problems = validated(
+        f"--manifest={tmp_path}/m.csv",
+        f"--output={tmp_path}/out",
+        *below,
+        "--http_timeout=0",
+        "--http_deadline=nan",
+        "--progress_seconds=-5",
+    )
     for name, least in AT_LEAST.items():
         assert f"--{name} must be at least {least}, got {least - 1}" in problems
     assert "--http_timeout must be a number of seconds above 0, got 0.0" in problems
@@ -86,9 +110,11 @@ def test_output_must_be_a_directory_or_makeable(tmp_path):
     a_file = tmp_path / "tables.txt"
     a_file.write_text("not a directory")
     assert validated(f"--images={tmp_path}/*.jpg", f"--output={a_file}") == [
-        f"--output {a_file} is a file; give a directory (it will hold scores/, errors/ and runs/)"]
+        f"--output {a_file} is a file; give a directory (it will hold scores/, errors/ and runs/)"
+    ]
     assert validated(f"--images={tmp_path}/*.jpg", f"--output={a_file}/deeper/out") == [
-        f"--output {a_file}/deeper/out cannot be made: {a_file} is a file; give a directory"]
+        f"--output {a_file}/deeper/out cannot be made: {a_file} is a file; give a directory"
+    ]
     assert validated(f"--images={tmp_path}/*.jpg", f"--output={tmp_path}/new/deeper") == []
     assert validated(f"--images={tmp_path}/*.jpg", "--output=gs://bucket/tables") == []
 
@@ -96,15 +122,18 @@ def test_output_must_be_a_directory_or_makeable(tmp_path):
 KNOWN = ["--incremental", "--run_date", "--keep_columns", "--output", "--runner", "--direct_num_workers"]
 
 
-@pytest.mark.parametrize("unknown, problem", [
-    (["--incrmental"], "unknown option --incrmental; did you mean --incremental?"),
-    (["--run-date=2026-01-05"], "unknown option --run-date; did you mean --run_date?"),
-    (["-incremental"], "unknown option -incremental; did you mean --incremental?"),
-    (["--Keep_Columns=a"], "unknown option --Keep_Columns; did you mean --keep_columns?"),
-    (["--increm"], "unknown option --increm; did you mean --incremental?"),
-    (["--runnr", "DataflowRunner"], "unknown option --runnr; did you mean --runner?"),
-    (["manifest.csv"], "unexpected argument 'manifest.csv': options are written --name=value"),
-])
+@pytest.mark.parametrize(
+    "unknown, problem",
+    [
+        (["--incrmental"], "unknown option --incrmental; did you mean --incremental?"),
+        (["--run-date=2026-01-05"], "unknown option --run-date; did you mean --run_date?"),
+        (["-incremental"], "unknown option -incremental; did you mean --incremental?"),
+        (["--Keep_Columns=a"], "unknown option --Keep_Columns; did you mean --keep_columns?"),
+        (["--increm"], "unknown option --increm; did you mean --incremental?"),
+        (["--runnr", "DataflowRunner"], "unknown option --runnr; did you mean --runner?"),
+        (["manifest.csv"], "unexpected argument 'manifest.csv': options are written --name=value"),
+    ],
+)
 def test_an_unknown_option_close_to_a_known_one_is_a_misspelling(unknown, problem):
     [found] = misspelt_option_problems(unknown, KNOWN)
     assert found.startswith(problem)
@@ -112,13 +141,22 @@ def test_an_unknown_option_close_to_a_known_one_is_a_misspelling(unknown, proble
 
 def test_unknown_options_far_from_any_known_one_pass_on_to_beam():
     """Runners take options the Python SDK does not know; Beam passes them on."""
-    assert misspelt_option_problems(["--flink_conf_dir=/etc/flink", "--sdk_harness_log_level_overrides",
-                                     "{}"], KNOWN) == []
+    assert (
+        misspelt_option_problems(["--flink_conf_dir=/etc/flink", "--sdk_harness_log_level_overrides", "{}"], KNOWN)
+        == []
+    )
 
 
 def test_beams_own_options_pass_and_ours_are_validated(tmp_path):
-    options = pipeline_options([f"--images={tmp_path}/*.jpg", f"--output={tmp_path}/out",
-                                "--direct_running_mode=in_memory", "--direct_num_workers=2", "--runner=FnApiRunner"])
+    options = pipeline_options(
+        [
+            f"--images={tmp_path}/*.jpg",
+            f"--output={tmp_path}/out",
+            "--direct_running_mode=in_memory",
+            "--direct_num_workers=2",
+            "--runner=FnApiRunner",
+        ]
+    )
     assert options.get_all_options()["direct_num_workers"] == 2
     with pytest.raises(OptionsError) as refused:
         pipeline_options([f"--images={tmp_path}/*.jpg", "--incrmental", "--run_date=2026-1-5", "--batch_size=0"])
@@ -142,12 +180,55 @@ def test_help_shows_every_option_with_its_help_and_says_beams_are_accepted():
     assert "Any Apache Beam pipeline option is accepted" in text and "Exit status:" in text
 
 
-# --- the command a user runs ----------------------------------------------------------------
+def test_bad_options_are_refused_before_anything_runs(tmp_path):
+    """Every problem with the options is named at once, and nothing is written."""
+    output = tmp_path / "out"
+    with pytest.raises(OptionsError) as refused:
+        pipeline.run(
+            [
+                f"--manifest={tmp_path / 'missing.csv'}",
+                f"--images={tmp_path}/*.jpg",
+                f"--output={output}",
+                "--run_date=28.11.2026",
+                "--batch_size=0",
+                "--fetch_threads=0",
+                "--decode_threads=-1",
+            ]
+        )
+    message = str(refused.value)
+    for problem in (
+        "exactly one of --manifest or --images",
+        "--run_date must be YYYY-MM-DD, got '28.11.2026'",
+        "--batch_size must be at least 1",
+        "--fetch_threads must be at least 1",
+        "--decode_threads must be at least 0",
+    ):
+        assert problem in message
+    assert not output.exists()
+
+
+def test_an_error_reaches_the_user_as_its_first_line_without_beams_additions():
+    beam_wrapped = RuntimeError(
+        "manifest m.csv: column 'uri' not found [while running 'ReadManifest/Read']\n"
+        "Traceback (most recent call last):\n  ..."
+    )
+    assert pipeline.one_line(beam_wrapped) == "manifest m.csv: column 'uri' not found"
+    problems = ["--batch_size must be at least 1, got 0", "--fetch_threads must be at least 1, got 0"]
+    assert pipeline.one_line(OptionsError(problems)) == "; ".join(problems)
+    assert pipeline.one_line(MemoryError()) == "MemoryError"  # no message: its type says what happened
+
+
+# --- the command a user runs (each a subprocess of ``python -m pipeline``: slow) ------------
 
 
 def python_m_pipeline(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -175,20 +256,34 @@ MISTAKES = {
     "missing-keep-column": (["--manifest={c}/manifest.csv", "--keep_columns=colour"], "'colour' not found"),
     "images-match-nothing": (["--images={c}/nothing/*.jpg"], "matches no file"),
     "wrong-manifest-format": (["--manifest={c}/manifest.csv", "--manifest_format=xml"], "invalid choice: 'xml'"),
-    "bad-weights": (["--manifest={c}/manifest.csv", "--weights={c}/notes.hdf5"], "'{c}/notes.hdf5' is not a readable HDF5"),
-    "misspelt-option": (["--manifest={c}/manifest.csv", "--incrmental"],
-                        "unknown option --incrmental; did you mean --incremental?"),
+    "bad-weights": (
+        ["--manifest={c}/manifest.csv", "--weights={c}/notes.hdf5"],
+        "'{c}/notes.hdf5' is not a readable HDF5",
+    ),
+    "misspelt-option": (
+        ["--manifest={c}/manifest.csv", "--incrmental"],
+        "unknown option --incrmental; did you mean --incremental?",
+    ),
     "hyphenated-option": (["--manifest={c}/manifest.csv", "--run-date=2026-01-05"], "did you mean --run_date?"),
-    "malformed-number": (["--manifest={c}/manifest.csv", "--batch_size=many"], "--batch_size: invalid int value: 'many'"),
+    "malformed-number": (
+        ["--manifest={c}/manifest.csv", "--batch_size=many"],
+        "--batch_size: invalid int value: 'many'",
+    ),
     "stray-argument": (["{c}/manifest.csv"], "unexpected argument '{c}/manifest.csv'"),
     "values-that-would-crash-later": (
-        ["--manifest={c}/manifest.csv", "--run_date=2026-1-5", "--keep_columns=DT,category,Category",
-         "--inference_threads=-3"],
+        [
+            "--manifest={c}/manifest.csv",
+            "--run_date=2026-1-5",
+            "--keep_columns=DT,category,Category",
+            "--inference_threads=-3",
+        ],
         "--run_date must be YYYY-MM-DD, got '2026-1-5'; give a real date, zero-padded (e.g. 2026-01-05); "
-        "--inference_threads must be at least 0, got -3; --keep_columns cannot keep 'DT'"),
+        "--inference_threads must be at least 0, got -3; --keep_columns cannot keep 'DT'",
+    ),
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MISTAKES)
 def test_every_mistake_is_one_line_exit_2_and_nothing_written(name, catalog, tmp_path, litert_model):
     """(``litert_model``: a warm model cache. A mistake found only while the graph runs, as
@@ -204,36 +299,55 @@ def test_every_mistake_is_one_line_exit_2_and_nothing_written(name, catalog, tmp
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_output_pointing_at_a_file_is_one_line_and_the_file_is_untouched(catalog):
     before = (catalog / "tables.txt").read_bytes()
     proc = python_m_pipeline(f"--manifest={catalog}/manifest.csv", f"--output={catalog}/tables.txt")
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
-        f"pipeline: --output {catalog}/tables.txt is a file; give a directory (it will hold scores/, errors/ and runs/)"]
+        f"pipeline: --output {catalog}/tables.txt is a file; give a directory (it will hold scores/, errors/ and runs/)"
+    ]
     assert (catalog / "tables.txt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_run_local_sh_passes_its_arguments_and_their_mistakes_on(catalog, tmp_path):
     output = tmp_path / "out"
-    proc = subprocess.run([str(REPO / "run_local.sh"), f"--manifest={catalog}/manifest.csv", f"--output={output}",
-                           "--keep_column=category"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "AISTHETICS_VENV": sys.prefix})
+    proc = subprocess.run(
+        [
+            str(REPO / "run_local.sh"),
+            f"--manifest={catalog}/manifest.csv",
+            f"--output={output}",
+            "--keep_column=category",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "AISTHETICS_VENV": sys.prefix},
+    )
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == ["pipeline: unknown option --keep_column; did you mean --keep_columns?"]
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_help_is_ours_and_exits_0():
     proc = python_m_pipeline("--help")
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout == help_text()
 
 
+@pytest.mark.slow
 def test_a_run_with_beams_own_options_succeeds_quietly(catalog, tmp_path, litert_model):
     """``litert_model``: the model cache is warm, as it is after a first run."""
     output = tmp_path / "out"
-    proc = python_m_pipeline(f"--manifest={catalog}/manifest.csv", f"--output={output}", "--run_date=2026-11-28",
-                             "--direct_running_mode=in_memory", "--keep_columns=category")
+    proc = python_m_pipeline(
+        f"--manifest={catalog}/manifest.csv",
+        f"--output={output}",
+        "--run_date=2026-11-28",
+        "--direct_running_mode=in_memory",
+        "--keep_columns=category",
+    )
     assert proc.returncode == 0, proc.stderr
     assert '"scored": 2' in proc.stdout
     for noise in ("XNNPACK", "TensorSpec", "cuInit", "Traceback", "WARNING"):
@@ -250,6 +364,7 @@ class _StallingHandler(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_run_is_one_line_exit_130_and_publishes_nothing(catalog, tmp_path, litert_model):
     """The run is stopped while it waits on an image server that does not answer: one
     line, at once, and no night appears under --output."""
@@ -258,14 +373,28 @@ def test_ctrl_c_mid_run_is_one_line_exit_130_and_publishes_nothing(catalog, tmp_
     server.asked, server.release = threading.Event(), threading.Event()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text(f"image_id,uri\nlocal,{catalog}/photo-0.jpg\nslow,http://127.0.0.1:{server.server_port}/x.jpg\n")
+    manifest.write_text(
+        f"image_id,uri\nlocal,{catalog}/photo-0.jpg\nslow,http://127.0.0.1:{server.server_port}/x.jpg\n"
+    )
     output = tmp_path / "out"
     # Loopback servers are refused unless allowed, once that option exists (the fetch guards).
     loopback = ["--allow_private_hosts"] if "--allow_private_hosts" in help_text() else []
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", f"--manifest={manifest}", f"--output={output}",
-                             "--http_deadline=60", "--http_timeout=60", *loopback],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            f"--manifest={manifest}",
+            f"--output={output}",
+            "--http_deadline=60",
+            "--http_timeout=60",
+            *loopback,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert server.asked.wait(120), "the pipeline never fetched from the server"
         proc.send_signal(signal.SIGINT)

@@ -1,4 +1,5 @@
 """The Dataflow packaging agrees with the pinned versions and the pipeline's options."""
+
 from __future__ import annotations
 
 import json
@@ -51,14 +52,3 @@ def test_flex_template_parameters_are_pipeline_options():
 @pytest.mark.parametrize("argv, expected", [([], False), (["--incremental"], True), (["--incremental=false"], False)])
 def test_incremental_flag_forms(argv, expected):
     assert AistheticsOptions(argv).view_as(AistheticsOptions).incremental is expected
-
-
-def test_the_readme_lists_every_error_type_of_every_stage():
-    """The failure table in the README is the documentation of the errors table's tags."""
-    from aisthetics_transforms.records import error_types
-
-    readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("## When an image or a row fails") :]
-    for stage, types in error_types().items():
-        for error_type in types:
-            assert f"`{error_type}`" in table, (stage, error_type)

@@ -1,6 +1,7 @@
 """Decoding hostile bytes: bombs refused before they cost memory, messages that say what the
 content is without quoting it, error types from DECODE_ERROR_TYPES, and the seed's pixels
 for every colour mode."""
+
 from __future__ import annotations
 
 import io
@@ -42,8 +43,13 @@ def png_of_zeros(width: int, height: int, extra_chunks=()) -> bytes:
     row = bytes(width + 1)
     idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + b"".join(extra_chunks) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + b"".join(extra_chunks)
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 def ico_hiding(png: bytes) -> bytes:
@@ -89,11 +95,28 @@ def tiff(*pages: tuple[int, int, int]) -> bytes:
         pixels = b"".join(packer.compress(row) for _ in range(tile)) + packer.flush()
         start = len(data)
         next_page = start + 2 + 12 * 10 + 4 + len(pixels) if number + 1 < len(pages) else 0
-        entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 8), (262, 3, 1), (277, 3, 1),
-                   (322, 4, tile), (323, 4, tile), (324, 4, start + 2 + 12 * 10 + 4), (325, 4, len(pixels))]
-        data += struct.pack("<H", len(entries)) + b"".join(
-            struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
-            for tag, kind, value in entries) + struct.pack("<I", next_page) + pixels
+        entries = [
+            (256, 4, width),
+            (257, 4, height),
+            (258, 3, 8),
+            (259, 3, 8),
+            (262, 3, 1),
+            (277, 3, 1),
+            (322, 4, tile),
+            (323, 4, tile),
+            (324, 4, start + 2 + 12 * 10 + 4),
+            (325, 4, len(pixels)),
+        ]
+        data += (
+            struct.pack("<H", len(entries))
+            + b"".join(
+                struct.pack("<HHI", tag, kind, 1)
+                + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+                for tag, kind, value in entries
+            )
+            + struct.pack("<I", next_page)
+            + pixels
+        )
     return bytes(data)
 
 
@@ -112,7 +135,7 @@ def webp_with_canvas(width: int, height: int) -> bytes:
     frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
     data = bytearray(buffer.getvalue())
     at = data.index(b"VP8X") + 12
-    data[at:at + 6] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    data[at : at + 6] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
     return bytes(data)
 
 
@@ -138,6 +161,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.slow  # a subprocess measures its peak memory on each hostile image
 def test_hostile_images_are_refused_with_little_memory(tmp_path):
     """Decoded in a child process whose peak memory is measured against its own baseline
     (after imports and one ordinary image): at --max_pixels=1000000, as the issue ran it."""
@@ -168,8 +192,13 @@ for name in sorted(os.listdir({str(tmp_path)!r})):
         outcomes[name] = [exc.error_type, str(exc)]
 print(json.dumps({{"outcomes": outcomes, "baseline_mb": baseline, "peak_mb": peak_mb()}}))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert {name: outcome[0] for name, outcome in result["outcomes"].items()} == expected, result
@@ -210,8 +239,11 @@ NOT_IMAGES = {
     "shadow": (f"{SECRET}\ndaemon:*:20228:0:99999:7:::\n".encode(), "UnsupportedFormat", "plain text"),
     "environ": (b"SHELL=/bin/bash\x00HOME=/root\x00" + SECRET.encode(), "UnsupportedFormat", "binary data"),
     "json": (json.dumps({"token": SECRET}).encode(), "UnsupportedFormat", "JSON text"),
-    "svg": (f'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><!--{SECRET}--></svg>'.encode(),
-            "UnsupportedFormat", "SVG image (XML text)"),
+    "svg": (
+        f'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><!--{SECRET}--></svg>'.encode(),
+        "UnsupportedFormat",
+        "SVG image (XML text)",
+    ),
     "random": (np.random.default_rng(7).bytes(4096), "UnsupportedFormat", "binary data"),
     "mp4": (b"\x00\x00\x00\x18ftypisom" + SECRET.encode(), "UnsupportedFormat", "MP4 or QuickTime media"),
     "psd": (b"8BPS\x00\x01" + SECRET.encode(), "UnsupportedFormat", "Photoshop image"),
@@ -237,10 +269,20 @@ def test_messages_name_the_kind_of_content_and_its_size_never_its_bytes(name):
 
 
 def test_content_kind_tells_supported_images_by_their_signature():
-    kinds = {fmt: content_kind(encoded(Image.new("RGB", (8, 8)), fmt))
-             for fmt in ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "HEIF")}
-    assert kinds == {"JPEG": "JPEG image", "PNG": "PNG image", "GIF": "GIF image", "BMP": "BMP image",
-                     "TIFF": "TIFF image", "WEBP": "WebP image", "AVIF": "AVIF image", "HEIF": "HEIF image"}
+    kinds = {
+        fmt: content_kind(encoded(Image.new("RGB", (8, 8)), fmt))
+        for fmt in ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "AVIF", "HEIF")
+    }
+    assert kinds == {
+        "JPEG": "JPEG image",
+        "PNG": "PNG image",
+        "GIF": "GIF image",
+        "BMP": "BMP image",
+        "TIFF": "TIFF image",
+        "WEBP": "WebP image",
+        "AVIF": "AVIF image",
+        "HEIF": "HEIF image",
+    }
     assert content_kind(b"BM is a text that starts like a bitmap\n") == "plain text"
 
 

@@ -1,4 +1,5 @@
 """A local run says what it is doing from its first second, and ends with one summary line."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,15 @@ def test_the_line_follows_the_phase_the_counts_show():
 
 
 def test_the_summary_line_accounts_for_every_row_and_says_where_the_tables_are():
-    summary = {"rows": 51, "scored": 40, "deduplicated": 5, "reused": 3, "errors": 3, "run_date": "2026-11-28",
-               "errors_by_stage": {"manifest": 0, "fetch": 1, "decode": 2, "score": 0}}
+    summary = {
+        "rows": 51,
+        "scored": 40,
+        "deduplicated": 5,
+        "reused": 3,
+        "errors": 3,
+        "run_date": "2026-11-28",
+        "errors_by_stage": {"manifest": 0, "fetch": 1, "decode": 2, "score": 0},
+    }
     line = summary_line(summary, 4.2, "/data/out")
     assert line.startswith("aisthetics: 51 rows in 4.2 s: 45 scored (40 images inferred), 3 reused")
     assert "3 errors (fetch 1, decode 2)" in line and "/data/out/runs/dt=2026-11-28/summary.json" in line
@@ -43,12 +51,15 @@ def catalog(tmp_path_factory):
     return write_sample_catalog(tmp_path_factory.mktemp("progress") / "catalog", count=24)
 
 
+@pytest.mark.slow  # python -m pipeline
 def test_in_a_log_a_run_prints_plain_progress_lines_and_ends_with_the_summary(catalog, tmp_path):
     output = tmp_path / "out"
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", f"--manifest={catalog}", f"--output={output}", "--progress_seconds=0.5"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines = [(time.monotonic() - started, line.rstrip("\n")) for line in proc.stderr]
     assert proc.wait(timeout=300) == 0, lines
@@ -62,6 +73,7 @@ def test_in_a_log_a_run_prints_plain_progress_lines_and_ends_with_the_summary(ca
     assert not [line for _, line in lines if "Traceback" in line or "WARNING" in line]
 
 
+@pytest.mark.slow  # python -m pipeline
 def test_on_a_terminal_a_run_says_what_it_does_within_two_seconds_and_updates_the_line_in_place(catalog, tmp_path):
     parent, child = pty.openpty()
     chunks: list[tuple[float, bytes]] = []
@@ -81,7 +93,8 @@ def test_on_a_terminal_a_run_says_what_it_does_within_two_seconds_and_updates_th
     reader.start()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", f"--manifest={catalog}", f"--output={tmp_path / 'out'}"],
-        stdout=subprocess.DEVNULL, stderr=child,
+        stdout=subprocess.DEVNULL,
+        stderr=child,
     )
     os.close(child)
     assert proc.wait(timeout=300) == 0
@@ -93,13 +106,27 @@ def test_on_a_terminal_a_run_says_what_it_does_within_two_seconds_and_updates_th
     assert "aisthetics: 27 rows in " in text
 
 
+@pytest.mark.slow  # python -m pipeline
 def test_incremental_with_no_earlier_night_says_so_in_one_line(catalog, tmp_path):
     output = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", f"--manifest={catalog}", f"--output={output}", "--incremental",
-         "--run_date=2026-11-28", "--progress_seconds=0"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            f"--manifest={catalog}",
+            f"--output={output}",
+            "--incremental",
+            "--run_date=2026-11-28",
+            "--progress_seconds=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
-    assert f"aisthetics: --incremental: no night published under {output} before 2026-11-28; every image is scored" in lines
+    assert (
+        f"aisthetics: --incremental: no night published under {output} before 2026-11-28; every image is scored"
+        in lines
+    )

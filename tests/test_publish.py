@@ -1,6 +1,7 @@
 """Publishing a night on local disk: a fault at every step, then a retry or a new run, always
 leaves one whole night visible; concurrent runs of a date; the lock; stale staging; readers
 that parse dates only from the partition's own folder (a dt= inside --output is harmless)."""
+
 from __future__ import annotations
 
 import io
@@ -15,19 +16,39 @@ import pyarrow.parquet as pq
 import pytest
 
 from aisthetics_transforms import layout, publish, queries, report
+from aisthetics_transforms.incremental import find_previous_night
 from aisthetics_transforms.publish import (
-    DateLock, LockTimes, PublishError, PublishFault, RunInfo, Superseded, publish_night,
+    DateLock,
+    LockTimes,
+    PublishError,
+    PublishFault,
+    RunInfo,
+    Superseded,
+    publish_night,
 )
 from aisthetics_transforms.records import errors_schema, scores_schema
-from aisthetics_transforms.incremental import find_previous_night
 
 DATE = "2026-11-28"
 FAST = LockTimes(ttl_s=1.0, wait_s=30.0, poll_s=0.05, settle_s=0.01)
 OLD = ([f"old-{i}" for i in range(5)], ["old-bad-0", "old-bad-1"])  # (score ids, error ids)
 NEW = ([f"new-{i}" for i in range(7)], ["new-bad-0", "new-bad-1", "new-bad-2"])
 # Every step of a publish with 2 staged files per table (local moves are one file each).
-STEPS = ["claimed", "locked", "staged", "moved.1", "moved.2", "moved.3", "moved.4", "before_commit", "committed",
-         "pruned.scores", "pruned.errors", "released", "unstaged", "cleaned"]
+STEPS = [
+    "claimed",
+    "locked",
+    "staged",
+    "moved.1",
+    "moved.2",
+    "moved.3",
+    "moved.4",
+    "before_commit",
+    "committed",
+    "pruned.scores",
+    "pruned.errors",
+    "released",
+    "unstaged",
+    "cleaned",
+]
 
 
 # ---------------------------------------------------------------------------
@@ -69,8 +90,16 @@ def stage(run: RunInfo, ids: tuple, files: int = 2, leftover: bool = True) -> tu
             path = layout.join(staging, table, f"{run.run_id}-{table}-failed-attempt.parquet")
             layout.write_atomic(path, parquet_bytes(_rows(table, [f"ghost-{table}"]), schemas[table]))
     scores, errors = ids
-    summary = {"run_date": run.run_date, "run_id": run.run_id, "rows": len(scores) + len(errors), "scored": len(scores),
-               "reused": 0, "deduplicated": 0, "errors": len(errors), "model_version": "nima-test"}
+    summary = {
+        "run_date": run.run_date,
+        "run_id": run.run_id,
+        "rows": len(scores) + len(errors),
+        "scored": len(scores),
+        "reused": 0,
+        "deduplicated": 0,
+        "errors": len(errors),
+        "model_version": "nima-test",
+    }
     return committed, summary
 
 
@@ -158,7 +187,8 @@ def fault_then_recover(output: str, step: str, then: str) -> None:
 # Faults
 
 
-@pytest.mark.parametrize("then", ["retry", "rerun"])
+# A new run waits for the failed run's claim to go stale (a second each): the slow set.
+@pytest.mark.parametrize("then", ["retry", pytest.param("rerun", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("step", STEPS)
 def test_a_fault_at_any_step_leaves_one_whole_night(tmp_path, step, then):
     fault_then_recover(str(tmp_path / "out"), step, then)
@@ -222,6 +252,16 @@ def test_an_older_run_never_replaces_a_newer_runs_night(tmp_path):
     assert assert_whole(output, {newer.run_id: NEW, older.run_id: OLD}) == newer.run_id
     assert not layout.list_tree(layout.staging_dir(output, DATE, older.run_id))  # nothing of it will ever publish
     assert_settled(output, newer.run_id)
+
+
+def test_a_superseded_run_that_cleans_up_last_leaves_no_staging_folder(tmp_path):
+    output = str(tmp_path / "out")
+    older = make_run(output)
+    older_files = stage(older, OLD)
+    published(output, NEW)  # the newer run finishes first: the older run's staging is still there
+    with pytest.raises(Superseded):
+        publish_night(older, *older_files)
+    assert not os.path.exists(layout.join(output, layout.STAGING))
 
 
 @pytest.mark.parametrize("first", ["older", "newer"])
@@ -288,6 +328,7 @@ def test_a_waiting_run_gives_up_after_its_wait_with_one_clear_line(tmp_path):
     assert_whole(output, {run.run_id: NEW})
 
 
+@pytest.mark.slow  # waits out a lock's time to live
 def test_a_dead_runs_claim_expires_and_a_live_one_is_kept(tmp_path):
     output = str(tmp_path / "out")
     claims = layout.claims_dir(output, DATE)
@@ -325,10 +366,14 @@ def _staging_of(output: str, run_date: str, started: datetime) -> str:
 def test_stale_staging_is_removed_by_age_never_a_young_one(tmp_path):
     output = str(tmp_path / "out")
     now = datetime.now(timezone.utc)
-    dead = [_staging_of(output, DATE, now - timedelta(hours=73)),
-            _staging_of(output, "2026-11-01", now - timedelta(days=20))]
-    young = [_staging_of(output, DATE, now - timedelta(hours=71)),
-             _staging_of(output, "2026-11-27", now - timedelta(minutes=1))]
+    dead = [
+        _staging_of(output, DATE, now - timedelta(hours=73)),
+        _staging_of(output, "2026-11-01", now - timedelta(days=20)),
+    ]
+    young = [
+        _staging_of(output, DATE, now - timedelta(hours=71)),
+        _staging_of(output, "2026-11-27", now - timedelta(minutes=1)),
+    ]
     foreign = layout.join(output, layout.STAGING, "not-a-run")
     layout.write_atomic(layout.join(foreign, "file"), b"x")
     run = published(output, NEW)

@@ -1,5 +1,6 @@
 """Publishing a night on gs://, against a real GCS API (gcp-storage-emulator) on loopback:
 the same faults at every step as on local disk, concurrent runs, dead claims, stale staging."""
+
 from __future__ import annotations
 
 import threading
@@ -8,14 +9,27 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from gcs_emulator import gcs  # noqa: F401  (pytest fixture)
+from test_publish import (
+    DATE,
+    NEW,
+    OLD,
+    STEPS,
+    Fault,
+    _staging_of,
+    assert_settled,
+    assert_whole,
+    fault_then_recover,
+    make_run,
+    published,
+    stage,
+    visible_files,
+)
 
 from aisthetics_transforms import layout, publish, queries
 from aisthetics_transforms.publish import PublishError, Superseded, publish_night
-from gcs_emulator import gcs  # noqa: F401  (pytest fixture)
-from test_publish import (
-    DATE, NEW, OLD, STEPS, Fault, _staging_of, assert_settled, assert_whole, fault_then_recover, make_run, published,
-    stage, visible_files,
-)
+
+pytestmark = pytest.mark.slow  # the GCS emulator
 
 
 @pytest.fixture
@@ -52,7 +66,7 @@ def test_batched_moves_publish_the_whole_night(output, gcs):
     assert [s for s in fault.seen if s.startswith("moved.")] == ["moved.1"]  # 6 files in one batch
     assert assert_whole(output, {old.run_id: OLD, new.run_id: NEW}) == new.run_id
     assert_settled(output, new.run_id)
-    prefix = output[len(f"gs://{gcs.bucket}/"):]
+    prefix = output[len(f"gs://{gcs.bucket}/") :]
     assert not [n for n in gcs.list_names(prefix) if "/_staging/" in n or "/_publish/" in n]
 
 
@@ -125,5 +139,6 @@ def test_readers_of_a_gs_output_see_published_nights_only(output):
     assert layout.previous_night(output, "2026-11-28")["run_id"] == first.run_id
     assert layout.night_files(output, "scores", "2026-11-27") == []
     assert layout.night_pattern(layout.partition_dir(output, "scores", "2026-11-26")).endswith(
-        f"/scores/dt=2026-11-26/{first.run_id}-*.parquet")
+        f"/scores/dt=2026-11-26/{first.run_id}-*.parquet"
+    )
     assert "read_parquet" in queries.table(output, "scores")

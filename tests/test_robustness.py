@@ -1,4 +1,5 @@
 """Every kind of bad input a catalog holds: one error row each, or a score, never a failed run."""
+
 from __future__ import annotations
 
 import csv
@@ -17,14 +18,15 @@ import numpy as np
 import pytest
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from PIL import Image
+from test_scoring import png_declaring
 
 import pipeline
-from aisthetics_transforms.records import error_types
 from aisthetics_transforms import score, write
 from aisthetics_transforms.preprocess import decode_image, to_model_input
+from aisthetics_transforms.records import error_types
+from aisthetics_transforms.sample import source_photos
 from aisthetics_transforms.write import RunInfo
 from pipeline.options import AistheticsOptions
-from test_scoring import png_declaring
 
 RUN_DATE = "2026-11-28"
 SCORED = ("scores", None, None)
@@ -65,10 +67,20 @@ def corpus(photo: Image.Image) -> dict[str, tuple[bytes, tuple]]:
         "zero-bytes.jpg": (b"", bad_decode("EmptyImage")),
         "truncated.jpg": (encoded(small, "JPEG")[:1500], bad_decode("CorruptImage")),
         "random.jpg": (np.random.default_rng(3).bytes(4096), bad_decode("UnsupportedFormat")),
-        "page.jpg": (b"<!DOCTYPE html><html><head><title>404</title></head><body>gone</body></html>", bad_decode("UnsupportedFormat")),
+        "page.jpg": (
+            b"<!DOCTYPE html><html><head><title>404</title></head><body>gone</body></html>",
+            bad_decode("UnsupportedFormat"),
+        ),
         "notes.jpg": (b"plain text, not a picture\n" * 40, bad_decode("UnsupportedFormat")),
-        "vector.jpg": (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>', bad_decode("UnsupportedFormat")),
-        "document.jpg": (b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n", bad_decode("UnsupportedFormat")),
+        "vector.jpg": (
+            b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+            b'<rect width="10" height="10"/></svg>',
+            bad_decode("UnsupportedFormat"),
+        ),
+        "document.jpg": (
+            b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n",
+            bad_decode("UnsupportedFormat"),
+        ),
         "bomb.png": (png_declaring(60000, 60000), bad_decode("ImageTooLarge")),
         "one-pixel.png": (encoded(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG"), SCORED),
         "sixteen-bit.png": (encoded(small.convert("L").convert("I;16"), "PNG"), SCORED),
@@ -87,11 +99,11 @@ def corpus(photo: Image.Image) -> dict[str, tuple[bytes, tuple]]:
 
 
 @pytest.fixture(scope="module")
-def bad_catalog(tmp_path_factory, ava):
+def bad_catalog(tmp_path_factory):
     root = tmp_path_factory.mktemp("robustness")
     files = root / "files"
     files.mkdir()
-    photo = Image.open(ava / "42039.jpg").convert("RGB")
+    photo = source_photos()["china"]  # a real photograph, 640x427
     expected = {}
     rows = []
     for name, (data, outcome) in corpus(photo).items():
@@ -113,22 +125,28 @@ def bad_catalog(tmp_path_factory, ava):
         writer = csv.writer(f)
         writer.writerow(["image_id", "uri"])
         writer.writerows(rows)
-        f.write('empty-uri,\n')
+        f.write("empty-uri,\n")
         f.write('"unclosed,quote.jpg\n')
     with open(manifest, "ab") as f:
         f.write(b"latin-1," + str(files / "caf\xe9.jpg").encode("latin-1") + b"\n")
-    expected.update({
-        "empty-uri": ("errors", "manifest", "MissingUri"),
-        "unclosed": ("errors", "manifest", "MalformedCsv"),
-        "latin-1": ("errors", "manifest", "InvalidEncoding"),
-    })
+    expected.update(
+        {
+            "empty-uri": ("errors", "manifest", "MissingUri"),
+            "unclosed": ("errors", "manifest", "MalformedCsv"),
+            "latin-1": ("errors", "manifest", "InvalidEncoding"),
+        }
+    )
     lines = root / "more.jsonl"
-    lines.write_text('{"image_id": "json-ok", "uri": "%s"}\n{"image_id": "broken json", "uri": \n[1, 2]\n' % (files / "photo.webp"))
-    expected.update({
-        "json-ok": SCORED,
-        "invalid-json": ("errors", "manifest", "InvalidJson"),
-        "not-an-object": ("errors", "manifest", "InvalidRow"),
-    })
+    lines.write_text(
+        '{"image_id": "json-ok", "uri": "%s"}\n{"image_id": "broken json", "uri": \n[1, 2]\n' % (files / "photo.webp")
+    )
+    expected.update(
+        {
+            "json-ok": SCORED,
+            "invalid-json": ("errors", "manifest", "InvalidJson"),
+            "not-an-object": ("errors", "manifest", "InvalidRow"),
+        }
+    )
     return {"root": root, "files": files, "manifest": manifest, "jsonl": lines, "expected": expected}
 
 
@@ -136,20 +154,35 @@ def classify(row: dict) -> str:
     """The corpus case an output row belongs to (manifest errors have no image_id of their own)."""
     if row.get("error_type") in ("DuplicateImageId",):
         return "duplicate"
-    by_type = {"MissingUri": "empty-uri", "MalformedCsv": "unclosed", "InvalidEncoding": "latin-1",
-               "InvalidJson": "invalid-json", "InvalidRow": "not-an-object"}
+    by_type = {
+        "MissingUri": "empty-uri",
+        "MalformedCsv": "unclosed",
+        "InvalidEncoding": "latin-1",
+        "InvalidJson": "invalid-json",
+        "InvalidRow": "not-an-object",
+    }
     if row.get("stage") == "manifest":
         return by_type[row["error_type"]]
     return row["image_id"]
 
 
+@pytest.mark.slow  # whole-pipeline run
 def test_every_bad_input_is_one_clear_error_row_and_the_run_succeeds(bad_catalog, litert_model):
     output = bad_catalog["root"] / "out"
     started = time.monotonic()
     proc = subprocess.run(  # the command a user runs: exit status 0 despite every bad row
-        [sys.executable, "-m", "pipeline", f"--manifest={bad_catalog['root']}/m*", f"--output={output}",
-         f"--run_date={RUN_DATE}", "--direct_running_mode=in_memory"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            f"--manifest={bad_catalog['root']}/m*",
+            f"--output={output}",
+            f"--run_date={RUN_DATE}",
+            "--direct_running_mode=in_memory",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert time.monotonic() - started < 300
@@ -188,6 +221,7 @@ def test_every_bad_input_is_one_clear_error_row_and_the_run_succeeds(bad_catalog
     assert "already used" in messages["duplicate"]
 
 
+@pytest.mark.slow  # a subprocess measures its peak memory
 def test_memory_stays_bounded_on_bombs_and_oversized_files(tmp_path):
     big = tmp_path / "huge.jpg"
     with open(big, "wb") as f:  # 2 GB, sparse: costs no disk
@@ -197,7 +231,7 @@ def test_memory_stays_bounded_on_bombs_and_oversized_files(tmp_path):
     huge_jpeg_header = tmp_path / "wide.jpg"
     data = bytearray(encoded(Image.new("RGB", (16, 16)), "JPEG"))
     sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = (30000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
+    data[sof + 5 : sof + 9] = (30000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
     huge_jpeg_header.write_bytes(bytes(data))
     code = f"""
 import json
@@ -236,16 +270,24 @@ def test_an_unreadable_file_is_permission_denied(tmp_path):
         "if os.geteuid() == 0:\n    os.setgid(65534); os.setuid(65534)\n"
         f"try:\n    fetch_image({str(secret)!r})\nexcept FetchError as e:\n    print(e.error_type, e)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("PermissionDenied permission denied reading"), proc.stdout
 
 
+@pytest.mark.slow  # whole-pipeline run
 def test_a_worker_fault_is_retried_without_duplicates_or_losses(bad_catalog, tmp_path, monkeypatch):
     """The first attempt at each batch holding a marker image fails after emitting part of
     its output; Beam retries the bundle, and the tables must still hold each row once."""
-    markers = {hashlib.sha256((bad_catalog["files"] / name).read_bytes()).hexdigest() for name in ("rotated.jpg", "cmyk.jpg")}
+    markers = {
+        hashlib.sha256((bad_catalog["files"] / name).read_bytes()).hexdigest() for name in ("rotated.jpg", "cmyk.jpg")
+    }
     failed: set[str] = set()
     retried: list[str] = []
     original = score.ScoreBatches.process
@@ -280,6 +322,7 @@ def test_a_worker_fault_is_retried_without_duplicates_or_losses(bad_catalog, tmp
     assert len(scores) == sum(v == SCORED for k, v in bad_catalog["expected"].items() if k in expected_csv_cases)
 
 
+@pytest.mark.slow  # whole-pipeline run
 def test_files_of_a_failed_write_attempt_are_not_published(bad_catalog, tmp_path, monkeypatch):
     """Each writer's first attempt writes its whole Parquet file and then dies; Beam retries
     the bundle, which writes another file. Only the committed files may be published."""

@@ -1,0 +1,128 @@
+"""WorkPool (the thread pool of fetch, decode and score) and in_global_window, without a
+pipeline: calls gated by events, so each order is forced, not hoped for."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from aisthetics_transforms.bundles import WorkPool, in_global_window
+
+WAIT = 10  # seconds a gated call waits at most: a broken pool fails the test, never hangs it
+
+
+@pytest.fixture
+def pool_of():
+    pools = []
+
+    def make(threads: int, per_thread: int) -> WorkPool:
+        pool = WorkPool(threads, per_thread, "test-pool")
+        pool.start()
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.shutdown()
+
+
+def gated(event: threading.Event, value):
+    """A call that finishes only once ``event`` is set; says whether it was."""
+    return value if event.wait(WAIT) else "gate never opened"
+
+
+def submit_in_thread(pool: WorkPool, element, call, *args) -> tuple[threading.Thread, list]:
+    """Run one ``submit`` in another thread, so a blocked one can be watched."""
+    handed_back: list = []
+    thread = threading.Thread(target=lambda: handed_back.extend(pool.submit(element, call, *args)), daemon=True)
+    thread.start()
+    return thread, handed_back
+
+
+def test_a_slow_call_holds_back_none_of_the_calls_after_it(pool_of):
+    pool = pool_of(threads=2, per_thread=4)
+    gate = threading.Event()
+    handed_back = list(pool.submit("slow", gated, gate, "slow done"))
+    for i in range(6):
+        handed_back += pool.submit(i, pow, i, 2)
+    for pair in pool.drain():
+        handed_back.append(pair)
+        if len(handed_back) == 6:  # every quick call is back while the slow one still runs
+            gate.set()
+    assert sorted(element for element, _ in handed_back[:6]) == list(range(6)) and handed_back[-1][0] == "slow"
+    assert all(future.result() == element**2 for element, future in handed_back[:6])
+    assert handed_back[-1][1].result() == "slow done"
+
+
+def test_at_most_threads_times_per_thread_calls_are_unfinished(pool_of):
+    pool = pool_of(threads=2, per_thread=2)
+    gates = [threading.Event() for _ in range(5)]
+    for i in range(3):
+        assert list(pool.submit(i, gated, gates[i], i)) == []  # room in the window: returns at once
+    fourth, handed_back = submit_in_thread(pool, 3, gated, gates[3], 3)
+    fourth.join(0.3)
+    assert fourth.is_alive() and handed_back == []  # the window (4) is full: submit waits...
+    gates[1].set()
+    fourth.join(WAIT)
+    assert not fourth.is_alive()
+    assert [element for element, _ in handed_back] == [1]  # ...for the first call to finish
+    for gate in gates:
+        gate.set()
+    rest = [element for element, _ in pool.drain()]
+    assert sorted(rest) == [0, 2, 3]
+
+
+def test_drain_returns_every_unfinished_call_once_then_nothing(pool_of):
+    pool = pool_of(threads=3, per_thread=1)
+    gate = threading.Event()
+    handed_back = []
+    for i in range(10):
+        handed_back += pool.submit(i, gated, gate, i)
+        if i == 1:  # before the window (3) fills, which would wait for one of these
+            gate.set()
+    handed_back += pool.drain()
+    assert sorted(element for element, _ in handed_back) == list(range(10))
+    assert all(future.result() == element for element, future in handed_back)
+    assert list(pool.drain()) == []
+
+
+def test_a_call_that_raises_comes_back_with_its_exception_and_spoils_nothing(pool_of):
+    pool = pool_of(threads=2, per_thread=2)
+
+    def parse(text: str) -> int:
+        return int(text)
+
+    handed_back = []
+    for text in ("1", "two", "3"):
+        handed_back += pool.submit(text, parse, text)
+    handed_back += pool.drain()
+    outcomes = {element: future.exception() or future.result() for element, future in handed_back}
+    assert outcomes["1"] == 1 and outcomes["3"] == 3
+    assert isinstance(outcomes["two"], ValueError) and "two" in str(outcomes["two"])
+    # The pool goes on working.
+    assert [future.result() for _, future in [*pool.submit("4", parse, "4"), *pool.drain()]] == [4]
+
+
+def test_a_new_bundle_never_sees_the_calls_of_one_that_failed(pool_of):
+    pool = pool_of(threads=2, per_thread=2)
+    gate = threading.Event()
+    list(pool.submit("from the failed bundle", gated, gate, "late"))
+    pool.start()  # the bundle failed before its drain; Beam starts another
+    gate.set()
+    handed_back = [*pool.submit("new", pow, 2, 3), *pool.drain()]
+    assert [(element, future.result()) for element, future in handed_back] == [("new", 8)]
+
+
+def test_in_global_window_windows_plain_and_tagged_outputs():
+    outputs = list(in_global_window(["plain", TaggedOutput("errors", {"row": 1})]))
+    plain, tagged = outputs
+    assert isinstance(plain, WindowedValue)
+    assert (plain.value, plain.windows) == ("plain", (GlobalWindow(),))
+    assert isinstance(tagged, TaggedOutput) and tagged.tag == "errors"
+    assert isinstance(tagged.value, WindowedValue)
+    assert (tagged.value.value, tagged.value.windows) == ({"row": 1}, (GlobalWindow(),))
+    assert list(in_global_window([])) == []

@@ -1,0 +1,240 @@
+"""The dedupe stage's plain functions: the first row of each image_id, one UriTask per uri
+(with an earlier night's row), a bounded and order-free choice of copies per content, and
+each content's outcome sent back to every row bucket of every uri that has it."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pytest
+from apache_beam.pvalue import TaggedOutput
+
+from aisthetics_transforms import buckets
+from aisthetics_transforms.dedupe import (
+    READABLE_COPIES,
+    FirstClaims,
+    failure_for,
+    keep_first_of_each_id,
+    outcomes_of_content,
+    uri_tasks,
+)
+from aisthetics_transforms.manifest import ManifestFile
+from aisthetics_transforms.progress import TALLY
+from aisthetics_transforms.records import (
+    ERRORS,
+    ContentClaim,
+    ContentResult,
+    Failure,
+    ImageRef,
+    Score,
+    UriOutcome,
+    UriTask,
+    previous_score,
+    refs_table,
+    scores_schema,
+)
+
+SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
+SCORE = Score(5.5, 1.25, (0.1,) * 10, "nima-test", SCORED_AT, None)
+
+
+def requests(*pairs: tuple[str, int]) -> bytes:
+    """A packed piece of uri requests: (uri, row bucket) pairs."""
+    uris, row_buckets = zip(*pairs, strict=True)
+    return buckets.pack(pa.table({"uri": list(uris), "bucket": pa.array(row_buckets, pa.int32())}))
+
+
+def earlier_rows(*uris: str) -> bytes:
+    """A packed piece of an earlier night's scores rows, one per uri."""
+    rows = [
+        {
+            "image_id": f"id-{uri}",
+            "uri": uri,
+            "mean_score": 4.0 + n,
+            "sd_score": 1.0,
+            "predictions": [0.1] * 10,
+            "model_version": "nima-test",
+            "scored_at": SCORED_AT,
+            "content_sha256": f"{n:064x}",
+            "source_version": f'etag="{n}"',
+            "reused": False,
+            "exif_orientation": None,
+        }
+        for n, uri in enumerate(uris)
+    ]
+    return buckets.pack(pa.Table.from_pylist(rows, schema=scores_schema()))
+
+
+# --- uri_tasks ----------------------------------------------------------------------------------
+
+
+def test_one_task_per_uri_naming_each_row_bucket_once():
+    pieces = [
+        requests(("http://h/b.jpg", 3), ("http://h/a.jpg", 1), ("http://h/b.jpg", 0)),
+        requests(("http://h/a.jpg", 1), ("/local/c.jpg", 2), ("http://h/b.jpg", 3)),
+    ]
+    tasks = list(uri_tasks((5, {"requests": pieces})))  # a first night: no "previous" side at all
+    assert tasks == [UriTask("/local/c.jpg", (2,)), UriTask("http://h/a.jpg", (1,)), UriTask("http://h/b.jpg", (0, 3))]
+    assert list(uri_tasks((5, {"requests": pieces, "previous": []}))) == tasks
+
+
+def test_a_task_carries_the_earlier_nights_row_of_its_uri_only():
+    pieces = [requests(("http://h/a.jpg", 1), ("http://h/new.jpg", 2))]
+    previous = [earlier_rows("http://h/a.jpg", "http://h/no-longer-listed.jpg")]
+    tasks = {task.uri: task for task in uri_tasks((5, {"requests": pieces, "previous": previous}))}
+    assert sorted(tasks) == ["http://h/a.jpg", "http://h/new.jpg"]
+    [row] = [r for r in buckets.unpack(previous[0]).to_pylist() if r["uri"] == "http://h/a.jpg"]
+    assert tasks["http://h/a.jpg"].previous == previous_score(row)
+    assert tasks["http://h/new.jpg"].previous is None
+
+
+def test_a_bucket_with_only_earlier_rows_plans_nothing():
+    assert list(uri_tasks((5, {"requests": [], "previous": [earlier_rows("http://h/a.jpg")]}))) == []
+
+
+# --- FirstClaims --------------------------------------------------------------------------------
+
+
+def combined(fn: FirstClaims, claims: list[ContentClaim], parts: int) -> tuple:
+    """Combine ``claims`` as Beam may: in ``parts`` partial accumulators, then merged."""
+    accumulators = [
+        list(itertools.accumulate(claims[i::parts], fn.add_input, initial=fn.create_accumulator()))[-1]
+        for i in range(parts)
+    ]
+    return fn.extract_output(fn.merge_accumulators(accumulators))
+
+
+def test_a_content_keeps_a_few_readable_copies_whatever_the_combine_order():
+    """However many uris share a content, decode gets the same few (the smallest uris),
+    whichever order Beam's combine sees the claims in: bounded, and deterministic."""
+    claims = [ContentClaim(f"http://h/{i:03d}.jpg", None, None, (i % 5,)) for i in range(40)]
+    expected = tuple(claims[:READABLE_COPIES])
+    rng = random.Random(7)
+    for _ in range(20):
+        assert combined(FirstClaims(), rng.sample(claims, len(claims)), parts=3) == expected
+
+
+def test_local_copies_come_first_as_they_are_cheapest_to_read_again():
+    remote = [ContentClaim(f"http://h/{i}.jpg", None, None, (0,)) for i in range(5)]
+    remote += [ContentClaim("gs://bucket/a.jpg", None, "17", (0,))]
+    local = [ContentClaim("/var/photos/z.jpg", None, None, (1,)), ContentClaim("file:///srv/y.jpg", None, None, (2,))]
+    kept = combined(FirstClaims(), remote + local, parts=2)
+    assert len(kept) == READABLE_COPIES
+    assert kept[:2] == tuple(sorted(local, key=lambda c: c.uri))
+    assert kept[2] == min(remote, key=lambda c: c.uri)
+
+
+def test_fewer_claims_than_the_bound_are_all_kept():
+    claims = [ContentClaim("http://h/b.jpg", None, None, (0,)), ContentClaim("http://h/a.jpg", None, None, (1,))]
+    assert combined(FirstClaims(), claims, parts=2) == (claims[1], claims[0])
+    assert FirstClaims().extract_output(FirstClaims().create_accumulator()) == ()
+
+
+# --- outcomes_of_content and failure_for --------------------------------------------------------
+
+
+def test_a_contents_score_reaches_every_row_bucket_of_every_uri_with_it():
+    sha = "ab" * 32
+    claims = [
+        ContentClaim("http://h/a.jpg", 'etag="1"', None, (0, 4)),
+        ContentClaim("/photos/a.jpg", "size=9", None, (2,)),
+    ]
+    result = ContentResult(sha, SCORE, reused=True)
+    outcomes = list(outcomes_of_content((sha, {"claims": claims, "results": [result]})))
+    assert sorted(outcomes) == sorted(
+        [
+            (0, UriOutcome("http://h/a.jpg", sha, 'etag="1"', SCORE, True, None)),
+            (4, UriOutcome("http://h/a.jpg", sha, 'etag="1"', SCORE, True, None)),
+            (2, UriOutcome("/photos/a.jpg", sha, "size=9", SCORE, True, None)),
+        ]
+    )
+
+
+def test_a_contents_failure_is_told_to_each_uri_in_its_own_words():
+    sha = "cd" * 32
+    failure = Failure("decode", "CorruptImage", "http://h/a.jpg: truncated JPEG")
+    claims = [ContentClaim("http://h/a.jpg", None, None, (1,)), ContentClaim("http://h/copy.jpg", None, None, (3,))]
+    outcomes = dict(outcomes_of_content((sha, {"claims": claims, "results": [ContentResult(sha, failure=failure)]})))
+    assert outcomes[1].failure == failure and outcomes[1].score is None
+    assert outcomes[3].failure == Failure(
+        "decode", "CorruptImage", "http://h/copy.jpg: same content as http://h/a.jpg: truncated JPEG"
+    )
+
+
+@pytest.mark.parametrize("results", [0, 2])
+def test_a_content_without_exactly_one_result_fails_loudly(results):
+    sha = "ef" * 32
+    claims = [ContentClaim("/a.jpg", None, None, (0,))]
+    element = (sha, {"claims": claims, "results": [ContentResult(sha, SCORE)] * results})
+    with pytest.raises(RuntimeError, match=f"content {sha} has {results} results, expected 1"):
+        list(outcomes_of_content(element))
+
+
+def test_failure_for_names_the_uri_the_rows_hold():
+    failure = Failure("fetch", "ChangedDuringRun", "/a.jpg: changed since it was fetched")
+    assert failure_for(None, "/a.jpg") is None
+    assert failure_for(failure, "/a.jpg") is failure
+    assert failure_for(failure, "/b.jpg").message == "/b.jpg: same content as /a.jpg: changed since it was fetched"
+    assert failure_for(failure, "/b.jpg")[:2] == failure[:2]
+
+
+# --- keep_first_of_each_id ----------------------------------------------------------------------
+
+FILES = [ManifestFile(0, "/m/a.csv", 100, "csv", "line"), ManifestFile(1, "/m/b.jsonl", 100, "jsonl", "byte")]
+KEEP = ("category",)
+
+
+def refs_piece(file_index: int, *rows: tuple[str, str, str, int]) -> bytes:
+    """A packed refs table of manifest file ``file_index``: (image_id, uri, category, line)."""
+    path = FILES[file_index].path
+    refs = [ImageRef(i, uri, {"category": category}, f"{path}:{line}") for i, uri, category, line in rows]
+    return buckets.pack(refs_table(refs, KEEP, manifest_file=file_index))
+
+
+def test_the_first_row_of_each_id_in_manifest_order_is_kept_and_the_others_are_error_rows():
+    pieces = [
+        refs_piece(1, ("x", "/b-x.jpg", "late", 40), ("y", "/b-y.jpg", "only", 80)),
+        refs_piece(0, ("x", "/a-x-second.jpg", "second", 9), ("z", "/a-z.jpg", "z", 2), ("x", "/a-x.jpg", "first", 3)),
+    ]
+    TALLY.clear()
+    outputs = list(keep_first_of_each_id((6, pieces), FILES, KEEP))
+    [kept] = [o for o in outputs if isinstance(o, pa.Table)]
+    errors = [o.value for o in outputs if isinstance(o, TaggedOutput) and o.tag == ERRORS]
+    assert len(outputs) == 1 + len(errors)
+    assert kept.schema.names == ["image_id", "uri", "category"]  # the manifest position is not carried on
+    assert sorted(kept.to_pylist(), key=lambda r: r["image_id"]) == [
+        {"image_id": "x", "uri": "/a-x.jpg", "category": "first"},
+        {"image_id": "y", "uri": "/b-y.jpg", "category": "only"},
+        {"image_id": "z", "uri": "/a-z.jpg", "category": "z"},
+    ]
+    assert sorted(errors, key=lambda e: e["uri"]) == [
+        {
+            "image_id": "x",
+            "uri": "/a-x-second.jpg",
+            "stage": "manifest",
+            "error_type": "DuplicateImageId",
+            "category": "second",
+            "error_message": "/m/a.csv:9: image_id 'x' (uri /a-x-second.jpg) is already used at "
+            "/m/a.csv:3; only that row is scored",
+        },
+        {
+            "image_id": "x",
+            "uri": "/b-x.jpg",
+            "stage": "manifest",
+            "error_type": "DuplicateImageId",
+            "category": "late",
+            "error_message": "/m/b.jsonl:byte 40: image_id 'x' (uri /b-x.jpg) is already used at "
+            "/m/a.csv:3; only that row is scored",
+        },
+    ]
+    assert TALLY.snapshot()["manifest_errors"] == len(errors)  # counted, for the progress line
+
+
+def test_a_bucket_of_distinct_ids_is_passed_on_whole():
+    pieces = [refs_piece(0, ("b", "/b.jpg", "1", 2), ("a", "/a.jpg", "2", 3)), refs_piece(1, ("c", "/c.jpg", None, 0))]
+    [kept] = keep_first_of_each_id((0, pieces), FILES, KEEP)
+    assert sorted(kept.column("image_id").to_pylist()) == ["a", "b", "c"]
+    assert kept.num_rows == 3

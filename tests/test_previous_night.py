@@ -1,0 +1,134 @@
+"""What an incremental run reads of the earlier night, without a pipeline: its files' rows
+under tonight's model version, one per uri or content, and the reuse-or-score decision
+per content. (test_incremental.py and test_incremental_http.py run whole nights.)"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.pvalue import TaggedOutput
+
+from aisthetics_transforms import buckets, layout
+from aisthetics_transforms.dedupe import REUSED, previous_of_wanted, reuse_or_score
+from aisthetics_transforms.incremental import PREVIOUS_COLUMNS, find_previous_night, first_per_key, read_previous_file
+from aisthetics_transforms.records import STATS, ContentClaim, ContentResult, ContentTask, previous_score, scores_schema
+
+TONIGHT, OTHER = "nima-mobilenet-e563ad91b3d4-litert", "nima-mobilenet-e563ad91b3d4-keras"
+SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
+
+
+def earlier(uri: str, sha: str, version: str = TONIGHT, mean: float = 5.0) -> dict:
+    return {
+        "image_id": f"id-{uri}",
+        "uri": uri,
+        "mean_score": mean,
+        "sd_score": 1.0,
+        "predictions": [0.1] * 10,
+        "model_version": version,
+        "scored_at": SCORED_AT,
+        "content_sha256": sha,
+        "source_version": None,
+        "reused": False,
+        "exif_orientation": None,
+    }
+
+
+def write_scores(path, groups: list[list[dict]], schema: pa.Schema = scores_schema()) -> str:
+    with pq.ParquetWriter(path, schema) as writer:
+        for rows in groups:
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+    return str(path)
+
+
+def test_a_file_gives_its_row_groups_rows_of_tonights_model_only(tmp_path):
+    path = write_scores(
+        tmp_path / "RUN-scores-0.parquet",
+        [
+            [earlier("/a.jpg", "a" * 64), earlier("/b.jpg", "b" * 64, OTHER)],
+            [earlier("/c.jpg", "c" * 64, OTHER)],
+            [earlier("/d.jpg", "d" * 64), earlier("/e.jpg", "e" * 64)],
+        ],
+    )
+    tables = list(read_previous_file(path, TONIGHT))
+    assert [t.column("uri").to_pylist() for t in tables] == [["/a.jpg"], ["/d.jpg", "/e.jpg"]]
+    assert all(t.schema.names == list(PREVIOUS_COLUMNS) for t in tables)  # image_id and reused are not needed
+
+
+def test_a_file_of_an_older_layout_gives_the_columns_it_has(tmp_path):
+    schema = pa.schema([f for f in scores_schema() if f.name not in ("exif_orientation", "source_version")])
+    rows = [{k: v for k, v in earlier("/a.jpg", "a" * 64).items() if k in schema.names}]
+    [table] = read_previous_file(write_scores(tmp_path / "old.parquet", [rows], schema), TONIGHT)
+    assert "exif_orientation" not in table.schema.names
+    previous = previous_score(table.to_pylist()[0])
+    assert previous.source_version is None and previous.score.exif_orientation is None
+
+
+def test_an_unreadable_or_vanished_file_is_counted_not_fatal(tmp_path):
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 then nothing a Parquet reader wants")
+    for path in (broken, tmp_path / "vanished.parquet"):
+        [output] = read_previous_file(str(path), TONIGHT)
+        assert isinstance(output, TaggedOutput) and output.tag == STATS
+        assert output.value == {"previous_files_unreadable": 1}
+
+
+def test_one_row_per_key_the_first_in_order():
+    table = pa.Table.from_pylist(
+        [
+            earlier("/a.jpg", "x" * 64, mean=1),
+            earlier("/b.jpg", "y" * 64, mean=2),
+            earlier("/a.jpg", "y" * 64, mean=3),
+            earlier("/c.jpg", "x" * 64, mean=4),
+        ],
+        schema=scores_schema(),
+    )
+    assert first_per_key(table, "uri").column("mean_score").to_pylist() == [1, 2, 4]
+    assert first_per_key(table, "content_sha256").column("mean_score").to_pylist() == [1, 2]
+    assert first_per_key(table.slice(0, 1), "uri") == table.slice(0, 1)
+
+
+def test_only_the_contents_fetched_tonight_are_looked_up_each_once():
+    sha_a, sha_b, sha_gone = "a" * 64, "b" * 64, "f" * 64
+    pieces = [
+        buckets.pack(
+            pa.Table.from_pylist(
+                [earlier("/1.jpg", sha_a, mean=6.0), earlier("/2.jpg", sha_gone)], schema=scores_schema()
+            )
+        ),
+        buckets.pack(pa.Table.from_pylist([earlier("/3.jpg", sha_a, mean=7.0)], schema=scores_schema())),
+    ]
+    found = list(previous_of_wanted((2, {"wanted": [sha_a, sha_b], "previous": pieces})))
+    assert [(sha, p.score.mean_score) for sha, p in found] == [(sha_a, 6.0)]
+    assert list(previous_of_wanted((2, {"wanted": [], "previous": pieces}))) == []
+    assert list(previous_of_wanted((2, {"wanted": [sha_a], "previous": []}))) == []
+
+
+def test_a_content_is_reused_when_an_earlier_night_scored_it_else_scored():
+    sha = "c" * 64
+    [previous] = [previous_score(earlier("/1.jpg", sha, mean=6.5))]
+    copies = (ContentClaim("/1.jpg", None, None, (0,)), ContentClaim("http://h/1.jpg", None, None, (1,)))
+    [reused] = reuse_or_score((sha, {"previous": [previous], "copies": [copies]}))
+    assert isinstance(reused, TaggedOutput) and reused.tag == REUSED
+    assert reused.value == ContentResult(sha, previous.score, reused=True)
+    [task] = reuse_or_score((sha, {"previous": [], "copies": [copies]}))
+    assert task == ContentTask(sha, (("/1.jpg", None), ("http://h/1.jpg", None)))
+
+
+def test_the_previous_night_is_its_summarys_run_with_its_row_count(tmp_path):
+    output = str(tmp_path / "out")
+    partition = layout.partition_dir(output, "scores", "2026-11-27")
+    files = [
+        write_scores(tmp_path / name, [[earlier("/a.jpg", "a" * 64)]])
+        for name in ("RUNX-scores-1.parquet", "RUNX-scores-0.parquet")
+    ]
+    for path in files:
+        layout.move([(path, layout.join(partition, path.rsplit("/", 1)[1]))])
+    layout.write_atomic(layout.join(partition, "RUNW-scores-0.parquet"), b"PAR1")  # an older run's leftover
+    layout.write_atomic(layout.summary_path(output, "2026-11-27"), json.dumps({"run_id": "RUNX", "rows": 42}).encode())
+    night = find_previous_night(output, "2026-11-28")
+    assert (night.run_date, night.run_id, night.partition, night.rows) == ("2026-11-27", "RUNX", partition, 42)
+    assert night.files == [layout.join(partition, f"RUNX-scores-{i}.parquet") for i in (0, 1)]
+    assert find_previous_night(output, "2026-11-27") is None
