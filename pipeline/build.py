@@ -15,7 +15,6 @@ from aisthetics_transforms.dedupe import (
     ResultsToUris,
     UniqueImageIds,
 )
-from aisthetics_transforms.fetch import FetchLimits
 from aisthetics_transforms.fetch.transform import OUTCOMES, FetchImages
 from aisthetics_transforms.incremental import ReadPreviousNight
 from aisthetics_transforms.join import JoinRows
@@ -24,9 +23,8 @@ from aisthetics_transforms.manifest import (
     ReadImageGlob,
     ReadManifest,
 )
-from aisthetics_transforms.preprocess import DecodeLimits
 from aisthetics_transforms.records import ERRORS, STATS
-from aisthetics_transforms.score import ModelSpec, ScoreImages
+from aisthetics_transforms.score import ScoreImages
 from aisthetics_transforms.write import RunInfo, WriteTables
 from pipeline.options import AistheticsOptions
 
@@ -49,14 +47,7 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
         earlier = p | "ReadPreviousNight" >> ReadPreviousNight(
             previous, run.model_version, uri_buckets, bucket_count(previous_rows)
         )
-    fetch_limits = FetchLimits(
-        max_bytes=opts.max_image_bytes,
-        read_timeout=opts.http_timeout,
-        deadline=opts.http_deadline,
-        allow_private_hosts=opts.allow_private_hosts,
-        max_connections_per_host=opts.max_connections_per_host,
-        max_bytes_in_flight=opts.max_bytes_in_flight,
-    )
+    fetch_limits = opts.fetch_limits()
     fetched = (
         rows[dedupe.URIS]
         | "PlanFetches" >> PlanFetches(uri_buckets, earlier.get("uri"))
@@ -64,17 +55,15 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
         >> beam.ParDo(FetchImages(fetch_limits, opts.fetch_threads)).with_outputs(OUTCOMES, STATS, main="claims")
     )
     contents = fetched.claims | "DedupeContent" >> DedupeContent(earlier.get("content"), bucket_count(previous_rows))
-    decode_limits = DecodeLimits(max_pixels=opts.max_pixels, max_dimension=opts.max_dimension)
     decoded = (
         contents["tasks"]
         | "SpreadContents" >> beam.Reshuffle()
         | "DecodeImages"
-        >> beam.ParDo(DecodeImages(decode_limits, opts.decode_threads, fetch_limits)).with_outputs(
+        >> beam.ParDo(DecodeImages(opts.decode_limits(), opts.decode_threads, fetch_limits)).with_outputs(
             FAILED, main="images"
         )
     )
-    model = ModelSpec(opts.engine, opts.weights, opts.batch_size, opts.inference_threads)
-    scored = decoded.images | "ScoreImages" >> ScoreImages(model)
+    scored = decoded.images | "ScoreImages" >> ScoreImages(opts.model_spec())
     results, stats = [scored.results, decoded[FAILED]], [fetched[STATS], scored[STATS]]
     if previous:
         results.append(contents[dedupe.REUSED])

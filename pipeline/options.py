@@ -22,9 +22,11 @@ from typing import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from aisthetics_transforms import records
-from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS
+from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS, FetchLimits
 from aisthetics_transforms.manifest import FORMATS
 from aisthetics_transforms.model import ENGINES
+from aisthetics_transforms.preprocess import DecodeLimits
+from aisthetics_transforms.score import ModelSpec
 
 PROG = "python -m pipeline"
 EXIT_STATUS_HELP = (
@@ -238,6 +240,22 @@ class AistheticsOptions(PipelineOptions):
     @property
     def keep_column_list(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.keep_columns.split(",") if c.strip())
+
+    def fetch_limits(self) -> FetchLimits:
+        return FetchLimits(
+            max_bytes=self.max_image_bytes,
+            read_timeout=self.http_timeout,
+            deadline=self.http_deadline,
+            allow_private_hosts=self.allow_private_hosts,
+            max_connections_per_host=self.max_connections_per_host,
+            max_bytes_in_flight=self.max_bytes_in_flight,
+        )
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(max_pixels=self.max_pixels, max_dimension=self.max_dimension)
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(self.engine, self.weights, self.batch_size, self.inference_threads)
 
 
 def run_date_problems(run_date: str) -> list[str]:

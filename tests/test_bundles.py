@@ -61,19 +61,19 @@ def test_a_slow_call_holds_back_none_of_the_calls_after_it(pool_of):
 def test_at_most_threads_times_per_thread_calls_are_unfinished(pool_of):
     pool = pool_of(threads=2, per_thread=2)
     gates = [threading.Event() for _ in range(5)]
-    for i in range(3):
-        assert list(pool.submit(i, gated, gates[i], i)) == []  # room in the window: returns at once
-    fourth, handed_back = submit_in_thread(pool, 3, gated, gates[3], 3)
-    fourth.join(0.3)
-    assert fourth.is_alive() and handed_back == []  # the window (4) is full: submit waits...
+    for i in range(4):
+        assert list(pool.submit(i, gated, gates[i], i)) == []  # room in the window (4): returns at once
+    fifth, handed_back = submit_in_thread(pool, 4, gated, gates[4], 4)
+    fifth.join(0.3)
+    assert fifth.is_alive() and handed_back == []  # a fifth would overfill it: submit waits...
     gates[1].set()
-    fourth.join(WAIT)
-    assert not fourth.is_alive()
+    fifth.join(WAIT)
+    assert not fifth.is_alive()
     assert [element for element, _ in handed_back] == [1]  # ...for the first call to finish
     for gate in gates:
         gate.set()
     rest = [element for element, _ in pool.drain()]
-    assert sorted(rest) == [0, 2, 3]
+    assert sorted(rest) == [0, 2, 3, 4]
 
 
 def test_drain_returns_every_unfinished_call_once_then_nothing(pool_of):
