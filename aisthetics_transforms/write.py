@@ -29,12 +29,12 @@ from aisthetics_transforms.layout import is_local as _is_local
 from aisthetics_transforms.layout import staging_dir
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.publish import RunInfo, publish_night
-from aisthetics_transforms.records import STAGES, errors_schema, scores_schema
+from aisthetics_transforms.records import STAGES, RunSummary, errors_schema, scores_schema
 
 ROW_GROUP_ROWS = 50_000  # score rows per Parquet row group (about 10 MB in memory)
 
 
-def summarize(files: Sequence[dict], stats: dict, run: RunInfo) -> dict:
+def summarize(files: Sequence[dict], stats: dict, run: RunInfo) -> RunSummary:
     """summary.json: row counts from what the committed Parquet files hold
     (:func:`file_counts`), and what the stages counted (``stats``: inferences, fetches...)."""
     totals: dict = {}
@@ -45,7 +45,7 @@ def summarize(files: Sequence[dict], stats: dict, run: RunInfo) -> dict:
     errors = sum(by_stage.values())
     fresh_rows, reused = totals.get("fresh_rows", 0), totals.get("reused", 0)
     inferred = stats.get("inferred", 0)
-    return {
+    summary: RunSummary = {
         "run_date": run.run_date,
         "run_id": run.run_id,
         "source": run.source,
@@ -62,9 +62,11 @@ def summarize(files: Sequence[dict], stats: dict, run: RunInfo) -> dict:
         "previous_files_unreadable": stats.get("previous_files_unreadable", 0),
         "model_version": run.model_version,
         "incremental_from": run.previous_partition,
-        **({"incremental_reason": run.incremental_reason} if run.incremental_reason else {}),
         "started_at": run.started_at,
     }
+    if run.incremental_reason:
+        summary["incremental_reason"] = run.incremental_reason
+    return summary
 
 
 def file_counts(item: pa.Table | dict) -> dict:
