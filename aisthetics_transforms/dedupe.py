@@ -323,8 +323,8 @@ def failure_for(failure: Failure | None, uri: str) -> Failure | None:
 
 
 def outcomes_of_content(element):
-    """(content_sha256, {"claims": [...], "results": [one ContentResult]}) -> (row bucket,
-    UriOutcome) for every row bucket of every uri with that content."""
+    """(content_sha256, {"claims": [...], "results": [one ContentResult]}) -> (row buckets,
+    UriOutcome) for every uri with that content."""
     sha, sides = element
     results = list(sides["results"])
     if len(results) != 1:  # a wiring bug, never bad input: fail loudly rather than lose rows
@@ -334,12 +334,11 @@ def outcomes_of_content(element):
         outcome = UriOutcome(
             claim.uri, sha, claim.source_version, result.score, result.reused, failure_for(result.failure, claim.uri)
         )
-        for bucket in claim.buckets:
-            yield bucket, outcome
+        yield claim.buckets, outcome
 
 
 class ResultsToUris(beam.PTransform):
-    """``{"claims": (sha, ContentClaim), "results": ContentResult}`` -> (row bucket, UriOutcome)."""
+    """``{"claims": (sha, ContentClaim), "results": ContentResult}`` -> (row buckets, UriOutcome)."""
 
     def expand(self, inputs):
         results = inputs["results"] | "ByContent" >> beam.Map(lambda r: (r.content_sha256, r))

@@ -1,13 +1,17 @@
 """Join stage: a row bucket's rows + what became of their uris -> tables of score rows and error rows.
 
-Each row bucket (one row per image_id, see ``dedupe.UniqueImageIds``) meets the
-UriOutcome of every uri its rows name, and every row takes its uri's score or failure,
-with Arrow, so a bucket costs a few vectorised calls however many rows share one uri.
-A row without an outcome would be a wiring bug: it fails loudly rather than vanish.
+Each uri's UriOutcome is sent to every row bucket that holds rows of it (one per bucket,
+however many rows), packed with the others bound for that bucket into Arrow tables
+(:class:`BucketOutcomes`): the outcome of a uri spread over many buckets is a row in a
+few tables, not an element per bucket. Each row bucket (one row per image_id, see
+``dedupe.UniqueImageIds``) then meets its outcome tables, and every row takes its uri's
+score or failure, with Arrow. A row without an outcome would be a wiring bug: it fails
+loudly rather than vanish.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Iterable, Sequence
 
 import apache_beam as beam
@@ -16,6 +20,7 @@ import pyarrow.compute as pc
 from apache_beam.pvalue import TaggedOutput
 
 from aisthetics_transforms import buckets
+from aisthetics_transforms.bundles import in_global_window
 from aisthetics_transforms.records import ERRORS, UriOutcome, errors_schema, scores_schema
 
 _SCORE_FIELDS = ("mean_score", "sd_score", "predictions", "model_version", "scored_at", "exif_orientation")
@@ -49,6 +54,40 @@ def outcomes_table(outcomes: Iterable[UriOutcome]) -> pa.Table:
         "error_message": [None if f is None else f.message for f in failures],
     }
     return pa.table(columns, schema=OUTCOMES_SCHEMA)
+
+
+class BucketOutcomes(beam.DoFn):
+    """``(row buckets, UriOutcome)`` -> ``(row bucket, packed outcomes table)``: each outcome
+    goes to each of its buckets, gathered per bucket within a bundle into pieces of up to
+    ``piece_rows`` outcomes, holding at most ``held_rows`` in all."""
+
+    def __init__(self, piece_rows: int = 5_000, held_rows: int = 100_000):
+        self.piece_rows = piece_rows
+        self.held_rows = held_rows
+
+    def start_bundle(self):
+        self._held: dict[int, list[UriOutcome]] = defaultdict(list)
+        self._total = 0
+
+    def process(self, element: tuple[tuple, UriOutcome]):
+        row_buckets, outcome = element
+        for bucket in row_buckets:
+            held = self._held[bucket]
+            held.append(outcome)
+            self._total += 1
+            if len(held) >= self.piece_rows:
+                yield self._flush(bucket)
+        if self._total >= self.held_rows:
+            for bucket in list(self._held):
+                yield self._flush(bucket)
+
+    def finish_bundle(self):
+        yield from in_global_window([self._flush(bucket) for bucket in list(self._held)])
+
+    def _flush(self, bucket: int) -> tuple[int, bytes]:
+        outcomes = self._held.pop(bucket)
+        self._total -= len(outcomes)
+        return bucket, buckets.pack(outcomes_table(outcomes))
 
 
 def join_rows(rows: pa.Table, outcomes: pa.Table, keep_columns: Sequence[str]) -> tuple[pa.Table, pa.Table]:
@@ -88,13 +127,14 @@ def join_rows(rows: pa.Table, outcomes: pa.Table, keep_columns: Sequence[str]) -
 
 
 def join_bucket(element, keep_columns: tuple):
-    """(row bucket, {"rows": [packed rows], "outcomes": [UriOutcome...]}) -> a table of
+    """(row bucket, {"rows": [packed rows], "outcomes": [packed outcomes]}) -> a table of
     score rows (main) and a table of error rows (``ERRORS``), each when not empty."""
     _, sides = element
     rows = buckets.concat(sides["rows"])
     if rows is None:
         return
-    scores, errors = join_rows(rows, outcomes_table(sides["outcomes"]), keep_columns)
+    outcomes = buckets.concat(sides["outcomes"])
+    scores, errors = join_rows(rows, outcomes if outcomes is not None else outcomes_table([]), keep_columns)
     if scores.num_rows:
         yield scores
     if errors.num_rows:
@@ -102,16 +142,17 @@ def join_bucket(element, keep_columns: tuple):
 
 
 class JoinRows(beam.PTransform):
-    """``{"rows": (bucket, packed rows), "outcomes": (bucket, UriOutcome)}`` -> tables of
-    score rows (``scores``) and of error rows (``errors``)."""
+    """``{"rows": (bucket, packed rows), "outcomes": (row buckets, UriOutcome)}`` -> tables
+    of score rows (``scores``) and of error rows (``errors``)."""
 
     def __init__(self, keep_columns: tuple):
         super().__init__()
         self.keep_columns = keep_columns
 
     def expand(self, inputs):
+        outcomes = inputs["outcomes"] | "OutcomesByBucket" >> beam.ParDo(BucketOutcomes())
         return (
-            inputs
+            {"rows": inputs["rows"], "outcomes": outcomes}
             | "ByRowBucket" >> beam.CoGroupByKey()
             | "TakeOutcomes" >> beam.FlatMap(join_bucket, self.keep_columns).with_outputs(ERRORS, main="scores")
         )

@@ -146,9 +146,8 @@ def test_a_contents_score_reaches_every_row_bucket_of_every_uri_with_it():
     outcomes = list(outcomes_of_content((sha, {"claims": claims, "results": [result]})))
     assert sorted(outcomes) == sorted(
         [
-            (0, UriOutcome("http://h/a.jpg", sha, 'etag="1"', SCORE, True, None)),
-            (4, UriOutcome("http://h/a.jpg", sha, 'etag="1"', SCORE, True, None)),
-            (2, UriOutcome("/photos/a.jpg", sha, "size=9", SCORE, True, None)),
+            ((0, 4), UriOutcome("http://h/a.jpg", sha, 'etag="1"', SCORE, True, None)),
+            ((2,), UriOutcome("/photos/a.jpg", sha, "size=9", SCORE, True, None)),
         ]
     )
 
@@ -158,8 +157,8 @@ def test_a_contents_failure_is_told_to_each_uri_in_its_own_words():
     failure = Failure("decode", "CorruptImage", "http://h/a.jpg: truncated JPEG")
     claims = [ContentClaim("http://h/a.jpg", None, None, (1,)), ContentClaim("http://h/copy.jpg", None, None, (3,))]
     outcomes = dict(outcomes_of_content((sha, {"claims": claims, "results": [ContentResult(sha, failure=failure)]})))
-    assert outcomes[1].failure == failure and outcomes[1].score is None
-    assert outcomes[3].failure == Failure(
+    assert outcomes[(1,)].failure == failure and outcomes[(1,)].score is None
+    assert outcomes[(3,)].failure == Failure(
         "decode", "CorruptImage", "http://h/copy.jpg: same content as http://h/a.jpg: truncated JPEG"
     )
 

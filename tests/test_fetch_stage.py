@@ -122,7 +122,7 @@ def run_fetch(tasks, limits=LIMITS, threads=4):
     return _COLLECTED.get("claims", []), _COLLECTED.get("outcomes", []), _COLLECTED.get("stats", [])
 
 
-def test_every_uri_ends_as_one_claim_or_one_outcome_per_row_bucket(base, tmp_path):
+def test_every_uri_ends_as_one_claim_or_one_outcome_naming_its_row_buckets(base, tmp_path):
     local, unchanged, touched, changed = (tmp_path / f"{n}.jpg" for n in ("local", "unchanged", "touched", "changed"))
     for path in (local, unchanged, touched, changed):
         path.write_bytes(path.name.encode() + PAYLOAD)
@@ -153,17 +153,17 @@ def test_every_uri_ends_as_one_claim_or_one_outcome_per_row_bucket(base, tmp_pat
             (sha(b"new " + PAYLOAD), str(changed), (4,)),
         ]
     )
+    # One outcome per uri, naming every row bucket its rows are in.
     summary = sorted(
-        (bucket, o.uri, o.failure.error_type if o.failure else None, o.reused, o.content_sha256)
-        for bucket, o in outcomes
+        (row_buckets, o.uri, o.failure.error_type if o.failure else None, o.reused, o.content_sha256)
+        for row_buckets, o in outcomes
     )
     assert summary == sorted(
         [
-            (0, f"{base}/missing", "NotFound", False, None),
-            (2, f"{base}/missing", "NotFound", False, None),
-            (3, "", "InvalidUri", False, None),
-            (4, str(unchanged), None, True, before[unchanged].content_sha256),
-            (4, str(touched), None, True, before[touched].content_sha256),
+            ((0, 2), f"{base}/missing", "NotFound", False, None),
+            ((3,), "", "InvalidUri", False, None),
+            ((4,), str(unchanged), None, True, before[unchanged].content_sha256),
+            ((4,), str(touched), None, True, before[touched].content_sha256),
         ]
     )
     touched_outcome = next(o for _, o in outcomes if o.uri == str(touched))

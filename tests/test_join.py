@@ -11,7 +11,7 @@ import pytest
 from apache_beam.pvalue import TaggedOutput
 
 from aisthetics_transforms import buckets
-from aisthetics_transforms.join import join_bucket, join_rows, outcomes_table
+from aisthetics_transforms.join import OUTCOMES_SCHEMA, BucketOutcomes, join_bucket, join_rows, outcomes_table
 from aisthetics_transforms.records import ERRORS, Failure, Score, UriOutcome, errors_schema, scores_schema
 
 KEEP = ("category", "brand")
@@ -117,13 +117,33 @@ def test_outcomes_of_uris_no_row_names_are_ignored():
 
 def test_a_bucket_gives_a_score_table_and_a_tagged_error_table_each_only_when_not_empty():
     pieces = [buckets.pack(rows_table(ROWS[:3])), buckets.pack(rows_table(ROWS[3:]))]
-    outputs = list(join_bucket((7, {"rows": pieces, "outcomes": list(OUTCOMES.values())}), KEEP))
+    outcomes = list(OUTCOMES.values())
+    packed = [buckets.pack(outcomes_table(outcomes[:2])), buckets.pack(outcomes_table(outcomes[2:]))]
+    outputs = list(join_bucket((7, {"rows": pieces, "outcomes": packed}), KEEP))
     scores, errors = outputs
     assert isinstance(scores, pa.Table) and scores.num_rows == 4
     assert isinstance(errors, TaggedOutput) and errors.tag == ERRORS and errors.value.num_rows == 2
 
     only_scored = [buckets.pack(rows_table([ROWS[0]]))]
-    [alone] = join_bucket((7, {"rows": only_scored, "outcomes": list(OUTCOMES.values())}), KEEP)
+    [alone] = join_bucket((7, {"rows": only_scored, "outcomes": packed}), KEEP)
     assert isinstance(alone, pa.Table) and alone.column("image_id").to_pylist() == ["a"]
     # A bucket only outcomes reached (its rows are elsewhere) writes nothing.
-    assert list(join_bucket((7, {"rows": [], "outcomes": list(OUTCOMES.values())}), KEEP)) == []
+    assert list(join_bucket((7, {"rows": [], "outcomes": packed}), KEEP)) == []
+
+
+def test_outcomes_reach_each_of_their_row_buckets_packed_in_bounded_pieces():
+    """One outcome per uri, told which row buckets hold its rows, becomes a row of an
+    outcomes table for each of them; a bundle holds a bounded number before it emits."""
+    outcomes = list(OUTCOMES.values())
+    fn = BucketOutcomes(piece_rows=2, held_rows=5)
+    fn.start_bundle()
+    emitted = [out for i, o in enumerate(outcomes) for out in fn.process(((i % 3, 7), o))]
+    emitted += [wv.value for wv in fn.finish_bundle()]
+    tables: dict[int, list] = {}
+    for bucket, piece in emitted:
+        table = buckets.unpack(piece)
+        assert table.schema == OUTCOMES_SCHEMA and table.num_rows <= 2
+        tables.setdefault(bucket, []).extend(table.column("uri").to_pylist())
+    assert sorted(tables[7]) == sorted(o.uri for o in outcomes)
+    for bucket in range(3):
+        assert sorted(tables.get(bucket, [])) == sorted(o.uri for i, o in enumerate(outcomes) if i % 3 == bucket)

@@ -10,7 +10,7 @@ Per UriTask, on a pool of threads (fetches wait on the network, not the CPU):
 
 No image bytes leave this stage, so no shuffle, combine or side input ever holds them.
 Results leave as they finish, not in input order: a dead host holds one thread for one
-deadline. Outputs: claims ``(content_sha256, ContentClaim)`` (main), ``(row bucket,
+deadline. Outputs: claims ``(content_sha256, ContentClaim)`` (main), ``(row buckets,
 UriOutcome)`` on ``OUTCOMES``, and per-bundle counts on ``STATS``.
 """
 
@@ -149,5 +149,4 @@ class FetchImages(beam.DoFn):
 
 
 def _to_buckets(task: UriTask, outcome: UriOutcome):
-    for bucket in task.buckets:
-        yield TaggedOutput(OUTCOMES, (bucket, outcome))
+    yield TaggedOutput(OUTCOMES, (task.buckets, outcome))
