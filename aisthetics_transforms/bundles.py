@@ -24,6 +24,17 @@ def in_global_window(outputs: Iterable):
 T = TypeVar("T")
 
 
+def completed(call: Callable, *args) -> Future:
+    """``call(*args)`` run here, as a finished Future (its result or its exception): for work
+    too quick to hand to a pool thread, given to the same code that reads the pool's."""
+    future: Future = Future()
+    try:
+        future.set_result(call(*args))
+    except Exception as exc:  # delivered through the Future, as the pool delivers it
+        future.set_exception(exc)
+    return future
+
+
 class WorkPool(Generic[T]):
     """Runs one call per element on ``threads`` threads and hands back ``(element, future)``
     pairs as the calls finish, not in input order, so one slow call (a dead host) holds

@@ -146,8 +146,12 @@ def fetch_bytes(uri: str, limits: FetchLimits = DEFAULT_LIMITS, session: Optiona
 
 
 def is_local_file(uri: str) -> bool:
-    """A local path or ``file://`` uri: bytes that are cheaper to read again than to carry."""
-    return _scheme(uri) in ("", "file")
+    """A local path or ``file://`` uri: bytes that are cheaper to read again than to carry.
+    False for a malformed uri, which fetching then reports as InvalidUri."""
+    try:
+        return _scheme(uri) in ("", "file")
+    except FetchError:
+        return False
 
 
 def _scheme(uri: str) -> str:

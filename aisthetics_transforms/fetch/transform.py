@@ -25,7 +25,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from aisthetics_transforms.bundles import WorkPool, in_global_window
+from aisthetics_transforms.bundles import WorkPool, completed, in_global_window
 from aisthetics_transforms.fetch import (
     DEFAULT_FETCH_THREADS,
     DEFAULT_LIMITS,
@@ -34,6 +34,7 @@ from aisthetics_transforms.fetch import (
     ThreadSessions,
     check_version,
     fetch_image,
+    is_local_file,
 )
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import (
@@ -100,6 +101,9 @@ class FetchImages(beam.DoFn):
         self._stats: Counter = Counter()
 
     def process(self, task: UriTask):
+        if is_local_file(task.uri):  # a stat, or a page-cache read: quicker here than on a pool thread
+            yield from self._outputs(task, completed(self._examine, task))
+            return
         for done in self._pool.submit(task, self._examine, task):
             yield from self._outputs(*done)
 
