@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Generic, Iterable, Iterator, Tuple, TypeVar
@@ -22,6 +23,15 @@ def in_global_window(outputs: Iterable):
 
 
 T = TypeVar("T")
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of up to ``size``: per-uri work crosses a shuffle as a few thousand
+    lists rather than millions of elements, each of which costs the runner and the wire
+    more than the few hundred bytes it holds."""
+    items = iter(items)
+    while batch := list(itertools.islice(items, size)):
+        yield batch
 
 
 def completed(call: Callable, *args) -> Future:

@@ -6,20 +6,21 @@ by image_id, see ``buckets``) until the join stage; what travels per image is sm
     refs tables   --UniqueImageIds-->  row buckets (b, rows) + uri requests (uri, b)
     uri requests (+ an earlier night's row per uri)  --PlanFetches-->  one UriTask per uri
     claims (content_sha256, ContentClaim)  --DedupeContent-->  one ContentTask per content
-    content results + claims  --ResultsToUris-->  (b, UriOutcome) per row bucket of each uri
+    content results + claims  --ResultsToUris-->  (row buckets, UriOutcome) per uri
 
 A uri named by millions of rows is one UriTask listing the row buckets that hold those
 rows (at most the bucket count), and its outcome goes back to each of them: no element
 grows with the popularity of a uri. Between PlanFetches and fetch, and between
-DedupeContent and decode, a shuffle keyed per uri or per content spreads the image work
-over every worker (on Dataflow, dynamic work rebalancing can split it there).
+DedupeContent and decode, a shuffle spreads the image work over every worker (on
+Dataflow, dynamic work rebalancing can split it there). UriTasks and UriOutcomes travel in
+lists of up to URIS_PER_ELEMENT (a few KB): per-element overhead, not the uris, would
+otherwise be most of what a night without changes costs.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from operator import itemgetter
 
 import apache_beam as beam
 import numpy as np
@@ -29,11 +30,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from aisthetics_transforms import buckets
-from aisthetics_transforms.bundles import in_global_window
+from aisthetics_transforms.bundles import batched, in_global_window
 from aisthetics_transforms.fetch import is_local_file
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import (
     ERRORS,
+    URIS_PER_ELEMENT,
     ContentClaim,
     ContentResult,
     ContentTask,
@@ -50,6 +52,7 @@ URIS = "uris"  # tables of (uri, bucket): the distinct uris of each row bucket
 REUSED = "reused"  # ContentResults an earlier night scored
 READABLE_COPIES = 3  # uris a content can be read again from, should one have changed meanwhile
 _DUPLICATES = Metrics.counter("aisthetics", "manifest_errors")
+_URIS_PLANNED = Metrics.counter("aisthetics", "uris_planned")
 
 
 class Count(beam.DoFn):
@@ -194,14 +197,20 @@ def uri_tasks(element):
     if previous is not None and previous.num_rows:
         previous = previous.filter(pc.is_in(previous.column("uri"), value_set=pc.unique(requests.column("uri"))))
         known = {row["uri"]: previous_score(row) for row in previous.to_pylist()}
-    requests = requests.take(pc.sort_indices(requests, [("uri", "ascending"), ("bucket", "ascending")]))
-    pairs = zip(requests.column("uri").to_pylist(), requests.column("bucket").to_pylist())
-    for uri, group in itertools.groupby(pairs, key=itemgetter(0)):
-        yield UriTask(uri, tuple(sorted({bucket for _, bucket in group})), known.get(uri))
+    grouped = requests.group_by("uri").aggregate([("bucket", "distinct")]).sort_by("uri")
+    for uri, row_buckets in zip(grouped.column("uri").to_pylist(), grouped.column("bucket_distinct").to_pylist()):
+        yield UriTask(uri, tuple(sorted(row_buckets)), known.get(uri))
+
+
+def uri_task_lists(element):
+    """:func:`uri_tasks` in lists of up to URIS_PER_ELEMENT, counted as planned."""
+    for tasks in batched(uri_tasks(element), URIS_PER_ELEMENT):
+        inc(_URIS_PLANNED, len(tasks))
+        yield tasks
 
 
 class PlanFetches(beam.PTransform):
-    """Uri requests -> one UriTask per distinct uri, spread over the workers. ``uri_buckets``
+    """Uri requests -> lists of UriTasks, one per distinct uri, spread over the workers. ``uri_buckets``
     is a singleton PCollection with the bucket count (the same ``previous`` is split by);
     ``previous``: an earlier night's rows, one per uri, as ``(uri bucket, packed)``."""
 
@@ -217,8 +226,7 @@ class PlanFetches(beam.PTransform):
         return (
             sides
             | "JoinOnUri" >> beam.CoGroupByKey()
-            | "OnePerUri" >> beam.FlatMap(uri_tasks)
-            | "CountUris" >> beam.ParDo(Count("uris_planned"))
+            | "OnePerUri" >> beam.FlatMap(uri_task_lists)
             | "SpreadUris" >> beam.Reshuffle()
         )
 
@@ -323,22 +331,23 @@ def failure_for(failure: Failure | None, uri: str) -> Failure | None:
 
 
 def outcomes_of_content(element):
-    """(content_sha256, {"claims": [...], "results": [one ContentResult]}) -> (row buckets,
-    UriOutcome) for every uri with that content."""
+    """(content_sha256, {"claims": [...], "results": [one ContentResult]}) -> lists of
+    (row buckets, UriOutcome), one for every uri with that content."""
     sha, sides = element
     results = list(sides["results"])
     if len(results) != 1:  # a wiring bug, never bad input: fail loudly rather than lose rows
         raise RuntimeError(f"content {sha} has {len(results)} results, expected 1")
     [result] = results
-    for claim in sides["claims"]:
-        outcome = UriOutcome(
-            claim.uri, sha, claim.source_version, result.score, result.reused, failure_for(result.failure, claim.uri)
-        )
-        yield claim.buckets, outcome
+
+    def outcome(claim: ContentClaim) -> UriOutcome:
+        failure = failure_for(result.failure, claim.uri)
+        return UriOutcome(claim.uri, sha, claim.source_version, result.score, result.reused, failure)
+
+    yield from batched(((claim.buckets, outcome(claim)) for claim in sides["claims"]), URIS_PER_ELEMENT)
 
 
 class ResultsToUris(beam.PTransform):
-    """``{"claims": (sha, ContentClaim), "results": ContentResult}`` -> (row buckets, UriOutcome)."""
+    """``{"claims": (sha, ContentClaim), "results": ContentResult}`` -> lists of (row buckets, UriOutcome)."""
 
     def expand(self, inputs):
         results = inputs["results"] | "ByContent" >> beam.Map(lambda r: (r.content_sha256, r))

@@ -57,7 +57,7 @@ def outcomes_table(outcomes: Iterable[UriOutcome]) -> pa.Table:
 
 
 class BucketOutcomes(beam.DoFn):
-    """``(row buckets, UriOutcome)`` -> ``(row bucket, packed outcomes table)``: each outcome
+    """Lists of ``(row buckets, UriOutcome)`` -> ``(row bucket, packed outcomes table)``: each outcome
     goes to each of its buckets, gathered per bucket within a bundle into pieces of up to
     ``piece_rows`` outcomes, holding at most ``held_rows`` in all."""
 
@@ -69,14 +69,14 @@ class BucketOutcomes(beam.DoFn):
         self._held: dict[int, list[UriOutcome]] = defaultdict(list)
         self._total = 0
 
-    def process(self, element: tuple[tuple, UriOutcome]):
-        row_buckets, outcome = element
-        for bucket in row_buckets:
-            held = self._held[bucket]
-            held.append(outcome)
-            self._total += 1
-            if len(held) >= self.piece_rows:
-                yield self._flush(bucket)
+    def process(self, outcomes: list[tuple[tuple, UriOutcome]]):
+        for row_buckets, outcome in outcomes:
+            for bucket in row_buckets:
+                held = self._held[bucket]
+                held.append(outcome)
+                self._total += 1
+                if len(held) >= self.piece_rows:
+                    yield self._flush(bucket)
         if self._total >= self.held_rows:
             for bucket in list(self._held):
                 yield self._flush(bucket)
@@ -142,7 +142,7 @@ def join_bucket(element, keep_columns: tuple):
 
 
 class JoinRows(beam.PTransform):
-    """``{"rows": (bucket, packed rows), "outcomes": (row buckets, UriOutcome)}`` -> tables
+    """``{"rows": (bucket, packed rows), "outcomes": lists of (row buckets, UriOutcome)}`` -> tables
     of score rows (``scores``) and of error rows (``errors``)."""
 
     def __init__(self, keep_columns: tuple):

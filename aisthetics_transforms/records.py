@@ -110,6 +110,11 @@ class PreviousScore(NamedTuple):
     score: Score
 
 
+# UriTasks or UriOutcomes per element (a list): ~64 version checks of work, thousands of
+# elements per million uris for a shuffle to spread.
+URIS_PER_ELEMENT = 64
+
+
 class UriTask(NamedTuple):
     """One distinct uri to check and fetch, the row buckets whose rows name it, and what an
     earlier night recorded for it (None without ``--incremental`` or for a new uri)."""

@@ -19,12 +19,14 @@ from aisthetics_transforms.dedupe import (
     failure_for,
     keep_first_of_each_id,
     outcomes_of_content,
+    uri_task_lists,
     uri_tasks,
 )
 from aisthetics_transforms.manifest import ManifestFile
 from aisthetics_transforms.progress import TALLY
 from aisthetics_transforms.records import (
     ERRORS,
+    URIS_PER_ELEMENT,
     ContentClaim,
     ContentResult,
     Failure,
@@ -95,6 +97,16 @@ def test_a_bucket_with_only_earlier_rows_plans_nothing():
     assert list(uri_tasks((5, {"requests": [], "previous": [earlier_rows("http://h/a.jpg")]}))) == []
 
 
+def test_tasks_travel_in_bounded_lists_and_are_counted_as_planned():
+    n = 2 * URIS_PER_ELEMENT + 5
+    pieces = [requests(*((f"http://h/{i:04}.jpg", i % 3) for i in range(n)))]
+    TALLY.clear()
+    lists = list(uri_task_lists((5, {"requests": pieces})))
+    assert [len(tasks) for tasks in lists] == [URIS_PER_ELEMENT, URIS_PER_ELEMENT, 5]
+    assert [task for tasks in lists for task in tasks] == list(uri_tasks((5, {"requests": pieces})))
+    assert TALLY.snapshot()["uris_planned"] == n
+
+
 # --- FirstClaims --------------------------------------------------------------------------------
 
 
@@ -143,7 +155,7 @@ def test_a_contents_score_reaches_every_row_bucket_of_every_uri_with_it():
         ContentClaim("/photos/a.jpg", "size=9", None, (2,)),
     ]
     result = ContentResult(sha, SCORE, reused=True)
-    outcomes = list(outcomes_of_content((sha, {"claims": claims, "results": [result]})))
+    outcomes = [o for listed in outcomes_of_content((sha, {"claims": claims, "results": [result]})) for o in listed]
     assert sorted(outcomes) == sorted(
         [
             ((0, 4), UriOutcome("http://h/a.jpg", sha, 'etag="1"', SCORE, True, None)),
@@ -156,11 +168,20 @@ def test_a_contents_failure_is_told_to_each_uri_in_its_own_words():
     sha = "cd" * 32
     failure = Failure("decode", "CorruptImage", "http://h/a.jpg: truncated JPEG")
     claims = [ContentClaim("http://h/a.jpg", None, None, (1,)), ContentClaim("http://h/copy.jpg", None, None, (3,))]
-    outcomes = dict(outcomes_of_content((sha, {"claims": claims, "results": [ContentResult(sha, failure=failure)]})))
+    [listed] = outcomes_of_content((sha, {"claims": claims, "results": [ContentResult(sha, failure=failure)]}))
+    outcomes = dict(listed)
     assert outcomes[(1,)].failure == failure and outcomes[(1,)].score is None
     assert outcomes[(3,)].failure == Failure(
         "decode", "CorruptImage", "http://h/copy.jpg: same content as http://h/a.jpg: truncated JPEG"
     )
+
+
+def test_a_content_under_many_uris_sends_their_outcomes_in_bounded_lists():
+    sha = "aa" * 32
+    claims = [ContentClaim(f"/photos/{i}.jpg", None, None, (i % 4,)) for i in range(URIS_PER_ELEMENT + 1)]
+    lists = list(outcomes_of_content((sha, {"claims": claims, "results": [ContentResult(sha, SCORE)]})))
+    assert [len(listed) for listed in lists] == [URIS_PER_ELEMENT, 1]
+    assert sorted(o.uri for listed in lists for _, o in listed) == sorted(c.uri for c in claims)
 
 
 @pytest.mark.parametrize("results", [0, 2])

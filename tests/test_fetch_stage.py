@@ -109,17 +109,18 @@ def _collect(item, name: str) -> None:
 
 
 def run_fetch(tasks, limits=LIMITS, threads=4):
-    """(claims, outcomes, stats) of FetchImages over ``tasks``, as plain lists."""
+    """(claims, outcomes, stats) of FetchImages over ``tasks`` (given in lists of 3), as plain lists."""
     _COLLECTED.clear()
     with beam.Pipeline(runner=FnApiRunner()) as p:
         outputs = (
             p
-            | beam.Create(tasks, reshuffle=False)
+            | beam.Create([tasks[i : i + 3] for i in range(0, len(tasks), 3)], reshuffle=False)
             | beam.ParDo(FetchImages(limits, threads)).with_outputs(OUTCOMES, STATS, main="claims")
         )
         for name, pcoll in (("claims", outputs.claims), ("outcomes", outputs[OUTCOMES]), ("stats", outputs[STATS])):
             _ = pcoll | f"Collect{name}" >> beam.Map(_collect, name)
-    return _COLLECTED.get("claims", []), _COLLECTED.get("outcomes", []), _COLLECTED.get("stats", [])
+    outcomes = [outcome for listed in _COLLECTED.get("outcomes", []) for outcome in listed]
+    return _COLLECTED.get("claims", []), outcomes, _COLLECTED.get("stats", [])
 
 
 def test_every_uri_ends_as_one_claim_or_one_outcome_naming_its_row_buckets(base, tmp_path):

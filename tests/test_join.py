@@ -137,7 +137,8 @@ def test_outcomes_reach_each_of_their_row_buckets_packed_in_bounded_pieces():
     outcomes = list(OUTCOMES.values())
     fn = BucketOutcomes(piece_rows=2, held_rows=5)
     fn.start_bundle()
-    emitted = [out for i, o in enumerate(outcomes) for out in fn.process(((i % 3, 7), o))]
+    listed = [((i % 3, 7), o) for i, o in enumerate(outcomes)]
+    emitted = [out for i in range(0, len(listed), 2) for out in fn.process(listed[i : i + 2])]
     emitted += [wv.value for wv in fn.finish_bundle()]
     tables: dict[int, list] = {}
     for bucket, piece in emitted:

@@ -1,6 +1,7 @@
 """Fetch stage: each distinct uri once -> unchanged, the same content, a claim on its content, or a failure.
 
-Per UriTask, on a pool of threads (fetches wait on the network, not the CPU):
+Per UriTask (they come in lists of up to ``records.URIS_PER_ELEMENT``), on a pool of
+threads (fetches wait on the network, not the CPU):
 
 1. with an earlier night's row for the uri, check its version signal (no bytes read);
    equal -> the earlier score is reused;
@@ -10,7 +11,7 @@ Per UriTask, on a pool of threads (fetches wait on the network, not the CPU):
 
 No image bytes leave this stage, so no shuffle, combine or side input ever holds them.
 Results leave as they finish, not in input order: a dead host holds one thread for one
-deadline. Outputs: claims ``(content_sha256, ContentClaim)`` (main), ``(row buckets,
+deadline. Outputs: claims ``(content_sha256, ContentClaim)`` (main), lists of ``(row buckets,
 UriOutcome)`` on ``OUTCOMES``, and per-bundle counts on ``STATS``.
 """
 
@@ -39,6 +40,7 @@ from aisthetics_transforms.fetch import (
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import (
     STATS,
+    URIS_PER_ELEMENT,
     ContentClaim,
     Failure,
     UriOutcome,
@@ -77,8 +79,9 @@ def examine_uri(task: UriTask, limits: FetchLimits = DEFAULT_LIMITS, session=Non
 
 
 class FetchImages(beam.DoFn):
-    """UriTask -> a claim on its content (main), or its UriOutcome (``OUTCOMES``) when it
-    is reused or cannot be fetched; per-bundle counts on ``STATS``. See the module doc."""
+    """Lists of UriTasks -> per uri, a claim on its content (main), or its UriOutcome when it
+    is reused or cannot be fetched (gathered into lists on ``OUTCOMES``); per-bundle counts
+    on ``STATS``. See the module doc."""
 
     def __init__(self, limits: FetchLimits = DEFAULT_LIMITS, threads: int = DEFAULT_FETCH_THREADS):
         self.limits = limits
@@ -99,16 +102,23 @@ class FetchImages(beam.DoFn):
     def start_bundle(self):
         self._pool.start()
         self._stats: Counter = Counter()
+        self._outcomes: list[tuple[tuple, UriOutcome]] = []
 
-    def process(self, task: UriTask):
-        if is_local_file(task.uri):  # a stat, or a page-cache read: quicker here than on a pool thread
-            yield from self._outputs(task, completed(self._examine, task))
-            return
-        for done in self._pool.submit(task, self._examine, task):
-            yield from self._outputs(*done)
+    def process(self, tasks: list[UriTask]):
+        for task in tasks:
+            if is_local_file(task.uri):  # a stat, or a page-cache read: quicker here than on a pool thread
+                yield from self._outputs(task, completed(self._examine, task))
+                continue
+            for done in self._pool.submit(task, self._examine, task):
+                yield from self._outputs(*done)
+        if len(self._outcomes) >= URIS_PER_ELEMENT:
+            yield TaggedOutput(OUTCOMES, self._outcomes)
+            self._outcomes = []
 
     def finish_bundle(self):
         outputs = [out for done in self._pool.drain() for out in self._outputs(*done)]
+        if self._outcomes:
+            outputs.append(TaggedOutput(OUTCOMES, self._outcomes))
         if self._stats:
             outputs.append(TaggedOutput(STATS, dict(self._stats)))
         yield from in_global_window(outputs)
@@ -117,6 +127,7 @@ class FetchImages(beam.DoFn):
         return examine_uri(task, self.limits, self._sessions.get())
 
     def _outputs(self, task: UriTask, examining: Future):
+        """A claim, if any (the outcomes are gathered into lists, see process)."""
         self._stats["uris"] += 1
         try:
             found = examining.result()
@@ -129,7 +140,7 @@ class FetchImages(beam.DoFn):
                 )
             inc(self.errors)
             self._stats["fetch_errors"] += 1
-            yield from _to_buckets(task, UriOutcome(task.uri, failure=failure))
+            self._outcomes.append((task.buckets, UriOutcome(task.uri, failure=failure)))
             return
         self._stats["version_checks"] += found.version_checked
         if found.version_check_failed:
@@ -140,17 +151,13 @@ class FetchImages(beam.DoFn):
             self._stats["uris_unchanged"] += 1
             inc(self.reused)
             outcome = UriOutcome(task.uri, previous.content_sha256, previous.source_version, previous.score, True)
-            yield from _to_buckets(task, outcome)
+            self._outcomes.append((task.buckets, outcome))
             return
         self._stats["fetched"] += 1
         inc(self.fetched)
         if previous is not None and previous.content_sha256 == found.content_sha256:
             self._stats["uris_same_content"] += 1
             outcome = UriOutcome(task.uri, found.content_sha256, found.source_version, previous.score, True)
-            yield from _to_buckets(task, outcome)
+            self._outcomes.append((task.buckets, outcome))
             return
         yield found.content_sha256, ContentClaim(task.uri, found.source_version, found.pin, task.buckets)
-
-
-def _to_buckets(task: UriTask, outcome: UriOutcome):
-    yield TaggedOutput(OUTCOMES, (task.buckets, outcome))
