@@ -59,35 +59,50 @@ def outcomes_table(outcomes: Iterable[UriOutcome]) -> pa.Table:
 class BucketOutcomes(beam.DoFn):
     """Lists of ``(row buckets, UriOutcome)`` -> ``(row bucket, packed outcomes table)``: each outcome
     goes to each of its buckets, gathered per bucket within a bundle into pieces of up to
-    ``piece_rows`` outcomes, holding at most ``held_rows`` in all."""
+    ``piece_rows`` outcomes, holding at most ``held_rows`` in all. Each outcome becomes a
+    table row once; a bucket's piece takes its rows from that table."""
 
     def __init__(self, piece_rows: int = 5_000, held_rows: int = 100_000):
         self.piece_rows = piece_rows
         self.held_rows = held_rows
 
     def start_bundle(self):
-        self._held: dict[int, list[UriOutcome]] = defaultdict(list)
-        self._total = 0
+        self._reset()
 
     def process(self, outcomes: list[tuple[tuple, UriOutcome]]):
         for row_buckets, outcome in outcomes:
+            index = len(self._outcomes)
+            self._outcomes.append(outcome)
             for bucket in row_buckets:
                 held = self._held[bucket]
-                held.append(outcome)
+                held.append(index)
                 self._total += 1
                 if len(held) >= self.piece_rows:
                     yield self._flush(bucket)
         if self._total >= self.held_rows:
-            for bucket in list(self._held):
-                yield self._flush(bucket)
+            yield from self._flush_all()
 
     def finish_bundle(self):
-        yield from in_global_window([self._flush(bucket) for bucket in list(self._held)])
+        yield from in_global_window(list(self._flush_all()))
+
+    def _reset(self):
+        self._outcomes: list[UriOutcome] = []
+        self._table = outcomes_table([])  # the first rows of _outcomes, as a table
+        self._held: dict[int, list[int]] = defaultdict(list)  # bucket -> indices into _outcomes
+        self._total = 0
+
+    def _flush_all(self):
+        for bucket in list(self._held):
+            yield self._flush(bucket)
+        self._reset()
 
     def _flush(self, bucket: int) -> tuple[int, bytes]:
-        outcomes = self._held.pop(bucket)
-        self._total -= len(outcomes)
-        return bucket, buckets.pack(outcomes_table(outcomes))
+        indices = self._held.pop(bucket)
+        self._total -= len(indices)
+        if self._table.num_rows < len(self._outcomes):
+            more = outcomes_table(self._outcomes[self._table.num_rows :])
+            self._table = pa.concat_tables([self._table, more])
+        return bucket, buckets.pack(self._table.take(indices))
 
 
 def join_rows(rows: pa.Table, outcomes: pa.Table, keep_columns: Sequence[str]) -> tuple[pa.Table, pa.Table]:

@@ -21,6 +21,7 @@ from apache_beam.coders import coders
 
 from aisthetics_transforms import buckets
 from aisthetics_transforms.records import (
+    URIS_PER_ELEMENT,
     ContentClaim,
     ContentResult,
     ContentTask,
@@ -43,7 +44,23 @@ def records(uri: str) -> dict:
         "claim (content_sha256, ContentClaim)": (sha, ContentClaim(uri, version, pin, (1234,))),
         "ContentTask": ContentTask(sha, ((uri, pin),)),
         "ContentResult": ContentResult(sha, score),
-        "outcome (row bucket, UriOutcome)": (1234, UriOutcome(uri, sha, version, score, False)),
+        "outcome (row buckets, UriOutcome)": ((1234,), UriOutcome(uri, sha, version, score, False)),
+    }
+
+
+def listed(uri: str) -> dict:
+    """UriTasks and outcomes as they travel: lists of URIS_PER_ELEMENT (uris differing in their last characters)."""
+    uris = [uri[:-20] + f"{i:016x}.jpg" for i in range(URIS_PER_ELEMENT)]
+    return {
+        name: [make(u) for u in uris]
+        for name, make in (
+            ("UriTask (a new uri)", lambda u: records(u)["UriTask (a new uri)"]),
+            (
+                "UriTask (with the earlier night's score)",
+                lambda u: records(u)["UriTask (with the earlier night's score)"],
+            ),
+            ("outcome (row buckets, UriOutcome)", lambda u: records(u)["outcome (row buckets, UriOutcome)"]),
+        )
     }
 
 
@@ -88,6 +105,8 @@ def main(argv=None) -> None:
     print(f"| record (uri of {len(uri)} characters) | bytes |\n| --- | ---: |")
     for name, record in records(uri).items():
         print(f"| {name} | {len(coder.encode(record))} |")
+    for name, items in listed(uri).items():
+        print(f"| {name}, per uri in a list of {len(items)} | {len(coder.encode(items)) / len(items):.0f} |")
     for name, table in tables(uri, args.rows).items():
         print(f"| {name}, in a packed piece of {args.rows:,} rows | {len(buckets.pack(table)) / args.rows:.1f} |")
 
