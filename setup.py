@@ -33,6 +33,7 @@ setup(
         # Used directly for gs:// fetches (one metadata + one pinned media request).
         "google-cloud-storage>=3.17,<4",
         "urllib3>=2.5,<3",
+        "tqdm>=4.67,<5",  # formats the progress line
     ],
     # What Dataflow workers do not need: `pip install -e '.[report,sample]'` for local use.
     extras_require={

@@ -58,14 +58,18 @@ class AestheticsModel:
             except ImageScoringError as exc:
                 return path, exc
 
-        chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
+        chunks = iter([paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)])
         pool = ThreadPoolExecutor(max_workers=1)
+
+        def read_next():
+            chunk = next(chunks, None)
+            return None if chunk is None else pool.submit(lambda: [load(p) for p in chunk])
+
         try:
-            pending = pool.submit(lambda c: [load(p) for p in c], chunks[0]) if chunks else None
+            pending = read_next()
             while pending is not None:
                 current = pending.result()
-                chunks = chunks[1:]
-                pending = pool.submit(lambda c: [load(p) for p in c], chunks[0]) if chunks else None
+                pending = read_next()
                 yield current
         finally:
             # Not ``with``: on an exception (Ctrl-C) it would wait for a read that may never end.

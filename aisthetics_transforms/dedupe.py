@@ -53,17 +53,7 @@ REUSED = "reused"  # ContentResults an earlier night scored
 READABLE_COPIES = 3  # uris a content can be read again from, should one have changed meanwhile
 _DUPLICATES = Metrics.counter("aisthetics", "manifest_errors")
 _URIS_PLANNED = Metrics.counter("aisthetics", "uris_planned")
-
-
-class Count(beam.DoFn):
-    """Passes every element on, counting it as ``name`` (see :func:`progress.inc`)."""
-
-    def __init__(self, name: str):
-        self.counter = Metrics.counter("aisthetics", name)
-
-    def process(self, element):
-        inc(self.counter)
-        yield element
+_CONTENTS_PLANNED = Metrics.counter("aisthetics", "contents_planned")
 
 
 class SplitByBucket(beam.DoFn):
@@ -131,10 +121,11 @@ def keep_first_of_each_id(element, files: list, keep_columns: tuple):
         return
     # each repeated row's first row: the last non-repeated position at or before it
     first_of = np.maximum.accumulate(np.where(repeated, 0, np.arange(table.num_rows)))
-    where = lambda i: files[table["manifest_file"][i].as_py()].where(table["manifest_line"][i].as_py())
-    for i in np.flatnonzero(repeated).tolist():
-        [ref] = table_refs(table.slice(i, 1), keep_columns)
-        inc(_DUPLICATES)
+    file_of, line_of = (table.column(name).to_numpy() for name in ("manifest_file", "manifest_line"))
+    where = lambda i: files[int(file_of[i])].where(int(line_of[i]))
+    dups = np.flatnonzero(repeated)
+    inc(_DUPLICATES, len(dups))
+    for i, ref in zip(dups.tolist(), table_refs(table.take(dups), keep_columns), strict=True):
         yield TaggedOutput(
             ERRORS,
             error_row(
@@ -255,6 +246,8 @@ class FirstClaims(beam.CombineFn):
 
 
 def content_task(content_sha256: str, claims: tuple) -> ContentTask:
+    """The task to score one content, counted as planned."""
+    inc(_CONTENTS_PLANNED)
     return ContentTask(content_sha256, tuple((claim.uri, claim.pin) for claim in claims))
 
 
@@ -300,8 +293,7 @@ class DedupeContent(beam.PTransform):
     def expand(self, claims):
         copies = claims | "ReadableCopies" >> beam.CombinePerKey(FirstClaims())
         if self.previous is None:
-            tasks = copies | "ToScore" >> beam.MapTuple(content_task)
-            return {"tasks": tasks | "CountContents" >> beam.ParDo(Count("contents_planned"))}
+            return {"tasks": copies | "ToScore" >> beam.MapTuple(content_task)}
         n = self.content_buckets
         found = (
             {
@@ -316,10 +308,7 @@ class DedupeContent(beam.PTransform):
             | "JoinOnContent" >> beam.CoGroupByKey()
             | "ReuseOrScore" >> beam.FlatMap(reuse_or_score).with_outputs(REUSED, main="tasks")
         )
-        return {
-            "tasks": decided.tasks | "CountContents" >> beam.ParDo(Count("contents_planned")),
-            REUSED: decided[REUSED],
-        }
+        return {"tasks": decided.tasks, REUSED: decided[REUSED]}
 
 
 def failure_for(failure: Failure | None, uri: str) -> Failure | None:

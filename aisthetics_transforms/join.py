@@ -79,7 +79,9 @@ class BucketOutcomes(beam.DoFn):
                 self._total += 1
                 if len(held) >= self.piece_rows:
                     yield self._flush(bucket)
-        if self._total >= self.held_rows:
+        # A single-bucket flush leaves its outcomes in _outcomes (other buckets point at them):
+        # bound those as well as the pending bucket entries.
+        if self._total >= self.held_rows or len(self._outcomes) >= self.held_rows:
             yield from self._flush_all()
 
     def finish_bundle(self):

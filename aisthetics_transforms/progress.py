@@ -122,7 +122,7 @@ class Reporter:
     def __init__(self, every: float, stream: TextIO = sys.stderr, refresh: float = 0.25):
         self.stream = stream
         self.tty = stream.isatty()
-        self.interval = refresh if self.tty else every
+        self.interval = (refresh if self.tty else every) if every > 0 else 0  # 0: no line at all
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="aisthetics-progress", daemon=True)
         self._shown = ""  # the last plain line printed

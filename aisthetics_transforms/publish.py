@@ -291,12 +291,10 @@ def publish_night(run: RunInfo, committed: Sequence[str], summary: Mapping, *, f
             if lock.holds():  # else another run took over the date after us, and prunes it
                 prune(run, fault)
     except Superseded:  # nothing of this run will ever be published
-        layout.remove_tree(layout.staging_dir(run.output, run.run_date, run.run_id))
-        layout.remove_empty_dirs(layout.join(run.output, layout.STAGING))
+        _unstage(run)
         raise
     fault("released")
-    layout.remove_tree(layout.staging_dir(run.output, run.run_date, run.run_id))
-    layout.remove_empty_dirs(layout.join(run.output, layout.STAGING))
+    _unstage(run)
     fault("unstaged")
     remove_old_staging(run.output, run.staging_ttl_hours)
     fault("cleaned")
@@ -305,6 +303,12 @@ def publish_night(run: RunInfo, committed: Sequence[str], summary: Mapping, *, f
 
 def _run_of(summary: Optional[dict]) -> Optional[str]:
     return summary.get("run_id") if summary else None
+
+
+def _unstage(run: RunInfo) -> None:
+    """Remove this run's staging, and the staging folder when it was the last in it."""
+    layout.remove_tree(layout.staging_dir(run.output, run.run_date, run.run_id))
+    layout.remove_empty_dirs(layout.join(run.output, layout.STAGING))
 
 
 def _refuse_if_superseded(run: RunInfo, published: Optional[dict]) -> None:

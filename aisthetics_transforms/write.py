@@ -25,8 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from aisthetics_transforms.layout import is_local as _is_local
-from aisthetics_transforms.layout import staging_dir
+from aisthetics_transforms import layout
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.publish import RunInfo, publish_night
 from aisthetics_transforms.records import STAGES, RunSummary, errors_schema, scores_schema
@@ -99,7 +98,7 @@ def _publish(_, files: list, stats: dict, run: RunInfo) -> dict:
 
 def open_parquet(path: str, schema: pa.Schema):
     """(the file, a snappy ParquetWriter on it) for a new Parquet file at ``path``; close both."""
-    if _is_local(path):
+    if layout.is_local(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     parquet = FileSystems.create(path, mime_type="application/x-parquet")
     return parquet, pq.ParquetWriter(parquet, schema, compression="snappy")
@@ -125,7 +124,7 @@ class WriteParquetFiles(beam.DoFn):
         self.rows_written = Metrics.counter("aisthetics", "rows_written")
 
     def start_bundle(self):
-        self.path = FileSystems.join(self.directory, f"{self.prefix}-{uuid.uuid4().hex}.parquet")
+        self.path = layout.join(self.directory, f"{self.prefix}-{uuid.uuid4().hex}.parquet")
         self.writer, self.file, self.counts = None, None, {}
         self.held_tables, self.held_dicts, self.held_rows = [], [], 0
 
@@ -172,13 +171,13 @@ class WriteTables(beam.PTransform):
         self.run = run
 
     def expand(self, tables):
-        staged = staging_dir(self.run.output, self.run.run_date, self.run.run_id)
+        staged = layout.staging_dir(self.run.output, self.run.run_date, self.run.run_id)
         schemas = {"scores": scores_schema(self.run.keep_columns), "errors": errors_schema(self.run.keep_columns)}
         files = [
             tables[table]
             | f"Write{table.title()}"
             >> beam.ParDo(
-                WriteParquetFiles(FileSystems.join(staged, table), f"{self.run.run_id}-{table}", table, schemas[table])
+                WriteParquetFiles(layout.join(staged, table), f"{self.run.run_id}-{table}", table, schemas[table])
             )
             for table in ("scores", "errors")
         ]

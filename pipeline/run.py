@@ -5,7 +5,6 @@ and run it, with a progress line when the stages run in this process."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from typing import NamedTuple
@@ -17,9 +16,8 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from aisthetics_transforms import progress
+from aisthetics_transforms import layout, progress
 from aisthetics_transforms.incremental import find_previous_night
-from aisthetics_transforms.layout import summary_path
 from aisthetics_transforms.manifest import (
     ManifestError,
 )
@@ -85,7 +83,6 @@ def run(argv: list[str] | None = None) -> RunOutcome:
         # Dataflow: one SDK process per vCPU
         opts.inference_threads = opts.inference_threads or 1
         opts.decode_threads = opts.decode_threads or 1
-        opts.progress_seconds = max(opts.progress_seconds, 0)
 
     version = check_model(opts.engine, opts.weights)  # bad weights fail here, not inside the graph
     previous = find_previous_night(opts.output, opts.run_date) if opts.incremental else None
@@ -118,7 +115,9 @@ def run(argv: list[str] | None = None) -> RunOutcome:
         result.wait_until_finish()
     finally:
         reporter.stop()
-    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+    if not local:
         return RunOutcome(result, {}, info.output)
-    with beam.io.filesystems.FileSystems.open(summary_path(info.output, info.run_date)) as f:
-        return RunOutcome(result, json.loads(f.read()), info.output)
+    summary = layout.read_summary(info.output, info.run_date)
+    if summary is None:  # the run said it published: a missing summary is a bug, not bad input
+        raise RuntimeError(f"no readable summary.json for {info.run_date} under {info.output} after the run")
+    return RunOutcome(result, summary, info.output)

@@ -148,3 +148,17 @@ def test_outcomes_reach_each_of_their_row_buckets_packed_in_bounded_pieces():
     assert sorted(tables[7]) == sorted(o.uri for o in outcomes)
     for bucket in range(3):
         assert sorted(tables.get(bucket, [])) == sorted(o.uri for i, o in enumerate(outcomes) if i % 3 == bucket)
+
+
+def test_outcomes_of_buckets_flushed_one_at_a_time_are_not_held_beyond_the_bound():
+    """Each bucket's piece leaves at ``piece_rows``; the outcomes behind those pieces must go
+    too, or a bundle of a few buckets would keep every outcome it saw."""
+    fn = BucketOutcomes(piece_rows=2, held_rows=6)
+    fn.start_bundle()
+    outcomes = list(OUTCOMES.values()) * 5
+    emitted = []
+    for outcome in outcomes:
+        emitted += fn.process([((0,), outcome)])
+        assert len(fn._outcomes) < 6
+    emitted += [wv.value for wv in fn.finish_bundle()]
+    assert sum(buckets.unpack(piece).num_rows for _, piece in emitted) == len(outcomes)

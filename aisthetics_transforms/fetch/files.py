@@ -91,6 +91,8 @@ def fetch_local_file(path: str, uri: str, limits: FetchLimits) -> Fetched:
             refuse_path(_opened_path(f.fileno(), path), uri)
             if not stat.S_ISREG(opened.st_mode):
                 raise FetchError("NotAFile", f"not a regular file (device, FIFO or socket): {uri}")
+            if opened.st_size > limits.max_bytes:  # replaced (renamed over) since the stat
+                raise too_large(uri, limits, f"file size {opened.st_size} bytes")
             with BYTES_IN_FLIGHT.reserve(opened.st_size, limits.max_bytes_in_flight, deadline, uri):
                 data = _read_file(f, uri, limits, deadline, opened.st_size)
             return Fetched(data, file_version(opened), None)

@@ -194,14 +194,10 @@ def http_fetch(uri: str, limits: FetchLimits, session: requests.Session) -> Fetc
 
 
 def http_version(uri: str, limits: FetchLimits, session: requests.Session) -> Version:
-    """ETag, else Last-Modified with Content-Length, from HEAD requests inside the deadline."""
+    """ETag, else Last-Modified with Content-Length, from HEAD requests inside the deadline.
+    Raises FetchError (``check_version`` turns it into a failed check)."""
     deadline = Deadline(limits.deadline)
-    try:
-        return _follow(
-            session, "HEAD", uri, limits, deadline, lambda response, *_: Version(version_of(response.headers))
-        )
-    except FetchError as err:
-        return Version(None, f"version check failed ({err.error_type}): {err}")
+    return _follow(session, "HEAD", uri, limits, deadline, lambda response, *_: Version(version_of(response.headers)))
 
 
 def version_of(headers) -> Optional[str]:

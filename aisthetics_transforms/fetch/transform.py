@@ -106,7 +106,7 @@ class FetchImages(beam.DoFn):
 
     def process(self, tasks: list[UriTask]):
         for task in tasks:
-            if is_local_file(task.uri):  # a stat, or a page-cache read: quicker here than on a pool thread
+            if _settled_by_a_stat(task):  # quicker here than a hand-off to a pool thread
                 yield from self._outputs(task, completed(self._examine, task))
                 continue
             for done in self._pool.submit(task, self._examine, task):
@@ -161,3 +161,10 @@ class FetchImages(beam.DoFn):
             self._outcomes.append((task.buckets, outcome))
             return
         yield found.content_sha256, ContentClaim(task.uri, found.source_version, found.pin, task.buckets)
+
+
+def _settled_by_a_stat(task: UriTask) -> bool:
+    """A local file with an earlier night's version: most likely unchanged, one stat. A new
+    file is read and hashed on a pool thread (a cold read, or a network file system, must
+    not hold the bundle's thread)."""
+    return task.previous is not None and task.previous.source_version is not None and is_local_file(task.uri)
