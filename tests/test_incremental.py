@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import sample_photo_paths
 from PIL import Image
 
 import pipeline
@@ -86,8 +87,7 @@ def nights(catalog):
     changed = images / "photo-3.jpg"
     Image.open(io.BytesIO(changed.read_bytes())).save(changed, quality=70)  # changed in place
     # Another seed than the photos': a new content, not one of theirs again.
-    sample = write_sample_catalog(root / "sample", count=1, broken=False, seed=99)
-    added = next(iter(csv.DictReader(open(sample))))["uri"]
+    added = str(sample_photo_paths(root / "sample", 1, (800, 600), seed=99)[0])
     third_manifest = write_manifest(root / "manifest-3.csv", rows + [("added", added)])
     third = night(third_manifest, output, NIGHTS[2])
     return {"output": output, "manifest": third_manifest, "summaries": [first, second, third], "n": len(rows)}

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_scoring import png_declaring
 
 from aisthetics_transforms.preprocess import (
     DECODE_ERROR_TYPES,
@@ -117,14 +118,6 @@ def tiff(*pages: tuple[int, int, int]) -> bytes:
             + struct.pack("<I", next_page)
             + pixels
         )
-    return bytes(data)
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A 1x1 PNG whose header (CRC and all) claims width x height."""
-    data = bytearray(png_of_zeros(1, 1))
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
 
 

@@ -273,12 +273,16 @@ def test_two_runs_of_one_date_at_once(tmp_path, first):
     files = {older.run_id: stage(older, OLD), newer.run_id: stage(newer, NEW)}
     events: list[tuple[str, str, float]] = []
     outcome: dict = {}
+    leader_holds, follower_claimed = threading.Event(), threading.Event()
 
-    def run_publish(run: RunInfo, slow: bool) -> None:
+    def run_publish(run: RunInfo, leads: bool) -> None:
         def fault(step):
             events.append((run.run_id, step, time.monotonic()))
-            if slow and step == "moved.1":
-                time.sleep(0.5)  # holds the lock while the other run arrives
+            if leads and step == "moved.1":  # hold the lock until the other run has claimed
+                leader_holds.set()
+                follower_claimed.wait(30)
+            if not leads and step == "claimed":
+                follower_claimed.set()
 
         try:
             outcome[run.run_id] = publish_night(run, *files[run.run_id], fault=fault)
@@ -288,7 +292,7 @@ def test_two_runs_of_one_date_at_once(tmp_path, first):
     leader, follower = (older, newer) if first == "older" else (newer, older)
     threads = [threading.Thread(target=run_publish, args=(leader, True))]
     threads[0].start()
-    time.sleep(0.2)
+    assert leader_holds.wait(30)
     threads.append(threading.Thread(target=run_publish, args=(follower, False)))
     threads[1].start()
     for thread in threads:

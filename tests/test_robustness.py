@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from PIL import Image
+from test_preprocess import encoded
 from test_scoring import png_declaring
 
 import pipeline
@@ -30,12 +30,6 @@ from pipeline.options import AistheticsOptions
 
 RUN_DATE = "2026-11-28"
 SCORED = ("scores", None, None)
-
-
-def encoded(image: Image.Image, fmt: str, **params) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
 
 
 def ycck_jpeg(photo: Image.Image) -> bytes:

@@ -4,6 +4,8 @@ ScoreBatches driven as Beam drives it, with the real LiteRT model."""
 from __future__ import annotations
 
 import hashlib
+import itertools
+import threading
 from datetime import datetime, timezone
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
+from aisthetics_transforms import score
 from aisthetics_transforms.preprocess import decode_image_and_orientation, to_model_input
 from aisthetics_transforms.records import STATS, ContentResult, DecodedImage
 from aisthetics_transforms.score import ModelSpec, ScoreBatches, content_results
@@ -51,14 +54,17 @@ def test_each_image_gets_its_distribution_its_mean_and_its_spread():
         assert result.failure is None and result.reused is False
 
 
-def run_bundle(batches: list[list[DecodedImage]]) -> tuple[list[list], list]:
+def run_bundle(batches: list[list[DecodedImage]], after_call=lambda i: None) -> tuple[list[list], list]:
     """ScoreBatches over one bundle: what each ``process`` call emitted, and ``finish_bundle``'s
-    outputs (unwrapped from their windows)."""
+    outputs (unwrapped from their windows). ``after_call(i)`` runs when call ``i`` returned."""
     fn = ScoreBatches(ModelSpec(engine="litert", batch_size=8, inference_threads=1))
     fn.setup()
     try:
         fn.start_bundle()
-        per_call = [list(fn.process(batch)) for batch in batches]
+        per_call = []
+        for i, batch in enumerate(batches):
+            per_call.append(list(fn.process(batch)))
+            after_call(i)
         finished = list(fn.finish_bundle())
     finally:
         fn.teardown()
@@ -103,11 +109,21 @@ def test_a_batch_the_model_rejects_is_failures_naming_each_image_and_the_rest_is
     assert [o.value for o in finished if isinstance(o, TaggedOutput) and o.tag == STATS] == [{"inferred": 2}]
 
 
-def test_inference_runs_one_batch_behind_so_decoding_overlaps_it(photos, litert_model):
+def test_inference_runs_one_batch_behind_so_decoding_overlaps_it(photos, litert_model, monkeypatch):
     """The score stage's docstring: while LiteRT scores batch N, ``process`` returns, and
     the call for batch N+1 emits batch N's results; ``finish_bundle`` emits the last batch's."""
     images = decoded(photos)
-    batches = [images * 2] * 3  # 10 images each: inference takes a while
-    per_call, finished = run_bundle(batches)
+    batches = [images * 2] * 3
+    # Batch i's inference finishes only after process(batch i) returned, however fast the model.
+    returned = [threading.Event() for _ in batches]
+    calls = itertools.count()
+    infer = score._infer
+
+    def infer_after_its_call(model, batch):
+        assert returned[next(calls)].wait(30)
+        return infer(model, batch)
+
+    monkeypatch.setattr(score, "_infer", infer_after_its_call)
+    per_call, finished = run_bundle(batches, after_call=lambda i: returned[i].set())
     assert [len(outputs) for outputs in per_call] == [0, 10, 10]
     assert len([o for o in finished if isinstance(o, ContentResult)]) == 10
