@@ -78,21 +78,10 @@ def _n(value: int) -> str:
 def describe(counts: Counter, elapsed: float, rate: Optional[float] = None) -> str:
     """The progress line for ``counts`` (see :data:`TALLY`), ``elapsed`` seconds into the
     run; ``rate`` is the current phase's recent rate per second, if known."""
-    rows = counts["manifest_rows"]
-    uris = counts["uris_planned"]
-    uris_done = counts["uris_unchanged"] + counts["fetched"] + counts["fetch_errors"]
-    contents = counts["contents_planned"]
-    scored = counts["scored"] + counts["score_errors"] + counts["decode_errors"]
-    written = counts["rows_written"]
+    rows, uris, contents = counts["manifest_rows"], counts["uris_planned"], counts["contents_planned"]
     errors = counts["manifest_errors"] + counts["fetch_errors"] + counts["decode_errors"] + counts["score_errors"]
-    if written:
-        phase = tqdm.format_meter(written, rows or None, elapsed, prefix="writing tables", unit=" rows", rate=rate)
-    elif contents:
-        phase = tqdm.format_meter(scored, contents, elapsed, prefix="scoring", unit=" images", rate=rate)
-    elif uris:
-        phase = tqdm.format_meter(uris_done, uris, elapsed, prefix="checking and fetching", unit=" uris", rate=rate)
-    else:
-        phase = tqdm.format_meter(rows, None, elapsed, prefix="reading the manifest", unit=" rows", rate=rate)
+    prefix, done, total, unit = _phase(counts)
+    phase = tqdm.format_meter(done, total, elapsed, prefix=prefix, unit=unit, rate=rate)
     facts = [f"{_n(rows)} rows"]
     if uris:
         facts.append(f"{_n(uris)} distinct uris ({_n(counts['uris_unchanged'])} unchanged)")
@@ -103,15 +92,23 @@ def describe(counts: Counter, elapsed: float, rate: Optional[float] = None) -> s
     return f"aisthetics: {phase} · " + ", ".join(facts)
 
 
+def _phase(counts: Counter) -> tuple[str, int, Optional[int], str]:
+    """(name, done, total or None, unit) of the phase the counts show the run in: the latest
+    one that has begun."""
+    if counts["rows_written"]:
+        return "writing tables", counts["rows_written"], counts["manifest_rows"] or None, " rows"
+    if counts["contents_planned"]:
+        scored = counts["scored"] + counts["score_errors"] + counts["decode_errors"]
+        return "scoring", scored, counts["contents_planned"], " images"
+    if counts["uris_planned"]:
+        checked = counts["uris_unchanged"] + counts["fetched"] + counts["fetch_errors"]
+        return "checking and fetching", checked, counts["uris_planned"], " uris"
+    return "reading the manifest", counts["manifest_rows"], None, " rows"
+
+
 def _current(counts: Counter) -> int:
     """The count the current phase advances (for its rate)."""
-    if counts["rows_written"]:
-        return counts["rows_written"]
-    if counts["contents_planned"]:
-        return counts["scored"] + counts["score_errors"] + counts["decode_errors"]
-    if counts["uris_planned"]:
-        return counts["uris_unchanged"] + counts["fetched"] + counts["fetch_errors"]
-    return counts["manifest_rows"]
+    return _phase(counts)[1]
 
 
 class Reporter:

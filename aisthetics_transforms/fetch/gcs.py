@@ -75,7 +75,8 @@ def storage_client():
             # this supported switch turns off unless the user has set it.
             os.environ.setdefault("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
             client = create_storage_client(PipelineOptions())
-            # Our adapter: sockets the watchdog can cut, and a pool as large as the fetch threads.
+            # Our adapter: sockets the watchdog can cut, and a pool for the default fetch (16)
+            # and decode threads of a process together (more threads than that reconnect).
             adapter = GuardedAdapter(pool_size=32, check_addresses=False)
             client._http.mount("https://", adapter)
             client._http.mount("http://", adapter)

@@ -148,10 +148,10 @@ class GuardedAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = dict(pools)
 
 
-def make_http_session(limits: FetchLimits, pool_size: int = 16) -> requests.Session:
-    """A ``requests.Session`` with a guarded connection pool of ``pool_size`` per host."""
+def make_http_session(limits: FetchLimits) -> requests.Session:
+    """A ``requests.Session`` with a guarded connection pool (16 connections per host)."""
     session = requests.Session()
-    adapter = GuardedAdapter(pool_size)
+    adapter = GuardedAdapter()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.max_redirects = limits.max_redirects
