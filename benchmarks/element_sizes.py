@@ -20,6 +20,7 @@ import pyarrow as pa
 from apache_beam.coders import coders
 
 from aisthetics_transforms import buckets
+from aisthetics_transforms.bundles import Batch
 from aisthetics_transforms.records import (
     URIS_PER_ELEMENT,
     ContentClaim,
@@ -49,10 +50,10 @@ def records(uri: str) -> dict:
 
 
 def listed(uri: str) -> dict:
-    """UriTasks and outcomes as they travel: lists of URIS_PER_ELEMENT (uris differing in their last characters)."""
+    """UriTasks and outcomes as they travel: Batches of URIS_PER_ELEMENT (uris differing in their last characters)."""
     uris = [uri[:-20] + f"{i:016x}.jpg" for i in range(URIS_PER_ELEMENT)]
     return {
-        name: [make(u) for u in uris]
+        name: Batch(make(u) for u in uris)
         for name, make in (
             ("UriTask (a new uri)", lambda u: records(u)["UriTask (a new uri)"]),
             (
@@ -106,7 +107,7 @@ def main(argv=None) -> None:
     for name, record in records(uri).items():
         print(f"| {name} | {len(coder.encode(record))} |")
     for name, items in listed(uri).items():
-        print(f"| {name}, per uri in a list of {len(items)} | {len(coder.encode(items)) / len(items):.0f} |")
+        print(f"| {name}, per uri in a Batch of {len(items)} | {len(coder.encode(items)) / len(items):.0f} |")
     for name, table in tables(uri, args.rows).items():
         print(f"| {name}, in a packed piece of {args.rows:,} rows | {len(buckets.pack(table)) / args.rows:.1f} |")
 

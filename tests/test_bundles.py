@@ -1,16 +1,19 @@
-"""WorkPool (the thread pool of fetch, decode and score) and in_global_window, without a
-pipeline: calls gated by events, so each order is forced, not hoped for."""
+"""WorkPool (the thread pool of fetch, decode and score), in_global_window and batched,
+without a pipeline: calls gated by events, so each order is forced, not hoped for."""
 
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timezone
 
 import pytest
+from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from aisthetics_transforms.bundles import WorkPool, in_global_window
+from aisthetics_transforms.bundles import Batch, WorkPool, batched, in_global_window
+from aisthetics_transforms.records import PreviousScore, Score, UriTask
 
 WAIT = 10  # seconds a gated call waits at most: a broken pool fails the test, never hangs it
 
@@ -126,3 +129,24 @@ def test_in_global_window_windows_plain_and_tagged_outputs():
     assert isinstance(tagged.value, WindowedValue)
     assert (tagged.value.value, tagged.value.windows) == ({"row": 1}, (GlobalWindow(),))
     assert list(in_global_window([])) == []
+
+
+def test_batched_keeps_every_item_in_order_in_batches_of_at_most_size():
+    batches = list(batched(range(130), 64))
+    assert [len(b) for b in batches] == [64, 64, 2]
+    assert [i for b in batches for i in b] == list(range(130))
+    assert all(isinstance(b, Batch) for b in batches)
+    assert list(batched([], 64)) == []
+
+
+def test_a_batch_crosses_beams_default_coder_as_one_pickle():
+    """The coder Beam gives an untyped PCollection encodes a plain list item by item,
+    pickling every record alone; a Batch is pickled once, class paths written once."""
+    score = Score(5.5, 1.5, tuple(0.1 for _ in range(10)), "nima-mobilenet", datetime(2026, 11, 1, tzinfo=timezone.utc))
+    earlier = PreviousScore("ab" * 32, "1764547200:4411", score)  # what an incremental night carries
+    tasks = [UriTask(f"gs://catalog/listings/{i:08d}/photo-1.jpg", (i % 7, 12), earlier) for i in range(64)]
+    coder = FastPrimitivesCoder()
+    as_list, as_batch = coder.encode(tasks), coder.encode(Batch(tasks))
+    assert len(as_batch) * 3 < len(as_list)
+    decoded = coder.decode(as_batch)
+    assert isinstance(decoded, Batch) and decoded == tasks

@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from aisthetics_transforms.bundles import WorkPool, completed, in_global_window
+from aisthetics_transforms.bundles import Batch, WorkPool, completed, in_global_window
 from aisthetics_transforms.fetch import (
     DEFAULT_FETCH_THREADS,
     DEFAULT_LIMITS,
@@ -102,7 +102,7 @@ class FetchImages(beam.DoFn):
     def start_bundle(self):
         self._pool.start()
         self._stats: Counter = Counter()
-        self._outcomes: list[tuple[tuple, UriOutcome]] = []
+        self._outcomes: Batch = Batch()  # of (row buckets, UriOutcome)
 
     def process(self, tasks: list[UriTask]):
         for task in tasks:
@@ -113,7 +113,7 @@ class FetchImages(beam.DoFn):
                 yield from self._outputs(*done)
         if len(self._outcomes) >= URIS_PER_ELEMENT:
             yield TaggedOutput(OUTCOMES, self._outcomes)
-            self._outcomes = []
+            self._outcomes = Batch()
 
     def finish_bundle(self):
         outputs = [out for done in self._pool.drain() for out in self._outputs(*done)]
