@@ -114,6 +114,16 @@ def split_by_bucket(table: pa.Table, column: str, n: int) -> Iterator[tuple[int,
         yield bucket, pack(piece)
 
 
+def first_per_key(table: pa.Table, key: str) -> pa.Table:
+    """One row of ``table`` per distinct ``key`` (the first: an earlier night's rows of one
+    uri or content carry the same score)."""
+    if table.num_rows < 2:
+        return table
+    codes = pc.dictionary_encode(pc.fill_null(table.column(key), "")).combine_chunks().indices.to_numpy()
+    _, first = np.unique(codes, return_index=True)
+    return table if len(first) == table.num_rows else table.take(np.sort(first))
+
+
 def concat(pieces) -> pa.Table | None:
     """One table of a bucket's packed pieces (None when there are none)."""
     tables = [unpack(piece) for piece in pieces]

@@ -186,8 +186,9 @@ def uri_tasks(element):
     known = {}
     previous = buckets.concat(sides.get("previous", ()))
     if previous is not None and previous.num_rows:
+        # each row group of the earlier night was reduced to one row per uri on its own
         previous = previous.filter(pc.is_in(previous.column("uri"), value_set=pc.unique(requests.column("uri"))))
-        known = {row["uri"]: previous_score(row) for row in previous.to_pylist()}
+        known = {row["uri"]: previous_score(row) for row in buckets.first_per_key(previous, "uri").to_pylist()}
     grouped = requests.group_by("uri").aggregate([("bucket", "distinct")]).sort_by("uri")
     for uri, row_buckets in zip(grouped.column("uri").to_pylist(), grouped.column("bucket_distinct").to_pylist()):
         yield UriTask(uri, tuple(sorted(row_buckets)), known.get(uri))

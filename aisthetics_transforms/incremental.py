@@ -22,14 +22,13 @@ import logging
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
-import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from aisthetics_transforms import layout
+from aisthetics_transforms.buckets import first_per_key
 from aisthetics_transforms.dedupe import SplitByBucket
 from aisthetics_transforms.records import STATS
 
@@ -45,15 +44,6 @@ PREVIOUS_COLUMNS = (
     "exif_orientation",
 )
 _LOG = logging.getLogger(__name__)
-
-
-def first_per_key(table: pa.Table, key: str) -> pa.Table:
-    """One row of ``table`` per distinct ``key`` (the first: they carry the same score)."""
-    if table.num_rows < 2:
-        return table
-    codes = pc.dictionary_encode(pc.fill_null(table.column(key), "")).combine_chunks().indices.to_numpy()
-    _, first = np.unique(codes, return_index=True)
-    return table if len(first) == table.num_rows else table.take(np.sort(first))
 
 
 def read_previous_file(path: str, model_version: str):

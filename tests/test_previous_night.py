@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 from apache_beam.pvalue import TaggedOutput
 
 from aisthetics_transforms import buckets, layout
+from aisthetics_transforms.buckets import first_per_key
 from aisthetics_transforms.dedupe import REUSED, previous_of_wanted, reuse_or_score
-from aisthetics_transforms.incremental import PREVIOUS_COLUMNS, find_previous_night, first_per_key, read_previous_file
+from aisthetics_transforms.incremental import PREVIOUS_COLUMNS, find_previous_night, read_previous_file
 from aisthetics_transforms.records import STATS, ContentClaim, ContentResult, ContentTask, previous_score, scores_schema
 
 TONIGHT, OTHER = "nima-mobilenet-e563ad91b3d4-litert", "nima-mobilenet-e563ad91b3d4-keras"
