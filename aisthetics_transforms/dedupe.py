@@ -202,17 +202,17 @@ def uri_task_lists(element):
 
 
 class PlanFetches(beam.PTransform):
-    """Uri requests -> lists of UriTasks, one per distinct uri, spread over the workers. ``uri_buckets``
+    """Uri requests -> Batches of UriTasks, one per distinct uri, spread over the workers. ``join_buckets``
     is a singleton PCollection with the bucket count (the same ``previous`` is split by);
     ``previous``: an earlier night's rows, one per uri, as ``(uri bucket, packed)``."""
 
-    def __init__(self, uri_buckets, previous=None):
+    def __init__(self, join_buckets, previous=None):
         super().__init__()
-        self.uri_buckets = uri_buckets
+        self.join_buckets = join_buckets
         self.previous = previous
 
     def expand(self, requests):
-        sides = {"requests": requests | "ByUri" >> beam.ParDo(SplitByBucket("uri"), AsSingleton(self.uri_buckets))}
+        sides = {"requests": requests | "ByUri" >> beam.ParDo(SplitByBucket("uri"), AsSingleton(self.join_buckets))}
         if self.previous is not None:
             sides["previous"] = self.previous
         return (
@@ -252,30 +252,29 @@ def content_task(content_sha256: str, claims: tuple) -> ContentTask:
     return ContentTask(content_sha256, tuple((claim.uri, claim.pin) for claim in claims))
 
 
-def previous_of_wanted(element):
-    """(content bucket, {"wanted": hashes fetched tonight, "previous": pieces}) ->
-    ``(content_sha256, PreviousScore)`` for each wanted hash an earlier night scored."""
-    _, sides = element
-    wanted = list(sides["wanted"])
-    previous = buckets.concat(sides["previous"])
-    if not wanted or previous is None:
-        return
-    hits = previous.filter(pc.is_in(previous.column("content_sha256"), value_set=pa.array(wanted, pa.string())))
-    seen = set()
-    for row in hits.to_pylist():
-        if row["content_sha256"] not in seen:
-            seen.add(row["content_sha256"])
-            yield row["content_sha256"], previous_score(row)
-
-
 def reuse_or_score(element):
-    """Per content: the earlier night's score (``REUSED``), or a task to score it."""
-    sha, sides = element
-    previous = sides["previous"]
-    if previous:
-        yield TaggedOutput(REUSED, ContentResult(sha, previous[0].score, reused=True))
-    else:
-        yield content_task(sha, sides["copies"][0])
+    """(content bucket, {"wanted": (content_sha256, readable copies) of each content fetched
+    tonight, "previous": pieces of an earlier night's rows}) -> per wanted content, the
+    earlier night's score (``REUSED``) or a task to score it."""
+    _, sides = element
+    wanted = dict(sides["wanted"])
+    if not wanted:
+        return
+    scored = {}
+    previous = buckets.concat(sides["previous"])
+    if previous is not None:
+        hits = previous.filter(
+            pc.is_in(previous.column("content_sha256"), value_set=pa.array(list(wanted), pa.string()))
+        )
+        scored = {
+            row["content_sha256"]: previous_score(row)
+            for row in buckets.first_per_key(hits, "content_sha256").to_pylist()
+        }
+    for sha, copies in wanted.items():
+        if sha in scored:
+            yield TaggedOutput(REUSED, ContentResult(sha, scored[sha].score, reused=True))
+        else:
+            yield content_task(sha, copies)
 
 
 class DedupeContent(beam.PTransform):
@@ -283,30 +282,25 @@ class DedupeContent(beam.PTransform):
     content to score, REUSED: ContentResults of contents an earlier night scored}``.
 
     ``previous`` (an earlier night's rows, one per content, as ``(content bucket, packed)``
-    in ``content_buckets`` buckets) is joined against tonight's hashes only, in buckets,
-    so its rows never become one element each."""
+    in as many buckets as the singleton ``join_buckets`` says) meets tonight's contents in
+    those buckets, so its rows never become one element each, and only the contents fetched
+    tonight are looked up."""
 
-    def __init__(self, previous=None, content_buckets: int = 0):
+    def __init__(self, previous=None, join_buckets=None):
         super().__init__()
         self.previous = previous
-        self.content_buckets = content_buckets
+        self.join_buckets = join_buckets
 
     def expand(self, claims):
         copies = claims | "ReadableCopies" >> beam.CombinePerKey(FirstClaims())
         if self.previous is None:
             return {"tasks": copies | "ToScore" >> beam.MapTuple(content_task)}
-        n = self.content_buckets
-        found = (
-            {
-                "wanted": copies | "WantedByBucket" >> beam.MapTuple(lambda sha, _: (buckets.bucket_of(sha, n), sha)),
-                "previous": self.previous,
-            }
-            | "JoinPreviousOnContent" >> beam.CoGroupByKey()
-            | "PreviousOfWanted" >> beam.FlatMap(previous_of_wanted)
+        wanted = copies | "ByContent" >> beam.Map(
+            lambda content, n: (buckets.bucket_of(content[0], n), content), AsSingleton(self.join_buckets)
         )
         decided = (
-            {"copies": copies, "previous": found}
-            | "JoinOnContent" >> beam.CoGroupByKey()
+            {"wanted": wanted, "previous": self.previous}
+            | "JoinPreviousOnContent" >> beam.CoGroupByKey()
             | "ReuseOrScore" >> beam.FlatMap(reuse_or_score).with_outputs(REUSED, main="tasks")
         )
         return {"tasks": decided.tasks, REUSED: decided[REUSED]}

@@ -84,15 +84,14 @@ class ReadPreviousFiles(beam.DoFn):
 class ReadPreviousNight(beam.PTransform):
     """An earlier night's scores files -> ``{"uri": (uri bucket, packed rows), "content": (content bucket,
     packed rows), STATS: counts}``, rows ``model_version`` may reuse, reduced per key
-    within each row group. ``uri_buckets`` is the singleton PCollection of tonight's uri
-    bucket count; ``content_buckets`` the content bucket count."""
+    within each row group. ``join_buckets`` is the singleton PCollection of tonight's bucket
+    count for the joins on uri and on content."""
 
-    def __init__(self, night: PreviousNight, model_version: str, uri_buckets, content_buckets: int):
+    def __init__(self, night: PreviousNight, model_version: str, join_buckets):
         super().__init__()
         self.night = night
         self.model_version = model_version
-        self.uri_buckets = uri_buckets
-        self.content_buckets = content_buckets
+        self.join_buckets = join_buckets
 
     def expand(self, pbegin):
         tables = (
@@ -106,12 +105,12 @@ class ReadPreviousNight(beam.PTransform):
             "uri": (
                 tables.tables
                 | "OnePerUri" >> beam.Map(first_per_key, "uri")
-                | "ByUri" >> beam.ParDo(SplitByBucket("uri"), AsSingleton(self.uri_buckets))
+                | "ByUri" >> beam.ParDo(SplitByBucket("uri"), AsSingleton(self.join_buckets))
             ),
             "content": (
                 tables.tables
                 | "OnePerContent" >> beam.Map(first_per_key, "content_sha256")
-                | "ByContent" >> beam.ParDo(SplitByBucket("content_sha256"), self.content_buckets)
+                | "ByContent" >> beam.ParDo(SplitByBucket("content_sha256"), AsSingleton(self.join_buckets))
             ),
             STATS: tables[STATS],
         }

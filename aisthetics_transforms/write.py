@@ -182,9 +182,13 @@ class WriteTables(beam.PTransform):
             for table in ("scores", "errors")
         ]
         files = files | "Files" >> beam.Flatten()
-        stats = tables["stats"] | "SumStats" >> beam.CombineGlobally(sum_counts)
+        # without_defaults: a night with no counts at all sums to {} here, not in an extra stage
+        stats = tables["stats"] | "SumStats" >> beam.CombineGlobally(sum_counts).without_defaults()
         return (
             files.pipeline
             | "Once" >> beam.Create([None])
-            | "Publish" >> beam.Map(_publish, beam.pvalue.AsList(files), beam.pvalue.AsSingleton(stats), run=self.run)
+            | "Publish"
+            >> beam.Map(
+                _publish, beam.pvalue.AsList(files), beam.pvalue.AsSingleton(stats, default_value={}), run=self.run
+            )
         )

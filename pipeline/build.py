@@ -41,20 +41,19 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
         manifest = p | "ListImages" >> (read := ReadImageGlob(opts.images, keep))
     rows = manifest["refs"] | "UniqueImageIds" >> UniqueImageIds(read.files, keep)
     previous_rows = previous.rows if previous else 0
-    uri_buckets = rows["row_count"] | "UriBuckets" >> beam.Map(lambda n: bucket_count(max(n, previous_rows)))
+    # the joins on uri and on content: buckets for the larger of tonight and the earlier night
+    join_buckets = rows["row_count"] | "JoinBuckets" >> beam.Map(lambda n: bucket_count(max(n, previous_rows)))
     earlier = {}
     if previous:
-        earlier = p | "ReadPreviousNight" >> ReadPreviousNight(
-            previous, run.model_version, uri_buckets, bucket_count(previous_rows)
-        )
+        earlier = p | "ReadPreviousNight" >> ReadPreviousNight(previous, run.model_version, join_buckets)
     fetch_limits = opts.fetch_limits()
     fetched = (
         rows[dedupe.URIS]
-        | "PlanFetches" >> PlanFetches(uri_buckets, earlier.get("uri"))
+        | "PlanFetches" >> PlanFetches(join_buckets, earlier.get("uri"))
         | "FetchImages"
         >> beam.ParDo(FetchImages(fetch_limits, opts.fetch_threads)).with_outputs(OUTCOMES, STATS, main="claims")
     )
-    contents = fetched.claims | "DedupeContent" >> DedupeContent(earlier.get("content"), bucket_count(previous_rows))
+    contents = fetched.claims | "DedupeContent" >> DedupeContent(earlier.get("content"), join_buckets)
     decoded = (
         contents["tasks"]
         | "SpreadContents" >> beam.Reshuffle()

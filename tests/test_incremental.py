@@ -203,3 +203,17 @@ def test_a_run_killed_mid_write_leaves_the_date_intact(nights, tmp_path):
     night(nights["manifest"], output, NIGHTS[2])
     assert {p.name for p in output.glob("_staging/*")} == killed
     assert len(scores(output, NIGHTS[2])) == nights["n"] + 1
+
+
+def test_a_manifest_without_rows_publishes_an_empty_night_and_a_later_night_reuses_it(tmp_path, catalog):
+    """No row means no counts from any stage and no bucket count worth a join: the night
+    is still published whole, empty, and an incremental night after it starts from it."""
+    empty, output = write_manifest(tmp_path / "empty.csv", []), tmp_path / "out"
+    summary = night(empty, output, NIGHTS[0])
+    assert (summary["rows"], summary["scored"], summary["errors"], summary["uris"]) == (0, 0, 0, 0)
+    assert scores(output, NIGHTS[0]) == {}
+    assert (output / "runs" / f"dt={NIGHTS[0]}" / "summary.json").is_file()
+    summary = night(empty, output, NIGHTS[1])
+    assert summary["rows"] == 0 and summary["incremental_from"].endswith(f"dt={NIGHTS[0]}")
+    summary = night(write_manifest(tmp_path / "one.csv", catalog["rows"][:1]), output, NIGHTS[2])
+    assert (summary["rows"], summary["scored"], summary["reused"]) == (1, 1, 0)

@@ -13,9 +13,9 @@ from apache_beam.pvalue import TaggedOutput
 
 from aisthetics_transforms import buckets, layout
 from aisthetics_transforms.buckets import first_per_key
-from aisthetics_transforms.dedupe import REUSED, previous_of_wanted, reuse_or_score
+from aisthetics_transforms.dedupe import REUSED, reuse_or_score
 from aisthetics_transforms.incremental import PREVIOUS_COLUMNS, find_previous_night, read_previous_file
-from aisthetics_transforms.records import STATS, ContentClaim, ContentResult, ContentTask, previous_score, scores_schema
+from aisthetics_transforms.records import STATS, ContentClaim, ContentTask, previous_score, scores_schema
 
 TONIGHT, OTHER = "nima-mobilenet-e563ad91b3d4-litert", "nima-mobilenet-e563ad91b3d4-keras"
 SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
@@ -91,7 +91,7 @@ def test_one_row_per_key_the_first_in_order():
     assert first_per_key(table.slice(0, 1), "uri") == table.slice(0, 1)
 
 
-def test_only_the_contents_fetched_tonight_are_looked_up_each_once():
+def test_a_content_fetched_tonight_is_reused_when_an_earlier_night_scored_it_else_scored():
     sha_a, sha_b, sha_gone = "a" * 64, "b" * 64, "f" * 64
     pieces = [
         buckets.pack(
@@ -99,23 +99,20 @@ def test_only_the_contents_fetched_tonight_are_looked_up_each_once():
                 [earlier("/1.jpg", sha_a, mean=6.0), earlier("/2.jpg", sha_gone)], schema=scores_schema()
             )
         ),
-        buckets.pack(pa.Table.from_pylist([earlier("/3.jpg", sha_a, mean=7.0)], schema=scores_schema())),
+        buckets.pack(pa.Table.from_pylist([earlier("/3.jpg", sha_a, mean=6.0)], schema=scores_schema())),
     ]
-    found = list(previous_of_wanted((2, {"wanted": [sha_a, sha_b], "previous": pieces})))
-    assert [(sha, p.score.mean_score) for sha, p in found] == [(sha_a, 6.0)]
-    assert list(previous_of_wanted((2, {"wanted": [], "previous": pieces}))) == []
-    assert list(previous_of_wanted((2, {"wanted": [sha_a], "previous": []}))) == []
-
-
-def test_a_content_is_reused_when_an_earlier_night_scored_it_else_scored():
-    sha = "c" * 64
-    [previous] = [previous_score(earlier("/1.jpg", sha, mean=6.5))]
     copies = (ContentClaim("/1.jpg", None, None, (0,)), ContentClaim("http://h/1.jpg", None, None, (1,)))
-    [reused] = reuse_or_score((sha, {"previous": [previous], "copies": [copies]}))
-    assert isinstance(reused, TaggedOutput) and reused.tag == REUSED
-    assert reused.value == ContentResult(sha, previous.score, reused=True)
-    [task] = reuse_or_score((sha, {"previous": [], "copies": [copies]}))
-    assert task == ContentTask(sha, (("/1.jpg", None), ("http://h/1.jpg", None)))
+    out = list(reuse_or_score((2, {"wanted": [(sha_a, copies), (sha_b, copies)], "previous": pieces})))
+    reused = [o.value for o in out if isinstance(o, TaggedOutput)]
+    assert all(o.tag == REUSED for o in out if isinstance(o, TaggedOutput))
+    assert [(r.content_sha256, r.score.mean_score, r.reused) for r in reused] == [(sha_a, 6.0, True)]  # once
+    assert [o for o in out if not isinstance(o, TaggedOutput)] == [
+        ContentTask(sha_b, (("/1.jpg", None), ("http://h/1.jpg", None)))
+    ]
+    # a content no earlier night scored is scored; contents not fetched tonight are never looked at
+    [task] = reuse_or_score((2, {"wanted": [(sha_a, copies)], "previous": []}))
+    assert task == ContentTask(sha_a, (("/1.jpg", None), ("http://h/1.jpg", None)))
+    assert list(reuse_or_score((2, {"wanted": [], "previous": pieces}))) == []
 
 
 def test_the_previous_night_is_its_summarys_run_with_its_row_count(tmp_path):
