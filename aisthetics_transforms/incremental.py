@@ -56,7 +56,9 @@ def read_previous_file(path: str, model_version: str):
             columns = [c for c in PREVIOUS_COLUMNS if c in parquet.schema_arrow.names]
             for group in range(parquet.num_row_groups):
                 table = parquet.read_row_group(group, columns=columns)
-                table = table.filter(pc.equal(table.column("model_version"), model_version))
+                tonights = pc.equal(table.column("model_version"), model_version)
+                if not pc.all(tonights).as_py():  # a night has one model: all or none, as a rule
+                    table = table.filter(tonights)
                 if table.num_rows:
                     yield table
     except Exception as exc:  # a corrupt or vanished file of an earlier night must not fail tonight
@@ -65,8 +67,10 @@ def read_previous_file(path: str, model_version: str):
 
 
 class ReadPreviousFiles(beam.DoFn):
-    """A path of the earlier night -> its reusable rows (:func:`read_previous_file`). Its
-    display data names the night, so the Dataflow UI shows what a job reuses."""
+    """A path of the earlier night -> its reusable rows (:func:`read_previous_file`), each
+    row group reduced to one row per uri (output ``"uri"``) and one per content (output
+    ``"content"``) before they leave the worker. Its display data names the night, so the
+    Dataflow UI shows what a job reuses."""
 
     def __init__(self, model_version: str, night: PreviousNight):
         self.model_version = model_version
@@ -78,7 +82,12 @@ class ReadPreviousFiles(beam.DoFn):
         return {"night": self.night, "run": self.run, "files": self.files}
 
     def process(self, path: str):
-        yield from read_previous_file(path, self.model_version)
+        for item in read_previous_file(path, self.model_version):
+            if isinstance(item, TaggedOutput):
+                yield item
+                continue
+            yield TaggedOutput("uri", first_per_key(item, "uri"))
+            yield TaggedOutput("content", first_per_key(item, "content_sha256"))
 
 
 class ReadPreviousNight(beam.PTransform):
@@ -99,19 +108,12 @@ class ReadPreviousNight(beam.PTransform):
             | "PreviousFiles" >> beam.Create(self.night.files)
             | "SpreadFiles" >> beam.Reshuffle()
             | "ReadFiles"
-            >> beam.ParDo(ReadPreviousFiles(self.model_version, self.night)).with_outputs(STATS, main="tables")
+            >> beam.ParDo(ReadPreviousFiles(self.model_version, self.night)).with_outputs(STATS, "uri", "content")
         )
+        n = AsSingleton(self.join_buckets)
         return {
-            "uri": (
-                tables.tables
-                | "OnePerUri" >> beam.Map(first_per_key, "uri")
-                | "ByUri" >> beam.ParDo(SplitByBucket("uri"), AsSingleton(self.join_buckets))
-            ),
-            "content": (
-                tables.tables
-                | "OnePerContent" >> beam.Map(first_per_key, "content_sha256")
-                | "ByContent" >> beam.ParDo(SplitByBucket("content_sha256"), AsSingleton(self.join_buckets))
-            ),
+            "uri": tables.uri | "ByUri" >> beam.ParDo(SplitByBucket("uri"), n),
+            "content": tables.content | "ByContent" >> beam.ParDo(SplitByBucket("content_sha256"), n),
             STATS: tables[STATS],
         }
 

@@ -14,7 +14,13 @@ from apache_beam.pvalue import TaggedOutput
 from aisthetics_transforms import buckets, layout
 from aisthetics_transforms.buckets import first_per_key
 from aisthetics_transforms.dedupe import REUSED, reuse_or_score
-from aisthetics_transforms.incremental import PREVIOUS_COLUMNS, find_previous_night, read_previous_file
+from aisthetics_transforms.incremental import (
+    PREVIOUS_COLUMNS,
+    PreviousNight,
+    ReadPreviousFiles,
+    find_previous_night,
+    read_previous_file,
+)
 from aisthetics_transforms.records import STATS, ContentClaim, ContentTask, previous_score, scores_schema
 
 TONIGHT, OTHER = "nima-mobilenet-e563ad91b3d4-litert", "nima-mobilenet-e563ad91b3d4-keras"
@@ -56,6 +62,24 @@ def test_a_file_gives_its_row_groups_rows_of_tonights_model_only(tmp_path):
     tables = list(read_previous_file(path, TONIGHT))
     assert [t.column("uri").to_pylist() for t in tables] == [["/a.jpg"], ["/d.jpg", "/e.jpg"]]
     assert all(t.schema.names == list(PREVIOUS_COLUMNS) for t in tables)  # image_id and reused are not needed
+
+
+def test_each_row_group_leaves_the_reader_reduced_to_one_row_per_uri_and_one_per_content(tmp_path):
+    a, b = "a" * 64, "b" * 64
+    path = write_scores(
+        tmp_path / "RUN-scores-0.parquet",
+        [
+            [earlier("/1.jpg", a), earlier("/1.jpg", a), earlier("/2.jpg", a), earlier("/3.jpg", b)],
+            [earlier("/1.jpg", a), earlier("/4.jpg", b, OTHER)],
+        ],
+    )
+    night = PreviousNight("2026-11-27", "RUN", str(tmp_path), [path], 6)
+    outputs = list(ReadPreviousFiles(TONIGHT, night).process(path))
+    by_tag: dict = {"uri": [], "content": []}
+    for output in outputs:
+        by_tag[output.tag].append(output.value)
+    assert [t.column("uri").to_pylist() for t in by_tag["uri"]] == [["/1.jpg", "/2.jpg", "/3.jpg"], ["/1.jpg"]]
+    assert [t.column("content_sha256").to_pylist() for t in by_tag["content"]] == [[a, b], [a]]
 
 
 def test_a_file_of_an_older_layout_gives_the_columns_it_has(tmp_path):
