@@ -164,7 +164,12 @@ class UniqueImageIds(beam.PTransform):
 
     def expand(self, tables):
         tables = tables | "Position" >> beam.Map(_with_position)
-        row_count = tables | "RowsOf" >> beam.Map(lambda t: t.num_rows) | "CountRows" >> beam.CombineGlobally(sum)
+        # no default: a manifest without tables has no count, and nothing that asks for one
+        row_count = (
+            tables
+            | "RowsOf" >> beam.Map(lambda t: t.num_rows)
+            | "CountRows" >> beam.CombineGlobally(sum).without_defaults()
+        )
         n = row_count | "RowBuckets" >> beam.Map(buckets.bucket_count)
         kept = (
             tables

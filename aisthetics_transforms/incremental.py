@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from aisthetics_transforms import layout
-from aisthetics_transforms.buckets import first_per_key
+from aisthetics_transforms.buckets import bucket_count, first_per_key
 from aisthetics_transforms.dedupe import SplitByBucket
 from aisthetics_transforms.records import STATS
 
@@ -110,7 +110,8 @@ class ReadPreviousNight(beam.PTransform):
             | "ReadFiles"
             >> beam.ParDo(ReadPreviousFiles(self.model_version, self.night)).with_outputs(STATS, "uri", "content")
         )
-        n = AsSingleton(self.join_buckets)
+        # tonight without rows has no count: its buckets are then the earlier night's
+        n = AsSingleton(self.join_buckets, default_value=bucket_count(self.night.rows))
         return {
             "uri": tables.uri | "ByUri" >> beam.ParDo(SplitByBucket("uri"), n),
             "content": tables.content | "ByContent" >> beam.ParDo(SplitByBucket("content_sha256"), n),

@@ -217,3 +217,6 @@ def test_a_manifest_without_rows_publishes_an_empty_night_and_a_later_night_reus
     assert summary["rows"] == 0 and summary["incremental_from"].endswith(f"dt={NIGHTS[0]}")
     summary = night(write_manifest(tmp_path / "one.csv", catalog["rows"][:1]), output, NIGHTS[2])
     assert (summary["rows"], summary["scored"], summary["reused"]) == (1, 1, 0)
+    summary = night(empty, output, "2026-11-29")  # the earlier night's rows are read; none is asked for
+    assert (summary["rows"], summary["errors"]) == (0, 0) and summary["incremental_from"].endswith(f"dt={NIGHTS[2]}")
+    assert scores(output, "2026-11-29") == {}
