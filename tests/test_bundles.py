@@ -150,3 +150,34 @@ def test_a_batch_crosses_beams_default_coder_as_one_pickle():
     assert len(as_batch) * 3 < len(as_list)
     decoded = coder.decode(as_batch)
     assert isinstance(decoded, Batch) and decoded == tasks
+
+
+_pickled_items = []
+
+
+class _Counted:
+    """A record that counts how often it is pickled."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __reduce__(self):
+        _pickled_items.append(self.n)
+        return _Counted, (self.n,)
+
+    def __eq__(self, other):
+        return isinstance(other, _Counted) and other.n == self.n
+
+
+def test_a_batch_and_what_it_decodes_to_pickle_their_items_once():
+    """Beam encodes an element at each step of a fused chain to measure it: the items of a
+    Batch, emitted or received and passed on, are pickled once."""
+    coder = FastPrimitivesCoder()
+    _pickled_items.clear()
+    batch = Batch(_Counted(i) for i in range(3))
+    first = coder.encode(batch)
+    assert coder.encode(batch) == first and coder.estimate_size(batch) == len(first)
+    decoded = coder.decode(first)
+    assert coder.encode(decoded) == first
+    assert _pickled_items == [0, 1, 2]
+    assert decoded == batch and isinstance(decoded, Batch)
