@@ -51,7 +51,7 @@ class RunSummary(TypedDict, total=False):
     uris: int  # distinct uris
     fetched: int  # uris whose bytes were read
     version_checks: int
-    version_checks_failed: int  # counted, and the uri fetched instead
+    version_checks_failed: int  # counted; the uri fetched instead, unless the failure settles it
     previous_files_unreadable: int
     model_version: str
     incremental_from: Optional[str]  # the earlier night's scores partition

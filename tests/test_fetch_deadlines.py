@@ -154,6 +154,7 @@ def test_a_version_check_ends_at_its_deadline_and_says_it_failed(raw_server, beh
     assert elapsed <= DEADLINE + MARGIN, f"{behave.__name__}: {elapsed:.2f}s"
     assert version.value is None
     assert version.failed and "DeadlineExceeded" in version.failed and uri in version.failed
+    assert version.error_type == "DeadlineExceeded" and version.settles_the_fetch
     assert server.requests and server.requests[0].startswith(b"HEAD /image.jpg ")
 
 
@@ -180,10 +181,11 @@ def test_a_version_check_without_a_signal_is_not_a_failure(raw_server):
         conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
 
     plain_uri, tagged_uri, gone_uri = (f"http://127.0.0.1:{raw_server(b).port}/a.jpg" for b in (plain, tagged, gone))
-    assert fetch.check_version(plain_uri, LIMITS) == (None, None, None)  # no signal: fetch and hash
+    assert fetch.check_version(plain_uri, LIMITS) == (None, None, None, None)  # no signal: fetch and hash
     assert fetch.check_version(tagged_uri, LIMITS).value == 'etag="v1"'
     failed = fetch.check_version(gone_uri, LIMITS)
     assert failed.value is None and "NotFound" in failed.failed and gone_uri in failed.failed
+    assert failed.error_type == "NotFound" and failed.settles_the_fetch
 
 
 def test_thumbnails_finish_within_their_budget_including_interpreter_exit(raw_server, tmp_path):

@@ -30,6 +30,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
         self.active = self.most_active = 0
+        self.requests: list[tuple[str, str]] = []  # (method, path)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -38,8 +39,21 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def do_HEAD(self):
+        """404 for /missing, 405 under /nohead/ (a server that refuses HEAD), else an ETag."""
+        with self.server.lock:
+            self.server.requests.append(("HEAD", self.path))
+        status = 404 if self.path == "/missing" else 405 if self.path.startswith("/nohead/") else 200
+        self.send_response(status)
+        if status == 200:
+            self.send_header("ETag", '"tonight"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_GET(self):
         server = self.server
+        with server.lock:
+            server.requests.append(("GET", self.path))
         if self.path.startswith("/slow/"):
             with server.lock:
                 server.active += 1
@@ -223,3 +237,43 @@ def test_a_dead_host_holds_one_thread_for_one_deadline_not_the_window(base, dead
     assert len(claims) == 40
     assert sorted(o.failure.error_type for _, o in outcomes) == ["DeadlineExceeded"] * 4
     assert with_dead - alive_only < 1.5 * deadline, (alive_only, with_dead)
+
+
+def test_a_failed_check_fetches_only_when_the_fetch_could_find_otherwise(server, base):
+    """A check that found the object missing is its failure (no GET after the HEAD); a
+    server that refuses HEAD is fetched with GET. Both checks are counted as failed."""
+    earlier = PreviousScore(sha(b"old"), 'etag="last night"', SCORE)
+    with server.lock:
+        server.requests.clear()
+    claims, outcomes, stats = run_fetch(
+        [UriTask(f"{base}/missing", (0,), earlier), UriTask(f"{base}/nohead/a", (1,), earlier)]
+    )
+    assert sorted(server.requests) == [("GET", "/nohead/a"), ("HEAD", "/missing"), ("HEAD", "/nohead/a")]
+    [(row_buckets, missing)] = outcomes
+    assert (row_buckets, missing.uri, missing.failure.error_type) == ((0,), f"{base}/missing", "NotFound")
+    assert (
+        missing.failure.message.startswith("version check failed (NotFound)") and "/missing" in missing.failure.message
+    )
+    assert [(c.uri, s) for s, c in claims] == [(f"{base}/nohead/a", sha(b"/nohead/a" + PAYLOAD))]
+    totals = {}
+    for counts in stats:
+        for key, n in counts.items():
+            totals[key] = totals.get(key, 0) + n
+    assert totals == {"uris": 2, "version_checks": 2, "version_checks_failed": 2, "fetch_errors": 1, "fetched": 1}
+
+
+@pytest.mark.slow  # a silent host, waited on until the deadline
+def test_a_dead_host_of_an_earlier_night_costs_one_deadline_not_a_check_and_a_fetch(dead_host):
+    deadline = 2.0
+    limits = FetchLimits(
+        connect_timeout=1, read_timeout=deadline, deadline=deadline, retries=0, allow_private_hosts=True
+    )
+    earlier = PreviousScore(sha(b"old"), 'etag="last night"', SCORE)
+    started = time.monotonic()
+    claims, outcomes, _ = run_fetch([UriTask(f"{dead_host}/photo.jpg", (0,), earlier)], limits=limits)
+    took = time.monotonic() - started
+    assert not claims
+    [(_, outcome)] = outcomes
+    assert outcome.failure.error_type in ("DeadlineExceeded", "Timeout")
+    assert outcome.failure.message.startswith("version check failed")
+    assert took < 1.5 * deadline, took

@@ -104,8 +104,9 @@ def check_version(
 
     Files: size and modification time; ``gs://``: generation and size (one metadata
     request); http(s): the ETag, else Last-Modified with Content-Length, from HEAD
-    requests. ``value`` is None when there is no such signal; ``failed`` says why when
-    the check itself failed (timeout, refused, 5xx, missing...). Never raises.
+    requests. ``value`` is None when there is no such signal; ``failed`` and
+    ``error_type`` say why when the check itself failed (timeout, refused, 5xx,
+    missing...). Never raises.
     """
     try:
         scheme = _scheme(uri)
@@ -116,9 +117,10 @@ def check_version(
             return gcs_version(uri, limits)
         return Version(file_version(checked_stat(_local_path(uri, scheme), uri)))
     except FetchError as err:
-        return Version(None, f"version check failed ({err.error_type}): {err}")
+        return Version(None, f"version check failed ({err.error_type}): {err}", error_type=err.error_type)
     except Exception as exc:  # a check must never fail the caller's bundle
-        return Version(None, f"version check failed (InternalError): {type(exc).__name__} checking {uri!r}: {exc}")
+        message = f"version check failed (InternalError): {type(exc).__name__} checking {uri!r}: {exc}"
+        return Version(None, message, error_type="InternalError")
 
 
 def refetch(

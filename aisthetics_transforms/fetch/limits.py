@@ -103,6 +103,35 @@ class Version(NamedTuple):
     value: Optional[str]  # the change signal; None when there is none or the check failed
     failed: Optional[str] = None  # why the check failed (one line naming the uri)
     info: object = None  # opaque (gs: the object's metadata): fetch_image(known=...) skips a request
+    error_type: Optional[str] = None  # of the failed check, one of FETCH_ERROR_TYPES
+
+    @property
+    def settles_the_fetch(self) -> bool:
+        """Whether the check failed in a way a fetch in this run would only repeat (the host
+        does not answer, the object is missing...), so fetching after it would spend a
+        second deadline or request on the same answer. A server that refuses HEAD (405,
+        501, 403 on a url signed for GET) or fails it with a 5xx leaves the fetch to try."""
+        return self.error_type in CHECK_FAILURES_THAT_SETTLE
+
+
+CHECK_FAILURES_THAT_SETTLE = frozenset(
+    {
+        "InvalidUri",
+        "UnsupportedScheme",
+        "NotFound",
+        "IsADirectory",
+        "NotAFile",
+        "PathRefused",
+        "AddressRefused",
+        "TooLarge",
+        "Timeout",
+        "DeadlineExceeded",
+        "ConnectionFailed",
+        "TlsError",
+        "RedirectRefused",
+        "TooManyRedirects",
+    }
+)
 
 
 class Deadline:

@@ -60,11 +60,13 @@ class Examined(NamedTuple):
     pin: Optional[str] = None
     version_checked: bool = False
     version_check_failed: Optional[str] = None
+    failure: Optional[FetchError] = None  # why the uri has no bytes tonight
 
 
 def examine_uri(task: UriTask, limits: FetchLimits = DEFAULT_LIMITS, session=None) -> Examined:
     """Check ``task.uri``'s version against the earlier night's, else fetch and hash it.
-    Raises :class:`~fetch.FetchError` when it cannot be fetched."""
+    A check that failed in a way the fetch would only repeat (``Version.settles_the_fetch``:
+    a dead host, a missing object) is the uri's failure: one deadline, not two."""
     known, failed = None, None
     previous = task.previous
     checked = previous is not None and previous.source_version is not None
@@ -72,8 +74,14 @@ def examine_uri(task: UriTask, limits: FetchLimits = DEFAULT_LIMITS, session=Non
         version = check_version(task.uri, limits, session)
         if version.value is not None and version.value == previous.source_version:
             return Examined(True, previous.content_sha256, previous.source_version, version_checked=True)
+        if version.settles_the_fetch:
+            failure = FetchError(version.error_type or "InternalError", version.failed or "")
+            return Examined(False, version_checked=True, version_check_failed=version.failed, failure=failure)
         known, failed = version.info, version.failed
-    fetched = fetch_image(task.uri, limits, session, known=known)
+    try:
+        fetched = fetch_image(task.uri, limits, session, known=known)
+    except FetchError as err:
+        return Examined(False, version_checked=checked, version_check_failed=failed, failure=err)
     sha = hashlib.sha256(fetched.data).hexdigest()
     return Examined(False, sha, fetched.version, fetched.pin, checked, failed)
 
@@ -132,20 +140,18 @@ class FetchImages(beam.DoFn):
         try:
             found = examining.result()
         except Exception as exc:  # one bad uri must not fail the bundle
-            if isinstance(exc, FetchError):
-                failure = Failure("fetch", exc.error_type, str(exc))
-            else:
-                failure = Failure(
-                    "fetch", "InternalError", f"unexpected {type(exc).__name__} fetching {task.uri}: {exc}"
-                )
-            inc(self.errors)
-            self._stats["fetch_errors"] += 1
-            self._outcomes.append((task.buckets, UriOutcome(task.uri, failure=failure)))
-            return
+            message = f"unexpected {type(exc).__name__} fetching {task.uri}: {exc}"
+            found = Examined(False, failure=FetchError("InternalError", message))
         self._stats["version_checks"] += found.version_checked
         if found.version_check_failed:
             self._stats["version_checks_failed"] += 1
             inc(self.failed_checks)
+        if found.failure is not None:
+            inc(self.errors)
+            self._stats["fetch_errors"] += 1
+            failure = Failure("fetch", found.failure.error_type, str(found.failure))
+            self._outcomes.append((task.buckets, UriOutcome(task.uri, failure=failure)))
+            return
         previous = task.previous
         if found.unchanged and previous is not None:
             self._stats["uris_unchanged"] += 1
