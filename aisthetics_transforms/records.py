@@ -129,7 +129,7 @@ class ContentClaim(NamedTuple):
 
     uri: str
     source_version: Optional[str]
-    pin: Optional[str]  # what a refetch needs to get exactly these bytes (gs: the generation)
+    pin: Optional[str]  # what a refetch needs to get exactly these bytes (gs: the generation and size)
     buckets: tuple  # of int: the row buckets naming the uri
 
 

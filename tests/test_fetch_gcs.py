@@ -12,6 +12,8 @@ from gcs_emulator import counting_proxy, gcs  # noqa: F401  (pytest fixture)
 
 from aisthetics_transforms import fetch
 from aisthetics_transforms.fetch import FetchError, FetchLimits
+from aisthetics_transforms.fetch.gcs import pinned_generation
+from aisthetics_transforms.fetch.guards import BYTES_IN_FLIGHT
 
 pytestmark = pytest.mark.slow  # the GCS emulator
 
@@ -58,7 +60,8 @@ def test_a_fetch_is_one_metadata_and_one_pinned_media_request(proxy, uploaded):
     made = _requests(proxy, name)
     assert [kind for kind, _ in made] == ["metadata", "media"]
     assert fetched.data == DATA and type(fetched.data) is bytes
-    assert fetched.pin and f"generation={fetched.pin}" in made[1][1]  # the bytes of the version it reports
+    generation, size = pinned_generation(fetched.pin)
+    assert size == len(DATA) and f"generation={generation}" in made[1][1]  # the bytes of the version it reports
     assert fetched.version == fetch.check_version(uri, LIMITS).value
 
 
@@ -89,9 +92,12 @@ def test_a_pinned_refetch_is_one_media_request_and_fails_once_the_object_changed
     fetched = fetch.fetch_image(uri, LIMITS)
     sha = hashlib.sha256(fetched.data).hexdigest()
     _requests(proxy, name)
+    BYTES_IN_FLIGHT.peak = BYTES_IN_FLIGHT.in_use
     assert fetch.refetch(uri, sha, fetched.pin, LIMITS) == DATA
+    assert BYTES_IN_FLIGHT.peak - BYTES_IN_FLIGHT.in_use == len(DATA)  # its size, not max_bytes, was reserved
     [(kind, path)] = _requests(proxy, name)
-    assert kind == "media" and f"generation={fetched.pin}" in path
+    generation, _ = pinned_generation(fetched.pin)
+    assert kind == "media" and f"generation={generation}" in path
 
     time.sleep(0.01)  # the emulator's generations are timestamps
     gcs.upload_bytes(name, b"rewritten during the run", "image/jpeg")
@@ -99,7 +105,7 @@ def test_a_pinned_refetch_is_one_media_request_and_fails_once_the_object_changed
         fetch.refetch(uri, sha, fetched.pin, LIMITS)
     assert info.value.error_type == "ChangedDuringRun" and uri in str(info.value)
     [(kind, path)] = _requests(proxy, name)
-    assert kind == "media" and f"generation={fetched.pin}" in path
+    assert kind == "media" and f"generation={generation}" in path
     assert fetch.check_version(uri, LIMITS).value != fetched.version
 
 

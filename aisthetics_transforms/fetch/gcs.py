@@ -108,13 +108,22 @@ def _fetch_object(uri: str, found: GcsObject, limits: FetchLimits, deadline: Dea
     if found.size > limits.max_bytes:
         raise too_large(uri, limits, f"object size {found.size} bytes")
     data = _download(uri, found.bucket, found.name, found.generation, found.size, limits, deadline, pinned=False)
-    return Fetched(data, found.version, found.generation)
+    return Fetched(data, found.version, f"{found.generation}:{found.size}")
 
 
-def gcs_fetch_pinned(uri: str, generation: str, limits: FetchLimits) -> bytes:
-    """Only the media request, for that generation; ``ChangedDuringRun`` when it is gone."""
+def gcs_fetch_pinned(uri: str, pin: str, limits: FetchLimits) -> bytes:
+    """Only the media request, for the pinned generation; ``ChangedDuringRun`` when it is
+    gone. The pin carries the size too, so the read reserves that much of the byte budget,
+    not ``max_bytes`` (a generation's bytes never change)."""
     bucket, name = split_gcs_uri(uri)
-    return _download(uri, bucket, name, generation, None, limits, Deadline(limits.deadline), pinned=True)
+    generation, size = pinned_generation(pin)
+    return _download(uri, bucket, name, generation, size, limits, Deadline(limits.deadline), pinned=True)
+
+
+def pinned_generation(pin: str) -> tuple[str, Optional[int]]:
+    """(generation, size or None) of a pin made by :func:`gcs_fetch`."""
+    generation, _, size = pin.partition(":")
+    return generation, int(size) if size.isdigit() else None
 
 
 def _metadata(uri: str, limits: FetchLimits, deadline: Deadline) -> GcsObject:
@@ -122,7 +131,7 @@ def _metadata(uri: str, limits: FetchLimits, deadline: Deadline) -> GcsObject:
     try:
         client = storage_client()
         with watched(uri, limits, deadline):
-            blob = client.bucket(bucket).get_blob(name, timeout=_timeout(limits, deadline), retry=_retry(deadline))
+            blob = client.bucket(bucket).get_blob(name, timeout=deadline.timeouts(limits), retry=_retry(deadline))
     except FetchError:
         raise
     except Exception as exc:  # the client raises many types; classified here
@@ -161,7 +170,7 @@ def _download(uri, bucket, name, generation, size, limits, deadline, pinned: boo
                 # raw_download: the stored bytes, never transcoded (an object saved with
                 # Content-Encoding: gzip would otherwise arrive decompressed).
                 blob.download_to_file(
-                    writer, raw_download=True, timeout=_timeout(limits, deadline), retry=_retry(deadline)
+                    writer, raw_download=True, timeout=deadline.timeouts(limits), retry=_retry(deadline)
                 )
             if watch.fired:  # what was read after the watchdog cut the connection is void
                 raise deadline.exceeded(uri, "downloading the object")
@@ -176,11 +185,6 @@ def _download(uri, bucket, name, generation, size, limits, deadline, pinned: boo
         if size is not None and writer.written != size:
             raise FetchError("ChangedDuringRun", f"{uri}: read {writer.written} bytes, its metadata said {size}")
         return buffer_bytes(writer.buffer)
-
-
-def _timeout(limits: FetchLimits, deadline: Deadline) -> tuple:
-    remaining = max(deadline.remaining(), 0.001)
-    return min(limits.connect_timeout, remaining), min(limits.read_timeout, remaining)
 
 
 def _retry(deadline: Deadline):

@@ -99,7 +99,7 @@ class _ConnectionMixin(_Connection):
             deadline = attempt.deadline if attempt else Deadline(limits.deadline)
             where = attempt.where if attempt else f"{self.host}:{self.port}"
             addresses = resolve_checked(self._dns_host, self.port, limits, deadline, where)
-            timeout = min(limits.connect_timeout, max(deadline.remaining(), 0.001))
+            timeout = deadline.timeouts(limits)[0]
             try:
                 sock = connect_first(addresses, timeout, self.socket_options, self.source_address)
             except TimeoutError as exc:
@@ -298,8 +298,7 @@ def _attempt(session, method: str, url: str, uri: str, limits: FetchLimits, dead
 
 
 def _send(session, method: str, url: str, where: str, limits: FetchLimits, deadline: Deadline) -> requests.Response:
-    remaining = max(deadline.remaining(), 0.001)
-    timeout = (min(limits.connect_timeout, remaining), min(limits.read_timeout, remaining))
+    timeout = deadline.timeouts(limits)
     try:
         return session.request(method, url, stream=True, timeout=timeout, allow_redirects=False)
     except FetchError:

@@ -147,6 +147,11 @@ class Deadline:
     def expired(self) -> bool:
         return self.remaining() <= 0
 
+    def timeouts(self, limits: FetchLimits) -> tuple[float, float]:
+        """(connect, read) timeouts of the next wait: the limits', cut to what is left."""
+        left = max(self.remaining(), 0.001)
+        return min(limits.connect_timeout, left), min(limits.read_timeout, left)
+
     def exceeded(self, uri: str, doing: str) -> FetchError:
         return FetchError("DeadlineExceeded", f"deadline of {self.seconds:g}s (deadline) exceeded {doing} for {uri}")
 
