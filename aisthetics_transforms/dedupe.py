@@ -181,6 +181,17 @@ class UniqueImageIds(beam.PTransform):
         return {ROWS: kept[ROWS], URIS: kept[URIS], ERRORS: kept[ERRORS], "row_count": row_count}
 
 
+def earlier_scores(pieces, key: str, wanted: pa.Array) -> dict:
+    """An earlier night's packed rows -> ``{value: PreviousScore}`` for the ``wanted`` values
+    of ``key`` only, one row each (each row group was reduced on its own, so a value may
+    come back once per row group)."""
+    previous = buckets.concat(pieces)
+    if previous is None or not previous.num_rows:
+        return {}
+    hits = buckets.first_per_key(previous.filter(pc.is_in(previous.column(key), value_set=wanted)), key)
+    return {row[key]: previous_score(row) for row in hits.to_pylist()}
+
+
 def uri_tasks(element):
     """(uri bucket, {"requests": pieces of (uri, bucket), "previous": pieces of earlier
     rows}) -> one UriTask per distinct uri, with the earlier night's row of that uri."""
@@ -188,12 +199,7 @@ def uri_tasks(element):
     requests = buckets.concat(sides["requests"])
     if requests is None:
         return
-    known = {}
-    previous = buckets.concat(sides.get("previous", ()))
-    if previous is not None and previous.num_rows:
-        # each row group of the earlier night was reduced to one row per uri on its own
-        previous = previous.filter(pc.is_in(previous.column("uri"), value_set=pc.unique(requests.column("uri"))))
-        known = {row["uri"]: previous_score(row) for row in buckets.first_per_key(previous, "uri").to_pylist()}
+    known = earlier_scores(sides.get("previous", ()), "uri", pc.unique(requests.column("uri")))
     grouped = requests.group_by("uri").aggregate([("bucket", "distinct")]).sort_by("uri")
     for uri, row_buckets in zip(grouped.column("uri").to_pylist(), grouped.column("bucket_distinct").to_pylist()):
         yield UriTask(uri, tuple(sorted(row_buckets)), known.get(uri))
@@ -265,16 +271,7 @@ def reuse_or_score(element):
     wanted = dict(sides["wanted"])
     if not wanted:
         return
-    scored = {}
-    previous = buckets.concat(sides["previous"])
-    if previous is not None:
-        hits = previous.filter(
-            pc.is_in(previous.column("content_sha256"), value_set=pa.array(list(wanted), pa.string()))
-        )
-        scored = {
-            row["content_sha256"]: previous_score(row)
-            for row in buckets.first_per_key(hits, "content_sha256").to_pylist()
-        }
+    scored = earlier_scores(sides["previous"], "content_sha256", pa.array(list(wanted), pa.string()))
     for sha, copies in wanted.items():
         if sha in scored:
             yield TaggedOutput(REUSED, ContentResult(sha, scored[sha].score, reused=True))

@@ -106,11 +106,6 @@ def _phase(counts: Counter) -> tuple[str, int, Optional[int], str]:
     return "reading the manifest", counts["manifest_rows"], None, " rows"
 
 
-def _current(counts: Counter) -> int:
-    """The count the current phase advances (for its rate)."""
-    return _phase(counts)[1]
-
-
 class Reporter:
     """Prints :func:`describe` of :data:`TALLY` to ``stream`` while a run goes on: in place
     every ``refresh`` seconds on a terminal, else a line every ``every`` seconds (and at
@@ -146,7 +141,7 @@ class Reporter:
     def _show(self) -> None:
         now = time.monotonic()
         counts = TALLY.snapshot()
-        count = _current(counts)
+        count = _phase(counts)[1]  # what the current phase advances: its rate
         then, before = self._last
         rate = (count - before) / (now - then) if then and now > then and count >= before else None
         self._last = (now, count)
