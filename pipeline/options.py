@@ -59,6 +59,26 @@ POSITIVE_SECONDS = ("http_timeout", "http_deadline")
 SIMILAR = 0.8
 
 
+class CachedViewOptions(PipelineOptions):
+    """PipelineOptions that make each view once.
+
+    While a graph is built Beam asks for ``view_as(TypeOptions)`` about four times per
+    transform (~550 times for a night), and every view parses the command line again:
+    0.4 s of a 6 s incremental night. A view holds no values of its own (each reads and
+    writes this object's one dict of values), so one view per class is the same thing;
+    it is remade if that dict was replaced (a copy), and never pickled."""
+
+    def view_as(self, cls):
+        views = self.__dict__.setdefault("_views", {})
+        view = views.get(cls)
+        if view is None or view._all_options is not self._all_options:
+            view = views[cls] = super().view_as(cls)
+        return view
+
+    def __getstate__(self):
+        return {key: value for key, value in super().__getstate__().items() if key != "_views"}
+
+
 class OptionsError(ValueError):
     """Options that cannot run. ``problems`` lists every one; the message joins them in one line."""
 
@@ -399,7 +419,7 @@ def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
     parser = _all_options_parser()
     _, unknown = parser.parse_known_args(argv)  # a malformed value raises here
     problems = misspelt_option_problems(unknown, _option_names(parser))
-    options = PipelineOptions(argv)
+    options = CachedViewOptions(argv)
     problems += options.view_as(AistheticsOptions).validate_inputs()
     if problems:
         raise OptionsError(problems)

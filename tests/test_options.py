@@ -168,6 +168,24 @@ def test_beams_own_options_pass_and_ours_are_validated(tmp_path):
     ]
 
 
+def test_views_are_made_once_yet_share_every_value_and_survive_copies(tmp_path):
+    import copy
+    import pickle
+
+    from apache_beam.options.pipeline_options import StandardOptions, TypeOptions
+
+    options = pipeline_options([f"--images={tmp_path}/*.jpg", f"--output={tmp_path}/out", "--runner=FnApiRunner"])
+    assert options.view_as(TypeOptions) is options.view_as(TypeOptions)  # Beam asks hundreds of times
+    options.view_as(StandardOptions).runner = "DataflowRunner"  # a value set through one view...
+    assert options.view_as(StandardOptions).runner == "DataflowRunner"  # ...is seen through every other
+    assert options.get_all_options()["runner"] == "DataflowRunner"
+    for copied in (copy.deepcopy(options), pickle.loads(pickle.dumps(options))):
+        copied.view_as(StandardOptions).runner = "FnApiRunner"  # a copy's views are its own values
+        assert copied.get_all_options()["runner"] == "FnApiRunner"
+        assert options.view_as(StandardOptions).runner == "DataflowRunner"
+    assert "_views" not in options.__getstate__()
+
+
 def test_help_shows_every_option_with_its_help_and_says_beams_are_accepted():
     text = help_text()
     assert text.startswith("usage: python -m pipeline")
