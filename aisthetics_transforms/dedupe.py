@@ -43,7 +43,7 @@ from aisthetics_transforms.records import (
     UriOutcome,
     UriTask,
     error_row,
-    previous_score,
+    previous_scores,
     table_refs,
 )
 
@@ -189,7 +189,7 @@ def earlier_scores(pieces, key: str, wanted: pa.Array) -> dict:
     if previous is None or not previous.num_rows:
         return {}
     hits = buckets.first_per_key(previous.filter(pc.is_in(previous.column(key), value_set=wanted)), key)
-    return {row[key]: previous_score(row) for row in hits.to_pylist()}
+    return dict(zip(hits.column(key).to_pylist(), previous_scores(hits)))
 
 
 def uri_tasks(element):

@@ -12,7 +12,7 @@ every manifest row ends in exactly one of the two tables.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Iterable, NamedTuple, Optional, Sequence, TypedDict
 
 import numpy as np
@@ -169,17 +169,34 @@ class UriOutcome(NamedTuple):
     failure: Optional[Failure] = None
 
 
-def previous_score(row: dict) -> PreviousScore:
-    """An earlier scores-table row (a dict) as a PreviousScore."""
-    score = Score(
-        row["mean_score"],
-        row["sd_score"],
-        tuple(row["predictions"]),
-        row["model_version"],
-        row["scored_at"],
-        row.get("exif_orientation"),  # absent in partitions from before it existed
-    )
-    return PreviousScore(row["content_sha256"], row.get("source_version"), score)
+def previous_scores(table: pa.Table) -> list[PreviousScore]:
+    """An earlier night's scores-table rows as PreviousScores, in row order. Read column by
+    column, scored_at as naive UTC timestamps given their zone after: a tz-aware datetime
+    from Arrow costs ~10 us, 70% of turning a row into a PreviousScore."""
+
+    def column(name: str) -> list:  # exif_orientation, source_version: absent in partitions from before them
+        return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+
+    stamps = table.column("scored_at")
+    scored_at = [
+        None if at is None else at.replace(tzinfo=timezone.utc)
+        for at in stamps.cast(pa.timestamp(stamps.type.unit)).to_pylist()
+    ]
+    scores = [
+        Score(mean, sd, tuple(predictions), model, at, orientation)
+        for mean, sd, predictions, model, at, orientation in zip(
+            column("mean_score"),
+            column("sd_score"),
+            column("predictions"),
+            column("model_version"),
+            scored_at,
+            column("exif_orientation"),
+        )
+    ]
+    return [
+        PreviousScore(sha, version, score)
+        for sha, version, score in zip(column("content_sha256"), column("source_version"), scores)
+    ]
 
 
 def error_row(ref: ImageRef, stage: str, error_type: str, message: str) -> dict:

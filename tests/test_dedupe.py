@@ -34,7 +34,6 @@ from aisthetics_transforms.records import (
     Score,
     UriOutcome,
     UriTask,
-    previous_score,
     refs_table,
     scores_schema,
 )
@@ -89,7 +88,12 @@ def test_a_task_carries_the_earlier_nights_row_of_its_uri_only():
     tasks = {task.uri: task for task in uri_tasks((5, {"requests": pieces, "previous": previous}))}
     assert sorted(tasks) == ["http://h/a.jpg", "http://h/new.jpg"]
     [row] = [r for r in buckets.unpack(previous[0]).to_pylist() if r["uri"] == "http://h/a.jpg"]
-    assert tasks["http://h/a.jpg"].previous == previous_score(row)
+    previous_a = tasks["http://h/a.jpg"].previous
+    assert (previous_a.content_sha256, previous_a.source_version, previous_a.score.scored_at) == (
+        row["content_sha256"],
+        row["source_version"],
+        row["scored_at"],
+    )
     assert tasks["http://h/new.jpg"].previous is None
 
 

@@ -21,7 +21,7 @@ from aisthetics_transforms.incremental import (
     find_previous_night,
     read_previous_file,
 )
-from aisthetics_transforms.records import STATS, ContentClaim, ContentTask, previous_score, scores_schema
+from aisthetics_transforms.records import STATS, ContentClaim, ContentTask, previous_scores, scores_schema
 
 TONIGHT, OTHER = "nima-mobilenet-e563ad91b3d4-litert", "nima-mobilenet-e563ad91b3d4-keras"
 SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
@@ -87,7 +87,7 @@ def test_a_file_of_an_older_layout_gives_the_columns_it_has(tmp_path):
     rows = [{k: v for k, v in earlier("/a.jpg", "a" * 64).items() if k in schema.names}]
     [table] = read_previous_file(write_scores(tmp_path / "old.parquet", [rows], schema), TONIGHT)
     assert "exif_orientation" not in table.schema.names
-    previous = previous_score(table.to_pylist()[0])
+    [previous] = previous_scores(table)
     assert previous.source_version is None and previous.score.exif_orientation is None
 
 

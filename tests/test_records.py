@@ -4,7 +4,7 @@ of error types, and an earlier night's row as a PreviousScore."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,12 +15,11 @@ from aisthetics_transforms.preprocess import ImageDecodeError, decode_image
 from aisthetics_transforms.records import (
     STAGES,
     ImageRef,
-    PreviousScore,
     Score,
     error_row,
     error_types,
     errors_schema,
-    previous_score,
+    previous_scores,
     refs_schema,
     refs_table,
     reserved_columns,
@@ -164,21 +163,30 @@ def earlier_row(**changes) -> dict:
     return {**row, **changes}
 
 
-def test_an_earlier_row_becomes_a_previous_score():
-    row = earlier_row()
-    previous = previous_score(row)
-    assert previous == PreviousScore(
-        row["content_sha256"],
-        row["source_version"],
-        Score(5.25, 1.5, (0.1,) * 10, row["model_version"], row["scored_at"], 6),
+def test_earlier_rows_become_previous_scores_in_row_order():
+    rows = [earlier_row(), earlier_row(image_id="b", uri="/b.jpg", content_sha256="cd" * 32, mean_score=4.0)]
+    first, second = previous_scores(pa.Table.from_pylist(rows, schema=scores_schema()))
+    assert (first.content_sha256, first.source_version) == (rows[0]["content_sha256"], rows[0]["source_version"])
+    assert first.score._replace(predictions=None) == Score(
+        5.25, 1.5, None, rows[0]["model_version"], rows[0]["scored_at"], 6
     )
-    assert isinstance(previous.score.predictions, tuple)  # hashable, as records are compared and grouped
+    assert first.score.predictions == pytest.approx((0.1,) * 10)  # float32 in the table
+    assert isinstance(first.score.predictions, tuple)  # hashable, as records are compared and grouped
+    assert (second.content_sha256, second.score.mean_score) == ("cd" * 32, 4.0)
+
+
+def test_scored_at_keeps_its_instant_and_is_utc_whatever_zone_the_column_has():
+    table = pa.Table.from_pylist([earlier_row()], schema=scores_schema())
+    at = earlier_row()["scored_at"]
+    for column in (table.column("scored_at"), table.column("scored_at").cast(pa.timestamp("us", tz="Europe/Zurich"))):
+        [previous] = previous_scores(table.set_column(table.schema.get_field_index("scored_at"), "scored_at", column))
+        assert previous.score.scored_at == at and previous.score.scored_at.utcoffset() == timedelta(0)
 
 
 def test_an_earlier_row_of_an_older_layout_lacks_optional_columns():
     row = earlier_row()
     del row["exif_orientation"], row["source_version"]  # partitions written before these existed
-    previous = previous_score(row)
+    [previous] = previous_scores(pa.Table.from_pylist([row]))
     assert previous.source_version is None and previous.score.exif_orientation is None
     assert previous.score.mean_score == row["mean_score"]
 
@@ -187,7 +195,7 @@ def test_a_previous_score_from_a_parquet_row_round_trips():
     table = pa.Table.from_pylist(
         [earlier_row(), earlier_row(image_id="b", exif_orientation=None, source_version=None)], schema=scores_schema()
     )
-    first, second = (previous_score(row) for row in table.to_pylist())
+    first, second = previous_scores(table)
     assert first.score.predictions == pytest.approx((0.1,) * 10)  # float32 in the table
     assert first.score.scored_at == earlier_row()["scored_at"]
     assert (second.source_version, second.score.exif_orientation) == (None, None)
