@@ -15,6 +15,7 @@ from collections import defaultdict
 from typing import Iterable, Sequence
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.pvalue import TaggedOutput
@@ -107,6 +108,16 @@ class BucketOutcomes(beam.DoFn):
         return bucket, buckets.pack(self._table.take(indices))
 
 
+def _split(table: pa.Table, failed: np.ndarray) -> tuple[pa.Table, pa.Table]:
+    """(the rows not ``failed``, the rows ``failed``); no copy when one side is all of them, as
+    on most nights."""
+    if not failed.any():
+        return table, table.slice(0, 0)
+    if failed.all():
+        return table.slice(0, 0), table
+    return table.filter(pa.array(~failed)), table.filter(pa.array(failed))
+
+
 def join_rows(rows: pa.Table, outcomes: pa.Table, keep_columns: Sequence[str]) -> tuple[pa.Table, pa.Table]:
     """(score rows, error rows) for ``rows`` (image_id, uri, kept columns), each taking the
     outcome of its uri (``outcomes``: one row per uri)."""
@@ -118,8 +129,7 @@ def join_rows(rows: pa.Table, outcomes: pa.Table, keep_columns: Sequence[str]) -
         raise RuntimeError(f"no outcome for uri {missing!r} ({index.null_count} rows)")
     matched = outcomes.take(index)
     failed = pc.is_valid(matched.column("stage")).to_numpy(zero_copy_only=False)
-    good, bad = pa.array(~failed), pa.array(failed)
-    scored, scored_rows = matched.filter(good), rows.filter(good)
+    (scored, failures), (scored_rows, failed_rows) = _split(matched, failed), _split(rows, failed)
     schema = scores_schema(keep_columns)
     columns = {
         "image_id": scored_rows.column("image_id"),
@@ -131,7 +141,6 @@ def join_rows(rows: pa.Table, outcomes: pa.Table, keep_columns: Sequence[str]) -
         "reused": scored.column("reused"),
     }
     scores = pa.table([columns[f.name] for f in schema], schema=schema)
-    failures, failed_rows = matched.filter(bad), rows.filter(bad)
     schema = errors_schema(keep_columns)
     columns = {
         "image_id": failed_rows.column("image_id"),
