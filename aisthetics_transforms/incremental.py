@@ -86,8 +86,10 @@ class ReadPreviousFiles(beam.DoFn):
             if isinstance(item, TaggedOutput):
                 yield item
                 continue
-            yield TaggedOutput("uri", first_per_key(item, "uri"))
-            yield TaggedOutput("content", first_per_key(item, "content_sha256"))
+            by_uri = first_per_key(item, "uri")
+            yield TaggedOutput("uri", by_uri)
+            # every row of a uri took that uri's one content, so its first row names them all
+            yield TaggedOutput("content", first_per_key(by_uri, "content_sha256"))
 
 
 class ReadPreviousNight(beam.PTransform):
