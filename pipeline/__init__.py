@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     # Beam's modules and the graph are hundreds of thousands of objects that live until exit:
     # frozen, the garbage collector stops walking them during the run (~0.1 s) and at
-    # interpreter exit (~0.3 s), a sixth of a local run's fixed cost.
+    # interpreter exit (~0.3 s), a sixth of a local run's fixed cost. Collecting resumes here if
+    # it was paused while ``python -m pipeline`` imported them.
     gc.freeze()
     gc.enable()
     _say_started()

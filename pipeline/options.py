@@ -16,7 +16,7 @@ import re
 import sys
 import textwrap
 from datetime import date, datetime, timezone
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 # Beam's parser class knows add_value_provider_argument, which Beam's own option classes use.
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
@@ -59,6 +59,9 @@ POSITIVE_SECONDS = ("http_timeout", "http_deadline")
 SIMILAR = 0.8
 
 
+OptionsView = TypeVar("OptionsView", bound=PipelineOptions)
+
+
 class CachedViewOptions(PipelineOptions):
     """PipelineOptions that make each view once.
 
@@ -68,14 +71,14 @@ class CachedViewOptions(PipelineOptions):
     writes this object's one dict of values), so one view per class is the same thing;
     it is remade if that dict was replaced (a copy), and never pickled."""
 
-    def view_as(self, cls):
+    def view_as(self, cls: type[OptionsView]) -> OptionsView:
         views = self.__dict__.setdefault("_views", {})
         view = views.get(cls)
         if view is None or view._all_options is not self._all_options:
             view = views[cls] = super().view_as(cls)
         return view
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict:
         return {key: value for key, value in super().__getstate__().items() if key != "_views"}
 
 
