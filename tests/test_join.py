@@ -127,6 +127,10 @@ def test_a_bucket_gives_a_score_table_and_a_tagged_error_table_each_only_when_no
     only_scored = [buckets.pack(rows_table([ROWS[0]]))]
     [alone] = join_bucket((7, {"rows": only_scored, "outcomes": packed}), KEEP)
     assert isinstance(alone, pa.Table) and alone.column("image_id").to_pylist() == ["a"]
+    only_failed = [buckets.pack(rows_table([ROWS[1], ROWS[4]]))]
+    [failed] = join_bucket((7, {"rows": only_failed, "outcomes": packed}), KEEP)
+    assert isinstance(failed, TaggedOutput) and failed.value.column("image_id").to_pylist() == ["b", "e"]
+    assert failed.value.column("stage").to_pylist() == ["fetch", "decode"]
     # A bucket only outcomes reached (its rows are elsewhere) writes nothing.
     assert list(join_bucket((7, {"rows": [], "outcomes": packed}), KEEP)) == []
 

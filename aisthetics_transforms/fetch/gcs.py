@@ -120,10 +120,10 @@ def gcs_fetch_pinned(uri: str, pin: str, limits: FetchLimits) -> bytes:
     return _download(uri, bucket, name, generation, size, limits, Deadline(limits.deadline), pinned=True)
 
 
-def pinned_generation(pin: str) -> tuple[str, Optional[int]]:
-    """(generation, size or None) of a pin made by :func:`gcs_fetch`."""
-    generation, _, size = pin.partition(":")
-    return generation, int(size) if size.isdigit() else None
+def pinned_generation(pin: str) -> tuple[str, int]:
+    """(generation, size) of a pin made by :func:`gcs_fetch`."""
+    generation, size = pin.split(":")
+    return generation, int(size)
 
 
 def _metadata(uri: str, limits: FetchLimits, deadline: Deadline) -> GcsObject:
@@ -144,7 +144,7 @@ def _metadata(uri: str, limits: FetchLimits, deadline: Deadline) -> GcsObject:
 class _CappedWriter:
     """The file object a download writes to: refuses more than ``max_bytes``."""
 
-    def __init__(self, size: Optional[int], uri: str, limits: FetchLimits):
+    def __init__(self, size: int, uri: str, limits: FetchLimits):
         self.buffer = presized_buffer(size)
         self.written = 0
         self._uri, self._limits = uri, limits
@@ -159,9 +159,9 @@ class _CappedWriter:
         return self.buffer.tell()
 
 
-def _download(uri, bucket, name, generation, size, limits, deadline, pinned: bool) -> bytes:
-    reserve = size if size is not None else limits.max_bytes + 1
-    with BYTES_IN_FLIGHT.reserve(reserve, limits.max_bytes_in_flight, deadline, uri):
+def _download(uri, bucket, name, generation, size: int, limits, deadline, pinned: bool) -> bytes:
+    """The bytes of that generation, which the metadata (or the pin) said are ``size`` long."""
+    with BYTES_IN_FLIGHT.reserve(size, limits.max_bytes_in_flight, deadline, uri):
         writer = _CappedWriter(size, uri, limits)
         try:
             client = storage_client()
@@ -182,7 +182,7 @@ def _download(uri, bucket, name, generation, size, limits, deadline, pinned: boo
                     "ChangedDuringRun", f"{uri} generation {generation} is gone: the object changed during the run"
                 ) from None
             raise _gcs_error(uri, exc, deadline, "downloading the object") from None
-        if size is not None and writer.written != size:
+        if writer.written != size:
             raise FetchError("ChangedDuringRun", f"{uri}: read {writer.written} bytes, its metadata said {size}")
         return buffer_bytes(writer.buffer)
 
