@@ -92,7 +92,28 @@ class WorkPool(Generic[T]):
         self._finished = queue.SimpleQueue()  # a failed bundle's leftovers stay in the old queue
 
     def submit(self, element: T, call: Callable, *args) -> Iterator[Tuple[T, Future]]:
-        future = self._executor.submit(call, *args)
+        """Run ``call(*args)`` on a pool thread; see the class doc."""
+        return self.track(element, self._executor.submit(call, *args))
+
+    def then(self, future: Future, call: Callable) -> Future:
+        """A Future of ``call(future's result)`` run on a pool thread once ``future`` is done
+        (its exception, if it failed): for work whose first step runs elsewhere, such as
+        a read on I/O threads before the CPU work here."""
+        chained: Future = Future()
+
+        def resolve(done: Future) -> None:
+            try:
+                result = self._executor.submit(call, done.result())
+            except Exception as exc:  # the first step failed, or the pool is shut down
+                chained.set_exception(exc)
+                return
+            result.add_done_callback(lambda finished: _copy_outcome(finished, chained))
+
+        future.add_done_callback(resolve)
+        return chained
+
+    def track(self, element: T, future: Future) -> Iterator[Tuple[T, Future]]:
+        """Count ``future`` (however it was started) in the window, as :meth:`submit` does."""
         self._unfinished += 1
         finished = self._finished
         future.add_done_callback(lambda f: finished.put((element, f)))
@@ -115,3 +136,11 @@ class WorkPool(Generic[T]):
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _copy_outcome(source: Future, target: Future) -> None:
+    exception = source.exception()
+    if exception is not None:
+        target.set_exception(exception)
+    else:
+        target.set_result(source.result())

@@ -52,6 +52,7 @@ class RunSummary(TypedDict, total=False):
     fetched: int  # uris whose bytes were read
     version_checks: int
     version_checks_failed: int  # counted; the uri fetched instead, unless the failure settles it
+    hosts_tripped: int  # hosts whose breaker opened (per worker process that saw it)
     previous_files_unreadable: int
     model_version: str
     incremental_from: Optional[str]  # the earlier night's scores partition

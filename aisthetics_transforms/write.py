@@ -58,6 +58,7 @@ def summarize(files: Sequence[dict], stats: dict, run: RunInfo) -> RunSummary:
         "fetched": stats.get("fetched", 0),
         "version_checks": stats.get("version_checks", 0),
         "version_checks_failed": stats.get("version_checks_failed", 0),
+        "hosts_tripped": stats.get("hosts_tripped", 0),
         "previous_files_unreadable": stats.get("previous_files_unreadable", 0),
         "model_version": run.model_version,
         "incremental_from": run.previous_partition,

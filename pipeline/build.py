@@ -58,12 +58,12 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
         contents["tasks"]
         | "SpreadContents" >> beam.Reshuffle()
         | "DecodeImages"
-        >> beam.ParDo(DecodeImages(opts.decode_limits(), opts.decode_threads, fetch_limits)).with_outputs(
-            FAILED, main="images"
-        )
+        >> beam.ParDo(
+            DecodeImages(opts.decode_limits(), opts.decode_threads, fetch_limits, opts.fetch_threads)
+        ).with_outputs(FAILED, STATS, main="images")
     )
     scored = decoded.images | "ScoreImages" >> ScoreImages(opts.model_spec())
-    results, stats = [scored.results, decoded[FAILED]], [fetched[STATS], scored[STATS]]
+    results, stats = [scored.results, decoded[FAILED]], [fetched[STATS], decoded[STATS], scored[STATS]]
     if previous:
         results.append(contents[dedupe.REUSED])
         stats.append(earlier[STATS])

@@ -19,7 +19,7 @@ from datetime import date, datetime, timezone
 from typing import Sequence, TypeVar
 
 # Beam's parser class knows add_value_provider_argument, which Beam's own option classes use.
-from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, _BeamArgumentParser
 
 from aisthetics_transforms import records
 from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS, FetchLimits
@@ -44,6 +44,7 @@ RUN_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 INTERNAL_COLUMNS = frozenset(records.refs_schema().names)
 # Least value of each numeric option (the help says what 0 means where it is allowed).
 AT_LEAST = {
+    "host_breaker_failures": 0,
     "batch_size": 1,
     "inference_threads": 0,
     "decode_threads": 0,
@@ -54,7 +55,7 @@ AT_LEAST = {
     "max_connections_per_host": 1,
     "max_bytes_in_flight": 1,
 }
-POSITIVE_SECONDS = ("http_timeout", "http_deadline")
+POSITIVE_SECONDS = ("http_timeout", "http_deadline", "host_breaker_cooldown")
 # An unknown option this similar to a known one is taken for a misspelling of it.
 SIMILAR = 0.8
 
@@ -217,6 +218,25 @@ class AistheticsOptions(PipelineOptions):
             default=256 * 2**20,
             help="image body bytes being read at once per worker process (at least --max_image_bytes)",
         )
+        limits.add_argument(
+            "--max_requests_per_second_per_host",
+            type=float,
+            default=0.0,
+            help="request starts a second to one host:port per worker process (0: no limit)",
+        )
+        limits.add_argument(
+            "--host_breaker_failures",
+            type=int,
+            default=3,
+            help="after this many requests in a row without an answer, a host's remaining uris fail at once "
+            "(HostUnavailable) until a probe gets an answer; 0: never",
+        )
+        limits.add_argument(
+            "--host_breaker_cooldown",
+            type=float,
+            default=30.0,
+            help="seconds a tripped host waits before a probe (doubling while probes go unanswered)",
+        )
 
     def validate_inputs(self) -> list[str]:
         """Every problem with these options, each naming the option and what it needs."""
@@ -245,6 +265,11 @@ class AistheticsOptions(PipelineOptions):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"--{name} must be a number of seconds above 0, got {value}")
+        rate = self.max_requests_per_second_per_host
+        if not (math.isfinite(rate) and rate >= 0):
+            problems.append(f"--max_requests_per_second_per_host must be 0 (no limit) or more, got {rate}")
+        if not all(" " <= c <= "~" for c in self._user_agent):
+            problems.append(f"--user_agent must be printable ASCII (it is an HTTP header), got {self._user_agent!r}")
         if not (math.isfinite(self.staging_ttl_hours) and self.staging_ttl_hours > 0):
             problems.append(f"--staging_ttl_hours must be more than 0, got {self.staging_ttl_hours}")
         if not (math.isfinite(self.publish_lock_ttl_seconds) and self.publish_lock_ttl_seconds >= 1):
@@ -272,7 +297,17 @@ class AistheticsOptions(PipelineOptions):
             allow_private_hosts=self.allow_private_hosts,
             max_connections_per_host=self.max_connections_per_host,
             max_bytes_in_flight=self.max_bytes_in_flight,
+            max_requests_per_second_per_host=self.max_requests_per_second_per_host,
+            breaker_failures=self.host_breaker_failures,
+            breaker_cooldown=self.host_breaker_cooldown,
+            user_agent=self._user_agent.strip(),
         )
+
+    @property
+    def _user_agent(self) -> str:
+        """Beam's own ``--user_agent`` ("describing the pipeline to external services"): the
+        image hosts are such services."""
+        return self.view_as(SetupOptions).user_agent or ""
 
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(max_pixels=self.max_pixels, max_dimension=self.max_dimension)

@@ -65,6 +65,17 @@ def pytest_collection_modifyitems(items):
             item.add_marker(FIXTURE_MARKERS[fixture])
 
 
+@pytest.fixture(autouse=True)
+def no_host_remembered():
+    """Each test starts with no host of this process tripped, rate-limited or asking to wait
+    (``fetch.hosts``): loopback servers of one test must not trip those of the next."""
+    from aisthetics_transforms.fetch.hosts import HOSTS
+
+    HOSTS.clear()
+    yield
+    HOSTS.clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(request, tmp_path_factory) -> Path:
     """One LiteRT cache for the whole run (subprocesses inherit it): the first load converts

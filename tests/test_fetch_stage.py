@@ -277,3 +277,24 @@ def test_a_dead_host_of_an_earlier_night_costs_one_deadline_not_a_check_and_a_fe
     assert outcome.failure.error_type in ("DeadlineExceeded", "Timeout")
     assert outcome.failure.message.startswith("version check failed")
     assert took < 1.5 * deadline, took
+
+
+@pytest.mark.slow  # a silent host, waited on until the deadline
+def test_many_uris_of_a_dead_host_cost_one_deadline_and_are_counted_as_one_host_tripped(base, dead_host):
+    """120 uris of a host that never answers among 40 good ones: the host's breaker trips
+    after its first requests go unanswered, so its other uris fail at once (HostUnavailable,
+    naming the host), each still an outcome of its own."""
+    deadline = 2.0
+    limits = FetchLimits(connect_timeout=1, read_timeout=deadline, deadline=deadline, allow_private_hosts=True)
+    good = [UriTask(f"{base}/slow/tripped/{i}", (0,)) for i in range(40)]
+    dead = [UriTask(f"{dead_host}/photo-{i}.jpg", (1,)) for i in range(120)]
+    started = time.monotonic()
+    claims, outcomes, stats = run_fetch([*dead[:60], *good, *dead[60:]], limits=limits, threads=16)
+    took = time.monotonic() - started
+    assert len(claims) == 40 and len(outcomes) == 120
+    types = [o.failure.error_type for _, o in outcomes]
+    assert set(types) == {"DeadlineExceeded", "HostUnavailable"} and types.count("HostUnavailable") >= 100
+    host = dead_host.removeprefix("http://")
+    assert all(host in o.failure.message for _, o in outcomes if o.failure.error_type == "HostUnavailable")
+    assert sum(counts.get("hosts_tripped", 0) for counts in stats) == 1
+    assert took < 1.5 * deadline + 2, took  # 120 x 2 s / 4 connections = 60 s without the breaker

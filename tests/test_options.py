@@ -87,6 +87,29 @@ def test_kept_columns_may_not_repeat_or_shadow_a_table_column_in_any_case(keep, 
         )
 
 
+def test_politeness_options_reach_the_fetch_limits_and_bad_values_are_named(tmp_path):
+    given = (f"--manifest={tmp_path}/m.csv", f"--output={tmp_path}/out")
+    limits = AistheticsOptions(
+        [
+            *given,
+            "--max_requests_per_second_per_host=12.5",
+            "--host_breaker_failures=0",
+            "--host_breaker_cooldown=7",
+            "--user_agent=acme-scoring (ops@example.com)",
+        ]
+    ).view_as(AistheticsOptions)
+    assert limits.validate_inputs() == []
+    fetch = limits.fetch_limits()
+    assert (fetch.max_requests_per_second_per_host, fetch.breaker_failures, fetch.breaker_cooldown) == (12.5, 0, 7)
+    assert fetch.user_agent == "acme-scoring (ops@example.com)"
+    problems = validated(
+        *given, "--max_requests_per_second_per_host=-1", "--host_breaker_cooldown=0", "--user_agent=a\tb"
+    )
+    assert "--max_requests_per_second_per_host must be 0 (no limit) or more, got -1.0" in problems
+    assert "--host_breaker_cooldown must be a number of seconds above 0, got 0.0" in problems
+    assert any(p.startswith("--user_agent must be printable ASCII") for p in problems)
+
+
 def test_every_number_is_range_checked_and_all_problems_named_at_once(tmp_path):
     below = [f"--{name}={least - 1}" for name, least in AT_LEAST.items()]
     problems = validated(

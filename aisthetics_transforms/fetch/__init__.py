@@ -25,6 +25,7 @@ from typing import Iterator, Optional
 
 import requests
 
+from aisthetics_transforms.fetch.connections import is_guarded, make_http_session
 from aisthetics_transforms.fetch.files import (
     checked_stat,
     fetch_local_file,
@@ -37,12 +38,7 @@ from aisthetics_transforms.fetch.gcs import (
     gcs_version,
     split_gcs_uri,
 )
-from aisthetics_transforms.fetch.http import (
-    http_fetch,
-    http_version,
-    is_guarded,
-    make_http_session,
-)
+from aisthetics_transforms.fetch.http import http_fetch, http_version
 from aisthetics_transforms.fetch.limits import (  # the public names are used from here
     DEFAULT_LIMITS,
     FETCH_ERROR_TYPES,

@@ -16,12 +16,12 @@ import os
 import threading
 from typing import NamedTuple, Optional
 
+from aisthetics_transforms.fetch.connections import GuardedAdapter, watched
 from aisthetics_transforms.fetch.guards import (
     BYTES_IN_FLIGHT,
     buffer_bytes,
     presized_buffer,
 )
-from aisthetics_transforms.fetch.http import GuardedAdapter, watched
 from aisthetics_transforms.fetch.limits import (
     Deadline,
     Fetched,

@@ -1,9 +1,9 @@
 """Process-wide guards of the fetch layer: which addresses and paths may be read, how many
-requests go to one host at once, how many body bytes are read at once, and a watchdog
-that ends a connection when its image's deadline passes.
+body bytes are read at once, and a watchdog that ends a connection when its image's
+deadline passes (what each host may take is ``hosts``).
 
-Each is one object shared by every fetch thread of the process (``HOST_SLOTS``,
-``BYTES_IN_FLIGHT``, ``WATCHDOG``); the limits come with each call, from its
+Each is one object shared by every fetch thread of the process (``BYTES_IN_FLIGHT``,
+``WATCHDOG``); the limits come with each call, from its
 :class:`~aisthetics_transforms.fetch.limits.FetchLimits`.
 """
 
@@ -96,7 +96,7 @@ def resolve_checked(host: str, port: int, limits: FetchLimits, deadline: Deadlin
     name = host.strip("[]")
     infos = _getaddrinfo_within(name, port, deadline, uri)
     if not infos:
-        raise FetchError("ConnectionFailed", f"host {name} of {uri} has no address")
+        raise FetchError("ConnectionFailed", f"host {name} of {uri} has no address", unanswered=True)
     for _, _, _, _, sockaddr in infos:
         ip = _literal(sockaddr[0])
         problem = "not an IP address" if ip is None else address_problem(ip, limits.allow_private_hosts)
@@ -123,9 +123,9 @@ def _getaddrinfo_within(host: str, port: int, deadline: Deadline, uri: str) -> l
 
     threading.Thread(target=lookup, name="aisthetics-resolve", daemon=True).start()
     if not done.wait(max(0.0, deadline.remaining())):
-        raise deadline.exceeded(uri, f"resolving {host}")
+        raise deadline.exceeded(uri, f"resolving {host}", unanswered=True)
     if "error" in box:
-        raise FetchError("ConnectionFailed", f"could not resolve host {host} of {uri}: {box['error']}")
+        raise FetchError("ConnectionFailed", f"could not resolve host {host} of {uri}: {box['error']}", unanswered=True)
     return box["infos"]
 
 
@@ -164,37 +164,7 @@ def refuse_path(real_path: str, uri: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Requests per host and bytes in flight
-
-
-class HostSlots:
-    """At most ``limit`` requests at once to one host:port, for all threads of the process."""
-
-    def __init__(self):
-        self._changed = threading.Condition()
-        self._busy: dict[str, int] = {}
-
-    @contextmanager
-    def hold(self, host: str, limit: int, deadline: Deadline, uri: str) -> Iterator[None]:
-        with self._changed:
-            while self._busy.get(host, 0) >= limit:
-                left = deadline.remaining()
-                if left <= 0:
-                    raise deadline.exceeded(
-                        uri, f"waiting for one of the {limit} connections to {host} (max_connections_per_host)"
-                    )
-                self._changed.wait(left)
-            self._busy[host] = self._busy.get(host, 0) + 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                left_busy = self._busy[host] - 1
-                if left_busy:
-                    self._busy[host] = left_busy
-                else:
-                    del self._busy[host]  # the map holds only hosts in use, never the whole catalog's
-                self._changed.notify_all()
+# Bytes in flight
 
 
 class ByteBudget:
@@ -341,6 +311,5 @@ class Watchdog:
             watch.fire()
 
 
-HOST_SLOTS = HostSlots()
 BYTES_IN_FLIGHT = ByteBudget()
 WATCHDOG = Watchdog()

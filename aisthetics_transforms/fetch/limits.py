@@ -8,9 +8,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from typing import NamedTuple, Optional
 
 MiB = 1024 * 1024
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("aisthetics")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "dev"
+
+
+# What every http(s) request says it is (``FetchLimits.user_agent`` replaces it, e.g. with a contact).
+DEFAULT_USER_AGENT = f"aisthetics/{_package_version()} (catalog image aesthetics scoring)"
 
 # Every ``error_type`` a fetch can report (the errors table's ``error_type`` for stage
 # ``fetch``). Stable: dashboards and queries filter on them.
@@ -27,6 +39,7 @@ FETCH_ERROR_TYPES: tuple[str, ...] = (
     "Timeout",  # a connect or read timeout, after the retries
     "DeadlineExceeded",  # the per-image deadline passed, whatever was being waited for
     "ConnectionFailed",  # refused, reset, unknown host, broken mid-body
+    "HostUnavailable",  # the host's breaker is open: its last requests got no answer (fetch.hosts)
     "TlsError",  # certificate or handshake failure
     "HttpError",  # any other HTTP status (5xx after the retries, 400...)
     "RedirectRefused",  # a redirect to a scheme other than http(s)
@@ -46,7 +59,11 @@ class FetchLimits:
     and is enough to keep one worker process's scoring busy: 4 connections at 50 ms a
     request give 80 images/s, about twice what one vCPU scores; 100 workers of 4
     processes then hold at most 1,600 connections to one CDN instead of 6,400.
-    ``max_bytes_in_flight``: bytes of bodies being read at once in this process.
+    ``max_requests_per_second_per_host``: request starts a second to one host:port from
+    this process (0: no limit). ``breaker_failures`` requests in a row without an answer
+    trip a host's breaker (0: never), and ``breaker_cooldown`` seconds pass before a
+    probe (``fetch.hosts``). ``max_bytes_in_flight``: bytes of bodies being read at once
+    in this process.
     """
 
     max_bytes: int = 50 * MiB
@@ -55,18 +72,29 @@ class FetchLimits:
     deadline: float = 60.0  # total per image: every wait, retries and back-off included
     retries: int = 3  # further attempts after the first, over the whole fetch
     backoff: float = 0.5  # base of the jittered exponential back-off
-    max_retry_after: float = 30.0  # a longer Retry-After is waited only this long
+    max_backoff: float = 30.0  # the back-off's longest wait (a server's Retry-After is honoured whole)
     max_redirects: int = 5
     allow_private_hosts: bool = False  # private ranges and loopback (never link-local)
     max_connections_per_host: int = 4
     max_bytes_in_flight: int = 256 * MiB
+    max_requests_per_second_per_host: float = 0.0
+    breaker_failures: int = 3
+    breaker_cooldown: float = 30.0
+    user_agent: str = ""  # empty: DEFAULT_USER_AGENT
 
     def __post_init__(self):
-        positive = ("max_bytes", "connect_timeout", "read_timeout", "deadline", "max_connections_per_host")
+        positive = (
+            "max_bytes",
+            "connect_timeout",
+            "read_timeout",
+            "deadline",
+            "max_connections_per_host",
+            "breaker_cooldown",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"FetchLimits.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("retries", "backoff", "max_retry_after", "max_redirects"):
+        for name in ("retries", "backoff", "max_backoff", "max_redirects", "max_requests_per_second_per_host"):
             if getattr(self, name) < 0:
                 raise ValueError(f"FetchLimits.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.max_bytes_in_flight < self.max_bytes:
@@ -81,16 +109,19 @@ DEFAULT_LIMITS = FetchLimits()
 
 class FetchError(Exception):
     """A uri that could not be fetched. ``error_type`` is one of :data:`FETCH_ERROR_TYPES`;
-    the message names the uri and never holds bytes of what was read."""
+    the message names the uri and never holds bytes of what was read. ``unanswered``: the
+    host gave no answer at all (refused, unreachable, silent until a timeout or the
+    deadline), which is what trips its breaker (``fetch.hosts``)."""
 
-    def __init__(self, error_type: str, message: str):
+    def __init__(self, error_type: str, message: str, unanswered: bool = False):
         if error_type not in FETCH_ERROR_TYPES:
             raise ValueError(f"{error_type!r} is not in FETCH_ERROR_TYPES (message: {message})")
         super().__init__(message)
         self.error_type = error_type
+        self.unanswered = unanswered
 
     def __reduce__(self):
-        return type(self), (self.error_type, str(self))
+        return type(self), (self.error_type, str(self), self.unanswered)
 
 
 class Fetched(NamedTuple):
@@ -127,6 +158,7 @@ CHECK_FAILURES_THAT_SETTLE = frozenset(
         "Timeout",
         "DeadlineExceeded",
         "ConnectionFailed",
+        "HostUnavailable",
         "TlsError",
         "RedirectRefused",
         "TooManyRedirects",
@@ -152,8 +184,9 @@ class Deadline:
         left = max(self.remaining(), 0.001)
         return min(limits.connect_timeout, left), min(limits.read_timeout, left)
 
-    def exceeded(self, uri: str, doing: str) -> FetchError:
-        return FetchError("DeadlineExceeded", f"deadline of {self.seconds:g}s (deadline) exceeded {doing} for {uri}")
+    def exceeded(self, uri: str, doing: str, unanswered: bool = False) -> FetchError:
+        message = f"deadline of {self.seconds:g}s (deadline) exceeded {doing} for {uri}"
+        return FetchError("DeadlineExceeded", message, unanswered)
 
 
 def too_large(uri: str, limits: FetchLimits, what: str) -> FetchError:

@@ -37,6 +37,7 @@ from aisthetics_transforms.fetch import (
     fetch_image,
     is_local_file,
 )
+from aisthetics_transforms.fetch.hosts import HOSTS
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import (
     STATS,
@@ -127,8 +128,9 @@ class FetchImages(beam.DoFn):
         outputs = [out for done in self._pool.drain() for out in self._outputs(*done)]
         if self._outcomes:
             outputs.append(TaggedOutput(OUTCOMES, self._outcomes))
-        if self._stats:
-            outputs.append(TaggedOutput(STATS, dict(self._stats)))
+        self._stats["hosts_tripped"] += len(HOSTS.take_tripped())
+        if +self._stats:
+            outputs.append(TaggedOutput(STATS, dict(+self._stats)))
         yield from in_global_window(outputs)
 
     def _examine(self, task: UriTask) -> Examined:

@@ -32,7 +32,7 @@ def thumbnail_limits() -> FetchLimits:
         deadline=10.0,
         retries=1,
         backoff=0.2,
-        max_retry_after=1.0,
+        max_backoff=1.0,
         max_redirects=3,
     )
 
