@@ -4,17 +4,16 @@ Rows never ride inside an image's element. They wait in row buckets (Arrow table
 by image_id, see ``buckets``) until the join stage; what travels per image is small:
 
     refs tables   --UniqueImageIds-->  row buckets (b, rows) + uri requests (uri, b)
-    uri requests (+ an earlier night's row per uri)  --PlanFetches-->  one UriTask per uri
+    uri requests  --plan_uris.PlanFetches-->  one UriTask (or outcome) per uri
     claims (content_sha256, ContentClaim)  --DedupeContent-->  one ContentTask per content
     content results + claims  --ResultsToUris-->  (row buckets, UriOutcome) per uri
 
 A uri named by millions of rows is one UriTask listing the row buckets that hold those
 rows (at most the bucket count), and its outcome goes back to each of them: no element
-grows with the popularity of a uri. Between PlanFetches and fetch, and between
-DedupeContent and decode, a shuffle spreads the image work over every worker (on
-Dataflow, dynamic work rebalancing can split it there). UriTasks and UriOutcomes travel in
-lists of up to URIS_PER_ELEMENT (a few KB): per-element overhead, not the uris, would
-otherwise be most of what a night without changes costs.
+grows with the popularity of a uri. Between DedupeContent and decode a shuffle spreads
+the image work over every worker (on Dataflow, dynamic work rebalancing can split it
+there). UriOutcomes travel in lists of up to URIS_PER_ELEMENT (a few KB): per-element
+overhead, not the uris, would otherwise be most of what a night without changes costs.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ from aisthetics_transforms.records import (
     ContentTask,
     Failure,
     UriOutcome,
-    UriTask,
     error_row,
     previous_scores,
     table_refs,
@@ -52,7 +50,6 @@ URIS = "uris"  # tables of (uri, bucket): the distinct uris of each row bucket
 REUSED = "reused"  # ContentResults an earlier night scored
 READABLE_COPIES = 3  # uris a content can be read again from, should one have changed meanwhile
 _DUPLICATES = Metrics.counter("aisthetics", "manifest_errors")
-_URIS_PLANNED = Metrics.counter("aisthetics", "uris_planned")
 _CONTENTS_PLANNED = Metrics.counter("aisthetics", "contents_planned")
 
 
@@ -140,15 +137,41 @@ def keep_first_of_each_id(element, files: list, keep_columns: tuple):
 
 def keep_first_rows(element, files: list, keep_columns: tuple):
     """(bucket, refs pieces) -> the bucket's rows, one per image_id (main, packed), its
-    distinct uris (``URIS``) and an error row for each repeated image_id (``ERRORS``)."""
+    distinct uris (``URIS``: with what their rows declare, see :func:`uri_requests`) and an
+    error row for each repeated image_id (``ERRORS``)."""
     bucket = element[0]
     for item in keep_first_of_each_id(element, files, keep_columns):
         if isinstance(item, TaggedOutput):
             yield item
             continue
         yield bucket, buckets.pack(item)
-        uris = pc.unique(item.column("uri"))
-        yield TaggedOutput(URIS, pa.table({"uri": uris, "bucket": pa.array(np.full(len(uris), bucket, np.int32))}))
+        yield TaggedOutput(URIS, uri_requests(item, bucket))
+
+
+def uri_requests(rows: pa.Table, bucket: int) -> pa.Table:
+    """One row per distinct uri of a row bucket: ``(uri, bucket)``, and with declared
+    versions (``--version_column``) the least and greatest value its rows declare and how
+    many of them declare none, so that however many rows name a uri, the uri's request
+    says in three values whether they agree."""
+    if "declared_version" not in rows.column_names:
+        uris = pc.unique(rows.column("uri"))
+        return pa.table({"uri": uris, "bucket": pa.array(np.full(len(uris), bucket, np.int32))})
+    per_uri = rows.group_by("uri").aggregate(
+        [
+            ("declared_version", "min"),
+            ("declared_version", "max"),
+            ("declared_version", "count", pc.CountOptions(mode="only_null")),
+        ]
+    )
+    return pa.table(
+        {
+            "uri": per_uri.column("uri"),
+            "bucket": pa.array(np.full(per_uri.num_rows, bucket, np.int32)),
+            "declared_min": per_uri.column("declared_version_min"),
+            "declared_max": per_uri.column("declared_version_max"),
+            "declared_nulls": per_uri.column("declared_version_count"),
+        }
+    )
 
 
 class UniqueImageIds(beam.PTransform):
@@ -190,48 +213,6 @@ def earlier_scores(pieces, key: str, wanted: pa.Array) -> dict:
         return {}
     hits = buckets.first_per_key(previous.filter(pc.is_in(previous.column(key), value_set=wanted)), key)
     return dict(zip(hits.column(key).to_pylist(), previous_scores(hits)))
-
-
-def uri_tasks(element):
-    """(uri bucket, {"requests": pieces of (uri, bucket), "previous": pieces of earlier
-    rows}) -> one UriTask per distinct uri, with the earlier night's row of that uri."""
-    _, sides = element
-    requests = buckets.concat(sides["requests"])
-    if requests is None:
-        return
-    known = earlier_scores(sides.get("previous", ()), "uri", pc.unique(requests.column("uri")))
-    grouped = requests.group_by("uri").aggregate([("bucket", "distinct")]).sort_by("uri")
-    for uri, row_buckets in zip(grouped.column("uri").to_pylist(), grouped.column("bucket_distinct").to_pylist()):
-        yield UriTask(uri, tuple(sorted(row_buckets)), known.get(uri))
-
-
-def uri_task_lists(element):
-    """:func:`uri_tasks` in lists of up to URIS_PER_ELEMENT, counted as planned."""
-    for tasks in batched(uri_tasks(element), URIS_PER_ELEMENT):
-        inc(_URIS_PLANNED, len(tasks))
-        yield tasks
-
-
-class PlanFetches(beam.PTransform):
-    """Uri requests -> Batches of UriTasks, one per distinct uri, spread over the workers. ``join_buckets``
-    is a singleton PCollection with the bucket count (the same ``previous`` is split by);
-    ``previous``: an earlier night's rows, one per uri, as ``(uri bucket, packed)``."""
-
-    def __init__(self, join_buckets, previous=None):
-        super().__init__()
-        self.join_buckets = join_buckets
-        self.previous = previous
-
-    def expand(self, requests):
-        sides = {"requests": requests | "ByUri" >> beam.ParDo(SplitByBucket("uri"), AsSingleton(self.join_buckets))}
-        if self.previous is not None:
-            sides["previous"] = self.previous
-        return (
-            sides
-            | "JoinOnUri" >> beam.CoGroupByKey()
-            | "OnePerUri" >> beam.FlatMap(uri_task_lists)
-            | "SpreadUris" >> beam.Reshuffle()
-        )
 
 
 def _cheapest_first(claim: ContentClaim) -> tuple:

@@ -42,7 +42,10 @@ PREVIOUS_COLUMNS = (
     "content_sha256",
     "source_version",
     "exif_orientation",
+    "declared_version",
 )
+# what only the join on uri needs: the join on content leaves them out of its shuffle
+_URI_ONLY_COLUMNS = frozenset({"uri", "source_version", "declared_version"})
 _LOG = logging.getLogger(__name__)
 
 
@@ -88,8 +91,12 @@ class ReadPreviousFiles(beam.DoFn):
                 continue
             by_uri = first_per_key(item, "uri")
             yield TaggedOutput("uri", by_uri)
-            # every row of a uri took that uri's one content, so its first row names them all
-            yield TaggedOutput("content", first_per_key(by_uri, "content_sha256"))
+            # every row of a uri took that uri's one content, so its first row names them all;
+            # a content is reused by its hash alone, so its uri and versions stay behind
+            by_content = first_per_key(by_uri, "content_sha256")
+            yield TaggedOutput(
+                "content", by_content.drop_columns([c for c in by_content.column_names if c in _URI_ONLY_COLUMNS])
+            )
 
 
 class ReadPreviousNight(beam.PTransform):

@@ -139,6 +139,11 @@ def join_rows(rows: pa.Table, outcomes: pa.Table, keep_columns: Sequence[str]) -
         "content_sha256": scored.column("content_sha256"),
         "source_version": scored.column("source_version"),
         "reused": scored.column("reused"),
+        "declared_version": (
+            scored_rows.column("declared_version")
+            if "declared_version" in scored_rows.column_names
+            else pa.nulls(scored_rows.num_rows, pa.string())
+        ),
     }
     scores = pa.table([columns[f.name] for f in schema], schema=schema)
     schema = errors_schema(keep_columns)

@@ -13,13 +13,17 @@ every manifest row ends in exactly one of the two tables.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Iterable, NamedTuple, Optional, Sequence, TypedDict
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Sequence, TypedDict
 
 import numpy as np
 import pyarrow as pa
 
+if TYPE_CHECKING:
+    from aisthetics_transforms.fetch.limits import Version
+
 ERRORS = "errors"  # tag of every stage's failure output
 STATS = "stats"  # tag of the counts stages report for summary.json
+OUTCOMES = "outcomes"  # tag of the lists of (row buckets, UriOutcome) a stage settles
 STAGES = ("manifest", "fetch", "decode", "score")
 MANIFEST_ERROR_TYPES = (
     "MissingUri",
@@ -52,6 +56,13 @@ class RunSummary(TypedDict, total=False):
     fetched: int  # uris whose bytes were read
     version_checks: int
     version_checks_failed: int  # counted; the uri fetched instead, unless the failure settles it
+    versions_listed: int  # gs:// uris whose version a listing told (no request of their own)
+    listing_requests: int  # objects.list pages those took
+    listings_failed: int  # listed ranges whose listing failed: their uris were checked one by one
+    declared_unchanged: int  # uris reused on an unchanged declared version, without a request
+    declared_changed: int  # uris whose declared version changed: fetched without a version check
+    declared_audited: int  # of those, checked for real anyway (--verify_declared_fraction)
+    declared_mismatches: int  # audited uris whose bytes had changed (or were gone) all the same
     hosts_tripped: int  # hosts whose breaker opened (per worker process that saw it)
     previous_files_unreadable: int
     model_version: str
@@ -109,6 +120,7 @@ class PreviousScore(NamedTuple):
     content_sha256: str
     source_version: Optional[str]
     score: Score
+    declared_version: Optional[str] = None  # what the manifest declared for the uri (--version_column)
 
 
 # UriTasks or UriOutcomes per element (a list): ~64 version checks of work, thousands of
@@ -118,11 +130,15 @@ URIS_PER_ELEMENT = 64
 
 class UriTask(NamedTuple):
     """One distinct uri to check and fetch, the row buckets whose rows name it, and what an
-    earlier night recorded for it (None without ``--incremental`` or for a new uri)."""
+    earlier night recorded for it (None without ``--incremental`` or for a new uri).
+    ``audit``: its declared version is unchanged, but it is checked for real anyway (a
+    sample, ``--verify_declared_fraction``), to count declarations that lie."""
 
     uri: str
     buckets: tuple  # of int
     previous: Optional[PreviousScore] = None
+    audit: bool = False
+    known: Optional[Version] = None  # the uri's current version, when a listing told it already
 
 
 class ContentClaim(NamedTuple):
@@ -170,6 +186,11 @@ class UriOutcome(NamedTuple):
     failure: Optional[Failure] = None
 
 
+def reused(uri: str, previous: PreviousScore) -> UriOutcome:
+    """The outcome of a uri whose image did not change since the earlier night scored it."""
+    return UriOutcome(uri, previous.content_sha256, previous.source_version, previous.score, True)
+
+
 def previous_scores(table: pa.Table) -> list[PreviousScore]:
     """An earlier night's scores-table rows as PreviousScores, in row order. Read column by
     column, scored_at as naive UTC timestamps given their zone after: a tz-aware datetime
@@ -195,8 +216,10 @@ def previous_scores(table: pa.Table) -> list[PreviousScore]:
         )
     ]
     return [
-        PreviousScore(sha, version, score)
-        for sha, version, score in zip(column("content_sha256"), column("source_version"), scores)
+        PreviousScore(sha, version, score, declared)
+        for sha, version, score, declared in zip(
+            column("content_sha256"), column("source_version"), scores, column("declared_version")
+        )
     ]
 
 
@@ -266,6 +289,7 @@ def scores_schema(keep_columns: Sequence[str] = ()) -> pa.Schema:
             ("source_version", pa.string()),
             ("reused", pa.bool_()),
             ("exif_orientation", pa.int32()),
+            ("declared_version", pa.string()),
         ]
     )
 

@@ -9,21 +9,13 @@ import apache_beam as beam
 from aisthetics_transforms import dedupe
 from aisthetics_transforms.buckets import bucket_count
 from aisthetics_transforms.decode import FAILED, DecodeImages
-from aisthetics_transforms.dedupe import (
-    DedupeContent,
-    PlanFetches,
-    ResultsToUris,
-    UniqueImageIds,
-)
-from aisthetics_transforms.fetch.transform import OUTCOMES, FetchImages
+from aisthetics_transforms.dedupe import DedupeContent, ResultsToUris, UniqueImageIds
+from aisthetics_transforms.fetch.transform import FetchImages
 from aisthetics_transforms.incremental import ReadPreviousNight
 from aisthetics_transforms.join import JoinRows
-from aisthetics_transforms.manifest import (
-    ManifestSpec,
-    ReadImageGlob,
-    ReadManifest,
-)
-from aisthetics_transforms.records import ERRORS, STATS
+from aisthetics_transforms.manifest import ManifestSpec, ReadImageGlob, ReadManifest
+from aisthetics_transforms.plan_uris import DeclaredAudit, PlanFetches
+from aisthetics_transforms.records import ERRORS, OUTCOMES, STATS
 from aisthetics_transforms.score import ScoreImages
 from aisthetics_transforms.write import RunInfo, WriteTables
 from pipeline.options import AistheticsOptions
@@ -35,7 +27,9 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
     keep = opts.keep_column_list
     read: ReadManifest | ReadImageGlob
     if opts.manifest:
-        spec = ManifestSpec(opts.manifest, opts.manifest_format, opts.uri_column, opts.id_column, keep)
+        spec = ManifestSpec(
+            opts.manifest, opts.manifest_format, opts.uri_column, opts.id_column, keep, opts.version_column
+        )
         manifest = p | "ReadManifest" >> (read := ReadManifest(spec))
     else:
         manifest = p | "ListImages" >> (read := ReadImageGlob(opts.images, keep))
@@ -47,12 +41,12 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
     if previous:
         earlier = p | "ReadPreviousNight" >> ReadPreviousNight(previous, run.model_version, join_buckets)
     fetch_limits = opts.fetch_limits()
-    fetched = (
-        rows[dedupe.URIS]
-        | "PlanFetches" >> PlanFetches(join_buckets, earlier.get("uri"))
-        | "FetchImages"
-        >> beam.ParDo(FetchImages(fetch_limits, opts.fetch_threads)).with_outputs(OUTCOMES, STATS, main="claims")
-    )
+    audit = DeclaredAudit(opts.verify_declared_fraction, run.run_date)
+    listing = fetch_limits if opts.list_gcs_versions else None
+    planned = rows[dedupe.URIS] | "PlanFetches" >> PlanFetches(join_buckets, earlier.get("uri"), audit, listing)
+    fetched = planned["tasks"] | "FetchImages" >> beam.ParDo(
+        FetchImages(fetch_limits, opts.fetch_threads)
+    ).with_outputs(OUTCOMES, STATS, main="claims")
     contents = fetched.claims | "DedupeContent" >> DedupeContent(earlier.get("content"), join_buckets)
     decoded = (
         contents["tasks"]
@@ -63,12 +57,14 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
         ).with_outputs(FAILED, STATS, main="images")
     )
     scored = decoded.images | "ScoreImages" >> ScoreImages(opts.model_spec())
-    results, stats = [scored.results, decoded[FAILED]], [fetched[STATS], decoded[STATS], scored[STATS]]
+    results = [scored.results, decoded[FAILED]]
+    stats = [planned[STATS], fetched[STATS], decoded[STATS], scored[STATS]]
     if previous:
         results.append(contents[dedupe.REUSED])
         stats.append(earlier[STATS])
     results = results | "Results" >> beam.Flatten()
     outcomes = [
+        planned[OUTCOMES],
         fetched[OUTCOMES],
         {"claims": fetched.claims, "results": results} | "ResultsToUris" >> ResultsToUris(),
     ] | "Outcomes" >> beam.Flatten()

@@ -117,6 +117,29 @@ class AistheticsOptions(PipelineOptions):
         source.add_argument(
             "--keep_columns", default="", help="comma-separated manifest columns to carry into the tables"
         )
+        source.add_argument(
+            "--version_column",
+            help="manifest column the catalog vouches for as each image's version (an updated_at, a checksum, an "
+            "ETag; --uri_column for immutable uris): with --incremental, an unchanged value reuses the earlier "
+            "night's score without any request; an empty one falls back to a version check",
+        )
+        source.add_argument(
+            "--list_gcs_versions",
+            nargs="?",
+            const=True,
+            default=True,
+            type=_flag,
+            help="with --incremental, read the generations of gs:// images by listing their buckets, a thousand "
+            "objects a request, instead of one metadata request each (=false: one by one, e.g. for a service "
+            "account without storage.objects.list)",
+        )
+        source.add_argument(
+            "--verify_declared_fraction",
+            type=float,
+            default=0.0,
+            help="check this fraction of the uris with an unchanged declared version for real anyway (a sample "
+            "picked per night by a hash of the uri), counting in the summary those whose bytes had changed",
+        )
 
         out = parser.add_argument_group("output")
         out.add_argument("--output", help="directory (local or gs://) holding scores/, errors/ and runs/")
@@ -253,6 +276,21 @@ class AistheticsOptions(PipelineOptions):
             if not getattr(self, name).strip():
                 problems.append(f"--{name} must name a manifest column, got an empty name")
         problems += keep_column_problems(self.keep_column_list)
+        problems += self._version_problems()
+        return problems
+
+    def _version_problems(self) -> list[str]:
+        problems = []
+        if self.version_column is not None:
+            if not self.version_column.strip():
+                problems.append("--version_column must name a manifest column, got an empty name")
+            elif self.version_column in INTERNAL_COLUMNS:
+                problems.append(f"--version_column cannot be {self.version_column!r}; rename it in the manifest")
+            if self.images:
+                problems.append("--version_column needs a --manifest (an --images glob has no columns)")
+        fraction = self.verify_declared_fraction
+        if not (math.isfinite(fraction) and 0 <= fraction <= 1):
+            problems.append(f"--verify_declared_fraction must be between 0 and 1, got {fraction}")
         return problems
 
     def _number_problems(self) -> list[str]:

@@ -14,7 +14,11 @@ in this process and its children (Beam's FileSystems, DirectRunner workers,
 
 ``counting_proxy(gcs.host)`` puts a recording reverse proxy on loopback in front of it,
 for tests that count the requests a client makes (set STORAGE_EMULATOR_HOST to the
-proxy's host while it runs).
+proxy's host while it runs). The emulator answers an ``objects.list`` in one response, in
+no particular order, and ignores ``maxResults``, ``pageToken``, ``startOffset`` and
+``endOffset``; the proxy pages its answer as GCS does (names in order, at most 1,000 a
+page, or ``maxResults``; a ``nextPageToken`` while more remain; the offsets applied), so
+that the requests counted are the ones GCS would bill.
 
 Credentials. With no Google credentials on the machine, Beam's
 ``apache_beam.internal.gcp.auth._Credentials`` calls ``google.auth.default()`` under
@@ -38,6 +42,7 @@ import http.client
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -48,8 +53,8 @@ import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, NamedTuple
-from urllib.parse import urlsplit
+from typing import Iterator, Mapping, NamedTuple
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -188,12 +193,82 @@ def gcs(tmp_path_factory) -> GcsEmulator:
         _stop(proc)
 
 
+@contextmanager
+def seeded_emulator(objects: Mapping[str, bytes], workdir: Path) -> Iterator[GcsEmulator]:
+    """A gcp-storage-emulator whose bucket already holds ``objects`` (name -> bytes), for
+    catalogs of tens of thousands of objects: the emulator rewrites the metadata of all its
+    objects at every upload, so uploading them one by one takes time that grows with the
+    square of their number. Here the emulator's own code (its object resources, checksums
+    and store) writes them to a data directory once, and the emulator is then started on
+    it, as after a restart. The environment points at it while the context is open."""
+    from gcp_storage_emulator.handlers import buckets as emulator_buckets
+    from gcp_storage_emulator.handlers import objects as emulator_objects
+    from gcp_storage_emulator.storage import Storage
+
+    port = _free_port()
+    host = f"http://127.0.0.1:{port}"
+    data = workdir / "gcs-data"
+    store = Storage(data_dir=str(data))
+    write_all = store._write_config_to_file
+    emulator_buckets.create_bucket(BUCKET, store)
+    store._write_config_to_file = lambda: None  # once at the end, not per object
+    for name, content in objects.items():
+        resource = emulator_objects._make_object_resource(
+            host, BUCKET, name, "application/octet-stream", str(len(content))
+        )
+        store.create_file(BUCKET, name, content, emulator_objects._checksums(content, resource))
+    write_all()
+    adc = workdir / "application_default_credentials.json"
+    adc.write_text(json.dumps(FAKE_AUTHORIZED_USER))
+    log = workdir / "seeded-emulator.log"
+    cmd = [sys.executable, "-m", "gcp_storage_emulator", "-d", str(data), "start", "--host=127.0.0.1", f"--port={port}"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    env = {"STORAGE_EMULATOR_HOST": host, "GOOGLE_APPLICATION_CREDENTIALS": str(adc), "GOOGLE_CLOUD_PROJECT": PROJECT}
+    saved = {key: os.environ.get(key) for key in env}
+    try:
+        _wait_until_ready(proc, host, BUCKET, log)
+        os.environ.update(env)
+        yield GcsEmulator(BUCKET, host)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _stop(proc)
+
+
 class CountingProxy(NamedTuple):
     host: str  # http://127.0.0.1:PORT, for STORAGE_EMULATOR_HOST
     requests: list  # (method, path with query) of every request forwarded, in order
 
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+_LISTING = re.compile(r"^/storage/v1/b/[^/]+/o$")
+GCS_PAGE = 1_000  # objects per objects.list response, at most
+
+
+def paged_listing(path: str, body: bytes) -> bytes:
+    """The emulator's whole answer to an objects.list request, as the page GCS would give."""
+    query = parse_qs(urlsplit(path).query)
+    arg = lambda name: query.get(name, [None])[0]
+    answer = json.loads(body)
+    items = sorted(answer.get("items") or [], key=lambda item: item["name"])
+    after, start, end = arg("pageToken"), arg("startOffset"), arg("endOffset")
+    items = [
+        item
+        for item in items
+        if (after is None or item["name"] > after)
+        and (start is None or item["name"] >= start)
+        and (end is None or item["name"] < end)
+    ]
+    size = min(int(arg("maxResults") or GCS_PAGE), GCS_PAGE)
+    answer["items"] = items[:size]
+    answer.pop("nextPageToken", None)
+    if len(items) > size:
+        answer["nextPageToken"] = items[size - 1]["name"]
+    return json.dumps(answer).encode()
 
 
 @contextmanager
@@ -221,6 +296,8 @@ def counting_proxy(target: str) -> Iterator[CountingProxy]:
                 data = response.read()
             finally:
                 conn.close()
+            if self.command == "GET" and response.status == 200 and _LISTING.match(urlsplit(self.path).path):
+                data = paged_listing(self.path, data)
             self.send_response(response.status, response.reason)
             for name, value in response.getheaders():
                 if name.lower() not in _HOP_BY_HOP:

@@ -1,6 +1,6 @@
-"""The dedupe stage's plain functions: the first row of each image_id, one UriTask per uri
-(with an earlier night's row), a bounded and order-free choice of copies per content, and
-each content's outcome sent back to every row bucket of every uri that has it."""
+"""The dedupe stage's plain functions: the first row of each image_id, a bounded and
+order-free choice of copies per content, and each content's outcome sent back to every row
+bucket of every uri that has it (one task per uri: test_plan_uris.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ from aisthetics_transforms.dedupe import (
     failure_for,
     keep_first_of_each_id,
     outcomes_of_content,
-    uri_task_lists,
-    uri_tasks,
 )
 from aisthetics_transforms.manifest import ManifestFile
 from aisthetics_transforms.progress import TALLY
@@ -33,82 +31,11 @@ from aisthetics_transforms.records import (
     ImageRef,
     Score,
     UriOutcome,
-    UriTask,
     refs_table,
-    scores_schema,
 )
 
 SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
 SCORE = Score(5.5, 1.25, (0.1,) * 10, "nima-test", SCORED_AT, None)
-
-
-def requests(*pairs: tuple[str, int]) -> bytes:
-    """A packed piece of uri requests: (uri, row bucket) pairs."""
-    uris, row_buckets = zip(*pairs, strict=True)
-    return buckets.pack(pa.table({"uri": list(uris), "bucket": pa.array(row_buckets, pa.int32())}))
-
-
-def earlier_rows(*uris: str) -> bytes:
-    """A packed piece of an earlier night's scores rows, one per uri."""
-    rows = [
-        {
-            "image_id": f"id-{uri}",
-            "uri": uri,
-            "mean_score": 4.0 + n,
-            "sd_score": 1.0,
-            "predictions": [0.1] * 10,
-            "model_version": "nima-test",
-            "scored_at": SCORED_AT,
-            "content_sha256": f"{n:064x}",
-            "source_version": f'etag="{n}"',
-            "reused": False,
-            "exif_orientation": None,
-        }
-        for n, uri in enumerate(uris)
-    ]
-    return buckets.pack(pa.Table.from_pylist(rows, schema=scores_schema()))
-
-
-# --- uri_tasks ----------------------------------------------------------------------------------
-
-
-def test_one_task_per_uri_naming_each_row_bucket_once():
-    pieces = [
-        requests(("http://h/b.jpg", 3), ("http://h/a.jpg", 1), ("http://h/b.jpg", 0)),
-        requests(("http://h/a.jpg", 1), ("/local/c.jpg", 2), ("http://h/b.jpg", 3)),
-    ]
-    tasks = list(uri_tasks((5, {"requests": pieces})))  # a first night: no "previous" side at all
-    assert tasks == [UriTask("/local/c.jpg", (2,)), UriTask("http://h/a.jpg", (1,)), UriTask("http://h/b.jpg", (0, 3))]
-    assert list(uri_tasks((5, {"requests": pieces, "previous": []}))) == tasks
-
-
-def test_a_task_carries_the_earlier_nights_row_of_its_uri_only():
-    pieces = [requests(("http://h/a.jpg", 1), ("http://h/new.jpg", 2))]
-    previous = [earlier_rows("http://h/a.jpg", "http://h/no-longer-listed.jpg")]
-    tasks = {task.uri: task for task in uri_tasks((5, {"requests": pieces, "previous": previous}))}
-    assert sorted(tasks) == ["http://h/a.jpg", "http://h/new.jpg"]
-    [row] = [r for r in buckets.unpack(previous[0]).to_pylist() if r["uri"] == "http://h/a.jpg"]
-    previous_a = tasks["http://h/a.jpg"].previous
-    assert (previous_a.content_sha256, previous_a.source_version, previous_a.score.scored_at) == (
-        row["content_sha256"],
-        row["source_version"],
-        row["scored_at"],
-    )
-    assert tasks["http://h/new.jpg"].previous is None
-
-
-def test_a_bucket_with_only_earlier_rows_plans_nothing():
-    assert list(uri_tasks((5, {"requests": [], "previous": [earlier_rows("http://h/a.jpg")]}))) == []
-
-
-def test_tasks_travel_in_bounded_lists_and_are_counted_as_planned():
-    n = 2 * URIS_PER_ELEMENT + 5
-    pieces = [requests(*((f"http://h/{i:04}.jpg", i % 3) for i in range(n)))]
-    TALLY.clear()
-    lists = list(uri_task_lists((5, {"requests": pieces})))
-    assert [len(tasks) for tasks in lists] == [URIS_PER_ELEMENT, URIS_PER_ELEMENT, 5]
-    assert [task for tasks in lists for task in tasks] == list(uri_tasks((5, {"requests": pieces})))
-    assert TALLY.snapshot()["uris_planned"] == n
 
 
 # --- FirstClaims --------------------------------------------------------------------------------

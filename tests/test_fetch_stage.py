@@ -15,8 +15,8 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from aisthetics_transforms.fetch import FetchLimits, check_version
-from aisthetics_transforms.fetch.transform import OUTCOMES, FetchImages
-from aisthetics_transforms.records import STATS, PreviousScore, Score, UriTask
+from aisthetics_transforms.fetch.transform import FetchImages
+from aisthetics_transforms.records import OUTCOMES, STATS, PreviousScore, Score, UriTask
 
 PAYLOAD = bytes(range(256)) * 40
 LIMITS = FetchLimits(backoff=0.05, connect_timeout=2, read_timeout=5, deadline=10, allow_private_hosts=True)

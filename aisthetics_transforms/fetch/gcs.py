@@ -131,7 +131,7 @@ def _metadata(uri: str, limits: FetchLimits, deadline: Deadline) -> GcsObject:
     try:
         client = storage_client()
         with watched(uri, limits, deadline):
-            blob = client.bucket(bucket).get_blob(name, timeout=deadline.timeouts(limits), retry=_retry(deadline))
+            blob = client.bucket(bucket).get_blob(name, timeout=deadline.timeouts(limits), retry=retry_within(deadline))
     except FetchError:
         raise
     except Exception as exc:  # the client raises many types; classified here
@@ -170,7 +170,7 @@ def _download(uri, bucket, name, generation, size: int, limits, deadline, pinned
                 # raw_download: the stored bytes, never transcoded (an object saved with
                 # Content-Encoding: gzip would otherwise arrive decompressed).
                 blob.download_to_file(
-                    writer, raw_download=True, timeout=deadline.timeouts(limits), retry=_retry(deadline)
+                    writer, raw_download=True, timeout=deadline.timeouts(limits), retry=retry_within(deadline)
                 )
             if watch.fired:  # what was read after the watchdog cut the connection is void
                 raise deadline.exceeded(uri, "downloading the object")
@@ -187,7 +187,8 @@ def _download(uri, bucket, name, generation, size: int, limits, deadline, pinned
         return buffer_bytes(writer.buffer)
 
 
-def _retry(deadline: Deadline):
+def retry_within(deadline: Deadline):
+    """google-cloud-storage's retry policy, cut to what is left of ``deadline``."""
     from google.cloud.storage.retry import DEFAULT_RETRY
 
     return DEFAULT_RETRY.with_timeout(max(deadline.remaining(), 0.0))

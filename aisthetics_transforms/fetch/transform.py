@@ -40,15 +40,16 @@ from aisthetics_transforms.fetch import (
 from aisthetics_transforms.fetch.hosts import HOSTS
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import (
+    OUTCOMES,
     STATS,
     URIS_PER_ELEMENT,
     ContentClaim,
     Failure,
     UriOutcome,
     UriTask,
+    reused,
 )
 
-OUTCOMES = "outcomes"
 IN_FLIGHT_PER_THREAD = 2  # keeps every thread busy while the bundle's thread emits results
 
 
@@ -70,14 +71,15 @@ def examine_uri(task: UriTask, limits: FetchLimits = DEFAULT_LIMITS, session=Non
     a dead host, a missing object) is the uri's failure: one deadline, not two."""
     known, failed = None, None
     previous = task.previous
-    checked = previous is not None and previous.source_version is not None
+    checked = previous is not None and previous.source_version is not None and task.known is None
     if previous is not None and previous.source_version is not None:
-        version = check_version(task.uri, limits, session)
+        # a listing may have told the version already (``fetch.listing``): no check of its own
+        version = task.known if task.known is not None else check_version(task.uri, limits, session)
         if version.value is not None and version.value == previous.source_version:
-            return Examined(True, previous.content_sha256, previous.source_version, version_checked=True)
+            return Examined(True, previous.content_sha256, previous.source_version, version_checked=checked)
         if version.settles_the_fetch:
             failure = FetchError(version.error_type or "InternalError", version.failed or "")
-            return Examined(False, version_checked=True, version_check_failed=version.failed, failure=failure)
+            return Examined(False, version_checked=checked, version_check_failed=version.failed, failure=failure)
         known, failed = version.info, version.failed
     try:
         fetched = fetch_image(task.uri, limits, session, known=known)
@@ -99,6 +101,7 @@ class FetchImages(beam.DoFn):
         self.reused = Metrics.counter("aisthetics", "uris_unchanged")
         self.errors = Metrics.counter("aisthetics", "fetch_errors")
         self.failed_checks = Metrics.counter("aisthetics", "version_checks_failed")
+        self.mismatches = Metrics.counter("aisthetics", "declared_mismatches")
 
     def setup(self):
         self._pool: WorkPool[UriTask] = WorkPool(self.threads, IN_FLIGHT_PER_THREAD, "aisthetics-fetch")
@@ -155,11 +158,12 @@ class FetchImages(beam.DoFn):
             self._outcomes.append((task.buckets, UriOutcome(task.uri, failure=failure)))
             return
         previous = task.previous
+        if task.audit and previous is not None:
+            self._audited(found, previous)
         if found.unchanged and previous is not None:
             self._stats["uris_unchanged"] += 1
             inc(self.reused)
-            outcome = UriOutcome(task.uri, previous.content_sha256, previous.source_version, previous.score, True)
-            self._outcomes.append((task.buckets, outcome))
+            self._outcomes.append((task.buckets, reused(task.uri, previous)))
             return
         self._stats["fetched"] += 1
         inc(self.fetched)
@@ -169,6 +173,15 @@ class FetchImages(beam.DoFn):
             self._outcomes.append((task.buckets, outcome))
             return
         yield found.content_sha256, ContentClaim(task.uri, found.source_version, found.pin, task.buckets)
+
+    def _audited(self, found: Examined, previous) -> None:
+        """Count an audited declaration (its version unchanged): it did not hold when the bytes
+        are gone or are another content than the earlier night scored."""
+        gone = found.failure is not None and found.failure.error_type == "NotFound"
+        changed = found.failure is None and not found.unchanged and found.content_sha256 != previous.content_sha256
+        if gone or changed:
+            self._stats["declared_mismatches"] += 1
+            inc(self.mismatches)
 
 
 def _settled_by_a_stat(task: UriTask) -> bool:

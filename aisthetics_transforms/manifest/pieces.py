@@ -99,7 +99,7 @@ def read_split(split: ManifestSplit, spec: ManifestSpec) -> Iterator:
     before it are kept."""
     file = split.file
     builder = RowBuilder(file, spec, empty_is_null=file.format == "csv")
-    schema = records.refs_schema(spec.keep_columns)
+    schema = records.refs_schema(spec.carried_columns)
     refs: list[ImageRef] = []
     try:
         for item in _split_items(split, spec, builder):
@@ -107,7 +107,7 @@ def read_split(split: ManifestSplit, spec: ManifestSpec) -> Iterator:
                 refs.append(item)
                 if len(refs) >= ROWS_PER_TABLE:
                     collected, refs = refs, []
-                    yield records.refs_table(collected, spec.keep_columns, file.number)
+                    yield records.refs_table(collected, spec.carried_columns, file.number)
             elif isinstance(item, pa.Table):
                 column = pa.array(np.full(item.num_rows, file.number, np.int32))
                 yield item.append_column("manifest_file", column).select(schema.names).cast(schema)
@@ -116,10 +116,10 @@ def read_split(split: ManifestSplit, spec: ManifestSpec) -> Iterator:
     except Exception as exc:  # a truncated .gz, an I/O error, a corrupt Parquet page...
         collected, refs = refs, []
         if collected:
-            yield records.refs_table(collected, spec.keep_columns, file.number)
+            yield records.refs_table(collected, spec.carried_columns, file.number)
         yield _stopped(split, spec, builder.position, exc)
     if refs:
-        yield records.refs_table(refs, spec.keep_columns, file.number)
+        yield records.refs_table(refs, spec.carried_columns, file.number)
 
 
 def _stopped(split: ManifestSplit, spec: ManifestSpec, position: int | None, exc: Exception) -> dict:
@@ -139,7 +139,7 @@ def _stopped(split: ManifestSplit, spec: ManifestSpec, position: int | None, exc
             f"manifest {file.path}: reading stopped after {file.describe(position)} (rows up to "
             f"there are kept): {type(exc).__name__}: {detail}"
         )
-    ref = ImageRef(printable(split.where()), "", {c: None for c in spec.keep_columns})
+    ref = ImageRef(printable(split.where()), "", {c: None for c in spec.carried_columns})
     return records.error_row(ref, "manifest", error_type, printable(message))
 
 
@@ -161,7 +161,7 @@ def read_manifest_file(path: str, spec: ManifestSpec) -> Iterator:
             for item in parquet_rows(open_parquet(path, stream, spec), builder):
                 if isinstance(item, pa.Table):
                     positions = item.column("manifest_line").to_pylist()
-                    for ref, position in zip(records.table_refs(item, spec.keep_columns), positions):
+                    for ref, position in zip(records.table_refs(item, spec.carried_columns), positions):
                         yield ref._replace(source=f"{path}:{position}")
                 else:
                     yield item

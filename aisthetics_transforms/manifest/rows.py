@@ -52,6 +52,7 @@ class ManifestSpec:
     uri_column: str = "uri"
     id_column: str = DEFAULT_ID_COLUMN
     keep_columns: tuple = ()
+    version_column: str | None = None  # --version_column: each row's declared version of its image
 
     def __post_init__(self):
         if self.format is not None:
@@ -74,10 +75,21 @@ class ManifestSpec:
         """The columns a file must have: the uri, the kept ones, and a renamed id column
         (only the default id column may be absent)."""
         renamed_id = [self.id_column] if self.id_column != DEFAULT_ID_COLUMN else []
-        return list(dict.fromkeys([self.uri_column, *renamed_id, *self.keep_columns]))
+        version = [self.version_column] if self.version_column and self.version_column != self.id_column else []
+        return list(dict.fromkeys([self.uri_column, *renamed_id, *self.keep_columns, *version]))
 
     def used_columns(self) -> list[str]:
-        return list(dict.fromkeys([self.uri_column, self.id_column, *self.keep_columns]))
+        version = [self.version_column] if self.version_column else []
+        return list(dict.fromkeys([self.uri_column, self.id_column, *self.keep_columns, *version]))
+
+    @property
+    def carried_columns(self) -> tuple:
+        """The columns besides the uri and the id that refs tables carry as strings: the
+        kept ones, then the version column (:func:`with_declared_versions` renames it)."""
+        version = self.version_column
+        if not version or version in (*self.keep_columns, self.uri_column, self.id_column):
+            return self.keep_columns
+        return (*self.keep_columns, version)
 
 
 class ManifestFile(NamedTuple):
@@ -201,7 +213,7 @@ class RowBuilder:
         self.reached(position)
         if not (isinstance(image_id, str) and image_id):
             image_id = self.file.where(position)
-        kept = {c: None for c in self.spec.keep_columns} if kept is None else kept
+        kept = {c: None for c in self.spec.carried_columns} if kept is None else kept
         ref = ImageRef(printable(image_id), printable(uri or ""), {c: printable(v) for c, v in kept.items()})
         return records.error_row(ref, "manifest", error_type, printable(f"{self.file.describe(position)}: {problem}"))
 
@@ -212,7 +224,7 @@ class RowBuilder:
     def build(self, row: dict, position: int) -> ImageRef | dict:
         self.reached(position)
         spec = self.spec
-        kept = {c: self.kept_text(row.get(c)) for c in spec.keep_columns}
+        kept = {c: self.kept_text(row.get(c)) for c in spec.carried_columns}
         raw_id = row.get(spec.id_column)
         image_id = _id_text(raw_id)
         raw_uri = row.get(spec.uri_column)
@@ -282,7 +294,7 @@ def plain_rows(columns: dict[str, pa.Array], positions: np.ndarray, builder: Row
     else:
         image_id = uri
     kept = {}
-    for name in spec.keep_columns:
+    for name in spec.carried_columns:
         value = columns[name]
         if builder.empty_is_null:
             value = pc.if_else(pc.equal(value, ""), pa.scalar(None, value.type), value)
@@ -298,3 +310,22 @@ def plain_rows(columns: dict[str, pa.Array], positions: np.ndarray, builder: Row
     if len(positions):
         builder.reached(int(positions[-1]))
     return table, np.flatnonzero(~plain)
+
+
+def with_declared_versions(table: pa.Table, spec: ManifestSpec) -> pa.Table:
+    """A refs table with its rows' declared versions (``--version_column``) in the column
+    ``declared_version``: an empty value is none (null). The version column itself stays
+    only where it is also kept."""
+    version = spec.version_column
+    if version is None:
+        return table
+    if version == spec.uri_column:
+        declared = table.column("uri")
+    elif version == spec.id_column:
+        declared = table.column("image_id")
+    else:
+        declared = table.column(version)
+        if version not in spec.keep_columns:
+            table = table.drop_columns([version])
+    declared = pc.if_else(pc.equal(declared, ""), pa.scalar(None, pa.string()), declared)
+    return table.append_column("declared_version", declared)

@@ -23,6 +23,7 @@ from aisthetics_transforms.manifest.pieces import (
 from aisthetics_transforms.manifest.rows import (
     ManifestError,
     ManifestSpec,
+    with_declared_versions,
 )
 from aisthetics_transforms.progress import inc
 
@@ -81,7 +82,10 @@ class ReadManifest(beam.PTransform):
         )
         rows = _route(items, "SplitErrors")
         errors = (planned[records.ERRORS], rows[records.ERRORS]) | "ManifestErrors" >> beam.Flatten()
-        return {"refs": rows["items"], records.ERRORS: errors}
+        refs = rows["items"]
+        if self.spec.version_column:
+            refs = refs | "DeclaredVersions" >> beam.Map(with_declared_versions, self.spec)
+        return {"refs": refs, records.ERRORS: errors}
 
 
 class ReadImageGlob(beam.PTransform):
