@@ -1,23 +1,28 @@
 """Catalog scale on one machine: the ratios that tell whether the data flow holds at 100 million rows.
 
     python benchmarks/bench_scale.py [--images 600] [--rows 400000] [--skew-uris 400]
-                                     [--dead-images 400] [--dead-hosts 4] [--deadline 10]
-                                     [--rounds 3] [--idle-wait 20] [--commit REV] [--out FILE]
+                                     [--good-images 50] [--dead-uris 300] [--busy-uris 50] [--deadline 5]
+                                     [--latency 0.05] [--rounds 3] [--idle-wait 20] [--commit REV] [--out FILE]
 
 Each row is a fresh ``python -m pipeline`` on the local defaults (in-memory FnApiRunner), timed from
 here around the whole process, with the peak RSS of every process in its tree (harness.process).
 The rows run in rounds, each row once per round, every other round in reverse order (harness.rounds),
 and every goal is a ratio taken within each round: the goal holds when the median of those ratios does.
 
-- files / http: the first ``--images`` (N) 800x600 JPEGs of the cached catalog, as files on disk,
-  then served over HTTP by a loopback server that holds them in memory (harness.servers), then 4N
-  over HTTP. Goals: HTTP peak RSS at 4N <= 1.15x at N; HTTP wall <= 1.25x the same N from disk.
+- files / http: 4N of the cached catalog's 800x600 JPEGs (N: ``--images``) as files on disk, then
+  served over HTTP by a loopback server that holds them in memory (harness.servers), then the first N
+  over HTTP. Goals: HTTP wall <= 1.25x the same 4N from disk; HTTP peak RSS at 4N <= 1.15x at N.
 - skew: a ``--rows`` manifest over ``--skew-uris`` files on disk, spread evenly, then with half its
   rows on one uri and the other half spread over the rest. Goals: skewed peak RSS <= 1.10x and wall
   <= 1.15x of the even one.
-- dead hosts: ``--dead-images`` HTTP images with ``--http_deadline=DEADLINE``, then the same plus
-  ``--dead-hosts`` uris on hosts (127.0.0.2, ...) that accept connections and never answer. Goal: the
-  dead hosts add at most 1.3 deadlines of wall time.
+- dead and busy hosts: ``--good-images`` HTTP images with ``--http_deadline=DEADLINE``; the same plus
+  ``--dead-uris`` uris on a host (127.0.0.2) that accepts connections and never answers; the same plus
+  ``--busy-uris`` uris on a host that answers 429 with ``Retry-After: 3600``. Goals: the dead host adds
+  at most 3 deadlines of wall time (its breaker trips), the busy host at most 1 (each of its uris ends
+  at once), and every one of their uris is a fetch error row.
+- latency: N images with Dataflow's thread settings (``--decode_threads=1 --inference_threads=1``),
+  as files, then over HTTP from a server that answers each request after ``--latency`` s. Goal: HTTP
+  wall <= 1.3x the files' (decode's reads run ahead of its one decoding thread).
 
 Every run must leave every manifest row in exactly one table, once (summary.json and the tables'
 image ids are checked; the dead uris must be fetch errors). Report: benchmarks/results/scale.md,
@@ -50,10 +55,12 @@ RUN_DATE = "2026-11-28"
 SIZE = (800, 600)
 
 GOAL_HTTP_RSS_4X = 1.15  # HTTP peak RSS at 4N images over N
-GOAL_HTTP_VS_FILES_WALL = 1.25  # HTTP wall over the same images from disk
+GOAL_HTTP_VS_FILES_WALL = 1.25  # HTTP wall over the same 4N images from disk
 GOAL_SKEW_RSS = 1.10  # half the rows on one uri, over the same rows spread evenly
 GOAL_SKEW_WALL = 1.15
-GOAL_DEAD_DEADLINES = 1.3  # extra wall of the dead hosts, in deadlines
+GOAL_DEAD_DEADLINES = 3.0  # extra wall of the dead host's uris, in deadlines
+GOAL_BUSY_DEADLINES = 1.0  # extra wall of the uris whose host asks for an hour's quiet, in deadlines
+GOAL_LATENCY_WALL = 1.3  # HTTP with latency over files, Dataflow's threads
 
 
 @dataclass
@@ -91,17 +98,17 @@ def with_dead(uris: list[str], dead: list[str]) -> list[str]:
     return out
 
 
-def build_rows(catalog: dict, server: ImageServer, dead: SilentHosts, args) -> list[Row]:
+def build_rows(catalog: dict, server: ImageServer, far: ImageServer, dead: list, busy: list, args) -> list[Row]:
     files = catalog["files"]
     paths, cats = [f["uri"] for f in files], [f["category"] for f in files]
-    n, u, d = args.images, args.skew_uris, args.dead_images
+    n, u, g = args.images, args.skew_uris, args.good_images
     deadline = [f"--http_deadline={args.deadline:g}"]
-    dead_uris = with_dead([server.url(p) for p in paths[:d]], dead.uris())
-    dead_cats = with_dead(cats[:d], ["never-answers"] * args.dead_hosts)
+    dataflow = ["--decode_threads=1", "--inference_threads=1"]
+    good = [server.url(p) for p in paths[:g]]
     return [
-        Row("files_n", f"{n} images, files on disk", paths[:n], cats[:n], n),
-        Row("http_n", f"{n} images over HTTP", [server.url(p) for p in paths[:n]], cats[:n], n),
+        Row("files_4n", f"{4 * n} images, files on disk", paths[: 4 * n], cats[: 4 * n], 4 * n),
         Row("http_4n", f"{4 * n} images over HTTP", [server.url(p) for p in paths[: 4 * n]], cats[: 4 * n], 4 * n),
+        Row("http_n", f"{n} images over HTTP", [server.url(p) for p in paths[:n]], cats[:n], n),
         Row(
             "even",
             f"{args.rows:,} rows over {u} uris, evenly",
@@ -116,33 +123,45 @@ def build_rows(catalog: dict, server: ImageServer, dead: SilentHosts, args) -> l
             [cats[i] for i in skewed_index(args.rows, u)],
             u,
         ),
+        Row("http_base", f"{g} images over HTTP, --http_deadline={args.deadline:g}", good, cats[:g], g, extra=deadline),
         Row(
-            "http_base",
-            f"{d} images over HTTP, --http_deadline={args.deadline:g}",
-            [server.url(p) for p in paths[:d]],
-            cats[:d],
-            d,
+            "http_dead",
+            f"the same + {args.dead_uris} uris on a host that never answers",
+            with_dead(good, dead),
+            with_dead(cats[:g], ["never-answers"] * len(dead)),
+            g,
+            {"fetch": len(dead)},
             extra=deadline,
         ),
         Row(
-            "http_dead",
-            f"the same + {args.dead_hosts} uris on hosts that never answer",
-            dead_uris,
-            dead_cats,
-            d,
-            {"fetch": args.dead_hosts},
+            "http_busy",
+            f"the same + {args.busy_uris} uris whose host sends Retry-After: 3600",
+            with_dead(good, busy),
+            with_dead(cats[:g], ["busy"] * len(busy)),
+            g,
+            {"fetch": len(busy)},
             extra=deadline,
+        ),
+        Row("files_df", f"{n} images, files, Dataflow's threads", paths[:n], cats[:n], n, extra=dataflow),
+        Row(
+            "http_df",
+            f"{n} images over HTTP {args.latency * 1000:.0f} ms away, Dataflow's threads",
+            [far.url(p) for p in paths[:n]],
+            cats[:n],
+            n,
+            extra=dataflow,
         ),
     ]
 
 
-def run_row(row: Row, manifest: dict, server: ImageServer, dead: SilentHosts, source: Path, args) -> dict:
+def run_row(row: Row, manifest: dict, servers: list, dead: SilentHosts, source: Path, args) -> dict:
     out = WORK / f"out-{row.key}"
     shutil.rmtree(out, ignore_errors=True)
     env = child_env(source)
     cmd = pipeline_command(manifest["path"], out, RUN_DATE, *loopback_flags(source, env), *row.extra)
     waited = wait_for_idle(args.idle_wait) if args.idle_wait > 0 else 0.0
-    server.reset()
+    for server in servers:
+        server.reset()
     dead.reset()
     print(f"  {row.label} ...", end="", file=sys.stderr, flush=True)
     run = run_timed(
@@ -155,7 +174,9 @@ def run_row(row: Row, manifest: dict, server: ImageServer, dead: SilentHosts, so
         timelines=False,
         label=row.label,
     )
-    served, dead_connections = server.snapshot(), dead.reset()
+    snapshots = [server.snapshot() for server in servers]
+    served = {key: sum(snap[key] for snap in snapshots) for key in snapshots[0]}
+    dead_connections = dead.reset()
     problems = accounting_problems(
         out, RUN_DATE, image_ids(manifest["rows"]), scored=row.scored, errors_by_stage=row.errors_by_stage
     )
@@ -196,12 +217,17 @@ def run_row(row: Row, manifest: dict, server: ImageServer, dead: SilentHosts, so
 RATIOS = {
     "http_rss_4x": ("HTTP peak RSS, 4N images / N", lambda r: r["http_4n"]["peak_rss_mb"] / r["http_n"]["peak_rss_mb"]),
     "http_vs_files_wall": (
-        "HTTP wall / the same N files from disk",
-        lambda r: r["http_n"]["wall_s"] / r["files_n"]["wall_s"],
+        "HTTP wall / the same 4N files from disk",
+        lambda r: r["http_4n"]["wall_s"] / r["files_4n"]["wall_s"],
     ),
     "skew_rss": ("skewed / even manifest, peak RSS", lambda r: r["skewed"]["peak_rss_mb"] / r["even"]["peak_rss_mb"]),
     "skew_wall": ("skewed / even manifest, wall", lambda r: r["skewed"]["wall_s"] / r["even"]["wall_s"]),
-    "dead_extra_s": ("wall the dead hosts add (s)", lambda r: r["http_dead"]["wall_s"] - r["http_base"]["wall_s"]),
+    "dead_extra_s": ("wall the dead host adds (s)", lambda r: r["http_dead"]["wall_s"] - r["http_base"]["wall_s"]),
+    "busy_extra_s": ("wall the busy host adds (s)", lambda r: r["http_busy"]["wall_s"] - r["http_base"]["wall_s"]),
+    "latency_wall": (
+        "HTTP 50 ms away / files, Dataflow's threads",
+        lambda r: r["http_df"]["wall_s"] / r["files_df"]["wall_s"],
+    ),
 }
 
 
@@ -216,11 +242,13 @@ def goal_limits(args) -> dict:
         "skew_rss": GOAL_SKEW_RSS,
         "skew_wall": GOAL_SKEW_WALL,
         "dead_extra_s": GOAL_DEAD_DEADLINES * args["deadline"],
+        "busy_extra_s": GOAL_BUSY_DEADLINES * args["deadline"],
+        "latency_wall": GOAL_LATENCY_WALL,
     }
 
 
 def fmt_ratio(name: str, value: float) -> str:
-    return f"{value:.1f} s" if name == "dead_extra_s" else f"{value:.2f}x"
+    return f"{value:.1f} s" if name.endswith("_extra_s") else f"{value:.2f}x"
 
 
 def goals(data: dict) -> list[str]:
@@ -228,11 +256,15 @@ def goals(data: dict) -> list[str]:
     n = args["images"]
     texts = {
         "http_rss_4x": f"HTTP peak RSS at {4 * n} images <= {GOAL_HTTP_RSS_4X:.2f}x at {n}",
-        "http_vs_files_wall": f"HTTP wall <= {GOAL_HTTP_VS_FILES_WALL:.2f}x the same {n} files from disk",
+        "http_vs_files_wall": f"HTTP wall <= {GOAL_HTTP_VS_FILES_WALL:.2f}x the same {4 * n} files from disk",
         "skew_rss": f"half of {args['rows']:,} rows on one uri: peak RSS <= {GOAL_SKEW_RSS:.2f}x the even manifest",
         "skew_wall": f"half of {args['rows']:,} rows on one uri: wall <= {GOAL_SKEW_WALL:.2f}x the even manifest",
-        "dead_extra_s": f"{args['dead_hosts']} dead hosts among {args['dead_images']} images add <= "
-        f"{GOAL_DEAD_DEADLINES} x the {args['deadline']:g} s deadline = {limits['dead_extra_s']:.1f} s",
+        "dead_extra_s": f"{args['dead_uris']} uris of a dead host among {args['good_images']} images add <= "
+        f"{GOAL_DEAD_DEADLINES:g} x the {args['deadline']:g} s deadline = {limits['dead_extra_s']:.1f} s",
+        "busy_extra_s": f"{args['busy_uris']} uris of a host asking for an hour's quiet add <= "
+        f"{GOAL_BUSY_DEADLINES:g} x the {args['deadline']:g} s deadline = {limits['busy_extra_s']:.1f} s",
+        "latency_wall": f"HTTP {args['latency'] * 1000:.0f} ms away, one decode thread: wall <= "
+        f"{GOAL_LATENCY_WALL:.2f}x the same {n} files",
     }
     lines = []
     for name, values in per_round.items():
@@ -326,10 +358,14 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=600, help="N: images of the files / HTTP rows (default 600)")
     parser.add_argument("--rows", type=int, default=400_000, help="manifest rows of the skew rows (default 400,000)")
     parser.add_argument("--skew-uris", type=int, default=400, help="distinct uris of the skew rows (default 400)")
-    parser.add_argument("--dead-images", type=int, default=400, help="HTTP images of the dead-host rows (default 400)")
-    parser.add_argument("--dead-hosts", type=int, default=4, help="uris on hosts that never answer (default 4)")
+    parser.add_argument("--good-images", type=int, default=50, help="HTTP images of the dead-host rows (default 50)")
+    parser.add_argument("--dead-uris", type=int, default=300, help="uris on a host that never answers (default 300)")
     parser.add_argument(
-        "--deadline", type=float, default=10.0, help="--http_deadline of the dead-host rows (default 10)"
+        "--busy-uris", type=int, default=50, help="uris on a host that says Retry-After: 3600 (default 50)"
+    )
+    parser.add_argument("--deadline", type=float, default=5.0, help="--http_deadline of the dead-host rows (default 5)")
+    parser.add_argument(
+        "--latency", type=float, default=0.05, help="seconds before each answer of the far server (default 0.05)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each row runs once per round (default 3)")
     parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between /proc samples")
@@ -343,13 +379,11 @@ def main(argv=None) -> None:
     parser.add_argument("--commit", help="measure this commit (extracted with git archive) instead of the working tree")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
     args = parser.parse_args(argv)
-    for name in ("images", "rows", "dead_images", "rounds"):
+    for name in ("images", "rows", "good_images", "dead_uris", "busy_uris", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.skew_uris < 2 or args.skew_uris > args.rows:
         parser.error("--skew-uris must be at least 2 and at most --rows")
-    if not 1 <= args.dead_hosts <= 200:
-        parser.error("--dead-hosts must be 1..200 (one loopback address each, from 127.0.0.2)")
 
     started = time.perf_counter()
     busy = busy_elsewhere(2.0)
@@ -358,24 +392,32 @@ def main(argv=None) -> None:
     code = checkout(args.commit)
     source = source_of(code)
     warm = warm_model_cache(WORK / "logs", source)
-    catalog = build_catalog(max(4 * args.images, args.skew_uris, args.dead_images), SIZE)
+    catalog = build_catalog(max(4 * args.images, args.skew_uris, args.good_images), SIZE)
     print(
         f"catalog: {catalog['distinct_files']} files of {catalog['size']} in {catalog['directory']} "
         f"({'cached' if catalog['cached'] else 'written in %.0f s' % catalog['build_s']})",
         file=sys.stderr,
     )
-    server = ImageServer.of_files(f["uri"] for f in catalog["files"][: max(4 * args.images, args.dead_images)])
-    dead = SilentHosts(args.dead_hosts)
+    files = [f["uri"] for f in catalog["files"][: max(4 * args.images, args.good_images)]]
+    server = ImageServer.of_files(files)
+    far = ImageServer.of_files(files[: args.images], latency=args.latency)
+    busy_paths = [f"/busy-{i}.jpg" for i in range(args.busy_uris)]
+    busy = ImageServer({}, busy=busy_paths)
+    dead = SilentHosts(1)
+    servers = [server, far, busy]
     try:
-        rows = build_rows(catalog, server, dead, args)
+        rows = build_rows(
+            catalog, server, far, dead.uris(args.dead_uris), [busy.base_url + p for p in busy_paths], args
+        )
         manifests = {row.key: row.manifest() for row in rows}
         runs = run_rounds(
-            {row.key: (lambda row=row: run_row(row, manifests[row.key], server, dead, source, args)) for row in rows},
+            {row.key: (lambda row=row: run_row(row, manifests[row.key], servers, dead, source, args)) for row in rows},
             args.rounds,
             reverse_every_other=True,
         )
     finally:
-        server.close()
+        for each in servers:
+            each.close()
         dead.close()
     data = {
         "machine": machine_info(),

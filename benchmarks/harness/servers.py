@@ -8,6 +8,7 @@ what it did, including its own CPU time, so a report can say what it cost.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 import time
@@ -17,7 +18,9 @@ from typing import Iterable
 
 
 class ImageServer(ThreadingHTTPServer):
-    """Serves ``files`` (url path -> bytes) on 127.0.0.1, each answer after ``latency`` s.
+    """Serves ``files`` (url path -> bytes) on 127.0.0.1, each answer after ``latency`` s, with a
+    strong ETag (as a CDN gives), to GET and HEAD. Paths in ``busy`` are answered 429 with
+    ``Retry-After: 3600``.
 
     Counts, since the last :meth:`reset`: requests, bytes sent, the most requests in flight at once,
     connections, and the CPU seconds its threads used."""
@@ -25,8 +28,9 @@ class ImageServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # the default 5 makes a burst of new connections wait for SYN retries
 
-    def __init__(self, files: dict[str, bytes], latency: float = 0.0, host: str = "127.0.0.1"):
+    def __init__(self, files: dict[str, bytes], latency: float = 0.0, host: str = "127.0.0.1", busy=()):
         self.responses = {path: _response(body) for path, body in files.items()}
+        self.responses.update({path: _BUSY for path in busy})
         self.latency = latency
         self.lock = threading.Lock()
         self.in_flight = 0
@@ -52,6 +56,7 @@ class ImageServer(ThreadingHTTPServer):
         with self.lock:
             self.counts = {
                 "requests": 0,
+                "heads": 0,
                 "bytes_sent": 0,
                 "most_in_flight": 0,
                 "connections": 0,
@@ -72,8 +77,12 @@ class ImageServer(ThreadingHTTPServer):
 
 
 def _response(body: bytes) -> bytes:
-    head = f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n"
+    etag = hashlib.sha256(body).hexdigest()[:20]
+    head = f'HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nETag: "{etag}"\r\nContent-Length: {len(body)}\r\n\r\n'
     return head.encode() + body
+
+
+_BUSY = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3600\r\nContent-Length: 0\r\n\r\n"
 
 
 class _ImageHandler(BaseHTTPRequestHandler):
@@ -103,6 +112,7 @@ class _ImageHandler(BaseHTTPRequestHandler):
         with server.lock:
             server.in_flight += 1
             server.counts["requests"] += 1
+            server.counts["heads"] += not with_body
             server.counts["most_in_flight"] = max(server.counts["most_in_flight"], server.in_flight)
         sent = 0
         try:
@@ -139,10 +149,12 @@ class SilentHosts:
             listener.settimeout(0.2)
             threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
-    def uris(self) -> list[str]:
+    def uris(self, count: int | None = None) -> list[str]:
+        """``count`` uris (default: one per host), spread over the hosts in turn."""
+        hosts = [s.getsockname()[:2] for s in self.listeners]
         return [
-            f"http://{host}:{port}/never-answers-{i}.jpg"
-            for i, (host, port) in enumerate(s.getsockname()[:2] for s in self.listeners)
+            f"http://{hosts[i % len(hosts)][0]}:{hosts[i % len(hosts)][1]}/never-answers-{i}.jpg"
+            for i in range(len(hosts) if count is None else count)
         ]
 
     def _accept(self, listener: socket.socket) -> None:
