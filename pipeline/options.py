@@ -232,7 +232,7 @@ class AistheticsOptions(PipelineOptions):
         limits.add_argument(
             "--max_connections_per_host",
             type=int,
-            default=4,
+            default=8,
             help="requests at once to one host:port per worker process",
         )
         limits.add_argument(

@@ -12,6 +12,7 @@ import hashlib
 import socket
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterable
@@ -54,6 +55,7 @@ class ImageServer(ThreadingHTTPServer):
 
     def reset(self) -> None:
         with self.lock:
+            self.per_path: Counter = Counter()  # requests per url path
             self.counts = {
                 "requests": 0,
                 "heads": 0,
@@ -113,6 +115,7 @@ class _ImageHandler(BaseHTTPRequestHandler):
             server.in_flight += 1
             server.counts["requests"] += 1
             server.counts["heads"] += not with_body
+            server.per_path[self.path.split("?", 1)[0]] += 1
             server.counts["most_in_flight"] = max(server.counts["most_in_flight"], server.in_flight)
         sent = 0
         try:
