@@ -1,6 +1,7 @@
 """The graph of one night: :func:`build_pipeline` wires the stages of ``aisthetics_transforms``,
-in the order the data flows: manifest -> dedupe -> (incremental) -> fetch -> dedupe -> decode
--> score -> dedupe -> join -> write. Nothing here does work; each stage is a transform."""
+in the order the data flows: manifest -> dedupe (ids) -> plan (uris) -> fetch -> dedupe
+(contents) -> decode -> score -> dedupe (results) -> join -> write. Nothing here does work;
+each stage is a transform."""
 
 from __future__ import annotations
 
