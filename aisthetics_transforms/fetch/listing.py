@@ -72,24 +72,41 @@ def _name_hash(name: str) -> int:
 
 
 class NameSample(beam.CombineFn):
-    """A GCS bucket's candidate names -> (how many, the SAMPLE_NAMES with the smallest hashes):
-    a uniform sample of bounded size, the same whatever order Beam combines in."""
+    """A GCS bucket's candidate names -> (how many, the SAMPLE_NAMES with the smallest hashes,
+    sorted): a uniform sample of bounded size, the same whatever order Beam combines in. The
+    accumulator is ``[count, heap]``, the heap holding ``(-hash, name)`` of the sample so that
+    its largest hash is the one a smaller newcomer replaces."""
 
     def create_accumulator(self):
-        return 0, []
+        return [0, []]
 
     def add_input(self, accumulator, names):
-        return self.merge_accumulators([accumulator, (len(names), [(_name_hash(n), n) for n in names])])
+        accumulator[0] += len(names)
+        heap = accumulator[1]
+        for name in names:
+            _keep(heap, (-_name_hash(name), name))
+        return accumulator
 
     def merge_accumulators(self, accumulators):
-        accumulators = list(accumulators)
-        count = sum(count for count, _ in accumulators)
-        merged = heapq.nsmallest(SAMPLE_NAMES, set().union(*(sample for _, sample in accumulators)))
-        return count, merged
+        merged = self.create_accumulator()
+        for count, heap in accumulators:
+            merged[0] += count
+            for item in heap:
+                _keep(merged[1], item)
+        return merged
 
     def extract_output(self, accumulator):
-        count, sample = accumulator
-        return count, sorted(name for _, name in sample)
+        count, heap = accumulator
+        return count, sorted(name for _, name in heap)
+
+
+def _keep(heap: list, item: tuple) -> None:
+    """Put ``item`` in the sample if its hash is among the SAMPLE_NAMES smallest (each name comes
+    once: the tasks are one per distinct uri)."""
+    if len(heap) < SAMPLE_NAMES:
+        heapq.heappush(heap, item)
+    elif item > heap[0]:
+        heapq.heapreplace(heap, item)
 
 
 def plan_ranges(count: int, sample: list[str]) -> tuple[str, ...]:
