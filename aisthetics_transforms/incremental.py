@@ -129,13 +129,20 @@ class ReadPreviousNight(beam.PTransform):
 
 
 class PreviousNight(NamedTuple):
-    """The earlier night an incremental run reuses: its date, its run, its scores files, its row count."""
+    """The earlier night an incremental run reuses: its date, its run, its scores files, its row
+    count, and how many of its uris were on ``gs://`` (None: a night from before that count)."""
 
     run_date: str
     run_id: Optional[str]
     partition: str
     files: list
     rows: int
+    gcs_uris: Optional[int] = None
+
+    @property
+    def may_list(self) -> bool:
+        """Whether listing could tell tonight a version: only an earlier ``gs://`` row has one."""
+        return self.gcs_uris != 0
 
 
 def find_previous_night(output: str, run_date: str) -> Optional[PreviousNight]:
@@ -147,5 +154,10 @@ def find_previous_night(output: str, run_date: str) -> Optional[PreviousNight]:
     date = summary["run_date"]
     files = sorted(layout.night_files(output, "scores", date, summary))
     return PreviousNight(
-        date, summary.get("run_id"), layout.partition_dir(output, "scores", date), files, int(summary.get("rows", 0))
+        date,
+        summary.get("run_id"),
+        layout.partition_dir(output, "scores", date),
+        files,
+        int(summary.get("rows", 0)),
+        summary.get("gcs_uris"),
     )

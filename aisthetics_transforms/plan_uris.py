@@ -84,6 +84,8 @@ def plan_uris(element, audit: DeclaredAudit = DeclaredAudit()):
     for uri, row_buckets, declared in zip(
         grouped.column("uri").to_pylist(), grouped.column("bucket_distinct").to_pylist(), declared_per_uri(grouped)
     ):
+        if uri.startswith("gs://"):
+            counts["gcs_uris"] += 1  # the next night lists versions only if there are some
         row_buckets = tuple(sorted(row_buckets))
         previous = known.get(uri)
         if declared is None or previous is None or previous.declared_version is None:
@@ -118,7 +120,8 @@ class PlanFetches(beam.PTransform):
     counts}``. ``join_buckets`` is a singleton PCollection with the bucket count (the one
     ``previous`` is split by); ``previous``: an earlier night's rows, one per uri, as ``(uri
     bucket, packed)``. With ``listing`` (the fetch limits), the ``gs://`` versions still to
-    check are read by listing first (``fetch.listing``)."""
+    check are read by listing first (``fetch.listing``): give it only when the earlier night
+    had ``gs://`` uris (``PreviousNight.may_list``), since only those can be listed."""
 
     def __init__(self, join_buckets, previous=None, audit: DeclaredAudit = DeclaredAudit(), listing=None):
         super().__init__()
@@ -136,14 +139,10 @@ class PlanFetches(beam.PTransform):
             | "JoinOnUri" >> beam.CoGroupByKey()
             | "OnePerUri" >> beam.FlatMap(plan_uris, self.audit).with_outputs(OUTCOMES, STATS, main="tasks")
         )
-        tasks, outcomes, stats = planned.tasks, [planned[OUTCOMES]], [planned[STATS]]
+        tasks, outcomes, stats = planned.tasks, planned[OUTCOMES], planned[STATS]
         if self.previous is not None and self.listing is not None:
             listed = tasks | "ListGcsVersions" >> ListGcsVersions(self.listing)
             tasks = listed["tasks"]
-            outcomes.append(listed[OUTCOMES])
-            stats.append(listed[STATS])
-        return {
-            "tasks": tasks | "SpreadUris" >> beam.Reshuffle(),
-            OUTCOMES: outcomes | "Settled" >> beam.Flatten(),
-            STATS: stats | "Counted" >> beam.Flatten(),
-        }
+            outcomes = (outcomes, listed[OUTCOMES]) | "Settled" >> beam.Flatten()
+            stats = (stats, listed[STATS]) | "Counted" >> beam.Flatten()
+        return {"tasks": tasks | "SpreadUris" >> beam.Reshuffle(), OUTCOMES: outcomes, STATS: stats}

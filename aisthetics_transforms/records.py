@@ -53,6 +53,7 @@ class RunSummary(TypedDict, total=False):
     errors: int
     errors_by_stage: dict[str, int]
     uris: int  # distinct uris
+    gcs_uris: int  # of those, on gs:// (the next night lists their versions only if there are some)
     fetched: int  # uris whose bytes were read
     version_checks: int
     version_checks_failed: int  # counted; the uri fetched instead, unless the failure settles it

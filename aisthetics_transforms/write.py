@@ -55,6 +55,7 @@ def summarize(files: Sequence[dict], stats: dict, run: RunInfo) -> RunSummary:
         "errors": errors,
         "errors_by_stage": by_stage,
         "uris": stats.get("uris", 0),
+        "gcs_uris": stats.get("gcs_uris", 0),
         "fetched": stats.get("fetched", 0),
         "version_checks": stats.get("version_checks", 0),
         "version_checks_failed": stats.get("version_checks_failed", 0),

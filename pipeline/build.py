@@ -43,7 +43,7 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
         earlier = p | "ReadPreviousNight" >> ReadPreviousNight(previous, run.model_version, join_buckets)
     fetch_limits = opts.fetch_limits()
     audit = DeclaredAudit(opts.verify_declared_fraction, run.run_date)
-    listing = fetch_limits if opts.list_gcs_versions else None
+    listing = fetch_limits if opts.list_gcs_versions and previous and previous.may_list else None
     planned = rows[dedupe.URIS] | "PlanFetches" >> PlanFetches(join_buckets, earlier.get("uri"), audit, listing)
     fetched = planned["tasks"] | "FetchImages" >> beam.ParDo(
         FetchImages(fetch_limits, opts.fetch_threads)

@@ -290,7 +290,15 @@ def test_with_declared_versions_an_unchanged_night_asks_gcs_nothing(catalog):
 @pytest.mark.slow
 def test_every_night_accounts_for_every_row(catalog):
     first = catalog["summaries"]["2026-11-26"]
-    assert (first["scored"], first["deduplicated"]) == (4, 1_496)
+    assert (first["scored"], first["deduplicated"], first["gcs_uris"]) == (4, 1_496, 1_500)
     for date, summary in catalog["summaries"].items():
         assert summary["rows"] == 1_500, date
         assert summary["rows"] == summary["scored"] + summary["deduplicated"] + summary["reused"] + summary["errors"]
+
+
+def test_a_night_lists_only_after_a_night_that_had_gs_uris():
+    from aisthetics_transforms.incremental import PreviousNight
+
+    night = PreviousNight("2026-11-27", "RUN", "OUT/scores/dt=2026-11-27", [], 10)
+    assert night.may_list  # a night from before the count: it may have had some
+    assert night._replace(gcs_uris=3).may_list and not night._replace(gcs_uris=0).may_list
