@@ -40,15 +40,15 @@ from aisthetics_transforms.records import (
     ContentTask,
     Failure,
     UriOutcome,
-    error_row,
+    errors_schema,
     previous_scores,
-    table_refs,
 )
 
 ROWS = "rows"  # (row bucket, packed rows): one row per image_id
 URIS = "uris"  # tables of (uri, bucket): the distinct uris of each row bucket
 REUSED = "reused"  # ContentResults an earlier night scored
 READABLE_COPIES = 3  # uris a content can be read again from, should one have changed meanwhile
+ERROR_ROWS_PER_TABLE = 50_000  # DuplicateImageId rows per errors table (one Parquet row group)
 _DUPLICATES = Metrics.counter("aisthetics", "manifest_errors")
 _CONTENTS_PLANNED = Metrics.counter("aisthetics", "contents_planned")
 
@@ -75,18 +75,40 @@ class SplitByBucket(beam.DoFn):
             self._rows[bucket] += piece.num_rows
             self._total += piece.num_rows
             if self._rows[bucket] >= self.piece_rows:
-                yield self._flush(bucket)
+                yield from self._flush(bucket)
         if self._total >= self.held_rows:
             for bucket in list(self._held):
-                yield self._flush(bucket)
+                yield from self._flush(bucket)
 
     def finish_bundle(self):
-        yield from in_global_window([self._flush(bucket) for bucket in list(self._held)])
+        yield from in_global_window([out for bucket in list(self._held) for out in self._flush(bucket)])
 
-    def _flush(self, bucket: int) -> tuple[int, bytes]:
+    def _flush(self, bucket: int):
+        yield bucket, buckets.pack(self._take(bucket))
+
+    def _take(self, bucket: int) -> pa.Table:
+        """The rows held for ``bucket``, in one table, no longer held."""
         pieces = self._held.pop(bucket)
         self._total -= self._rows.pop(bucket)
-        return bucket, buckets.pack(pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0])
+        return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+
+
+class SplitById(SplitByBucket):
+    """SplitByBucket by image_id that sends on only the first row of each image_id of a piece:
+    the others are DuplicateImageId error tables (``ERRORS``) at once, so however many rows
+    share an image_id (a manifest without ids, one uri on many rows), a bucket receives at
+    most one of them per piece."""
+
+    def __init__(self, files: list, keep_columns: tuple):
+        super().__init__("image_id")
+        self.files = files
+        self.keep_columns = keep_columns
+
+    def _flush(self, bucket: int):
+        firsts, errors = first_of_each_id(self._take(bucket), self.files, self.keep_columns)
+        yield bucket, buckets.pack(firsts)
+        for table in errors:
+            yield TaggedOutput(ERRORS, table)
 
 
 def _with_position(table: pa.Table) -> pa.Table:
@@ -97,13 +119,9 @@ def _with_position(table: pa.Table) -> pa.Table:
     return table.append_column("manifest_line", pa.array(np.arange(table.num_rows, dtype=np.int64)))
 
 
-def keep_first_of_each_id(element, files: list, keep_columns: tuple):
-    """(bucket, refs tables) -> one table of the earliest row of each image_id in manifest
-    order; the other rows of an image_id become error rows."""
-    _, tables = element
-    table = buckets.concat(tables)
-    if table is None:
-        return
+def first_of_each_id(table: pa.Table, files: list, keep_columns: tuple) -> tuple[pa.Table, list[pa.Table]]:
+    """(the earliest row of each image_id in manifest order, with its position; error tables
+    of the other rows, DuplicateImageId, in pieces of at most ERROR_ROWS_PER_TABLE)."""
     table = table.take(
         pc.sort_indices(
             table, [("image_id", "ascending"), ("manifest_file", "ascending"), ("manifest_line", "ascending")]
@@ -113,26 +131,55 @@ def keep_first_of_each_id(element, files: list, keep_columns: tuple):
     repeated = np.zeros(table.num_rows, dtype=bool)
     if table.num_rows > 1:
         repeated[1:] = pc.equal(ids.slice(1), ids.slice(0, table.num_rows - 1)).to_numpy(zero_copy_only=False)
-    yield table.filter(pa.array(~repeated)).drop_columns(["manifest_file", "manifest_line"])
     if not repeated.any():
-        return
+        return table, []
     # each repeated row's first row: the last non-repeated position at or before it
     first_of = np.maximum.accumulate(np.where(repeated, 0, np.arange(table.num_rows)))
-    file_of, line_of = (table.column(name).to_numpy() for name in ("manifest_file", "manifest_line"))
-    where = lambda i: files[int(file_of[i])].where(int(line_of[i]))
     dups = np.flatnonzero(repeated)
     inc(_DUPLICATES, len(dups))
-    for i, ref in zip(dups.tolist(), table_refs(table.take(dups), keep_columns), strict=True):
-        yield TaggedOutput(
-            ERRORS,
-            error_row(
-                ref,
-                "manifest",
-                "DuplicateImageId",
-                f"{where(i)}: image_id {ref.image_id!r} (uri {ref.uri}) is already used at {where(first_of[i])}; "
-                "only that row is scored",
-            ),
+    errors = [
+        duplicate_errors(table, dups[start : start + ERROR_ROWS_PER_TABLE], first_of, files, keep_columns)
+        for start in range(0, len(dups), ERROR_ROWS_PER_TABLE)
+    ]
+    return table.filter(pa.array(~repeated)), errors
+
+
+def duplicate_errors(table: pa.Table, dups: np.ndarray, first_of: np.ndarray, files: list, keep_columns: tuple):
+    """The errors table of the rows ``dups`` of ``table``, each a repeat of row ``first_of[i]``."""
+    file_of, line_of = (table.column(name).to_numpy() for name in ("manifest_file", "manifest_line"))
+    where = lambda i: files[int(file_of[i])].where(int(line_of[i]))
+    rows = table.take(dups)
+    messages = [
+        f"{where(i)}: image_id {image_id!r} (uri {uri}) is already used at {where(first_of[i])}; "
+        "only the first row of an image_id is scored"
+        for i, image_id, uri in zip(
+            dups.tolist(), rows.column("image_id").to_pylist(), rows.column("uri").to_pylist(), strict=True
         )
+    ]
+    n = rows.num_rows
+    columns = {
+        "image_id": rows.column("image_id"),
+        "uri": rows.column("uri"),
+        "stage": pa.array(["manifest"] * n, pa.string()),
+        "error_type": pa.array(["DuplicateImageId"] * n, pa.string()),
+        "error_message": pa.array(messages, pa.string()),
+        **{name: rows.column(name) for name in keep_columns},
+    }
+    schema = errors_schema(keep_columns)
+    return pa.table([columns[field.name] for field in schema], schema=schema)
+
+
+def keep_first_of_each_id(element, files: list, keep_columns: tuple):
+    """(bucket, refs tables) -> one table of the earliest row of each image_id in manifest
+    order; the other rows of an image_id become error tables (``ERRORS``)."""
+    _, tables = element
+    table = buckets.concat(tables)
+    if table is None:
+        return
+    firsts, errors = first_of_each_id(table, files, keep_columns)
+    yield firsts.drop_columns(["manifest_file", "manifest_line"])
+    for errors_table in errors:
+        yield TaggedOutput(ERRORS, errors_table)
 
 
 def keep_first_rows(element, files: list, keep_columns: tuple):
@@ -194,14 +241,17 @@ class UniqueImageIds(beam.PTransform):
             | "CountRows" >> beam.CombineGlobally(sum).without_defaults()
         )
         n = row_count | "RowBuckets" >> beam.Map(buckets.bucket_count)
+        by_id = tables | "ById" >> beam.ParDo(SplitById(self.files, self.keep_columns), AsSingleton(n)).with_outputs(
+            ERRORS, main="pieces"
+        )
         kept = (
-            tables
-            | "ById" >> beam.ParDo(SplitByBucket("image_id"), AsSingleton(n))
+            by_id.pieces
             | "GroupById" >> beam.GroupByKey()
             | "KeepFirst"
             >> beam.FlatMap(keep_first_rows, self.files, self.keep_columns).with_outputs(URIS, ERRORS, main=ROWS)
         )
-        return {ROWS: kept[ROWS], URIS: kept[URIS], ERRORS: kept[ERRORS], "row_count": row_count}
+        errors = (by_id[ERRORS], kept[ERRORS]) | "Duplicates" >> beam.Flatten()
+        return {ROWS: kept[ROWS], URIS: kept[URIS], ERRORS: errors, "row_count": row_count}
 
 
 def earlier_scores(pieces, key: str, wanted: pa.Array) -> dict:

@@ -11,10 +11,11 @@ from aisthetics_transforms.dedupe import ROWS, UniqueImageIds
 
 def unique_ids(read: dict, files: list, keep: tuple) -> dict:
     """A manifest's refs through the dedupe stage's image_id check, as the pipeline does:
-    ``{"refs": ImageRefs, ERRORS: every error row}``."""
+    ``{"refs": ImageRefs, ERRORS: every error row, as a dict}`` (duplicates come as tables)."""
     unique = read["refs"] | "UniqueImageIds" >> UniqueImageIds(files, keep)
     refs = unique[ROWS] | "Unpack" >> beam.FlatMap(lambda kv: records.table_refs(buckets.unpack(kv[1]), keep))
-    errors = (read[records.ERRORS], unique[records.ERRORS]) | "AllErrors" >> beam.Flatten()
+    duplicates = unique[records.ERRORS] | "DuplicateRows" >> beam.FlatMap(lambda table: table.to_pylist())
+    errors = (read[records.ERRORS], duplicates) | "AllErrors" >> beam.Flatten()
     return {"refs": refs, records.ERRORS: errors}
 
 

@@ -31,6 +31,7 @@ from aisthetics_transforms.records import (
     ImageRef,
     Score,
     UriOutcome,
+    errors_schema,
     refs_table,
 )
 
@@ -153,8 +154,10 @@ def test_the_first_row_of_each_id_in_manifest_order_is_kept_and_the_others_are_e
     TALLY.clear()
     outputs = list(keep_first_of_each_id((6, pieces), FILES, KEEP))
     [kept] = [o for o in outputs if isinstance(o, pa.Table)]
-    errors = [o.value for o in outputs if isinstance(o, TaggedOutput) and o.tag == ERRORS]
-    assert len(outputs) == 1 + len(errors)
+    tables = [o.value for o in outputs if isinstance(o, TaggedOutput) and o.tag == ERRORS]
+    assert len(outputs) == 1 + len(tables)
+    assert all(t.schema == errors_schema(KEEP) for t in tables)  # tables, never a dict per row
+    errors = [row for t in tables for row in t.to_pylist()]
     assert kept.schema.names == ["image_id", "uri", "category"]  # the manifest position is not carried on
     assert sorted(kept.to_pylist(), key=lambda r: r["image_id"]) == [
         {"image_id": "x", "uri": "/a-x.jpg", "category": "first"},
@@ -169,7 +172,7 @@ def test_the_first_row_of_each_id_in_manifest_order_is_kept_and_the_others_are_e
             "error_type": "DuplicateImageId",
             "category": "second",
             "error_message": "/m/a.csv:9: image_id 'x' (uri /a-x-second.jpg) is already used at "
-            "/m/a.csv:3; only that row is scored",
+            "/m/a.csv:3; only the first row of an image_id is scored",
         },
         {
             "image_id": "x",
@@ -178,7 +181,7 @@ def test_the_first_row_of_each_id_in_manifest_order_is_kept_and_the_others_are_e
             "error_type": "DuplicateImageId",
             "category": "late",
             "error_message": "/m/b.jsonl:byte 40: image_id 'x' (uri /b-x.jpg) is already used at "
-            "/m/a.csv:3; only that row is scored",
+            "/m/a.csv:3; only the first row of an image_id is scored",
         },
     ]
     assert TALLY.snapshot()["manifest_errors"] == len(errors)  # counted, for the progress line
@@ -189,3 +192,28 @@ def test_a_bucket_of_distinct_ids_is_passed_on_whole():
     [kept] = keep_first_of_each_id((0, pieces), FILES, KEEP)
     assert sorted(kept.column("image_id").to_pylist()) == ["a", "b", "c"]
     assert kept.num_rows == 3
+
+
+def test_a_piece_sends_on_one_row_per_id_however_many_rows_share_it():
+    """The rows of one image_id (a manifest without ids, one uri on many rows) are cut down
+    where a bundle splits them into pieces: one row goes on, the others are error tables at
+    once, never a Python object per row held for its key."""
+    from aisthetics_transforms.dedupe import ERROR_ROWS_PER_TABLE, SplitById
+
+    Tagged = TaggedOutput
+
+    rows = [("/p.jpg", "/p.jpg", "c", line) for line in range(1, 120_001)]
+    split = SplitById(FILES, KEEP)
+    split.start_bundle()
+    outputs = list(split.process(buckets.unpack(refs_piece(0, *rows)), 7))
+    outputs += [o.value if not isinstance(o, Tagged) else Tagged(o.tag, o.value.value) for o in split.finish_bundle()]
+    pieces = [o for o in outputs if not isinstance(o, Tagged)]
+    errors = [o.value for o in outputs if isinstance(o, Tagged)]
+    sent = [buckets.unpack(packed) for _, packed in pieces]
+    assert sum(t.num_rows for t in sent) == len(pieces)  # one row a piece
+    assert sum(t.num_rows for t in errors) == 120_000 - len(pieces)
+    assert all(t.num_rows <= ERROR_ROWS_PER_TABLE for t in errors)
+    # the final dedupe keeps the first of them, line 1
+    [kept, *final_errors] = keep_first_of_each_id((0, [buckets.pack(t) for t in sent]), FILES, KEEP)
+    assert kept.to_pylist() == [{"image_id": "/p.jpg", "uri": "/p.jpg", "category": "c"}]
+    assert sum(e.value.num_rows for e in final_errors) == len(pieces) - 1

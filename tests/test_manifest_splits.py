@@ -201,12 +201,12 @@ def test_pipeline_reads_a_parquet_and_a_jsonl_in_several_pieces_as_in_one(tmp_pa
                 (
                     "/j/second.jpg",
                     f"{files[1].path}:byte {second_at}: image_id 'twice' (uri /j/second.jpg) is already used at "
-                    f"{files[1].path}:byte {first_at}; only that row is scored",
+                    f"{files[1].path}:byte {first_at}; only the first row of an image_id is scored",
                 ),
                 (
                     "/j/from-parquet.jpg",
                     f"{files[1].path}:byte {third_at}: image_id 'id37' (uri /j/from-parquet.jpg) is already used at "
-                    f"{files[0].path}:38; only that row is scored",
+                    f"{files[0].path}:38; only the first row of an image_id is scored",
                 ),
             ]
         ),
