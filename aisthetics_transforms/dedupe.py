@@ -1,24 +1,20 @@
-"""Dedupe stage: every image_id once, every uri fetched once, every content scored once.
+"""Dedupe stage, rows: every image_id once, and each row bucket's distinct uris.
 
 Rows never ride inside an image's element. They wait in row buckets (Arrow tables hashed
 by image_id, see ``buckets``) until the join stage; what travels per image is small:
 
     refs tables   --UniqueImageIds-->  row buckets (b, rows) + uri requests (uri, b)
     uri requests  --plan_uris.PlanFetches-->  one UriTask (or outcome) per uri
-    claims (content_sha256, ContentClaim)  --DedupeContent-->  one ContentTask per content
-    content results + claims  --ResultsToUris-->  (row buckets, UriOutcome) per uri
+    claims  --contents.DedupeContent-->  one ContentTask per content
+    content results + claims  --contents.ResultsToUris-->  (row buckets, UriOutcome) per uri
 
-A uri named by millions of rows is one UriTask listing the row buckets that hold those
-rows (at most the bucket count), and its outcome goes back to each of them: no element
-grows with the popularity of a uri. Between DedupeContent and decode a shuffle spreads
-the image work over every worker (on Dataflow, dynamic work rebalancing can split it
-there). UriOutcomes travel in lists of up to URIS_PER_ELEMENT (a few KB): per-element
-overhead, not the uris, would otherwise be most of what a night without changes costs.
+However many rows share an image_id, a bucket receives at most one of them per piece a
+bundle sends (:class:`SplitById`); the others are error tables at once. A uri named by
+millions of rows is one request per row bucket that holds its rows.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 
 import apache_beam as beam
@@ -29,28 +25,18 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from aisthetics_transforms import buckets
-from aisthetics_transforms.bundles import batched, in_global_window
-from aisthetics_transforms.fetch import is_local_file
+from aisthetics_transforms.bundles import in_global_window
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import (
     ERRORS,
-    URIS_PER_ELEMENT,
-    ContentClaim,
-    ContentResult,
-    ContentTask,
-    Failure,
-    UriOutcome,
     errors_schema,
     previous_scores,
 )
 
 ROWS = "rows"  # (row bucket, packed rows): one row per image_id
 URIS = "uris"  # tables of (uri, bucket): the distinct uris of each row bucket
-REUSED = "reused"  # ContentResults an earlier night scored
-READABLE_COPIES = 3  # uris a content can be read again from, should one have changed meanwhile
 ERROR_ROWS_PER_TABLE = 50_000  # DuplicateImageId rows per errors table (one Parquet row group)
 _DUPLICATES = Metrics.counter("aisthetics", "manifest_errors")
-_CONTENTS_PLANNED = Metrics.counter("aisthetics", "contents_planned")
 
 
 class SplitByBucket(beam.DoFn):
@@ -263,113 +249,3 @@ def earlier_scores(pieces, key: str, wanted: pa.Array) -> dict:
         return {}
     hits = buckets.first_per_key(previous.filter(pc.is_in(previous.column(key), value_set=wanted)), key)
     return dict(zip(hits.column(key).to_pylist(), previous_scores(hits)))
-
-
-def _cheapest_first(claim: ContentClaim) -> tuple:
-    """Local files first (reading one again costs a page-cache hit, not a request), then by uri."""
-    return not is_local_file(claim.uri), claim.uri
-
-
-class FirstClaims(beam.CombineFn):
-    """At most READABLE_COPIES claims of one content, local files first, then the
-    smallest uris: enough to read the content again, bounded however many uris share it
-    (combined before the shuffle, so a content under many uris is not a hot key)."""
-
-    def create_accumulator(self):
-        return ()
-
-    def add_input(self, accumulator, claim):
-        return self.merge_accumulators([accumulator, (claim,)])
-
-    def merge_accumulators(self, accumulators):
-        return tuple(sorted(itertools.chain.from_iterable(accumulators), key=_cheapest_first)[:READABLE_COPIES])
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
-def content_task(content_sha256: str, claims: tuple) -> ContentTask:
-    """The task to score one content, counted as planned."""
-    inc(_CONTENTS_PLANNED)
-    return ContentTask(content_sha256, tuple((claim.uri, claim.pin) for claim in claims))
-
-
-def reuse_or_score(element):
-    """(content bucket, {"wanted": (content_sha256, readable copies) of each content fetched
-    tonight, "previous": pieces of an earlier night's rows}) -> per wanted content, the
-    earlier night's score (``REUSED``) or a task to score it."""
-    _, sides = element
-    wanted = dict(sides["wanted"])
-    if not wanted:
-        return
-    scored = earlier_scores(sides["previous"], "content_sha256", pa.array(list(wanted), pa.string()))
-    for sha, copies in wanted.items():
-        if sha in scored:
-            yield TaggedOutput(REUSED, ContentResult(sha, scored[sha].score, reused=True))
-        else:
-            yield content_task(sha, copies)
-
-
-class DedupeContent(beam.PTransform):
-    """Claims ``(content_sha256, ContentClaim)`` -> ``{"tasks": one ContentTask per distinct
-    content to score, REUSED: ContentResults of contents an earlier night scored}``.
-
-    ``previous`` (an earlier night's rows, one per content, as ``(content bucket, packed)``
-    in as many buckets as the singleton ``join_buckets`` says) meets tonight's contents in
-    those buckets, so its rows never become one element each, and only the contents fetched
-    tonight are looked up."""
-
-    def __init__(self, previous=None, join_buckets=None):
-        super().__init__()
-        self.previous = previous
-        self.join_buckets = join_buckets
-
-    def expand(self, claims):
-        copies = claims | "ReadableCopies" >> beam.CombinePerKey(FirstClaims())
-        if self.previous is None:
-            return {"tasks": copies | "ToScore" >> beam.MapTuple(content_task)}
-        wanted = copies | "ByContent" >> beam.Map(
-            lambda content, n: (buckets.bucket_of(content[0], n), content), AsSingleton(self.join_buckets)
-        )
-        decided = (
-            {"wanted": wanted, "previous": self.previous}
-            | "JoinPreviousOnContent" >> beam.CoGroupByKey()
-            | "ReuseOrScore" >> beam.FlatMap(reuse_or_score).with_outputs(REUSED, main="tasks")
-        )
-        return {"tasks": decided.tasks, REUSED: decided[REUSED]}
-
-
-def failure_for(failure: Failure | None, uri: str) -> Failure | None:
-    """A content's failure as the rows of ``uri`` see it: messages name the uri that was
-    read; another uri with the same bytes says so."""
-    if failure is None or failure.message.startswith(uri):
-        return failure
-    return failure._replace(message=f"{uri}: same content as {failure.message}")
-
-
-def outcomes_of_content(element):
-    """(content_sha256, {"claims": [...], "results": [one ContentResult]}) -> lists of
-    (row buckets, UriOutcome), one for every uri with that content."""
-    sha, sides = element
-    results = list(sides["results"])
-    if len(results) != 1:  # a wiring bug, never bad input: fail loudly rather than lose rows
-        raise RuntimeError(f"content {sha} has {len(results)} results, expected 1")
-    [result] = results
-
-    def outcome(claim: ContentClaim) -> UriOutcome:
-        failure = failure_for(result.failure, claim.uri)
-        return UriOutcome(claim.uri, sha, claim.source_version, result.score, result.reused, failure)
-
-    yield from batched(((claim.buckets, outcome(claim)) for claim in sides["claims"]), URIS_PER_ELEMENT)
-
-
-class ResultsToUris(beam.PTransform):
-    """``{"claims": (sha, ContentClaim), "results": ContentResult}`` -> lists of (row buckets, UriOutcome)."""
-
-    def expand(self, inputs):
-        results = inputs["results"] | "ByContent" >> beam.Map(lambda r: (r.content_sha256, r))
-        return (
-            {"claims": inputs["claims"], "results": results}
-            | "JoinResultsOnContent" >> beam.CoGroupByKey()
-            | "ToUris" >> beam.FlatMap(outcomes_of_content)
-        )

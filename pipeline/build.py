@@ -9,8 +9,9 @@ import apache_beam as beam
 
 from aisthetics_transforms import dedupe
 from aisthetics_transforms.buckets import bucket_count
+from aisthetics_transforms.contents import REUSED, DedupeContent, ResultsToUris
 from aisthetics_transforms.decode import FAILED, DecodeImages
-from aisthetics_transforms.dedupe import DedupeContent, ResultsToUris, UniqueImageIds
+from aisthetics_transforms.dedupe import UniqueImageIds
 from aisthetics_transforms.fetch.transform import FetchImages
 from aisthetics_transforms.incremental import ReadPreviousNight
 from aisthetics_transforms.join import JoinRows
@@ -61,13 +62,13 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
     results = [scored.results, decoded[FAILED]]
     stats = [planned[STATS], fetched[STATS], decoded[STATS], scored[STATS]]
     if previous:
-        results.append(contents[dedupe.REUSED])
+        results.append(contents[REUSED])
         stats.append(earlier[STATS])
     results = results | "Results" >> beam.Flatten()
     outcomes = [
         planned[OUTCOMES],
         fetched[OUTCOMES],
-        {"claims": fetched.claims, "results": results} | "ResultsToUris" >> ResultsToUris(),
+        {"claims": fetched.claims, "results": results} | "ResultsToUris" >> ResultsToUris(contents["hot"]),
     ] | "Outcomes" >> beam.Flatten()
     joined = {"rows": rows[dedupe.ROWS], "outcomes": outcomes} | "JoinRows" >> JoinRows(keep)
     errors = [manifest[ERRORS], rows[ERRORS], joined[ERRORS]] | "Errors" >> beam.Flatten()

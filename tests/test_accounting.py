@@ -146,3 +146,18 @@ def test_an_unreadable_file_of_the_earlier_night_only_means_scoring_again(catalo
     assert summary["previous_files_unreadable"] == 1
     assert summary["scored"] > 0  # what the unreadable file held is scored again
     assert summary["scored"] + summary["deduplicated"] + summary["reused"] == len(scores)
+
+
+def test_a_content_cut_into_parts_for_its_uris_still_reaches_every_row_once(catalog, tmp_path, monkeypatch):
+    """The join back to the uris cuts a content claimed by more than CLAIMS_PER_ELEMENT uris
+    into parts (contents.ResultsToUris); here one claim a part, so the content under three
+    uris (a file, its copy, the same photo over http) is joined in three parts."""
+    from aisthetics_transforms import contents
+
+    monkeypatch.setattr(contents, "CLAIMS_PER_ELEMENT", 1)  # the in-memory runner runs here
+    output = tmp_path / "out"
+    summary = run_night(catalog, output, NIGHTS[0])
+    scores, _ = check_every_row_once(catalog, output, NIGHTS[0], summary)
+    same = {r["image_id"]: r for r in scores if r["image_id"] in ("photo-0-1", "copy", "http-first")}
+    assert len(same) == 3 and len({(r["mean_score"], r["content_sha256"]) for r in same.values()}) == 1
+    assert summary["scored"] == len(catalog["photos"])

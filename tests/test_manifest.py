@@ -351,12 +351,14 @@ def test_duplicate_image_ids_keep_the_first_row_in_manifest_order(tmp_path):
                     (
                         "/3.jpg",
                         "DuplicateImageId",
-                        f"{second}:2: image_id 'x' (uri /3.jpg) is already used at {first}:2; only the first row of an image_id is scored",
+                        f"{second}:2: image_id 'x' (uri /3.jpg) is already used at {first}:2; "
+                        "only the first row of an image_id is scored",
                     ),
                     (
                         "/4.jpg",
                         "DuplicateImageId",
-                        f"{second}:3: image_id 'x' (uri /4.jpg) is already used at {first}:2; only the first row of an image_id is scored",
+                        f"{second}:3: image_id 'x' (uri /4.jpg) is already used at {first}:2; "
+                        "only the first row of an image_id is scored",
                     ),
                 ]
             ),

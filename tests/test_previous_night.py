@@ -13,7 +13,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from aisthetics_transforms import buckets, layout
 from aisthetics_transforms.buckets import first_per_key
-from aisthetics_transforms.dedupe import REUSED, reuse_or_score
+from aisthetics_transforms.contents import REUSED, reuse_or_score
 from aisthetics_transforms.incremental import (
     PREVIOUS_COLUMNS,
     PreviousNight,
@@ -125,7 +125,7 @@ def test_a_content_fetched_tonight_is_reused_when_an_earlier_night_scored_it_els
         ),
         buckets.pack(pa.Table.from_pylist([earlier("/3.jpg", sha_a, mean=6.0)], schema=scores_schema())),
     ]
-    copies = (ContentClaim("/1.jpg", None, None, (0,)), ContentClaim("http://h/1.jpg", None, None, (1,)))
+    copies = (2, (ContentClaim("/1.jpg", None, None, (0,)), ContentClaim("http://h/1.jpg", None, None, (1,))))
     out = list(reuse_or_score((2, {"wanted": [(sha_a, copies), (sha_b, copies)], "previous": pieces})))
     reused = [o.value for o in out if isinstance(o, TaggedOutput)]
     assert all(o.tag == REUSED for o in out if isinstance(o, TaggedOutput))
