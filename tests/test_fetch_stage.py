@@ -298,3 +298,55 @@ def test_many_uris_of_a_dead_host_cost_one_deadline_and_are_counted_as_one_host_
     assert all(host in o.failure.message for _, o in outcomes if o.failure.error_type == "HostUnavailable")
     assert sum(counts.get("hosts_tripped", 0) for counts in stats) == 1
     assert took < 1.5 * deadline + 2, took  # 120 x 2 s / 4 connections = 60 s without the breaker
+
+
+class _Endless(ThreadingHTTPServer):
+    """Answers every GET with 12 MiB and no Content-Length (ended by closing the connection)."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _EndlessHandler)
+
+
+class _EndlessHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(48):
+                self.wfile.write(b"x" * 2**18)
+        except OSError:
+            pass
+
+
+def test_a_body_refused_part_way_frees_its_buffer_at_once():
+    """Bodies that end TooLarge leave nothing behind, even with the garbage collector off:
+    what the fetch stage keeps of each (its Examined) holds no frame of the read."""
+    import gc
+    import tracemalloc
+
+    from aisthetics_transforms.fetch.transform import examine_uri
+
+    server = _Endless()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    limits = FetchLimits(allow_private_hosts=True, max_bytes=8 * 2**20, deadline=20)
+    kept = []
+    gc.disable()
+    tracemalloc.start()
+    try:
+        for i in range(6):
+            kept.append(examine_uri(UriTask(f"http://127.0.0.1:{server.server_address[1]}/{i}", (0,)), limits))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+        server.shutdown()
+        server.server_close()
+    assert [found.failure.error_type for found in kept] == ["TooLarge"] * 6
+    assert held < 2**20, f"{held / 2**20:.1f} MiB still held after 6 bodies refused at 8 MiB"

@@ -11,8 +11,8 @@ from urllib.parse import unquote, urlsplit
 
 from aisthetics_transforms.fetch.guards import (
     BYTES_IN_FLIGHT,
+    body_buffer,
     buffer_bytes,
-    presized_buffer,
     refuse_path,
 )
 from aisthetics_transforms.fetch.limits import (
@@ -111,19 +111,19 @@ def _opened_path(fd: int, path: str) -> str:
 
 def _read_file(f: BinaryIO, uri: str, limits: FetchLimits, deadline: Deadline, size: int) -> bytes:
     # Ask for one byte more than the stat said: that notices a file that grew since.
-    buffer = presized_buffer(size)
-    total = 0
-    while total <= size:
-        if deadline.expired():
-            raise deadline.exceeded(uri, f"after reading {total} bytes")
-        chunk = f.read(min(_CHUNK, size + 1 - total))
-        if not chunk:
-            break
-        total += len(chunk)
-        if total > size:
-            raise FetchError("ChangedDuringRun", f"{uri} grew past its size of {size} bytes while it was read")
-        buffer.write(chunk)
-    return buffer_bytes(buffer)
+    with body_buffer(size) as buffer:
+        total = 0
+        while total <= size:
+            if deadline.expired():
+                raise deadline.exceeded(uri, f"after reading {total} bytes")
+            chunk = f.read(min(_CHUNK, size + 1 - total))
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > size:
+                raise FetchError("ChangedDuringRun", f"{uri} grew past its size of {size} bytes while it was read")
+            buffer.write(chunk)
+        return buffer_bytes(buffer)
 
 
 def _os_error(uri: str, exc: OSError) -> FetchError:

@@ -12,6 +12,7 @@ left of it, and its sockets are registered with the fetch watchdog.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from typing import NamedTuple, Optional
@@ -19,8 +20,8 @@ from typing import NamedTuple, Optional
 from aisthetics_transforms.fetch.connections import GuardedAdapter, watched
 from aisthetics_transforms.fetch.guards import (
     BYTES_IN_FLIGHT,
+    body_buffer,
     buffer_bytes,
-    presized_buffer,
 )
 from aisthetics_transforms.fetch.limits import (
     Deadline,
@@ -144,8 +145,8 @@ def _metadata(uri: str, limits: FetchLimits, deadline: Deadline) -> GcsObject:
 class _CappedWriter:
     """The file object a download writes to: refuses more than ``max_bytes``."""
 
-    def __init__(self, size: int, uri: str, limits: FetchLimits):
-        self.buffer = presized_buffer(size)
+    def __init__(self, buffer: io.BytesIO, uri: str, limits: FetchLimits):
+        self.buffer = buffer
         self.written = 0
         self._uri, self._limits = uri, limits
 
@@ -161,8 +162,8 @@ class _CappedWriter:
 
 def _download(uri, bucket, name, generation, size: int, limits, deadline, pinned: bool) -> bytes:
     """The bytes of that generation, which the metadata (or the pin) said are ``size`` long."""
-    with BYTES_IN_FLIGHT.reserve(size, limits.max_bytes_in_flight, deadline, uri):
-        writer = _CappedWriter(size, uri, limits)
+    with BYTES_IN_FLIGHT.reserve(size, limits.max_bytes_in_flight, deadline, uri), body_buffer(size) as buffer:
+        writer = _CappedWriter(buffer, uri, limits)
         try:
             client = storage_client()
             blob = client.bucket(bucket).blob(name, generation=int(generation))

@@ -197,14 +197,22 @@ class ByteBudget:
                 self._changed.notify_all()
 
 
-def presized_buffer(size: Optional[int]) -> io.BytesIO:
-    """A BytesIO already ``size`` bytes long, positioned at 0, for :func:`buffer_bytes`."""
+@contextmanager
+def body_buffer(size: Optional[int]) -> Iterator[io.BytesIO]:
+    """A BytesIO already ``size`` bytes long (when known), positioned at 0, for
+    :func:`buffer_bytes`. A read that fails closes it, which frees its memory at once,
+    whatever still refers to it: the traceback of a stored error keeps every frame of the
+    read alive until the garbage collector finds the cycle, and with them the buffer."""
     buffer = io.BytesIO()
     if size:
         buffer.seek(size - 1)
         buffer.write(b"\0")
         buffer.seek(0)
-    return buffer
+    try:
+        yield buffer
+    except BaseException:
+        buffer.close()
+        raise
 
 
 def buffer_bytes(buffer: io.BytesIO) -> bytes:

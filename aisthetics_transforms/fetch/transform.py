@@ -84,7 +84,9 @@ def examine_uri(task: UriTask, limits: FetchLimits = DEFAULT_LIMITS, session=Non
     try:
         fetched = fetch_image(task.uri, limits, session, known=known)
     except FetchError as err:
-        return Examined(False, version_checked=checked, version_check_failed=failed, failure=err)
+        # without its traceback: the frames of the failed read (its buffer among them) go now
+        failure = err.with_traceback(None)
+        return Examined(False, version_checked=checked, version_check_failed=failed, failure=failure)
     sha = hashlib.sha256(fetched.data).hexdigest()
     return Examined(False, sha, fetched.version, fetched.pin, checked, failed)
 
