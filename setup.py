@@ -45,6 +45,8 @@ setup(
             "aisthetics[report,sample]",
             "pytest>=9,<10",
             "gcp-storage-emulator==2026.7.19",
+            # Property-based fuzzing of what servers send (tests/test_fetch_headers.py).
+            "hypothesis>=6.170,<7",
             # Drives headless Chromium over the DevTools protocol (tests/headless_chromium.py).
             "websockets>=13,<18",
             # The checks .ci/run makes before the tests (configured in pyproject.toml).

@@ -198,11 +198,12 @@ def _send(session, method: str, url: str, where: str, limits: FetchLimits, deadl
         if deadline.expired():
             raise deadline.exceeded(where, "during the TLS handshake") from None
         raise FetchError("TlsError", f"TLS failed for {where}: {_root_cause(exc)}") from None
+    except requests.exceptions.InvalidHeader as exc:  # the request's are ours and checked: the answer's
+        raise FetchError("InvalidResponse", f"malformed response from {where}: {exc}") from None
     except (
         requests.exceptions.InvalidURL,
         requests.exceptions.MissingSchema,
         requests.exceptions.InvalidSchema,
-        requests.exceptions.InvalidHeader,
         LocationParseError,
         ValueError,
     ) as exc:

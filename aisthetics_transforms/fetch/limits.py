@@ -42,6 +42,7 @@ FETCH_ERROR_TYPES: tuple[str, ...] = (
     "HostUnavailable",  # the host's breaker is open: its last requests got no answer (fetch.hosts)
     "TlsError",  # certificate or handshake failure
     "HttpError",  # any other HTTP status (5xx after the retries, 400...)
+    "InvalidResponse",  # a response whose headers cannot be read as one answer (the message names it)
     "RedirectRefused",  # a redirect to a scheme other than http(s)
     "TooManyRedirects",  # more than max_redirects hops
     "ChangedDuringRun",  # the bytes or the pinned generation went away between two reads
