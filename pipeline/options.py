@@ -9,26 +9,30 @@ and every problem :meth:`AistheticsOptions.validate_inputs` finds; so nothing ru
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
-import os
-import re
 import sys
 import textwrap
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from typing import Sequence, TypeVar
 
 # Beam's parser class knows add_value_provider_argument, which Beam's own option classes use.
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, _BeamArgumentParser
 
-from aisthetics_transforms import records
 from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS, FetchLimits
 from aisthetics_transforms.manifest import FORMATS
 from aisthetics_transforms.model import ENGINES
 from aisthetics_transforms.preprocess import DecodeLimits
 from aisthetics_transforms.score import ModelSpec
+from pipeline.checks import (
+    INTERNAL_COLUMNS,
+    PROG,
+    keep_column_problems,
+    misspelt_option_problems,
+    output_problems,
+    remote_runner_problems,
+    run_date_problems,
+)
 
-PROG = "python -m pipeline"
 EXIT_STATUS_HELP = (
     "Exit status: 0 the night was written; 2 a usage or input mistake (an option, the manifest, the weights, "
     "--output), told in one line before anything is written; 130 interrupted (nothing is published); "
@@ -39,9 +43,6 @@ BEAM_OPTIONS_HELP = (
     "--direct_running_mode, --direct_num_workers, ...): see Beam's PipelineOptions documentation."
 )
 
-RUN_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
-# Columns of the tables in flight: a kept column of the same name would overwrite one of them.
-INTERNAL_COLUMNS = frozenset(records.refs_schema().names)
 # Least value of each numeric option (the help says what 0 means where it is allowed).
 AT_LEAST = {
     "host_breaker_failures": 0,
@@ -56,8 +57,6 @@ AT_LEAST = {
     "max_bytes_in_flight": 1,
 }
 POSITIVE_SECONDS = ("http_timeout", "http_deadline", "host_breaker_cooldown")
-# An unknown option this similar to a known one is taken for a misspelling of it.
-SIMILAR = 0.8
 
 
 OptionsView = TypeVar("OptionsView", bound=PipelineOptions)
@@ -277,6 +276,8 @@ class AistheticsOptions(PipelineOptions):
                 problems.append(f"--{name} must name a manifest column, got an empty name")
         problems += keep_column_problems(self.keep_column_list)
         problems += self._version_problems()
+        paths = {"--manifest": self.manifest, "--images": self.images, "--output": self.output}
+        problems += remote_runner_problems(self, {**paths, "--weights": self.weights})
         return problems
 
     def _version_problems(self) -> list[str]:
@@ -354,55 +355,6 @@ class AistheticsOptions(PipelineOptions):
         return ModelSpec(self.engine, self.weights, self.batch_size, self.inference_threads)
 
 
-def run_date_problems(run_date: str) -> list[str]:
-    """``run_date`` must be a real date written YYYY-MM-DD with zero padding: the partition
-    directory's name is compared as text, and DuckDB reads dt=2026-1-5 as 2026-01-05."""
-    if RUN_DATE_PATTERN.fullmatch(run_date or ""):
-        try:
-            date.fromisoformat(run_date)
-            return []
-        except ValueError:
-            pass
-    return [f"--run_date must be YYYY-MM-DD, got {run_date!r}; give a real date, zero-padded (e.g. 2026-01-05)"]
-
-
-def keep_column_problems(keep: Sequence[str]) -> list[str]:
-    """Kept columns become table columns: none may be named twice or take a name the tables
-    (or the partition key dt) already use. Names are compared ignoring case, as DuckDB does."""
-    problems = []
-    reserved = {name.lower(): name for name in records.reserved_columns() | INTERNAL_COLUMNS}
-    seen: dict[str, str] = {}
-    for name in keep:
-        key = name.lower()
-        if key in reserved:
-            problems.append(
-                f"--keep_columns cannot keep {name!r}: the tables already have a column {reserved[key]!r} "
-                "(names are compared ignoring case, as DuckDB does); rename it in the manifest"
-            )
-        elif key in seen:
-            also = f" (as {seen[key]!r}; names are compared ignoring case)" if seen[key] != name else ""
-            problems.append(f"--keep_columns names {name!r} twice{also}; keep each column once")
-        seen.setdefault(key, name)
-    return problems
-
-
-def output_problems(output: str) -> list[str]:
-    """A local --output must be a directory, or a path where one can be made."""
-    if "://" in output:
-        return []  # gs:// and other stores are checked by writing
-    path = os.path.abspath(output)
-    if os.path.exists(path) and not os.path.isdir(path):
-        return [f"--output {output} is a file; give a directory (it will hold scores/, errors/ and runs/)"]
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        return [f"--output {output} cannot be made: {parent} is a file; give a directory"]
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return [f"--output {output} cannot be written: no permission to write in {parent}"]
-    return []
-
-
 # --- parsing ---------------------------------------------------------------------------------
 
 
@@ -426,37 +378,6 @@ def _all_options_parser() -> _OneLineParser:
 
 def _option_names(parser: argparse.ArgumentParser) -> list[str]:
     return [name for action in parser._actions for name in action.option_strings]  # pylint: disable=protected-access
-
-
-def misspelt_option_problems(unknown: Sequence[str], known: Sequence[str]) -> list[str]:
-    """Unknown arguments that look like a known option misspelt (other spellings of
-    "-" and "_", a typo, a prefix), or stray words; anything else is left to Beam, which
-    passes unknown options on to runners that take them."""
-    problems = []
-    after_unknown_option = False
-    for arg in unknown:
-        if not arg.startswith("-"):
-            if not after_unknown_option:
-                problems.append(f"unexpected argument {arg!r}: options are written --name=value (see {PROG} --help)")
-            after_unknown_option = False
-            continue
-        name, has_value, _ = arg.partition("=")
-        after_unknown_option = not has_value
-        suggestion = _closest_option(name, known)
-        if suggestion:
-            problems.append(f"unknown option {name}; did you mean {suggestion}?")
-    return problems
-
-
-def _closest_option(name: str, known: Sequence[str]) -> str | None:
-    normalized = "--" + name.lstrip("-").replace("-", "_").lower()
-    if normalized in known:
-        return normalized
-    close = difflib.get_close_matches(normalized, known, n=1, cutoff=SIMILAR)
-    if close:
-        return close[0]
-    longer = [option for option in known if option.startswith(normalized)]
-    return longer[0] if len(longer) == 1 and len(normalized) > 4 else None
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -20,16 +20,8 @@ import pytest
 from PIL import Image
 
 import pipeline
-from pipeline.options import (
-    AT_LEAST,
-    AistheticsOptions,
-    OptionsError,
-    help_text,
-    keep_column_problems,
-    misspelt_option_problems,
-    pipeline_options,
-    run_date_problems,
-)
+from pipeline.checks import keep_column_problems, misspelt_option_problems, run_date_problems
+from pipeline.options import AT_LEAST, AistheticsOptions, OptionsError, help_text, pipeline_options
 
 REPO = Path(__file__).resolve().parents[1]
 
