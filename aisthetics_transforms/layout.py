@@ -141,7 +141,8 @@ def _gcs():
     return cached[1]
 
 
-def _blob(path: str):
+def gcs_blob(path: str):
+    """The google-cloud-storage blob of a ``gs://`` path (for preconditions: night_claim)."""
     bucket, _, name = path[len("gs://") :].partition("/")
     return _gcs().client.bucket(bucket).blob(name)
 
@@ -195,7 +196,7 @@ def read_bytes(path: str) -> Optional[bytes]:
         from google.api_core.exceptions import NotFound
 
         try:
-            return _blob(path).download_as_bytes()
+            return gcs_blob(path).download_as_bytes()
         except NotFound:
             return None
     if not _filesystems().exists(path):
@@ -219,7 +220,7 @@ def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-str
         os.chmod(f.name, 0o644)
         os.replace(f.name, path)
     elif path.startswith("gs://"):
-        _blob(path).upload_from_string(data, content_type=mime_type)
+        gcs_blob(path).upload_from_string(data, content_type=mime_type)
     else:
         with _filesystems().create(path, mime_type=mime_type) as f:
             f.write(data)

@@ -11,6 +11,7 @@ late: after retrying credentials for a minute and a half, or in a traceback.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from datetime import date
@@ -37,6 +38,20 @@ SIMILAR = 0.8
 _IMAGE = re.compile(
     r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[\w][\w.-]{0,127})?(@[a-z0-9]+:[0-9a-f]{32,})?"
 )
+# Least value of each numeric option (the help says what 0 means where it is allowed).
+AT_LEAST = {
+    "host_breaker_failures": 0,
+    "batch_size": 1,
+    "inference_threads": 0,
+    "decode_threads": 0,
+    "fetch_threads": 1,
+    "max_image_bytes": 1,
+    "max_pixels": 1,
+    "max_dimension": 1,
+    "max_connections_per_host": 1,
+    "max_bytes_in_flight": 1,
+}
+POSITIVE_SECONDS = ("http_timeout", "http_deadline", "host_breaker_cooldown")
 CREDENTIALS_FIX = (
     "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
 )
@@ -120,6 +135,56 @@ def _closest_option(name: str, known: Sequence[str]) -> str | None:
         return close[0]
     longer = [option for option in known if option.startswith(normalized)]
     return longer[0] if len(longer) == 1 and len(normalized) > 4 else None
+
+
+def version_problems(opts) -> list[str]:
+    """--version_column and --verify_declared_fraction."""
+    problems = []
+    if opts.version_column is not None:
+        if not opts.version_column.strip():
+            problems.append("--version_column must name a manifest column, got an empty name")
+        elif opts.version_column in INTERNAL_COLUMNS:
+            problems.append(f"--version_column cannot be {opts.version_column!r}; rename it in the manifest")
+        if opts.images:
+            problems.append("--version_column needs a --manifest (an --images glob has no columns)")
+    fraction = opts.verify_declared_fraction
+    if not (math.isfinite(fraction) and 0 <= fraction <= 1):
+        problems.append(f"--verify_declared_fraction must be between 0 and 1, got {fraction}")
+    return problems
+
+
+def number_problems(opts) -> list[str]:
+    """Every number in its range, every time a positive number of seconds."""
+    problems = []
+    for name, least in AT_LEAST.items():
+        value = getattr(opts, name)
+        if value < least:
+            problems.append(f"--{name} must be at least {least}, got {value}")
+    for name in POSITIVE_SECONDS:
+        value = getattr(opts, name)
+        if not (math.isfinite(value) and value > 0):
+            problems.append(f"--{name} must be a number of seconds above 0, got {value}")
+    rate = opts.max_requests_per_second_per_host
+    if not (math.isfinite(rate) and rate >= 0):
+        problems.append(f"--max_requests_per_second_per_host must be 0 (no limit) or more, got {rate}")
+    if not all(" " <= c <= "~" for c in opts.user_agent_text):
+        problems.append(f"--user_agent must be printable ASCII (it is an HTTP header), got {opts.user_agent_text!r}")
+    if not (math.isfinite(opts.staging_ttl_hours) and opts.staging_ttl_hours > 0):
+        problems.append(f"--staging_ttl_hours must be more than 0, got {opts.staging_ttl_hours}")
+    if not (math.isfinite(opts.night_claim_hours) and opts.night_claim_hours > 0):
+        problems.append(f"--night_claim_hours must be more than 0, got {opts.night_claim_hours}")
+    if not (math.isfinite(opts.publish_lock_ttl_seconds) and opts.publish_lock_ttl_seconds >= 1):
+        problems.append(f"--publish_lock_ttl_seconds must be at least 1, got {opts.publish_lock_ttl_seconds}")
+    if opts.max_bytes_in_flight < opts.max_image_bytes:
+        problems.append(
+            f"--max_bytes_in_flight must be at least --max_image_bytes ({opts.max_image_bytes}), "
+            f"got {opts.max_bytes_in_flight}"
+        )
+    if not (math.isfinite(opts.progress_seconds) and (opts.progress_seconds >= 0 or opts.progress_seconds == -1)):
+        problems.append(
+            f"--progress_seconds must be 0 or more (0: never), or -1 for the default, got {opts.progress_seconds}"
+        )
+    return problems
 
 
 def is_dataflow(runner: str | None) -> bool:

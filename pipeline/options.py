@@ -9,7 +9,6 @@ and every problem :meth:`AistheticsOptions.validate_inputs` finds; so nothing ru
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import textwrap
 from datetime import datetime, timezone
@@ -24,13 +23,14 @@ from aisthetics_transforms.model import ENGINES
 from aisthetics_transforms.preprocess import DecodeLimits
 from aisthetics_transforms.score import ModelSpec
 from pipeline.checks import (
-    INTERNAL_COLUMNS,
     PROG,
     keep_column_problems,
     misspelt_option_problems,
+    number_problems,
     output_problems,
     remote_runner_problems,
     run_date_problems,
+    version_problems,
 )
 
 EXIT_STATUS_HELP = (
@@ -42,22 +42,6 @@ BEAM_OPTIONS_HELP = (
     "Any Apache Beam pipeline option is accepted as well (--runner, --project, --region, --temp_location, "
     "--direct_running_mode, --direct_num_workers, ...): see Beam's PipelineOptions documentation."
 )
-
-# Least value of each numeric option (the help says what 0 means where it is allowed).
-AT_LEAST = {
-    "host_breaker_failures": 0,
-    "batch_size": 1,
-    "inference_threads": 0,
-    "decode_threads": 0,
-    "fetch_threads": 1,
-    "max_image_bytes": 1,
-    "max_pixels": 1,
-    "max_dimension": 1,
-    "max_connections_per_host": 1,
-    "max_bytes_in_flight": 1,
-}
-POSITIVE_SECONDS = ("http_timeout", "http_deadline", "host_breaker_cooldown")
-
 
 OptionsView = TypeVar("OptionsView", bound=PipelineOptions)
 
@@ -167,11 +151,27 @@ class AistheticsOptions(PipelineOptions):
             help="later runs delete staging left by runs that started longer ago (longer than any run lives)",
         )
         out.add_argument(
+            "--wait_until_finish",
+            nargs="?",
+            const=True,
+            default=True,
+            type=_flag,
+            help="remote runners: wait for the job to end, renewing the date's claim meanwhile "
+            "(=false: submit and leave, as a scheduled Flex Template does)",
+        )
+        out.add_argument(
+            "--night_claim_hours",
+            type=float,
+            default=24.0,
+            help="how long the date's claim of a job left running (--wait_until_finish=false) lasts unless its "
+            "publish releases it first: longer than a night takes",
+        )
+        out.add_argument(
             "--publish_lock_ttl_seconds",
             type=float,
             default=120.0,
-            help="a run holding or awaiting a date's publish lock that shows no sign of life for this long "
-            "is presumed dead, and its claim removed",
+            help="a run holding the date's claim, or holding or awaiting its publish lock, that shows no sign of "
+            "life for this long is presumed dead, and its claim taken over",
         )
 
         model = parser.add_argument_group("model")
@@ -270,58 +270,14 @@ class AistheticsOptions(PipelineOptions):
         else:
             problems += output_problems(self.output)
         problems += run_date_problems(self.run_date)
-        problems += self._number_problems()
+        problems += number_problems(self)
         for name in ("uri_column", "id_column"):
             if not getattr(self, name).strip():
                 problems.append(f"--{name} must name a manifest column, got an empty name")
         problems += keep_column_problems(self.keep_column_list)
-        problems += self._version_problems()
+        problems += version_problems(self)
         paths = {"--manifest": self.manifest, "--images": self.images, "--output": self.output}
         problems += remote_runner_problems(self, {**paths, "--weights": self.weights})
-        return problems
-
-    def _version_problems(self) -> list[str]:
-        problems = []
-        if self.version_column is not None:
-            if not self.version_column.strip():
-                problems.append("--version_column must name a manifest column, got an empty name")
-            elif self.version_column in INTERNAL_COLUMNS:
-                problems.append(f"--version_column cannot be {self.version_column!r}; rename it in the manifest")
-            if self.images:
-                problems.append("--version_column needs a --manifest (an --images glob has no columns)")
-        fraction = self.verify_declared_fraction
-        if not (math.isfinite(fraction) and 0 <= fraction <= 1):
-            problems.append(f"--verify_declared_fraction must be between 0 and 1, got {fraction}")
-        return problems
-
-    def _number_problems(self) -> list[str]:
-        problems = []
-        for name, least in AT_LEAST.items():
-            value = getattr(self, name)
-            if value < least:
-                problems.append(f"--{name} must be at least {least}, got {value}")
-        for name in POSITIVE_SECONDS:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                problems.append(f"--{name} must be a number of seconds above 0, got {value}")
-        rate = self.max_requests_per_second_per_host
-        if not (math.isfinite(rate) and rate >= 0):
-            problems.append(f"--max_requests_per_second_per_host must be 0 (no limit) or more, got {rate}")
-        if not all(" " <= c <= "~" for c in self._user_agent):
-            problems.append(f"--user_agent must be printable ASCII (it is an HTTP header), got {self._user_agent!r}")
-        if not (math.isfinite(self.staging_ttl_hours) and self.staging_ttl_hours > 0):
-            problems.append(f"--staging_ttl_hours must be more than 0, got {self.staging_ttl_hours}")
-        if not (math.isfinite(self.publish_lock_ttl_seconds) and self.publish_lock_ttl_seconds >= 1):
-            problems.append(f"--publish_lock_ttl_seconds must be at least 1, got {self.publish_lock_ttl_seconds}")
-        if self.max_bytes_in_flight < self.max_image_bytes:
-            problems.append(
-                f"--max_bytes_in_flight must be at least --max_image_bytes ({self.max_image_bytes}), "
-                f"got {self.max_bytes_in_flight}"
-            )
-        if not (math.isfinite(self.progress_seconds) and (self.progress_seconds >= 0 or self.progress_seconds == -1)):
-            problems.append(
-                f"--progress_seconds must be 0 or more (0: never), or -1 for the default, got {self.progress_seconds}"
-            )
         return problems
 
     @property
@@ -339,11 +295,11 @@ class AistheticsOptions(PipelineOptions):
             max_requests_per_second_per_host=self.max_requests_per_second_per_host,
             breaker_failures=self.host_breaker_failures,
             breaker_cooldown=self.host_breaker_cooldown,
-            user_agent=self._user_agent.strip(),
+            user_agent=self.user_agent_text.strip(),
         )
 
     @property
-    def _user_agent(self) -> str:
+    def user_agent_text(self) -> str:
         """Beam's own ``--user_agent`` ("describing the pipeline to external services"): the
         image hosts are such services."""
         return self.view_as(SetupOptions).user_agent or ""

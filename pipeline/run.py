@@ -22,6 +22,7 @@ from aisthetics_transforms.manifest import (
     ManifestError,
 )
 from aisthetics_transforms.model import WeightsError, check_model, convert_model
+from aisthetics_transforms.night_claim import DateClaimed, NightClaim
 from aisthetics_transforms.progress import TALLY, Reporter
 from aisthetics_transforms.publish import LockTimes
 from aisthetics_transforms.write import RunInfo
@@ -29,8 +30,9 @@ from pipeline.build import build_pipeline
 from pipeline.options import AistheticsOptions, OptionsError, pipeline_options
 
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
-# Mistakes in what the user gave (options, manifest, weights): one line, exit 2.
-USAGE_ERRORS = (OptionsError, ManifestError, WeightsError)
+# Mistakes in what the user gave (options, manifest, weights), and a date another run is
+# running: one line, exit 2, before anything is written.
+USAGE_ERRORS = (OptionsError, ManifestError, WeightsError, DateClaimed)
 
 
 def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv: list[str]) -> None:
@@ -108,13 +110,29 @@ def run(argv: list[str] | None = None) -> RunOutcome:
     # The stages count into this process's tally: a progress line can follow them only
     # when they run here (the in-memory runner, the local default).
     in_process = local and options.view_as(DirectOptions).direct_running_mode == "in_memory"
+    waits = local or opts.wait_until_finish
+    # One night per date: claimed now, renewed while this process runs or waits for the job;
+    # a job left running holds it for --night_claim_hours, until its publish releases it.
+    claim = NightClaim(
+        info.output,
+        info.run_date,
+        info.run_id,
+        ttl_s=opts.publish_lock_ttl_seconds,
+        hold_s=None if waits else opts.night_claim_hours * 3600,
+    )
+    claim.take()
     TALLY.clear()
     reporter = Reporter(every=opts.progress_seconds if in_process else 0).start()
     try:
+        if waits:
+            claim.keep()
         result = p.run()
-        result.wait_until_finish()
+        if waits:
+            result.wait_until_finish()
     finally:
         reporter.stop()
+        if waits:
+            claim.release()  # the publish released it if the night was published; else it ends here
     if not local:
         return RunOutcome(result, {}, info.output)
     summary = layout.read_summary(info.output, info.run_date)

@@ -18,7 +18,9 @@ proxy's host while it runs). The emulator answers an ``objects.list`` in one res
 no particular order, and ignores ``maxResults``, ``pageToken``, ``startOffset`` and
 ``endOffset``; the proxy pages its answer as GCS does (names in order, at most 1,000 a
 page, or ``maxResults``; a ``nextPageToken`` while more remain; the offsets applied), so
-that the requests counted are the ones GCS would bill.
+that the requests counted are the ones GCS would bill. The emulator also ignores an
+upload's ``ifGenerationMatch``: the proxy answers 412 where the precondition does not hold,
+as GCS does (checked and written under one lock, so two such uploads cannot both pass).
 
 Credentials. With no Google credentials on the machine, Beam's
 ``apache_beam.internal.gcp.auth._Credentials`` calls ``google.auth.default()`` under
@@ -53,8 +55,8 @@ import urllib.request
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, Mapping, NamedTuple
-from urllib.parse import parse_qs, urlsplit
+from typing import Iterator, Mapping, NamedTuple, Optional
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -246,6 +248,31 @@ class CountingProxy(NamedTuple):
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 _LISTING = re.compile(r"^/storage/v1/b/[^/]+/o$")
+_UPLOAD = re.compile(r"^/upload/storage/v1/b/([^/]+)/o$")
+
+
+def _precondition_fails(upstream, method: str, path: str, body: Optional[bytes]) -> bool:
+    """Whether an upload's ``ifGenerationMatch`` does not hold (0: the object must not exist;
+    G: its generation must be G), which GCS answers with 412 and the emulator ignores."""
+    parts = urlsplit(path)
+    wanted = parse_qs(parts.query).get("ifGenerationMatch", [None])[0]
+    found = _UPLOAD.match(parts.path)
+    if method != "POST" or wanted is None or found is None:
+        return False
+    name = parse_qs(parts.query).get("name", [None])[0]
+    if name is None and body:  # a multipart upload names its object in its JSON part
+        meta = re.search(rb'\{.*?"name"\s*:\s*"((?:[^"\\]|\\.)*)".*?\}', body, re.S)
+        name = json.loads(b'"' + meta.group(1) + b'"') if meta else None
+    conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
+    try:
+        conn.request("GET", f"/storage/v1/b/{found.group(1)}/o/{quote(name or '', safe='')}")
+        response = conn.getresponse()
+        current = json.loads(response.read()).get("generation") if response.status == 200 else None
+    finally:
+        conn.close()
+    return (current is not None) if wanted == "0" else current != wanted
+
+
 GCS_PAGE = 1_000  # objects per objects.list response, at most
 
 
@@ -277,6 +304,7 @@ def counting_proxy(target: str) -> Iterator[CountingProxy]:
     emulator's host) and records it: what a GCS client is billed for, counted."""
     upstream = urlsplit(target)
     seen: list = []
+    writes_lock = threading.Lock()
 
     class Forward(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -289,6 +317,15 @@ def counting_proxy(target: str) -> Iterator[CountingProxy]:
             body = self.rfile.read(length) if length else None
             seen.append((self.command, self.path))
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            with writes_lock:  # a precondition's check and the write it guards, as one
+                if _precondition_fails(upstream, self.command, self.path, body):
+                    self.send_response(412, "Precondition Failed")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self._answer(upstream, body, headers)
+
+        def _answer(self, upstream, body, headers):
             conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
             try:
                 conn.request(self.command, self.path, body=body, headers=headers)

@@ -1,5 +1,5 @@
-"""``python -m pipeline`` killed while it republishes a date, and two runs of one date at once:
-a reader always sees the old night or the new one, whole. The output path holds ``dt=...``
+"""``python -m pipeline`` killed while it republishes a date, and two runs of one date started
+together: a reader always sees the old night or the new one, whole. The output path holds ``dt=...``
 itself, which must not confuse --incremental, the publish or the readers."""
 
 from __future__ import annotations
@@ -151,29 +151,32 @@ def test_killed_republishes_leave_a_whole_night_and_a_rerun_publishes_the_new_on
     assert not leftovers, leftovers
 
 
-def test_two_runs_of_one_date_at_once_leave_the_newest_whole(catalog):
+def test_two_runs_of_one_date_started_together_the_second_refuses_at_once(catalog):
+    """One night per date, decided at launch: of two runs started together, the one that
+    claims the date second refuses in one line naming the holder and when its claim expires,
+    before it reads or writes anything; the other publishes a whole night."""
     manifests, output = catalog["manifests"], catalog["root"] / "concurrent" / "out"
     logs = catalog["root"] / "logs-concurrent"
-    procs = {
-        name: start(pipeline_args(manifests[name][0], output, DATE, "--publish_lock_ttl_seconds=30"), logs / name)
-        for name in ("old", "new")
-    }
-    run_ids = {}
-    for name, proc in procs.items():
-        proc.wait(timeout=240)
-        out, err = Path(f"{logs / name}.out").read_text(), Path(f"{logs / name}.err").read_text()
-        if proc.returncode == 0:
-            run_ids[name] = json.loads(out)["run_id"]
-        else:  # the older run, after the newer one published: one line says so
-            assert proc.returncode == 1, err[-3000:]
-            last = err.strip().splitlines()[-1]
-            found = re.match(rf"pipeline: run (\S+) of {DATE} superseded by newer run (\S+) published at ", last)
-            assert found, last
-            run_ids[name] = found.group(1)
+    procs = {name: start(pipeline_args(manifests[name][0], output, DATE), logs / name) for name in ("old", "new")}
+    ended: dict = {}
+    deadline = time.monotonic() + 240
+    while len(ended) < len(procs) and time.monotonic() < deadline:
+        ended.update(
+            {name: time.monotonic() for name, proc in procs.items() if name not in ended and proc.poll() is not None}
+        )
+        time.sleep(0.05)
+    codes = {name: proc.returncode for name, proc in procs.items()}
+    assert sorted(codes.values()) == [0, 2], codes
+    winner = next(name for name, code in codes.items() if code == 0)
+    loser = next(name for name, code in codes.items() if code == 2)
+    lines = Path(f"{logs / loser}.err").read_text().strip().splitlines()
+    claimed = rf"pipeline: {DATE} is being run by run (\S+) \(host .*\) under .*: its claim .* expires at \S+ unless"
+    refused = re.match(claimed, lines[-1])
+    assert refused and len([line for line in lines if line.startswith("pipeline: ")]) == 1, lines[-3:]
+    assert ended[loser] < ended[winner]  # it refused at once, not after a night of its own
     summary = layout.read_summary(str(output), DATE)
-    assert summary["run_id"] == max(run_ids.values())
-    newest = next(name for name, run_id in run_ids.items() if run_id == summary["run_id"])
-    assert whole_night(output, manifests) == newest
+    assert summary["run_id"] == refused.group(1) == json.loads(Path(f"{logs / winner}.out").read_text())["run_id"]
+    assert whole_night(output, manifests) == winner
     visible = [p.name for table in ("scores", "errors") for p in (output / table / f"dt={DATE}").iterdir()]
     assert all(name.startswith(f"{summary['run_id']}-") for name in visible)
-    assert not (output / "_staging").exists() and not (output / "_publish").exists()
+    assert not (output / "_staging").exists() and not (output / "_publish").exists()  # the claim released too

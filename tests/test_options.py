@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 import pipeline
-from pipeline.checks import keep_column_problems, misspelt_option_problems, run_date_problems
-from pipeline.options import AT_LEAST, AistheticsOptions, OptionsError, help_text, pipeline_options
+from pipeline.checks import AT_LEAST, keep_column_problems, misspelt_option_problems, run_date_problems
+from pipeline.options import AistheticsOptions, OptionsError, help_text, pipeline_options
 
 REPO = Path(__file__).resolve().parents[1]
 
