@@ -35,7 +35,8 @@ from pipeline.checks import (
 
 EXIT_STATUS_HELP = (
     "Exit status: 0 the night was written; 2 a usage or input mistake (an option, the manifest, the weights, "
-    "--output), told in one line before anything is written; 130 interrupted (nothing is published); "
+    "--output, what a Dataflow job needs) or a date another run is running, told in one line before anything "
+    "is written; 130 interrupted (nothing is published); "
     "1 anything else (the run failed; the traceback says where)."
 )
 BEAM_OPTIONS_HELP = (
