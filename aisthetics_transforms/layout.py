@@ -205,6 +205,12 @@ def read_bytes(path: str) -> Optional[bytes]:
         return f.read()
 
 
+def exists(path: str) -> bool:
+    if is_local(path):
+        return os.path.exists(path)
+    return gcs_blob(path).exists() if path.startswith("gs://") else _filesystems().exists(path)
+
+
 def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
     """Readers see the old file or the whole new one: a temporary file in the same directory
     renamed over it locally; one object upload (atomic in GCS) remotely."""

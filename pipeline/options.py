@@ -308,8 +308,8 @@ class AistheticsOptions(PipelineOptions):
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(max_pixels=self.max_pixels, max_dimension=self.max_dimension)
 
-    def model_spec(self) -> ModelSpec:
-        return ModelSpec(self.engine, self.weights, self.batch_size, self.inference_threads)
+    def model_spec(self, staged_model: str | None = None) -> ModelSpec:
+        return ModelSpec(self.engine, self.weights, self.batch_size, self.inference_threads, staged_model)
 
 
 # --- parsing ---------------------------------------------------------------------------------

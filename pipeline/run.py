@@ -12,6 +12,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
     DirectOptions,
+    GoogleCloudOptions,
     SetupOptions,
     StandardOptions,
 )
@@ -104,7 +105,11 @@ def run(argv: list[str] | None = None) -> RunOutcome:
         progress.clear()
         print(f"aisthetics: --incremental: {reason}; every image is scored", file=sys.stderr)
     p = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(p, opts, info, previous)
+    staged = None
+    if not local:  # converted (or found) here, staged with the job: no worker converts
+        cloud = options.view_as(GoogleCloudOptions)
+        staged = convert_model(opts.engine, opts.weights, stage_at=cloud.temp_location or cloud.staging_location)
+    build_pipeline(p, opts, info, previous, staged_model=staged)
     if local:  # after the graph's own checks (the manifest): convert once here, workers only load it
         convert_model(opts.engine, opts.weights)
     # The stages count into this process's tally: a progress line can follow them only

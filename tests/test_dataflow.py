@@ -29,6 +29,7 @@ from gcs_emulator import PROJECT, gcs  # noqa: F401  (gcs is a pytest fixture)
 from packaging.specifiers import SpecifierSet
 
 from aisthetics_transforms.model import engine_name, local_weights, model_version
+from aisthetics_transforms.model_cache import cache_dir, litert_file_name
 from aisthetics_transforms.write import scores_schema
 
 pytestmark = pytest.mark.slow  # the real DataflowRunner translating the graph, staging to the emulator
@@ -178,6 +179,12 @@ def check_spec(gcs, job: dict, root: str, source_stage: str) -> None:
     assert pool["workerHarnessContainerImage"].endswith("/" + image), pool["workerHarnessContainerImage"]
     assert [c["containerImage"].rsplit("/", 1)[1] for c in pool["sdkHarnessContainerImages"]] == [image]
     assert job["environment"]["userAgent"] == {"name": f"Apache Beam Python {py} SDK", "version": beam_version}
+
+    # The model: converted by the launcher (or found in its cache) and staged with the job, so
+    # that no worker converts (model_cache).
+    [model] = [n for n in gcs.list_names(f"{root}/temp/aisthetics-models/")]
+    assert model.endswith(litert_file_name(local_weights(None)[1]))
+    assert gcs.download_bytes(model) == (cache_dir() / litert_file_name(local_weights(None)[1])).read_bytes()
 
     options = job["environment"]["sdkPipelineOptions"]["options"]
     assert options["run_date"] == RUN_DATE and options["output"] == gcs.uri(root + "/out")
