@@ -8,6 +8,7 @@ worker process. The ``model_loads`` counter records each real load.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class ModelSpec:
     batch_size: int = 32
     inference_threads: Optional[int] = None  # LiteRT threads per worker process
     staged_model: Optional[str] = None  # the converted model the launcher staged with the job
+    verbose: bool = False  # --verbose: TensorFlow's and LiteRT's own logs, on the workers too
 
 
 def content_results(images: Sequence[DecodedImage], distributions: np.ndarray, model_version: str, scored_at: datetime):
@@ -83,6 +85,8 @@ class ScoreBatches(beam.DoFn):
         spec = self.model
 
         def load():
+            if spec.verbose:  # the option travels with the spec; the environment of the launcher does not
+                os.environ["AISTHETICS_VERBOSE"] = "1"
             return _ProcessModel(load_model(spec.engine, spec.weights, spec.inference_threads, spec.staged_model))
 
         self._process_model = self._shared.acquire(load, tag=(spec.engine, spec.weights, spec.inference_threads))

@@ -25,13 +25,13 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 def interrupted(signum=None, frame=None) -> None:
     """The SIGINT handler of ``python -m pipeline``: one line, exit status 130, at once.
     Not an exception: Beam would catch it inside a DoFn, log its traceback and wrap it.
-    Leaving at any point is safe, as a night is published whole or not at all."""
+    Leaving at any point is safe, as a night is published whole or not at all; a remote job
+    already submitted is not this process, and keeps running: the line says how to stop it."""
     progress.clear()
-    print(
-        "pipeline: interrupted; nothing half-written (a night is published whole or not at all)",
-        file=sys.stderr,
-        flush=True,
-    )
+    launched = sys.modules.get("pipeline.run")
+    jobs = getattr(launched, "SUBMITTED", [])
+    line = jobs[-1].left_running() if jobs else "nothing half-written (a night is published whole or not at all)"
+    print(f"pipeline: interrupted; {line}", file=sys.stderr, flush=True)
     os._exit(EXIT_INTERRUPTED)
 
 

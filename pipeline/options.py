@@ -309,7 +309,9 @@ class AistheticsOptions(PipelineOptions):
         return DecodeLimits(max_pixels=self.max_pixels, max_dimension=self.max_dimension)
 
     def model_spec(self, staged_model: str | None = None) -> ModelSpec:
-        return ModelSpec(self.engine, self.weights, self.batch_size, self.inference_threads, staged_model)
+        return ModelSpec(
+            self.engine, self.weights, self.batch_size, self.inference_threads, staged_model, bool(self.verbose)
+        )
 
 
 # --- parsing ---------------------------------------------------------------------------------

@@ -60,6 +60,31 @@ def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv
         opts.progress_seconds = 5
 
 
+class RemoteJob(NamedTuple):
+    """A job submitted to a remote runner, as Ctrl-C on its launcher must name it."""
+
+    job_id: str
+    project: str
+    region: str
+
+    def left_running(self) -> str:
+        return (
+            f"the Dataflow job {self.job_id} keeps running in {self.project} ({self.region}); stop it with "
+            f"`gcloud dataflow jobs cancel {self.job_id} --project={self.project} --region={self.region}`"
+        )
+
+
+SUBMITTED: list[RemoteJob] = []  # the job this launcher submitted, once it has
+
+
+def submitted_job(result, options) -> RemoteJob | None:
+    job_id = getattr(result, "job_id", None)
+    if not callable(job_id) or not job_id():
+        return None
+    cloud = options.view_as(GoogleCloudOptions)
+    return RemoteJob(job_id(), cloud.project or "?", cloud.region or "?")
+
+
 class RunOutcome(NamedTuple):
     result: object  # the Beam PipelineResult (metrics: result.metrics())
     summary: dict  # runs/dt=DATE/summary.json; empty when the runner did not run it here
@@ -72,8 +97,8 @@ def run(argv: list[str] | None = None) -> RunOutcome:
     argv = list(sys.argv[1:] if argv is None else argv)
     options = pipeline_options(argv)
     opts = options.view_as(AistheticsOptions)
-    if opts.verbose:
-        os.environ["AISTHETICS_VERBOSE"] = "1"  # read by the model loader, in worker processes too
+    if opts.verbose:  # this process's own model load; workers get it with the model's spec
+        os.environ["AISTHETICS_VERBOSE"] = "1"
     options.view_as(SetupOptions).save_main_session = False
     runner = options.view_as(StandardOptions).runner
     local = runner in LOCAL_RUNNERS
@@ -132,6 +157,10 @@ def run(argv: list[str] | None = None) -> RunOutcome:
         if waits:
             claim.keep()
         result = p.run()
+        job = None if local else submitted_job(result, options)
+        if job is not None:
+            SUBMITTED.append(job)
+            print(f"aisthetics: submitted {job.job_id} ({job.project}, {job.region})", file=sys.stderr)
         if waits:
             result.wait_until_finish()
     finally:

@@ -444,3 +444,25 @@ def test_ctrl_c_mid_run_is_one_line_exit_130_and_publishes_nothing(catalog, tmp_
     assert all(line.startswith("aisthetics: ") for line in lines[:-1]) and "Traceback" not in stderr
     assert stdout == "" and stopped_after < 10
     assert not any((output / table).exists() for table in ("scores", "errors", "runs"))
+
+
+def test_ctrl_c_after_a_dataflow_job_was_submitted_says_it_keeps_running_and_how_to_stop_it():
+    code = (
+        "import sys, pipeline\n"
+        "launched = sys.modules['pipeline.run']  # the module: pipeline.run is its run() function\n"
+        "launched.SUBMITTED.append(launched.RemoteJob('2026-12-04_01_02_03-4711', 'acme-catalog', 'europe-west6'))\n"
+        "pipeline.interrupted()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130
+    assert proc.stderr.strip().splitlines() == [
+        "pipeline: interrupted; the Dataflow job 2026-12-04_01_02_03-4711 keeps running in acme-catalog "
+        "(europe-west6); stop it with `gcloud dataflow jobs cancel 2026-12-04_01_02_03-4711 "
+        "--project=acme-catalog --region=europe-west6`"
+    ]
+
+
+def test_verbose_travels_with_the_models_spec_to_the_workers(tmp_path):
+    given = (f"--manifest={tmp_path}/m.csv", f"--output={tmp_path}/out")
+    assert AistheticsOptions([*given, "--verbose"]).view_as(AistheticsOptions).model_spec().verbose is True
+    assert AistheticsOptions(list(given)).view_as(AistheticsOptions).model_spec().verbose is False

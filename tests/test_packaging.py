@@ -32,7 +32,12 @@ def test_flex_template_parameters_are_pipeline_options():
     metadata = json.loads((REPO / "dataflow" / "metadata.json").read_text())
     names = [p["name"] for p in metadata["parameters"]]
     defaults = AistheticsOptions([]).view_as(AistheticsOptions).get_all_options()
-    examples = {"run_date": "2026-11-28", "incremental": "true", "allow_private_hosts": "true"}
+    examples = {
+        "run_date": "2026-11-28",
+        "incremental": "true",
+        "allow_private_hosts": "true",
+        "wait_until_finish": "false",
+    }
 
     def example(name):
         if name in examples:
@@ -47,6 +52,20 @@ def test_flex_template_parameters_are_pipeline_options():
     assert opts.incremental is True and opts.batch_size == 8 and opts.run_date == "2026-11-28"
     required = {p["name"] for p in metadata["parameters"] if not p.get("isOptional")}
     assert required == {"manifest", "output"}
+    assert {"sdk_container_image", "wait_until_finish", "version_column"} <= set(names)
+
+
+def test_the_flex_template_launcher_does_not_wait_unless_asked(monkeypatch):
+    import runpy
+
+    import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "main", seen.append)
+    for argv, wait in ((["--output=gs://b/o"], "--wait_until_finish=false"), (["--wait_until_finish=true"], None)):
+        monkeypatch.setattr(sys, "argv", ["launch.py", *argv])
+        runpy.run_path(str(REPO / "dataflow" / "launch.py"), run_name="__main__")
+        assert (wait in seen[-1]) if wait else seen[-1] == argv
 
 
 @pytest.mark.parametrize("argv, expected", [([], False), (["--incremental"], True), (["--incremental=false"], False)])
