@@ -78,11 +78,15 @@ SUBMITTED: list[RemoteJob] = []  # the job this launcher submitted, once it has
 
 
 def submitted_job(result, options) -> RemoteJob | None:
-    job_id = getattr(result, "job_id", None)
-    if not callable(job_id) or not job_id():
+    """The job ``p.run()`` submitted; None when it made none (a template written, not run)."""
+    try:
+        job_id = result.job_id()
+    except (AttributeError, TypeError):
+        return None
+    if not job_id:
         return None
     cloud = options.view_as(GoogleCloudOptions)
-    return RemoteJob(job_id(), cloud.project or "?", cloud.region or "?")
+    return RemoteJob(job_id, cloud.project or "?", cloud.region or "?")
 
 
 class RunOutcome(NamedTuple):

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import os
 import random
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -302,3 +303,24 @@ def test_a_night_lists_only_after_a_night_that_had_gs_uris():
     night = PreviousNight("2026-11-27", "RUN", "OUT/scores/dt=2026-11-27", [], 10)
     assert night.may_list  # a night from before the count: it may have had some
     assert night._replace(gcs_uris=3).may_list and not night._replace(gcs_uris=0).may_list
+
+
+# --- an --images glob on gs://, listed in parallel ------------------------------------------------
+
+
+@pytest.mark.slow  # the GCS emulator
+def test_a_gs_image_glob_is_listed_in_ranges_that_cover_every_match_once(bucket, proxy):
+    from aisthetics_transforms.manifest.images import RANGE_CUTS, glob_ranges, list_range
+
+    pattern = bucket.uri("listed/*/0001*.jpg")
+    ranges = glob_ranges(pattern)
+    assert len(ranges) == len(RANGE_CUTS) + 1  # one per next character, and the ranges between
+    proxy.requests.clear()
+    listed = [path for r in ranges for table in list_range(r) for path in table.column("uri").to_pylist()]
+    expected = sorted(bucket.uri(name) for name in LISTED if re.fullmatch(r"listed/[abc]/0001\d\.jpg", name))
+    assert sorted(listed) == expected and len(listed) == len(set(listed)) == 30
+    assert "listed/b/00001-thumb.jpg" not in {p.split("/", 3)[3] for p in listed}  # matched as Beam matches
+    # each range asked the store for its own names only (one page each)
+    assert len(listings(proxy)) == len(ranges)
+    local = glob_ranges("/photos/*.jpg")
+    assert [(r.start, r.end) for r in local] == [(None, None)]  # a local glob: one listing

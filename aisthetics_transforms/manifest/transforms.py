@@ -14,7 +14,7 @@ from aisthetics_transforms.manifest.files import (
     literal_file,
     manifest_files,
 )
-from aisthetics_transforms.manifest.images import absolute_pattern, image_glob_tables
+from aisthetics_transforms.manifest.images import absolute_pattern, glob_ranges, list_range
 from aisthetics_transforms.manifest.pieces import (
     check_manifest_file,
     plan_splits,
@@ -109,11 +109,10 @@ class ReadImageGlob(beam.PTransform):
                 raise ManifestError(f"cannot list {self.pattern!r}: {exc}") from exc
         if not found:
             raise ManifestError(f"--images {self.pattern!r} matches no file")
-        tables = (
-            pbegin
-            | "ImagePattern" >> beam.Create([self.pattern])
-            | "ListImages" >> beam.FlatMap(image_glob_tables, self.keep_columns)
-            | "SpreadRows" >> beam.Reshuffle()
-        )
+        ranges = glob_ranges(self.pattern)  # a gs:// glob: listed in parallel, by name range
+        listed = pbegin | "ImagePattern" >> beam.Create(ranges)
+        if len(ranges) > 1:
+            listed = listed | "SpreadRanges" >> beam.Reshuffle()
+        tables = listed | "ListImages" >> beam.FlatMap(list_range, self.keep_columns) | "SpreadRows" >> beam.Reshuffle()
         rows = _route(tables, "SplitErrors")  # paths are unique, so image_ids are
         return {"refs": rows["items"], records.ERRORS: rows[records.ERRORS]}
