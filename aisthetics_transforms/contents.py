@@ -40,6 +40,8 @@ REUSED = "reused"  # ContentResults an earlier night scored
 READABLE_COPIES = 3  # uris a content can be read again from, should one have changed meanwhile
 CLAIMS_PER_ELEMENT = 10_000  # claims of one content an element of the join back to the uris holds, about
 _CONTENTS_PLANNED = Metrics.counter("aisthetics", "contents_planned")
+# How many claims one element of the join back to the uris held: bounded by CLAIMS_PER_ELEMENT.
+_CLAIMS_JOINED = Metrics.distribution("aisthetics", "claims_per_join_element")
 
 
 def _cheapest_first(claim: ContentClaim) -> tuple:
@@ -157,7 +159,11 @@ def outcomes_of_content(element):
         failure = failure_for(result.failure, claim.uri)
         return UriOutcome(claim.uri, sha, claim.source_version, result.score, result.reused, failure)
 
-    yield from batched(((claim.buckets, outcome(claim)) for claim in sides["claims"]), URIS_PER_ELEMENT)
+    claims = 0
+    for listed in batched(((claim.buckets, outcome(claim)) for claim in sides["claims"]), URIS_PER_ELEMENT):
+        claims += len(listed)
+        yield listed
+    _CLAIMS_JOINED.update(claims)
 
 
 def part_of(uri: str, parts: int) -> int:

@@ -16,6 +16,7 @@ millions of rows is one request per row bucket that holds its rows.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
@@ -208,15 +209,18 @@ def uri_requests(rows: pa.Table, bucket: int) -> pa.Table:
 
 
 class UniqueImageIds(beam.PTransform):
-    """Refs tables -> ``{ROWS: (bucket, packed rows), URIS: tables of (uri, bucket), ERRORS:
-    error rows, "row_count": the number of rows read}``. An image_id is a key of the output
+    """Refs tables -> ``{ROWS: (bucket, packed rows), URIS: tables of (uri, bucket), ERRORS and
+    "final": error tables of the rows that repeat an image_id (found in a piece, found in a
+    bucket), "row_count": the number of rows read}``. An image_id is a key of the output
     tables, so a repeated one is an error row (the first in manifest order is kept). The
-    bucket count follows the row count."""
+    bucket count follows ``estimated_rows`` (the manifest's, from its size) when given, else
+    the count of the rows read."""
 
-    def __init__(self, files: list, keep_columns: tuple):
+    def __init__(self, files: list, keep_columns: tuple, estimated_rows: Optional[int] = None):
         super().__init__()
         self.files = files
         self.keep_columns = keep_columns
+        self.estimated_rows = estimated_rows
 
     def expand(self, tables):
         tables = tables | "Position" >> beam.Map(_with_position)
@@ -226,8 +230,14 @@ class UniqueImageIds(beam.PTransform):
             | "RowsOf" >> beam.Map(lambda t: t.num_rows)
             | "CountRows" >> beam.CombineGlobally(sum).without_defaults()
         )
-        n = row_count | "RowBuckets" >> beam.Map(buckets.bucket_count)
-        by_id = tables | "ById" >> beam.ParDo(SplitById(self.files, self.keep_columns), AsSingleton(n)).with_outputs(
+        # With the manifest's estimated size the rows are split as they are read; a count of
+        # them would have to wait for every row, held by a runner that holds what it waits on.
+        n: int | AsSingleton = (
+            buckets.bucket_count(self.estimated_rows)
+            if self.estimated_rows is not None
+            else AsSingleton(row_count | "RowBuckets" >> beam.Map(buckets.bucket_count))
+        )
+        by_id = tables | "ById" >> beam.ParDo(SplitById(self.files, self.keep_columns), n).with_outputs(
             ERRORS, main="pieces"
         )
         kept = (
@@ -236,8 +246,14 @@ class UniqueImageIds(beam.PTransform):
             | "KeepFirst"
             >> beam.FlatMap(keep_first_rows, self.files, self.keep_columns).with_outputs(URIS, ERRORS, main=ROWS)
         )
-        errors = (by_id[ERRORS], kept[ERRORS]) | "Duplicates" >> beam.Flatten()
-        return {ROWS: kept[ROWS], URIS: kept[URIS], ERRORS: errors, "row_count": row_count}
+        # the duplicates found in a piece, and those of a bucket ("final"): each written where made
+        return {
+            ROWS: kept[ROWS],
+            URIS: kept[URIS],
+            ERRORS: by_id[ERRORS],
+            "final": kept[ERRORS],
+            "row_count": row_count,
+        }
 
 
 def earlier_scores(pieces, key: str, wanted: pa.Array) -> dict:

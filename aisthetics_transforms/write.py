@@ -169,11 +169,18 @@ class WriteParquetFiles(beam.DoFn):
         self.held_tables, self.held_dicts, self.held_rows = [], [], 0
 
 
+def error_outputs(tables: dict) -> list[str]:
+    """The keys of the error outputs among WriteTables' inputs: ``errors_NAME``, by name."""
+    return sorted(key for key in tables if key.startswith("errors_"))
+
+
 class WriteTables(beam.PTransform):
-    """``{"scores": tables of score rows, "errors": tables of error rows or error row dicts,
-    "stats": dicts of counts}`` -> the tables of one run date, published together with its
-    summary.json; outputs the summary dict. Each table is written where it is made, not
-    first gathered in one place."""
+    """``{"scores": tables of score rows, "errors_...": each stage's error tables or error row
+    dicts, "stats": dicts of counts}`` -> the tables of one run date, published together
+    with its summary.json; outputs the summary dict. Each table is written where it is made:
+    every stage's errors by a writer of their own, fused with the stage, never first gathered
+    in one place (a runner that holds what passes between stages would hold them all, as many
+    as the rows of the most repeated image_id)."""
 
     def __init__(self, run: RunInfo):
         super().__init__()
@@ -182,13 +189,15 @@ class WriteTables(beam.PTransform):
     def expand(self, tables):
         staged = layout.staging_dir(self.run.output, self.run.run_date, self.run.run_id)
         schemas = {"scores": scores_schema(self.run.keep_columns), "errors": errors_schema(self.run.keep_columns)}
+        writes = [("scores", "WriteScores", tables["scores"])]
+        writes += [("errors", f"Write{key.title().replace('_', '')}", tables[key]) for key in error_outputs(tables)]
         files = [
-            tables[table]
-            | f"Write{table.title()}"
+            rows
+            | label
             >> beam.ParDo(
                 WriteParquetFiles(layout.join(staged, table), f"{self.run.run_id}-{table}", table, schemas[table])
             )
-            for table in ("scores", "errors")
+            for table, label, rows in writes
         ]
         files = files | "Files" >> beam.Flatten()
         # without_defaults: a night with no counts at all sums to {} here, not in an extra stage

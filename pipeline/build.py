@@ -36,7 +36,7 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
         manifest = p | "ReadManifest" >> (read := ReadManifest(spec))
     else:
         manifest = p | "ListImages" >> (read := ReadImageGlob(opts.images, keep))
-    rows = manifest["refs"] | "UniqueImageIds" >> UniqueImageIds(read.files, keep)
+    rows = manifest["refs"] | "UniqueImageIds" >> UniqueImageIds(read.files, keep, read.estimated_rows)
     previous_rows = previous.rows if previous else 0
     # the joins on uri and on content: buckets for the larger of tonight and the earlier night
     join_buckets = rows["row_count"] | "JoinBuckets" >> beam.Map(lambda n: bucket_count(max(n, previous_rows)))
@@ -72,6 +72,8 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
         {"claims": fetched.claims, "results": results} | "ResultsToUris" >> ResultsToUris(contents["hot"]),
     ] | "Outcomes" >> beam.Flatten()
     joined = {"rows": rows[dedupe.ROWS], "outcomes": outcomes} | "JoinRows" >> JoinRows(keep)
-    errors = [manifest[ERRORS], rows[ERRORS], joined[ERRORS]] | "Errors" >> beam.Flatten()
+    # each stage's errors are written where they are made, not gathered first
+    errors = {"errors_manifest": manifest[ERRORS], "errors_ids": rows[ERRORS], "errors_ids_final": rows["final"]}
+    errors["errors_images"] = joined[ERRORS]
     stats = stats | "Stats" >> beam.Flatten()
-    return {"scores": joined.scores, "errors": errors, "stats": stats} | "WriteTables" >> WriteTables(run)
+    return {"scores": joined.scores, **errors, "stats": stats} | "WriteTables" >> WriteTables(run)

@@ -14,7 +14,11 @@ def unique_ids(read: dict, files: list, keep: tuple) -> dict:
     ``{"refs": ImageRefs, ERRORS: every error row, as a dict}`` (duplicates come as tables)."""
     unique = read["refs"] | "UniqueImageIds" >> UniqueImageIds(files, keep)
     refs = unique[ROWS] | "Unpack" >> beam.FlatMap(lambda kv: records.table_refs(buckets.unpack(kv[1]), keep))
-    duplicates = unique[records.ERRORS] | "DuplicateRows" >> beam.FlatMap(lambda table: table.to_pylist())
+    duplicates = (
+        (unique[records.ERRORS], unique["final"])
+        | "Duplicates" >> beam.Flatten()
+        | "DuplicateRows" >> beam.FlatMap(lambda table: table.to_pylist())
+    )
     errors = (read[records.ERRORS], duplicates) | "AllErrors" >> beam.Flatten()
     return {"refs": refs, records.ERRORS: errors}
 

@@ -134,3 +134,30 @@ def open_manifest(path: str):
 def single_file(path: str, fmt: str) -> ManifestFile:
     """``path`` as a manifest of its own, read whole by lines (or Parquet rows)."""
     return ManifestFile(0, path, 0, fmt, "row" if fmt == "parquet" else "line")
+
+
+SAMPLE_BYTES = 1 << 20  # of the first file, to estimate a manifest's bytes per row
+COMPRESSED_EXPANSION = 5  # a compressed manifest's bytes, decompressed, about (CSV and JSON under gzip)
+
+
+def estimated_rows(files: list[ManifestFile]) -> int:
+    """About how many rows ``files`` hold, known before any is read: their bytes over the
+    first file's bytes per row (its own count for Parquet; lines in its first MiB otherwise;
+    a compressed file's bytes counted as decompressed about 5 times larger). What it sets (the
+    row buckets' count) needs no more than the order of magnitude."""
+    first = files[0]
+    total = sum(f.size for f in files)
+    try:
+        if first.format == "parquet":
+            import pyarrow.parquet as pq
+
+            with FileSystems.open(first.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                rows = pq.ParquetFile(f).metadata.num_rows
+            return max(1, int(total * rows / max(first.size, 1)))
+        with open_manifest(first.path) as stream:
+            sample = stream.read(SAMPLE_BYTES)
+    except Exception:  # unreadable: the run says so when it reads it; guess a row per 100 bytes
+        return max(1, total // 100)
+    per_row = len(sample) / max(1, sample.count(b"\n"))
+    expansion = COMPRESSED_EXPANSION if split_compression(first.path)[1] else 1
+    return max(1, int(total * expansion / max(per_row, 1.0)))

@@ -11,6 +11,7 @@ from apache_beam.metrics import Metrics
 from aisthetics_transforms import records
 from aisthetics_transforms.manifest.files import (
     JSONL_RANGE_BYTES,
+    estimated_rows,
     literal_file,
     manifest_files,
 )
@@ -68,6 +69,7 @@ class ReadManifest(beam.PTransform):
         self.spec = spec
         self.jsonl_range_bytes = jsonl_range_bytes
         self.files = manifest_files(spec, jsonl_range_bytes)
+        self.estimated_rows = estimated_rows(self.files)
 
     def expand(self, pbegin):
         check_manifest_file(self.files[0], self.spec)
@@ -97,6 +99,7 @@ class ReadImageGlob(beam.PTransform):
         self.pattern = absolute_pattern(pattern)
         self.keep_columns = tuple(keep_columns)
         self.files: list[str] = []
+        self.estimated_rows = None  # listed on a worker: the rows are counted as they come
 
     def expand(self, pbegin):
         # Listing happens on a worker so millions of paths never go into the job

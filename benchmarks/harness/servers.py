@@ -186,3 +186,49 @@ class SilentHosts:
         self.reset()
         for listener in self.listeners:
             listener.close()
+
+
+class OversizeServer(ThreadingHTTPServer):
+    """Bodies a fetch must refuse as TooLarge: ``/declared-N`` declares a 10 GB Content-Length
+    (and sends a little), ``/streamed-N`` streams ``streamed_bytes`` with no Content-Length."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, streamed_bytes: int, host: str = "127.0.0.1"):
+        self.streamed_bytes = streamed_bytes
+        super().__init__((host, 0), _OversizeHandler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def uris(self, count: int) -> list[str]:
+        host, port = self.server_address[:2]
+        kinds = ("declared", "streamed")
+        return [f"http://{host}:{port}/{kinds[i % 2]}-{i}.jpg" for i in range(count)]
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    def handle_error(self, request, client_address):
+        pass  # the client hangs up once it has seen too much: that is the point
+
+
+class _OversizeHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"  # a body without a length ends when the connection closes
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        if self.path.startswith("/declared-"):
+            self.send_header("Content-Length", str(10 * 2**30))
+            self.end_headers()
+            self.wfile.write(b"\xff\xd8" + b"\0" * 65536)
+            return
+        self.end_headers()
+        chunk = b"\0" * 2**18
+        for _ in range(self.server.streamed_bytes // len(chunk)):
+            self.wfile.write(chunk)
