@@ -195,8 +195,9 @@ class NightClaim:
                 _log.warning("aisthetics: renewing the claim on %s failed: %s", self.run_date, exc)
 
     def renew(self) -> bool:
-        """Push the expiry on; False when the claim is not this run's any more."""
-        if self.owned_by_another():
+        """Push the expiry on; False when the claim is not this run's any more (another run's,
+        or released: the night is published)."""
+        if not self.held():
             return False
         data = self._document()
         if self.path.startswith("gs://"):
@@ -213,7 +214,7 @@ class NightClaim:
             return True
         if layout.is_local(self.path):
             with _output_locked(self.output):
-                if self.owned_by_another():
+                if not self.held():
                     return False
                 layout.write_atomic(self.path, data, "application/json")
             return True
@@ -226,9 +227,10 @@ class NightClaim:
             self._renewing.join()
             self._renewing = None
 
-    def owned_by_another(self) -> bool:
+    def held(self) -> bool:
+        """Whether the date's claim is this run's."""
         held = read_claim(self.output, self.run_date)
-        return held is not None and held.run_id != self.run_id
+        return held is not None and held.run_id == self.run_id
 
     def release(self) -> None:
         """Stop renewing and remove the claim if it is still this run's."""

@@ -25,7 +25,9 @@ within each round, the median of the rounds.
   with the distinct uris of a night, hot or not (on Dataflow a shuffle is on disk).
 - bodies refused part-way: ``--good-images`` photos over HTTP, then the same with ``--oversize``
   uris whose answers are TooLarge at ``--max_image_bytes`` of 8 MiB (half declare 10 GB, half stream
-  12 MiB with no Content-Length). Goal: peak RSS within 1.15x.
+  12 MiB with no Content-Length), both with ``--max_bytes_in_flight`` of 32 MiB: what bodies being
+  read may hold at once. Goal: peak RSS within 1.15x (a body refused part-way is freed at once;
+  before, each stayed until the garbage collector ran).
 
 Every run must leave every manifest row in exactly one table, once. Report: results/hot_keys.md.
 """
@@ -58,6 +60,7 @@ GOAL_RSS = 1.15
 OVERSIZE_CAP = 8 * 2**20  # --max_image_bytes of the oversize rows
 STREAMED = 12 * 2**20
 SPREAD = 400  # contents the "spread" row's uris share
+BYTES_IN_FLIGHT = 4 * OVERSIZE_CAP  # --max_bytes_in_flight of the oversize rows: what they may add
 
 
 @dataclass
@@ -130,7 +133,7 @@ def build_rows(args, photos: list[str], server: ImageServer, oversize: OversizeS
         rows.append(Row(key, label, manifest, ids, contents))
     good = [(f"good-{i:04d}", server.url(p), "good") for i, p in enumerate(photos[: args.good_images])]
     bad = [(f"oversize-{i:03d}", uri, "oversize") for i, uri in enumerate(oversize.uris(args.oversize))]
-    cap = [f"--max_image_bytes={OVERSIZE_CAP}"]
+    cap = [f"--max_image_bytes={OVERSIZE_CAP}", f"--max_bytes_in_flight={BYTES_IN_FLIGHT}"]
     for key, label, manifest_rows, errors in (
         ("http_base", f"{args.good_images} photos over HTTP", good, {}),
         ("http_oversize", f"the same + {args.oversize} bodies refused as TooLarge", good + bad, {"fetch": len(bad)}),

@@ -158,10 +158,6 @@ def gcs(tmp_path_factory) -> GcsEmulator:
     if importlib.util.find_spec("gcp_storage_emulator") is None:  # a failure, never a skip
         pytest.fail("gcp-storage-emulator is a test extra: pip install -e '.[test]'")
     workdir = tmp_path_factory.mktemp("gcs-emulator")
-    adc = workdir / "application_default_credentials.json"
-    adc.write_text(json.dumps(FAKE_AUTHORIZED_USER))
-    log = workdir / "emulator.log"
-
     port = _free_port()
     host = f"http://127.0.0.1:{port}"
     cmd = [
@@ -174,25 +170,8 @@ def gcs(tmp_path_factory) -> GcsEmulator:
         "--in-memory",
         f"--default-bucket={BUCKET}",
     ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    env = {
-        "STORAGE_EMULATOR_HOST": host,
-        "GOOGLE_APPLICATION_CREDENTIALS": str(adc),
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-    }
-    saved = {key: os.environ.get(key) for key in env}
-    try:
-        _wait_until_ready(proc, host, BUCKET, log)
-        os.environ.update(env)
-        yield GcsEmulator(BUCKET, host)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        _stop(proc)
+    with _serving(cmd, host, workdir) as emulator:
+        yield emulator
 
 
 @contextmanager
@@ -220,10 +199,18 @@ def seeded_emulator(objects: Mapping[str, bytes], workdir: Path) -> Iterator[Gcs
         )
         store.create_file(BUCKET, name, content, emulator_objects._checksums(content, resource))
     write_all()
+    cmd = [sys.executable, "-m", "gcp_storage_emulator", "-d", str(data), "start", "--host=127.0.0.1", f"--port={port}"]
+    with _serving(cmd, host, workdir) as emulator:
+        yield emulator
+
+
+@contextmanager
+def _serving(cmd: list[str], host: str, workdir: Path) -> Iterator[GcsEmulator]:
+    """Run the emulator ``cmd`` until it answers at ``host``; point the environment at it (and
+    at credentials that need no request, see the module doc) while the context is open."""
     adc = workdir / "application_default_credentials.json"
     adc.write_text(json.dumps(FAKE_AUTHORIZED_USER))
-    log = workdir / "seeded-emulator.log"
-    cmd = [sys.executable, "-m", "gcp_storage_emulator", "-d", str(data), "start", "--host=127.0.0.1", f"--port={port}"]
+    log = workdir / "emulator.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     env = {"STORAGE_EMULATOR_HOST": host, "GOOGLE_APPLICATION_CREDENTIALS": str(adc), "GOOGLE_CLOUD_PROJECT": PROJECT}

@@ -96,6 +96,8 @@ def test_a_kept_claim_is_renewed_and_one_taken_over_is_not_overwritten(tmp_path)
     assert claim.renew() is False and read_claim(output, DATE).run_id == "other"
     release_claim(output, DATE, "keeper")  # not its own: left alone
     assert read_claim(output, DATE).run_id == "other"
+    release_claim(output, DATE, "other")  # released (its night published): a renewal does not bring it back
+    assert claim.renew() is False and read_claim(output, DATE) is None
 
 
 def test_a_claim_left_running_lasts_its_hold(tmp_path):
