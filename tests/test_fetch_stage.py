@@ -327,9 +327,15 @@ class _EndlessHandler(BaseHTTPRequestHandler):
 
 def test_a_body_refused_part_way_frees_its_buffer_at_once():
     """Bodies that end TooLarge leave nothing behind, even with the garbage collector off:
-    what the fetch stage keeps of each (its Examined) holds no frame of the read."""
+    what the fetch stage keeps of each (its Examined) holds no frame of the read, and the
+    memory a body of unknown length was read into goes back to the system (resident pages)."""
     import gc
+    import resource
     import tracemalloc
+
+    def resident() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize()
 
     from aisthetics_transforms.fetch.transform import examine_uri
 
@@ -339,10 +345,12 @@ def test_a_body_refused_part_way_frees_its_buffer_at_once():
     kept = []
     gc.disable()
     tracemalloc.start()
+    before = resident()
     try:
         for i in range(6):
             kept.append(examine_uri(UriTask(f"http://127.0.0.1:{server.server_address[1]}/{i}", (0,)), limits))
         held, _ = tracemalloc.get_traced_memory()
+        grown = resident() - before
     finally:
         tracemalloc.stop()
         gc.enable()
@@ -350,3 +358,4 @@ def test_a_body_refused_part_way_frees_its_buffer_at_once():
         server.server_close()
     assert [found.failure.error_type for found in kept] == ["TooLarge"] * 6
     assert held < 2**20, f"{held / 2**20:.1f} MiB still held after 6 bodies refused at 8 MiB"
+    assert grown < 16 * 2**20, f"{grown / 2**20:.1f} MiB more resident after 6 bodies refused at 8 MiB"

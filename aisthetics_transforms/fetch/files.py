@@ -12,7 +12,6 @@ from urllib.parse import unquote, urlsplit
 from aisthetics_transforms.fetch.guards import (
     BYTES_IN_FLIGHT,
     body_buffer,
-    buffer_bytes,
     refuse_path,
 )
 from aisthetics_transforms.fetch.limits import (
@@ -123,7 +122,7 @@ def _read_file(f: BinaryIO, uri: str, limits: FetchLimits, deadline: Deadline, s
             if total > size:
                 raise FetchError("ChangedDuringRun", f"{uri} grew past its size of {size} bytes while it was read")
             buffer.write(chunk)
-        return buffer_bytes(buffer)
+        return buffer.take()
 
 
 def _os_error(uri: str, exc: OSError) -> FetchError:

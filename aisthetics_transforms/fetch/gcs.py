@@ -12,7 +12,6 @@ left of it, and its sockets are registered with the fetch watchdog.
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 from typing import NamedTuple, Optional
@@ -20,8 +19,8 @@ from typing import NamedTuple, Optional
 from aisthetics_transforms.fetch.connections import GuardedAdapter, watched
 from aisthetics_transforms.fetch.guards import (
     BYTES_IN_FLIGHT,
+    BodyBuffer,
     body_buffer,
-    buffer_bytes,
 )
 from aisthetics_transforms.fetch.limits import (
     Deadline,
@@ -145,7 +144,7 @@ def _metadata(uri: str, limits: FetchLimits, deadline: Deadline) -> GcsObject:
 class _CappedWriter:
     """The file object a download writes to: refuses more than ``max_bytes``."""
 
-    def __init__(self, buffer: io.BytesIO, uri: str, limits: FetchLimits):
+    def __init__(self, buffer: BodyBuffer, uri: str, limits: FetchLimits):
         self.buffer = buffer
         self.written = 0
         self._uri, self._limits = uri, limits
@@ -185,7 +184,7 @@ def _download(uri, bucket, name, generation, size: int, limits, deadline, pinned
             raise _gcs_error(uri, exc, deadline, "downloading the object") from None
         if writer.written != size:
             raise FetchError("ChangedDuringRun", f"{uri}: read {writer.written} bytes, its metadata said {size}")
-        return buffer_bytes(writer.buffer)
+        return writer.buffer.take()
 
 
 def retry_within(deadline: Deadline):

@@ -13,6 +13,7 @@ import heapq
 import io
 import ipaddress
 import itertools
+import mmap
 import os
 import socket
 import threading
@@ -197,32 +198,69 @@ class ByteBudget:
                 self._changed.notify_all()
 
 
+class UnsizedBody:
+    """A body of unknown length, written into an anonymous memory map of the cap: the pages
+    are taken as bytes arrive and all given back to the system when it closes. A BytesIO
+    grown to megabytes chunk by chunk is reallocated as it grows, and glibc serves such
+    buffers from per-thread arenas that keep the memory of every refused body (measured in
+    docs/performance.md, bench_hot_keys' refused bodies)."""
+
+    def __init__(self, cap: int):
+        self._map = mmap.mmap(-1, max(cap, 1))
+        self._size = 0
+
+    def write(self, chunk: bytes) -> int:
+        end = self._size + len(chunk)
+        self._map[self._size : end] = chunk  # past the cap: IndexError (callers refuse before)
+        self._size = end
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        self._map.close()
+
+    def take(self) -> bytes:
+        data = self._map[: self._size]
+        self._map.close()
+        return data
+
+
+class SizedBody(io.BytesIO):
+    def take(self) -> bytes:
+        # CPython's BytesIO hands its own bytes object out when nothing else shares it, so a
+        # body is held once, not twice.
+        self.truncate()
+        data = self.getvalue()
+        self.close()
+        return data
+
+
+BodyBuffer = Union[SizedBody, UnsizedBody]
+
+
 @contextmanager
-def body_buffer(size: Optional[int]) -> Iterator[io.BytesIO]:
-    """A BytesIO already ``size`` bytes long (when known), positioned at 0, for
-    :func:`buffer_bytes`. A read that fails closes it, which frees its memory at once,
-    whatever still refers to it: the traceback of a stored error keeps every frame of the
-    read alive until the garbage collector finds the cycle, and with them the buffer."""
-    buffer = io.BytesIO()
-    if size:
-        buffer.seek(size - 1)
-        buffer.write(b"\0")
-        buffer.seek(0)
+def body_buffer(size: Optional[int], cap: int = 0) -> Iterator[BodyBuffer]:
+    """Where a body is written as it is read: a buffer already ``size`` bytes long when the
+    size is known, else a memory map of ``cap`` bytes; ``take()`` gives the bytes. A read that fails
+    closes it, which frees its memory at once, whatever still refers to it: the traceback of
+    a stored error keeps every frame of the read alive until the garbage collector finds the
+    cycle, and with them the buffer."""
+    buffer: BodyBuffer
+    if size is None:
+        buffer = UnsizedBody(cap)
+    else:
+        buffer = SizedBody()
+        if size:
+            buffer.seek(size - 1)
+            buffer.write(b"\0")
+            buffer.seek(0)
     try:
         yield buffer
     except BaseException:
         buffer.close()
         raise
-
-
-def buffer_bytes(buffer: io.BytesIO) -> bytes:
-    """What was written to ``buffer``, as bytes. CPython's BytesIO hands its own bytes
-    object out when nothing else shares it, so a body is held once, not twice (as
-    ``b"".join(chunks)`` would hold it)."""
-    buffer.truncate()
-    data = buffer.getvalue()
-    buffer.close()
-    return data
 
 
 # ---------------------------------------------------------------------------

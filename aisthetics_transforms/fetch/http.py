@@ -25,7 +25,7 @@ import requests
 from urllib3.exceptions import HTTPError, LocationParseError, ReadTimeoutError
 
 from aisthetics_transforms.fetch.connections import watched
-from aisthetics_transforms.fetch.guards import BYTES_IN_FLIGHT, body_buffer, buffer_bytes, refuse_host_by_name
+from aisthetics_transforms.fetch.guards import BYTES_IN_FLIGHT, body_buffer, refuse_host_by_name
 from aisthetics_transforms.fetch.hosts import HOSTS
 from aisthetics_transforms.fetch.limits import (
     Deadline,
@@ -282,7 +282,10 @@ def _read_body(response: requests.Response, where: str, limits: FetchLimits, dea
     # Unknown length: reserve the cap, so that no reader ever waits for more while
     # holding some (readers growing their reservations could wait on each other).
     reserve = declared if declared is not None else limits.max_bytes + 1
-    with BYTES_IN_FLIGHT.reserve(reserve, limits.max_bytes_in_flight, deadline, where), body_buffer(declared) as buffer:
+    with (
+        BYTES_IN_FLIGHT.reserve(reserve, limits.max_bytes_in_flight, deadline, where),
+        body_buffer(declared, limits.max_bytes) as buffer,
+    ):
         total = 0
         try:
             while True:
@@ -312,4 +315,4 @@ def _read_body(response: requests.Response, where: str, limits: FetchLimits, dea
                 "ConnectionFailed",
                 "the connection closed early",
             )
-        return buffer_bytes(buffer)
+        return buffer.take()
