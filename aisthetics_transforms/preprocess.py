@@ -371,6 +371,19 @@ def decode_image_and_orientation(
     return pixels, _orientation(image)
 
 
+def seed_pixels(image) -> np.ndarray:
+    """A decoded image (a PIL image, or a uint8 array: HxWx3 RGB, HxW gray, HxWx4 RGBA) as the
+    seed prepares it: ``convert('RGB')``, resized to 224x224 with NEAREST, as uint8. Raises
+    ValueError naming what it got when it is no such image."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise ValueError(f"expected an RGB image as uint8 HxWx3 (or HxW, HxWx4), got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
+    return np.asarray(image.convert("RGB").resize(MODEL_SIZE, Image.Resampling.NEAREST), dtype=np.uint8)
+
+
 # The seed normalises in float64 (np.empty defaults to it) and Keras casts to float32;
 # a 256-entry table reproduces those values bit for bit and is cheaper than arithmetic.
 _MODEL_INPUT_TABLE = (np.arange(256, dtype=np.float64) / 127.5 - 1.0).astype(np.float32)
