@@ -69,7 +69,7 @@ def _report(args: argparse.Namespace) -> int:
         )
     except ReportError as exc:
         raise UsageError(str(exc)) from None
-    print(path)
+    print(path if "://" in path else os.path.abspath(path))  # a path to open from anywhere
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ cheap (no Beam), so a command can say what it does before its slow imports.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import threading
@@ -148,20 +149,23 @@ class Reporter:
         line = describe(counts, now - self.started, rate)
         if self.tty:
             show(line, self.stream)
-        elif line != self._shown:
+        elif line != self._shown and any(counts.values()):  # a log gets no line that says nothing yet
             self.stream.write(line + "\n")
             self.stream.flush()
         self._shown = line
 
 
 def summary_line(summary: dict, seconds: float, output: str) -> str:
-    """The one line a finished run ends with: what became of every row, and where it is."""
+    """The one line a finished run ends with: what became of every row, in the summary's own
+    words (scored + deduplicated + reused + errors = rows), and where the tables are."""
     by_stage = ", ".join(f"{stage} {n:,}" for stage, n in summary.get("errors_by_stage", {}).items() if n)
-    fresh = summary["scored"] + summary["deduplicated"]
     date = summary.get("run_date")
+    if "://" not in output:
+        output = os.path.abspath(output)  # a path to open from anywhere
     return (
-        f"aisthetics: {summary['rows']:,} rows in {seconds:.1f} s: {fresh:,} scored ({summary['scored']:,} images "
-        f"inferred), {summary['reused']:,} reused from an earlier night, {summary['errors']:,} errors"
+        f"aisthetics: {summary['rows']:,} rows in {seconds:.1f} s: {summary['scored']:,} scored, "
+        f"{summary['deduplicated']:,} deduplicated, {summary['reused']:,} reused from an earlier night, "
+        f"{summary['errors']:,} errors"
         + (f" ({by_stage})" if by_stage else "")
         + f". Tables: {output}/scores/dt={date}/, {output}/errors/dt={date}/, {output}/runs/dt={date}/summary.json"
     )

@@ -42,8 +42,10 @@ def test_the_summary_line_accounts_for_every_row_and_says_where_the_tables_are()
         "errors_by_stage": {"manifest": 0, "fetch": 1, "decode": 2, "score": 0},
     }
     line = summary_line(summary, 4.2, "/data/out")
-    assert line.startswith("aisthetics: 51 rows in 4.2 s: 45 scored (40 images inferred), 3 reused")
+    assert line.startswith("aisthetics: 51 rows in 4.2 s: 40 scored, 5 deduplicated, 3 reused from an earlier night")
     assert "3 errors (fetch 1, decode 2)" in line and "/data/out/runs/dt=2026-11-28/summary.json" in line
+    assert f" {os.getcwd()}/out/scores/dt=2026-11-28/" in summary_line(summary, 1.0, "out")  # absolute, always
+    assert " gs://b/out/scores/" in summary_line(summary, 1.0, "gs://b/out")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,7 @@ def test_in_a_log_a_run_prints_plain_progress_lines_and_ends_with_the_summary(ca
     last = lines[-1][1]
     assert last.startswith("aisthetics: 27 rows in ") and "24 scored" in last and "3 errors" in last, last
     assert f"{output}/scores/dt=" in last
+    assert not [line for line in progress if " 0 rows" in line and "errors" not in line]  # no line of nothing
     assert not [line for _, line in lines if "Traceback" in line or "WARNING" in line]
 
 

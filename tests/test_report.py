@@ -89,6 +89,10 @@ def test_collect_computes_the_nights_numbers_in_duckdb(synthetic):
     assert (c.failing, c.recovered) == (0, 0)  # no image is scored on one night and an error row on the other
     assert c.mean_change_in_both == pytest.approx((0.5 - 2.0) / 4)
     assert [(m.image_id, m.before, m.mean_score) for m in c.movers] == [("a3", 6.0, 4.0), ("a1", 4.0, 4.5)]
+    assert [(m.uri, m.kept) for m in c.movers] == [
+        ("/catalog/a3.jpg", {"category": "bags"}),
+        ("/catalog/a1.jpg", {"category": "shoes"}),
+    ]
     assert c.histogram.total == 5 and c.stats.mean == pytest.approx(5.5)
     assert data.summary["reused"] == 2
 
@@ -163,9 +167,10 @@ def test_the_page_escapes_the_data_and_embeds_everything(synthetic):
     assert all(u.startswith("data:") for u in tags.urls), [u for u in tags.urls if not u.startswith("data:")][:3]
     assert "default-src 'none'" in page  # the CSP: nothing but inline style and data: images
     # Thumbnails of files that do not exist: placeholders naming why.
-    assert page.count('class="thumb-missing"') == 3 + 1  # three images, one mover (a1)
+    assert page.count('class="thumb-missing"') == 3 + 1  # three images, one mover (a2)
     assert "NotFound" in page
     assert "Change since 2026-11-28" in page and "By category" in page
+    assert '<div class="id">a2</div><div class="kv">/catalog/a2.jpg</div><div class="kv">category: shoes</div>' in page
 
 
 def test_a_night_with_no_scores_still_renders(tmp_path):
@@ -201,6 +206,12 @@ def test_cli_writes_the_report_and_prints_its_path(synthetic, capsys):
     assert "no run for 2026-12-01" in capsys.readouterr().err
     assert cli.main(["report", str(synthetic), "--run_date=28.11.2026"]) == 2
     assert cli.main(["report", str(synthetic), "--top=0"]) == 2
+
+
+def test_cli_prints_the_pages_absolute_path_for_a_relative_output(synthetic, capsys, monkeypatch):
+    monkeypatch.chdir(synthetic.parent)
+    assert cli.main(["report", synthetic.name, f"--run_date={NIGHT_A}", "--no_thumbnails"]) == 0
+    assert capsys.readouterr().out.strip() == f"{synthetic}/reports/dt={NIGHT_A}/report.html"
 
 
 # ---------------------------------------------------------------------------

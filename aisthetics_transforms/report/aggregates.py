@@ -225,20 +225,24 @@ def scored_then_failed(scored: Night, failed: Night) -> int:
     )
 
 
-def comparison(current: Night, previous: Night, bins: tuple, n: int, now: Stats, before: Stats) -> Comparison:
+def comparison(
+    current: Night, previous: Night, bins: tuple, n: int, now: Stats, before: Stats, kept: Sequence[str] = ()
+) -> Comparison:
+    """Tonight against ``previous``; its movers carry tonight's uri and ``kept`` columns."""
     # image_id is unique within a night's scores (the pipeline sends duplicates to the
     # errors table), so one inner join pairs the images scored on both nights.
+    extra = "".join(f", c.{sql_identifier(c)}" for c in kept)
     joined = f"""
-        SELECT c.image_id, c.uri, p.mean_score AS before, c.mean_score AS after
+        SELECT c.image_id, c.uri, p.mean_score AS before, c.mean_score AS after{extra}
         FROM {current.scores} AS c JOIN {previous.scores} AS p ON c.image_id = p.image_id
         WHERE isfinite(c.mean_score) AND isfinite(p.mean_score)"""
     in_both, changed, mean_change = current.one(
         f"SELECT count(*), count(*) FILTER (WHERE abs(after - before) > 1e-9), avg(after - before) FROM ({joined})"
     )
     movers = [
-        Shown(image_id, uri, after, before=before_score)
-        for image_id, uri, before_score, after in current.rows(
-            f"""SELECT image_id, uri, before, after FROM ({joined}) WHERE abs(after - before) > 1e-9
+        Shown(r[0], r[1], r[3], before=r[2], kept=dict(zip(kept, r[4:], strict=True)))
+        for r in current.rows(
+            f"""SELECT * FROM ({joined}) WHERE abs(after - before) > 1e-9
                 ORDER BY abs(after - before) DESC, image_id LIMIT {int(n)}"""
         )
     ]
@@ -294,5 +298,5 @@ def query(
         bottom=shown(current, "ASC", top, kept_names) if now.count > top else [],  # a small night is shown once
         errors=error_kinds,
         error_rows=error_rows,
-        comparison=comparison(current, previous, bins, top, now, before) if previous and before else None,
+        comparison=comparison(current, previous, bins, top, now, before, kept_names) if previous and before else None,
     )

@@ -220,19 +220,24 @@ def _kept_section(column: KeptColumn, comparing: bool) -> str:
     )
 
 
+def _mover_row(m: Shown) -> str:
+    kv = "".join(f'<div class="kv">{esc(k)}: {esc(v)}</div>' for k, v in m.kept.items())
+    return (
+        f"<tr><td style='width:84px'><div class='mini'>{_thumb(m)}</div></td>"
+        f'<td><div class="id">{esc(m.image_id)}</div><div class="kv">{esc(m.uri)}</div>{kv}</td>'
+        f"<td class='num'>{_badge(m.before, 'pill')}</td><td class='num'>{_badge(m.mean_score, 'pill')}</td>"
+        f"<td class='num'>{_change_span(m.mean_score, m.before)}</td></tr>"
+    )
+
+
 def _movers(c: Comparison, run_date: str) -> str:
     if not c.movers:
         return '<p class="empty">No image present on both nights changed its score.</p>'
-    body = "".join(
-        f"<tr><td style='width:84px'><div class='mini'>{_thumb(m)}</div></td><td>{esc(m.image_id)}</td>"
-        f"<td class='num'>{_badge(m.before, 'pill')}</td><td class='num'>{_badge(m.mean_score, 'pill')}</td>"
-        f"<td class='num'>{_change_span(m.mean_score, m.before)}</td></tr>"
-        for m in c.movers
-    )
     return (
         f"<h2 style='margin-top:18px'>Biggest movers</h2><p class='lede'>Images scored on both nights whose mean "
-        f"score moved most.</p><table><tr><th></th><th>image_id</th><th class='num'>{esc(c.previous_date)}</th>"
-        f"<th class='num'>{esc(run_date)}</th><th class='num'>change</th></tr>{body}</table>"
+        f"score moved most, with tonight's uri and kept columns.</p><table class='movers'><tr><th></th>"
+        f"<th>image</th><th class='num'>{esc(c.previous_date)}</th><th class='num'>{esc(run_date)}</th>"
+        f"<th class='num'>change</th></tr>{''.join(_mover_row(m) for m in c.movers)}</table>"
     )
 
 
