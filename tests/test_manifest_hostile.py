@@ -238,7 +238,11 @@ def test_a_missing_renamed_id_column_or_kept_column_stops_the_run_in_every_forma
 def test_a_json_lines_column_seen_only_later_passes_with_a_null_first(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"uri": "/a.jpg", "note": null}\n{"uri": "/b.jpg"}\n{"uri": "/c.jpg", "note": "late"}\n')
-    beam.Pipeline(argv=PIPELINE_ARGS) | ReadManifest(ManifestSpec(str(path), keep_columns=("note",)))
+    spec = ManifestSpec(str(path), keep_columns=("note",))
+    beam.Pipeline(argv=PIPELINE_ARGS) | ReadManifest(spec)  # the graph's check of the columns passes
+    refs, errors = read_pieces(path, spec)
+    assert [(r.uri, r.kept["note"]) for r in refs] == [("/a.jpg", None), ("/b.jpg", None), ("/c.jpg", "late")]
+    assert errors == []
 
 
 @pytest.mark.parametrize(
