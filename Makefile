@@ -7,7 +7,8 @@ TEMPLATE ?= gs://BUCKET/templates/aisthetics.json
 OUT ?= sample_output/tables
 
 .PHONY: setup test test-fast lint format typecheck check sample report \
-        bench-scoring bench-pipeline bench-nightly bench-scale bench-fetch bench-report image template
+        bench-scoring bench-pipeline bench-nightly bench-scale bench-costs bench-hot-keys bench-handler \
+        bench-fetch bench-report image template
 
 setup:  ## a .venv with the package, the report and sample extras and the test tools
 	python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'
@@ -35,22 +36,31 @@ sample:  ## score the bundled sample catalog on the local runner (./run_local.sh
 report:  ## the report of the newest night under $(OUT)
 	.venv/bin/aisthetics report $(OUT)
 
-bench-scoring:  ## the scoring core against the seed's way (~3 min)
+bench-scoring:  ## the scoring core against the seed's way (~2 min)
 	$(PY) benchmarks/bench_scoring.py
 
-bench-pipeline:  ## the pipeline end to end against the ideal and RunInference (~10 min)
+bench-pipeline:  ## the pipeline end to end against the ideal and RunInference (~7 min)
 	$(PY) benchmarks/bench_pipeline.py
 
 bench-nightly:  ## a first and an incremental night at two manifest sizes (~4 min)
 	$(PY) benchmarks/bench_nightly.py
 
-bench-scale:  ## HTTP against disk, 4x the images, a skewed manifest, dead hosts (~12 min)
+bench-scale:  ## HTTP against disk, 4x the images, a skewed manifest, dead and busy hosts, a far CDN (~8 min)
 	$(PY) benchmarks/bench_scale.py
 
-bench-fetch:  ## an http catalog fetched one at a time against --fetch_threads
+bench-costs:  ## the requests an incremental night makes on the GCS emulator and over HTTP (~4 min)
+	$(PY) benchmarks/bench_costs.py
+
+bench-hot-keys:  ## peak memory with one hot key and with bodies refused part-way (~24 min)
+	$(PY) benchmarks/bench_hot_keys.py
+
+bench-handler:  ## the pipeline's score step against RunInference(NimaModelHandler()) (~2 min)
+	$(PY) benchmarks/bench_handler.py
+
+bench-fetch:  ## an http catalog fetched one at a time against --fetch_threads (~2 min)
 	$(PY) benchmarks/bench_fetch.py
 
-bench-report:  ## the report on synthetic nights of 100k to 5M rows
+bench-report:  ## the report on synthetic nights of 100k to 5M rows (~1 min)
 	$(PY) benchmarks/bench_report.py
 
 image:  ## the Dataflow worker and Flex Template launcher image (needs a Docker engine)
