@@ -199,3 +199,11 @@ def test_a_previous_score_from_a_parquet_row_round_trips():
     assert first.score.predictions == pytest.approx((0.1,) * 10)  # float32 in the table
     assert first.score.scored_at == earlier_row()["scored_at"]
     assert (second.source_version, second.score.exif_orientation) == (None, None)
+
+
+def test_the_readme_names_every_field_of_summary_json_and_no_other():
+    from aisthetics_transforms.records import RunSummary
+
+    paragraph = README.read_text().split("`runs/dt=DATE/summary.json`:", 1)[1].split("\n\n", 1)[0]
+    named = set(re.findall(r"`([a-z_]+)`", paragraph)) - {"incremental", "version_column"}  # options it mentions
+    assert named == set(RunSummary.__annotations__), named ^ set(RunSummary.__annotations__)
