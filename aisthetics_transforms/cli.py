@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from aisthetics_transforms.model import ENGINES, WeightsError
+from aisthetics_transforms.model import ENGINES, WeightsError, show_logs
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.verbose:
-            os.environ["AISTHETICS_VERBOSE"] = "1"
+            show_logs()
         return args.run(args)
     except (UsageError, WeightsError) as exc:
         print(f"aisthetics: {exc}", file=sys.stderr)

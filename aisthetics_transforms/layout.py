@@ -33,7 +33,7 @@ RUNS = "runs"
 SUMMARY = "summary.json"
 STAGING = "_staging"
 PUBLISH = "_publish"
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _RUN_TIME = re.compile(r"^(\d{8}T\d{12}Z)")
 _RUN_TIME_FORMAT = "%Y%m%dT%H%M%S%fZ"
 _GCS_BATCH = 100  # objects per GCS batch request (the API's limit)
@@ -62,8 +62,10 @@ def join(base: str, *parts: str) -> str:
 
 
 def is_date(text: str) -> bool:
-    """``text`` is a real date written YYYY-MM-DD."""
-    if not isinstance(text, str) or not _DATE.match(text):
+    """``text`` is a real date written YYYY-MM-DD, zero-padded: a night's partition is named
+    by it and compared as text (and DuckDB would read dt=2026-1-5 as 2026-01-05). The one
+    rule for a run date, wherever one is given or read back."""
+    if not isinstance(text, str) or not _DATE.fullmatch(text):
         return False
     try:
         dt.date.fromisoformat(text)

@@ -56,10 +56,19 @@ class Engine(Protocol):
         """(n, 224, 224, 3) float32 in [-1, 1] -> (n, 10) float32 distributions."""
 
 
+VERBOSE_VARIABLE = "AISTHETICS_VERBOSE"
+
+
 def verbose() -> bool:
-    """Whether TensorFlow's and LiteRT's own logs are shown (``--verbose`` sets AISTHETICS_VERBOSE=1;
-    an environment variable so that local worker processes see it too)."""
-    return os.environ.get("AISTHETICS_VERBOSE", "") not in ("", "0")
+    """Whether TensorFlow's and LiteRT's own logs are shown (``--verbose``, see :func:`show_logs`)."""
+    return os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0")
+
+
+def show_logs() -> None:
+    """``--verbose``: show TensorFlow's and LiteRT's own logs in this process and the processes it
+    starts (an environment variable, so local worker processes see it too; a Dataflow worker
+    calls this itself, from the option carried with the model's spec)."""
+    os.environ[VERBOSE_VARIABLE] = "1"
 
 
 # fds 1 and 2 are process-wide: one silenced block at a time, or a second block could

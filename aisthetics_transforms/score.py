@@ -8,7 +8,6 @@ worker process. The ``model_loads`` counter records each real load.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils import shared
 
 from aisthetics_transforms.bundles import WorkPool, in_global_window
-from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
+from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model, show_logs
 from aisthetics_transforms.preprocess import to_model_input
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import STATS, ContentResult, DecodedImage, Failure, Score
@@ -86,7 +85,7 @@ class ScoreBatches(beam.DoFn):
 
         def load():
             if spec.verbose:  # the option travels with the spec; the environment of the launcher does not
-                os.environ["AISTHETICS_VERBOSE"] = "1"
+                show_logs()
             return _ProcessModel(load_model(spec.engine, spec.weights, spec.inference_threads, spec.staged_model))
 
         self._process_model = self._shared.acquire(load, tag=(spec.engine, spec.weights, spec.inference_threads))

@@ -14,7 +14,6 @@ import difflib
 import math
 import os
 import re
-from datetime import date
 from pathlib import Path
 from typing import Sequence
 
@@ -26,10 +25,9 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from aisthetics_transforms import records
+from aisthetics_transforms import layout, records
 
 PROG = "python -m pipeline"
-RUN_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 # Columns of the tables in flight: a kept column of the same name would overwrite one of them.
 INTERNAL_COLUMNS = frozenset(records.refs_schema().names)
 # An unknown option this similar to a known one is taken for a misspelling of it.
@@ -58,14 +56,8 @@ CREDENTIALS_FIX = (
 
 
 def run_date_problems(run_date: str) -> list[str]:
-    """``run_date`` must be a real date written YYYY-MM-DD with zero padding: the partition
-    directory's name is compared as text, and DuckDB reads dt=2026-1-5 as 2026-01-05."""
-    if RUN_DATE_PATTERN.fullmatch(run_date or ""):
-        try:
-            date.fromisoformat(run_date)
-            return []
-        except ValueError:
-            pass
+    if layout.is_date(run_date):
+        return []
     return [f"--run_date must be YYYY-MM-DD, got {run_date!r}; give a real date, zero-padded (e.g. 2026-01-05)"]
 
 

@@ -22,7 +22,7 @@ from aisthetics_transforms.incremental import find_previous_night
 from aisthetics_transforms.manifest import (
     ManifestError,
 )
-from aisthetics_transforms.model import WeightsError, check_model, convert_model
+from aisthetics_transforms.model import WeightsError, check_model, convert_model, show_logs
 from aisthetics_transforms.night_claim import DateClaimed, NightClaim
 from aisthetics_transforms.progress import TALLY, Reporter
 from aisthetics_transforms.publish import LockTimes
@@ -102,7 +102,7 @@ def run(argv: list[str] | None = None) -> RunOutcome:
     options = pipeline_options(argv)
     opts = options.view_as(AistheticsOptions)
     if opts.verbose:  # this process's own model load; workers get it with the model's spec
-        os.environ["AISTHETICS_VERBOSE"] = "1"
+        show_logs()
     options.view_as(SetupOptions).save_main_session = False
     runner = options.view_as(StandardOptions).runner
     local = runner in LOCAL_RUNNERS

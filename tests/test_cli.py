@@ -100,6 +100,9 @@ def test_ctrl_c_is_one_line_and_130_even_with_a_read_blocked(tmp_path, photo, li
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
+        # Ctrl-C as from a terminal: run as a shell's background job (`pytest &`), the test would
+        # hand the command SIGINT ignored, which the command then rightly keeps ignoring.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120

@@ -53,24 +53,25 @@ class _Handler(BaseHTTPRequestHandler):
             server.hits += 1
             server.active += 1
             server.most_active = max(server.most_active, server.active)
-        try:
-            time.sleep(server.delay)
-            if self.path.startswith("/to/"):
-                status, body, extra = 302, b"", [("Location", self.path[len("/to/") :])]
-            elif self.path == "/secret-500":
-                status, body, extra = 500, SECRET, []
-            else:
-                status, body, extra = 200, server.body, []
-            self.send_response(status)
-            for name, value in extra:
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command == "GET":
-                self.wfile.write(body)
-        finally:
-            with server.lock:
-                server.active -= 1
+        time.sleep(server.delay)
+        if self.path.startswith("/to/"):
+            status, body, extra = 302, b"", [("Location", self.path[len("/to/") :])]
+        elif self.path == "/secret-500":
+            status, body, extra = 500, SECRET, []
+        else:
+            status, body, extra = 200, server.body, []
+        self.send_response(status)
+        for name, value in extra:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        # A request stops counting as active before its answer leaves (end_headers sends
+        # it): counted after, the client could read it, free its slot and send the next
+        # request before this thread had said it was done.
+        with server.lock:
+            server.active -= 1
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
 
     do_HEAD = do_GET
 

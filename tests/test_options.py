@@ -47,6 +47,8 @@ def validated(*args: str) -> list[str]:
         (" 2026-01-05", False),
         ("", False),
         ("2026-01-05/..", False),
+        ("2026-01-05\n", False),
+        ("２０２６-01-05", False),  # digits, but not ASCII ones
     ],
 )
 def test_run_date_is_a_real_zero_padded_date(run_date, good):
@@ -427,6 +429,9 @@ def test_ctrl_c_mid_run_is_one_line_exit_130_and_publishes_nothing(catalog, tmp_
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
+        # Ctrl-C as from a terminal: run as a shell's background job (`pytest &`), the test would
+        # hand the command SIGINT ignored, which the command then rightly keeps ignoring.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert server.asked.wait(120), "the pipeline never fetched from the server"
