@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from aisthetics_transforms import layout
 from aisthetics_transforms.model import ENGINES, WeightsError, show_logs
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -69,7 +70,7 @@ def _report(args: argparse.Namespace) -> int:
         )
     except ReportError as exc:
         raise UsageError(str(exc)) from None
-    print(path if "://" in path else os.path.abspath(path))  # a path to open from anywhere
+    print(layout.shown(path))
     return EXIT_OK
 
 

@@ -19,11 +19,11 @@ import zlib
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsDict, AsSingleton, TaggedOutput
 
 from aisthetics_transforms import buckets
 from aisthetics_transforms.bundles import batched
+from aisthetics_transforms.counters import CLAIMS_PER_JOIN_ELEMENT, CONTENTS_PLANNED, counter, distribution
 from aisthetics_transforms.dedupe import earlier_scores
 from aisthetics_transforms.fetch import is_local_file
 from aisthetics_transforms.progress import inc
@@ -39,9 +39,9 @@ from aisthetics_transforms.records import (
 REUSED = "reused"  # ContentResults an earlier night scored
 READABLE_COPIES = 3  # uris a content can be read again from, should one have changed meanwhile
 CLAIMS_PER_ELEMENT = 10_000  # claims of one content an element of the join back to the uris holds, about
-_CONTENTS_PLANNED = Metrics.counter("aisthetics", "contents_planned")
+_CONTENTS_PLANNED = counter(CONTENTS_PLANNED)
 # How many claims one element of the join back to the uris held: bounded by CLAIMS_PER_ELEMENT.
-_CLAIMS_JOINED = Metrics.distribution("aisthetics", "claims_per_join_element")
+_CLAIMS_JOINED = distribution(CLAIMS_PER_JOIN_ELEMENT)
 
 
 def _cheapest_first(claim: ContentClaim) -> tuple:

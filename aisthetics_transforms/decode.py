@@ -18,10 +18,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple, Optional, Union
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from aisthetics_transforms.bundles import WorkPool, in_global_window
+from aisthetics_transforms.counters import DECODE_ERRORS, DECODED, counter
 from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS, FetchError, FetchLimits, ThreadSessions, refetch
 from aisthetics_transforms.fetch import DEFAULT_LIMITS as DEFAULT_FETCH_LIMITS
 from aisthetics_transforms.fetch.hosts import HOSTS
@@ -106,8 +106,8 @@ class DecodeImages(beam.DoFn):
         self.threads = max(1, threads)
         self.fetch_limits = fetch_limits
         self.read_threads = max(1, read_threads)
-        self.decoded = Metrics.counter("aisthetics", "decoded")
-        self.errors = Metrics.counter("aisthetics", "decode_errors")
+        self.decoded = counter(DECODED)
+        self.errors = counter(DECODE_ERRORS)
 
     def setup(self):
         self._pool: WorkPool[ContentTask] = WorkPool(self.threads, IN_FLIGHT_PER_THREAD, "aisthetics-decode")

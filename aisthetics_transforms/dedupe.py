@@ -22,11 +22,11 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from aisthetics_transforms import buckets
 from aisthetics_transforms.bundles import in_global_window
+from aisthetics_transforms.counters import MANIFEST_ERRORS, counter
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import (
     ERRORS,
@@ -37,7 +37,7 @@ from aisthetics_transforms.records import (
 ROWS = "rows"  # (row bucket, packed rows): one row per image_id
 URIS = "uris"  # tables of (uri, bucket): the distinct uris of each row bucket
 ERROR_ROWS_PER_TABLE = 50_000  # DuplicateImageId rows per errors table (one Parquet row group)
-_DUPLICATES = Metrics.counter("aisthetics", "manifest_errors")
+_DUPLICATES = counter(MANIFEST_ERRORS)
 
 
 class SplitByBucket(beam.DoFn):

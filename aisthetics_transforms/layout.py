@@ -54,7 +54,13 @@ class Entry(NamedTuple):
 
 
 def is_local(path: str) -> bool:
+    """A path on this machine's disk (not gs:// or another store Beam's filesystems reach)."""
     return "://" not in path
+
+
+def shown(path: str) -> str:
+    """``path`` as a message names it: absolute when local, so it opens from anywhere."""
+    return os.path.abspath(path) if is_local(path) else path
 
 
 def join(base: str, *parts: str) -> str:

@@ -27,18 +27,18 @@ from typing import NamedTuple, Optional
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from aisthetics_transforms import buckets
 from aisthetics_transforms.bundles import batched
+from aisthetics_transforms.counters import URIS_PLANNED, URIS_UNCHANGED, counter
 from aisthetics_transforms.dedupe import SplitByBucket, earlier_scores
 from aisthetics_transforms.fetch.listing import ListGcsVersions
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import OUTCOMES, STATS, URIS_PER_ELEMENT, UriTask, reused
 
-_URIS_PLANNED = Metrics.counter("aisthetics", "uris_planned")
-_UNCHANGED = Metrics.counter("aisthetics", "uris_unchanged")
+_URIS_PLANNED = counter(URIS_PLANNED)
+_UNCHANGED = counter(URIS_UNCHANGED)
 
 
 class DeclaredAudit(NamedTuple):

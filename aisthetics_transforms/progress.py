@@ -10,7 +10,6 @@ cheap (no Beam), so a command can say what it does before its slow imports.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import threading
@@ -19,6 +18,21 @@ from collections import Counter
 from typing import Optional, TextIO
 
 from tqdm import tqdm
+
+from aisthetics_transforms import layout
+from aisthetics_transforms.counters import (
+    CONTENTS_PLANNED,
+    DECODE_ERRORS,
+    FETCH_ERRORS,
+    FETCHED,
+    MANIFEST_ERRORS,
+    MANIFEST_ROWS,
+    ROWS_WRITTEN,
+    SCORE_ERRORS,
+    SCORED,
+    URIS_PLANNED,
+    URIS_UNCHANGED,
+)
 
 
 class Tally:
@@ -79,13 +93,13 @@ def _n(value: int) -> str:
 def describe(counts: Counter, elapsed: float, rate: Optional[float] = None) -> str:
     """The progress line for ``counts`` (see :data:`TALLY`), ``elapsed`` seconds into the
     run; ``rate`` is the current phase's recent rate per second, if known."""
-    rows, uris, contents = counts["manifest_rows"], counts["uris_planned"], counts["contents_planned"]
-    errors = counts["manifest_errors"] + counts["fetch_errors"] + counts["decode_errors"] + counts["score_errors"]
+    rows, uris, contents = counts[MANIFEST_ROWS], counts[URIS_PLANNED], counts[CONTENTS_PLANNED]
+    errors = counts[MANIFEST_ERRORS] + counts[FETCH_ERRORS] + counts[DECODE_ERRORS] + counts[SCORE_ERRORS]
     prefix, done, total, unit = _phase(counts)
     phase = tqdm.format_meter(done, total, elapsed, prefix=prefix, unit=unit, rate=rate)
     facts = [f"{_n(rows)} rows"]
     if uris:
-        facts.append(f"{_n(uris)} distinct uris ({_n(counts['uris_unchanged'])} unchanged)")
+        facts.append(f"{_n(uris)} distinct uris ({_n(counts[URIS_UNCHANGED])} unchanged)")
     if contents:
         facts.append(f"{_n(contents)} new images")
     if errors:
@@ -96,15 +110,15 @@ def describe(counts: Counter, elapsed: float, rate: Optional[float] = None) -> s
 def _phase(counts: Counter) -> tuple[str, int, Optional[int], str]:
     """(name, done, total or None, unit) of the phase the counts show the run in: the latest
     one that has begun."""
-    if counts["rows_written"]:
-        return "writing tables", counts["rows_written"], counts["manifest_rows"] or None, " rows"
-    if counts["contents_planned"]:
-        scored = counts["scored"] + counts["score_errors"] + counts["decode_errors"]
-        return "scoring", scored, counts["contents_planned"], " images"
-    if counts["uris_planned"]:
-        checked = counts["uris_unchanged"] + counts["fetched"] + counts["fetch_errors"]
-        return "checking and fetching", checked, counts["uris_planned"], " uris"
-    return "reading the manifest", counts["manifest_rows"], None, " rows"
+    if counts[ROWS_WRITTEN]:
+        return "writing tables", counts[ROWS_WRITTEN], counts[MANIFEST_ROWS] or None, " rows"
+    if counts[CONTENTS_PLANNED]:
+        scored = counts[SCORED] + counts[SCORE_ERRORS] + counts[DECODE_ERRORS]
+        return "scoring", scored, counts[CONTENTS_PLANNED], " images"
+    if counts[URIS_PLANNED]:
+        checked = counts[URIS_UNCHANGED] + counts[FETCHED] + counts[FETCH_ERRORS]
+        return "checking and fetching", checked, counts[URIS_PLANNED], " uris"
+    return "reading the manifest", counts[MANIFEST_ROWS], None, " rows"
 
 
 class Reporter:
@@ -160,8 +174,7 @@ def summary_line(summary: dict, seconds: float, output: str) -> str:
     words (scored + deduplicated + reused + errors = rows), and where the tables are."""
     by_stage = ", ".join(f"{stage} {n:,}" for stage, n in summary.get("errors_by_stage", {}).items() if n)
     date = summary.get("run_date")
-    if "://" not in output:
-        output = os.path.abspath(output)  # a path to open from anywhere
+    output = layout.shown(output)
     return (
         f"aisthetics: {summary['rows']:,} rows in {seconds:.1f} s: {summary['scored']:,} scored, "
         f"{summary['deduplicated']:,} deduplicated, {summary['reused']:,} reused from an earlier night, "

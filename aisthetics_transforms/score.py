@@ -16,11 +16,11 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils import shared
 
 from aisthetics_transforms.bundles import WorkPool, in_global_window
+from aisthetics_transforms.counters import MODEL_LOADS, SCORE_ERRORS, SCORED, counter
 from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model, show_logs
 from aisthetics_transforms.preprocess import to_model_input
 from aisthetics_transforms.progress import inc
@@ -76,9 +76,9 @@ class ScoreBatches(beam.DoFn):
     def __init__(self, model: ModelSpec):
         self.model = model
         self._shared = shared.Shared()
-        self.scored = Metrics.counter("aisthetics", "scored")
-        self.errors = Metrics.counter("aisthetics", "score_errors")
-        self.model_loads = Metrics.counter("aisthetics", "model_loads")
+        self.scored = counter(SCORED)
+        self.errors = counter(SCORE_ERRORS)
+        self.model_loads = counter(MODEL_LOADS)
 
     def setup(self):
         spec = self.model

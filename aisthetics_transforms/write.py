@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from aisthetics_transforms import layout
+from aisthetics_transforms.counters import ROWS_WRITTEN, counter
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.publish import RunInfo, publish_night
 from aisthetics_transforms.records import STAGES, RunSummary, errors_schema, scores_schema
@@ -130,7 +130,7 @@ class WriteParquetFiles(beam.DoFn):
         self.table = table
         self.schema = schema
         self.row_group_rows = row_group_rows
-        self.rows_written = Metrics.counter("aisthetics", "rows_written")
+        self.rows_written = counter(ROWS_WRITTEN)
 
     def start_bundle(self):
         self.path = layout.join(self.directory, f"{self.prefix}-{uuid.uuid4().hex}.parquet")

@@ -83,7 +83,7 @@ def keep_column_problems(keep: Sequence[str]) -> list[str]:
 
 def output_problems(output: str) -> list[str]:
     """A local --output must be a directory, or a path where one can be made."""
-    if "://" in output:
+    if not layout.is_local(output):
         return []  # gs:// and other stores are checked by writing
     path = os.path.abspath(output)
     if os.path.exists(path) and not os.path.isdir(path):

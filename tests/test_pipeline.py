@@ -224,6 +224,18 @@ def test_summary_counts_and_stage_counters(catalog, first_run):
     assert counter(result, "fetch_errors") == summary["errors_by_stage"]["fetch"]
     assert counter(result, "decode_errors") == summary["errors_by_stage"]["decode"]
     assert not list(first_run["output"].glob("_staging/*"))
+    # Every metric of the run is in the one namespace, under a name aisthetics_transforms.counters declares.
+    from aisthetics_transforms import counters
+
+    declared = {value for name, value in vars(counters).items() if name.isupper() and name != "NAMESPACE"}
+    metrics = result.metrics().query(MetricsFilter())
+    ours = [
+        m.key.metric
+        for kind in ("counters", "distributions")
+        for m in metrics[kind]
+        if m.key.metric.namespace == "aisthetics"
+    ]
+    assert {m.name for m in ours} <= declared and {"manifest_rows", "scored", "rows_written"} <= {m.name for m in ours}
 
 
 def test_model_loads_once_per_worker_process(first_run):

@@ -37,10 +37,10 @@ from collections import Counter, defaultdict
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsDict, TaggedOutput
 
 from aisthetics_transforms.bundles import Batch, batched, in_global_window
+from aisthetics_transforms.counters import FETCH_ERRORS, URIS_UNCHANGED, counter
 from aisthetics_transforms.fetch.connections import watched
 from aisthetics_transforms.fetch.gcs import GcsObject, retry_within, split_gcs_uri, storage_client
 from aisthetics_transforms.fetch.limits import Deadline, FetchError, FetchLimits, Version
@@ -221,8 +221,8 @@ class ListVersions(beam.DoFn):
 
     def __init__(self, limits: FetchLimits):
         self.limits = limits
-        self.unchanged = Metrics.counter("aisthetics", "uris_unchanged")
-        self.errors = Metrics.counter("aisthetics", "fetch_errors")
+        self.unchanged = counter(URIS_UNCHANGED)
+        self.errors = counter(FETCH_ERRORS)
 
     def process(self, element):
         (bucket, _), batches = element

@@ -23,10 +23,17 @@ from concurrent.futures import Future
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from aisthetics_transforms.bundles import Batch, WorkPool, completed, in_global_window
+from aisthetics_transforms.counters import (
+    DECLARED_MISMATCHES,
+    FETCH_ERRORS,
+    FETCHED,
+    URIS_UNCHANGED,
+    VERSION_CHECKS_FAILED,
+    counter,
+)
 from aisthetics_transforms.fetch import (
     DEFAULT_FETCH_THREADS,
     DEFAULT_LIMITS,
@@ -99,11 +106,11 @@ class FetchImages(beam.DoFn):
     def __init__(self, limits: FetchLimits = DEFAULT_LIMITS, threads: int = DEFAULT_FETCH_THREADS):
         self.limits = limits
         self.threads = max(1, threads)
-        self.fetched = Metrics.counter("aisthetics", "fetched")
-        self.reused = Metrics.counter("aisthetics", "uris_unchanged")
-        self.errors = Metrics.counter("aisthetics", "fetch_errors")
-        self.failed_checks = Metrics.counter("aisthetics", "version_checks_failed")
-        self.mismatches = Metrics.counter("aisthetics", "declared_mismatches")
+        self.fetched = counter(FETCHED)
+        self.reused = counter(URIS_UNCHANGED)
+        self.errors = counter(FETCH_ERRORS)
+        self.failed_checks = counter(VERSION_CHECKS_FAILED)
+        self.mismatches = counter(DECLARED_MISMATCHES)
 
     def setup(self):
         self._pool: WorkPool[UriTask] = WorkPool(self.threads, IN_FLIGHT_PER_THREAD, "aisthetics-fetch")

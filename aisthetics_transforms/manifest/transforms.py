@@ -6,9 +6,9 @@ from __future__ import annotations
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
 from aisthetics_transforms import records
+from aisthetics_transforms.counters import MANIFEST_ERRORS, MANIFEST_ROWS, MANIFEST_SPLITS, counter
 from aisthetics_transforms.manifest.files import (
     JSONL_RANGE_BYTES,
     estimated_rows,
@@ -33,9 +33,9 @@ class RouteManifestItemsFn(beam.DoFn):
     """Error rows to the ``errors`` output; refs tables and pieces to the main one; counted."""
 
     def __init__(self):
-        self.rows = Metrics.counter("aisthetics", "manifest_rows")
-        self.errors = Metrics.counter("aisthetics", "manifest_errors")
-        self.splits = Metrics.counter("aisthetics", "manifest_splits")
+        self.rows = counter(MANIFEST_ROWS)
+        self.errors = counter(MANIFEST_ERRORS)
+        self.splits = counter(MANIFEST_SPLITS)
 
     def process(self, item):
         if isinstance(item, dict):
