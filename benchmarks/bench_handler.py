@@ -28,10 +28,10 @@ from pathlib import Path
 from harness import CACHE, RESULTS
 from harness.code import checkout, code_line, source_of
 from harness.corpus import build_catalog
-from harness.machine import disturbed, machine_info, wait_for_idle
+from harness.machine import disturbed, wait_for_idle
 from harness.process import child_env, describe, emit, run_timed
-from harness.report import NOISE_EXPLAINED, command_line, goal_line, machine_line, noise_cell, noise_note, write_results
-from harness.rounds import median, median_run, run_rounds, within_rounds
+from harness.report import finish, goal_line, goals_section, machine_line, noise_cell, noise_note, ratio_text
+from harness.rounds import paired, run_rounds
 from harness.workers import warm_model_cache
 
 WORK = CACHE / "handler"
@@ -155,17 +155,15 @@ def report(data: dict) -> str:
             f"{', '.join('%.2f' % x['run_s'] for x in data['runs'][key])} | {r['cpu_s']:.1f} | "
             f"{r['peak_rss_mb']:.0f} | {r['scored']} | {noise_cell(r)} |"
         )
-    lines += ["", f"- {NOISE_EXPLAINED}", "", "## Goals", "", "```", *data["goal_lines"], "```", ""]
+    lines += goals_section(data)
     return "\n".join(lines)
 
 
 def goals(data: dict) -> list[str]:
     lines = []
     for name, (text, _) in RATIOS.items():
-        values = data["ratios"][name]
-        mid = median(values)
-        rounds = ", ".join(f"{v:.2f}x" for v in values)
-        line = f"{text}: {mid:.2f}x (rounds: {rounds})"
+        mid, measured = ratio_text(data["ratios"][name])
+        line = f"{text}: {measured}"
         lines.append(
             goal_line(mid <= GOAL, f"{line}, goal <= {GOAL:.2f}x") if name == "after_decode" else f"INFO  {line}"
         )
@@ -203,21 +201,8 @@ def main(argv=None) -> None:
         args.rounds,
         reverse_every_other=True,
     )
-    data = {
-        "machine": machine_info(),
-        "command": command_line(__file__, argv),
-        "code": code,
-        "args": vars(args),
-        "runs": runs,
-        "rows": {key: median_run(r, key=lambda x: x["run_s"]) for key, r in runs.items()},
-        "ratios": {
-            name: within_rounds(runs, lambda r, a=a, b=b: r[a]["run_s"] / r[b]["run_s"])
-            for name, (_, (a, b)) in RATIOS.items()
-        },
-    }
-    data["goal_lines"] = goals(data)
-    data["total_wall_s"] = time.perf_counter() - started
-    write_results(Path(args.out), report(data), data)
+    pairs = {name: pair for name, (_, pair) in RATIOS.items()}
+    finish(__file__, argv, args, code, started, goals, report, runs=runs, **paired(runs, "run_s", pairs))
 
 
 if __name__ == "__main__":

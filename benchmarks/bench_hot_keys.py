@@ -45,11 +45,11 @@ from pathlib import Path
 from harness import CACHE, RESULTS
 from harness.code import checkout, code_line, source_of
 from harness.corpus import build_catalog, write_manifest
-from harness.machine import disturbed, machine_info, wait_for_idle
+from harness.machine import disturbed, wait_for_idle
 from harness.pipeline_runs import accounting_problems, loopback_flags, read_summary, summary_counts
 from harness.process import child_env, describe, run_timed
-from harness.report import NOISE_EXPLAINED, command_line, goal_line, machine_line, noise_cell, noise_note, write_results
-from harness.rounds import median, median_run, run_rounds, within_rounds
+from harness.report import finish, goal_line, goals_section, machine_line, noise_cell, noise_note, ratio_text
+from harness.rounds import paired, run_rounds
 from harness.servers import ImageServer, OversizeServer
 from harness.workers import warm_model_cache
 
@@ -216,7 +216,7 @@ def report(data: dict) -> str:
             f"{r['join_elements'] if r['join_elements'] is not None else ''} | {s['scored']} / {s['errors']:,} | "
             f"{', '.join('%.0f' % x['peak_rss_mb'] for x in runs[key])} | {noise_cell(r)} |"
         )
-    lines += ["", f"- {NOISE_EXPLAINED}", "", "## Goals", "", "```", *data["goal_lines"], "```", ""]
+    lines += goals_section(data)
     return "\n".join(lines)
 
 
@@ -225,10 +225,8 @@ def goals(data: dict) -> list[str]:
 
     lines = []
     for name, (text, _) in RATIOS.items():
-        values = data["ratios"][name]
-        mid = median(values)
-        rounds = ", ".join(f"{v:.2f}x" for v in values)
-        lines.append(goal_line(mid <= GOAL_RSS, f"{text} <= {GOAL_RSS:.2f}x: {mid:.2f}x (rounds: {rounds})"))
+        mid, measured = ratio_text(data["ratios"][name])
+        lines.append(goal_line(mid <= GOAL_RSS, f"{text} <= {GOAL_RSS:.2f}x: {measured}"))
     tenth, whole = (data["rows"][k]["peak_rss_mb"] for k in ("idless_tenth", "idless"))
     lines.append(f"INFO  one uri without ids: peak RSS from a tenth of the rows to all: {whole / tenth:.2f}x")
     quarter, whole = (data["rows"][k]["peak_rss_mb"] for k in ("content_quarter", "content"))
@@ -281,21 +279,8 @@ def main(argv=None) -> None:
     finally:
         server.close()
         oversize.close()
-    data = {
-        "machine": machine_info(),
-        "command": command_line(__file__, argv),
-        "code": code,
-        "args": vars(args),
-        "runs": runs,
-        "rows": {key: median_run(r, key=lambda x: x["peak_rss_mb"]) for key, r in runs.items()},
-        "ratios": {
-            name: within_rounds(runs, lambda r, a=a, b=b: r[a]["peak_rss_mb"] / r[b]["peak_rss_mb"])
-            for name, (_, (a, b)) in RATIOS.items()
-        },
-    }
-    data["goal_lines"] = goals(data)
-    data["total_wall_s"] = time.perf_counter() - started
-    write_results(Path(args.out), report(data), data)
+    pairs = {name: pair for name, (_, pair) in RATIOS.items()}
+    finish(__file__, argv, args, code, started, goals, report, runs=runs, **paired(runs, "peak_rss_mb", pairs))
 
 
 if __name__ == "__main__":

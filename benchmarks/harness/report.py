@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -64,3 +66,27 @@ def write_results(out: Path, text: str, data: dict) -> None:
     print(text)
     took = f" (the run took {data['total_wall_s'] / 60:.1f} min)" if "total_wall_s" in data else ""
     print(f"wrote {out} and {json_path}{took}", file=sys.stderr)
+
+
+def finish(script: str, argv: Sequence[str], args, code: dict, started: float, goals, report, **parts) -> None:
+    """A run's results: the machine, the command, the code and the arguments, then ``parts``,
+    its goal lines (``goals(data)``) and its duration; written by :func:`write_results` to
+    ``args.out`` as ``report(data)`` and the JSON."""
+    from .machine import machine_info
+
+    data = {"machine": machine_info(), "command": command_line(script, argv), "code": code, "args": vars(args)}
+    data.update(parts)
+    data["goal_lines"] = goals(data)
+    data["total_wall_s"] = time.perf_counter() - started
+    write_results(Path(args.out), report(data), data)
+
+
+def ratio_text(values: Sequence[float]) -> tuple[float, str]:
+    """The median of a ratio's per-round values, and it written with them: '1.03x (rounds: 1.05x, 1.00x)'."""
+    mid = statistics.median(values)
+    return mid, f"{mid:.2f}x (rounds: {', '.join(f'{v:.2f}x' for v in values)})"
+
+
+def goals_section(data: dict) -> list[str]:
+    """The report's end: the noise note and the goal lines."""
+    return ["", f"- {NOISE_EXPLAINED}", "", "## Goals", "", "```", *data["goal_lines"], "```", ""]

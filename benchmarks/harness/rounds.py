@@ -37,5 +37,16 @@ def within_rounds(runs: dict[str, list[dict]], value: Callable[[dict[str, dict]]
     return [value({name: r[i] for name, r in runs.items()}) for i in range(count)]
 
 
+def paired(runs: dict[str, list[dict]], metric: str, pairs: dict[str, tuple[str, str]]) -> dict:
+    """The median run of each row by ``metric``, and each named pair's ratio (first row's
+    ``metric`` over the second's) within each round: ``{"rows": ..., "ratios": ...}``."""
+    return {
+        "rows": {key: median_run(r, key=lambda x: x[metric]) for key, r in runs.items()},
+        "ratios": {
+            name: within_rounds(runs, lambda r, a=a, b=b: r[a][metric] / r[b][metric]) for name, (a, b) in pairs.items()
+        },
+    }
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
