@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
+from aisthetics_transforms.model import DEFAULT_BATCH_SIZE, DEFAULT_ENGINE, LoadedModel, distribution_stats, load_model
 from aisthetics_transforms.preprocess import (
     DEFAULT_LIMITS,
     DecodeLimits,
@@ -40,7 +40,7 @@ def read_and_decode(path: str, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndar
 class AestheticsModel:
     """NIMA with a loaded engine. Decoding of the next batch overlaps inference of this one."""
 
-    def __init__(self, model: LoadedModel, batch_size: int = 32, limits: DecodeLimits = DEFAULT_LIMITS):
+    def __init__(self, model: LoadedModel, batch_size: int = DEFAULT_BATCH_SIZE, limits: DecodeLimits = DEFAULT_LIMITS):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model = model
@@ -111,7 +111,10 @@ class AestheticsModel:
 
 
 def get_aisthetics_model(
-    engine: str = "auto", weights: str | None = None, batch_size: int = 32, num_threads: int | None = None
+    engine: str = DEFAULT_ENGINE,
+    weights: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    num_threads: int | None = None,
 ) -> AestheticsModel:
     """NIMA ready to score. ``engine``: 'auto' (= 'litert'), 'litert' or 'keras';
     ``weights``: None for the seed's weights, or a NIMA HDF5 path (local or gs://)."""

@@ -15,7 +15,7 @@ import signal
 import sys
 
 from aisthetics_transforms import layout
-from aisthetics_transforms.model import ENGINES, WeightsError, show_logs
+from aisthetics_transforms.model import DEFAULT_BATCH_SIZE, DEFAULT_ENGINE, ENGINES, WeightsError, show_logs
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -94,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     score.add_argument("images", nargs="+", metavar="IMAGE", help="local image files")
-    score.add_argument("--engine", choices=ENGINES, default="auto", help="auto picks litert")
+    score.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="auto picks litert")
     score.add_argument("--weights", help="a NIMA MobileNet HDF5 (local or gs://); default: the seed's")
-    score.add_argument("--batch_size", type=positive_int, default=32, help="images per inference call")
+    score.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per inference call")
     score.set_defaults(run=_score)
     report = commands.add_parser(
         "report",

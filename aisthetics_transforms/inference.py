@@ -28,7 +28,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from PIL import Image
 
-from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model
+from aisthetics_transforms.model import DEFAULT_ENGINE, LoadedModel, distribution_stats, load_model
 from aisthetics_transforms.preprocess import seed_pixels, to_model_input
 
 RGBImage = Union[Image.Image, np.ndarray]
@@ -43,7 +43,7 @@ class NimaModelHandler(ModelHandler[RGBImage, PredictionResult, LoadedModel]):
 
     def __init__(
         self,
-        engine: str = "auto",
+        engine: str = DEFAULT_ENGINE,
         weights: Optional[str] = None,
         inference_threads: Optional[int] = None,
         **batching: Any,

@@ -45,6 +45,8 @@ from aisthetics_transforms.model_cache import (  # the weights' and the model's 
 
 DEFAULT_WEIGHTS_SHA256 = "e563ad91b3d47410e45f7238f07ab8f6abd1bd0c4b18a4b0af9c681a21a91cb2"
 ENGINES = ("auto", "litert", "keras")
+DEFAULT_ENGINE = "auto"  # picks litert
+DEFAULT_BATCH_SIZE = 32  # images per inference call
 NUM_CLASSES = 10
 SCORE_VALUES = np.arange(1, NUM_CLASSES + 1, dtype=np.float64)
 
@@ -323,7 +325,7 @@ def engine_name(engine: str) -> str:
     return "litert" if engine == "auto" else engine
 
 
-def check_model(engine: str = "auto", weights: str | None = None) -> str:
+def check_model(engine: str = DEFAULT_ENGINE, weights: str | None = None) -> str:
     """Before any work starts: resolve and check the weights (in a second, without
     TensorFlow). Returns the ``model_version`` rows will carry; raises :class:`WeightsError`."""
     name = engine_name(engine)
@@ -332,7 +334,7 @@ def check_model(engine: str = "auto", weights: str | None = None) -> str:
     return model_version(sha, name)
 
 
-def convert_model(engine: str = "auto", weights: str | None = None, stage_at: str | None = None) -> str | None:
+def convert_model(engine: str = DEFAULT_ENGINE, weights: str | None = None, stage_at: str | None = None) -> str | None:
     """For LiteRT, convert the weights into the cache now (once; a no-op when cached), so
     that workers only load the result rather than each converting it; with ``stage_at`` (a
     remote runner's temp location) also copy it there for the workers, and return where."""
@@ -343,7 +345,7 @@ def convert_model(engine: str = "auto", weights: str | None = None, stage_at: st
 
 
 def load_model(
-    engine: str = "auto", weights: str | None = None, num_threads: int | None = None, staged: str | None = None
+    engine: str = DEFAULT_ENGINE, weights: str | None = None, num_threads: int | None = None, staged: str | None = None
 ) -> LoadedModel:
     """Load NIMA with the given engine ('auto' picks litert) and weights (None: the seed's);
     ``staged``: where a launcher staged the converted model (``convert_model``)."""

@@ -21,7 +21,14 @@ from apache_beam.utils import shared
 
 from aisthetics_transforms.bundles import WorkPool, in_global_window
 from aisthetics_transforms.counters import MODEL_LOADS, SCORE_ERRORS, SCORED, counter
-from aisthetics_transforms.model import LoadedModel, distribution_stats, load_model, show_logs
+from aisthetics_transforms.model import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_ENGINE,
+    LoadedModel,
+    distribution_stats,
+    load_model,
+    show_logs,
+)
 from aisthetics_transforms.preprocess import to_model_input
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import STATS, ContentResult, DecodedImage, Failure, Score
@@ -31,9 +38,9 @@ from aisthetics_transforms.records import STATS, ContentResult, DecodedImage, Fa
 class ModelSpec:
     """Which model scores, and how: the score stage's options."""
 
-    engine: str = "auto"
+    engine: str = DEFAULT_ENGINE
     weights: Optional[str] = None
-    batch_size: int = 32
+    batch_size: int = DEFAULT_BATCH_SIZE
     inference_threads: Optional[int] = None  # LiteRT threads per worker process
     staged_model: Optional[str] = None  # the converted model the launcher staged with the job
     verbose: bool = False  # --verbose: TensorFlow's and LiteRT's own logs, on the workers too

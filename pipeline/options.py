@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS, FetchLimits
 from aisthetics_transforms.manifest import FORMATS
-from aisthetics_transforms.model import ENGINES
+from aisthetics_transforms.model import DEFAULT_BATCH_SIZE, DEFAULT_ENGINE, ENGINES
 from aisthetics_transforms.preprocess import DecodeLimits
 from aisthetics_transforms.score import ModelSpec
 from pipeline.checks import (
@@ -176,9 +176,13 @@ class AistheticsOptions(PipelineOptions):
         )
 
         model = parser.add_argument_group("model")
-        model.add_argument("--engine", choices=ENGINES, default="auto", help="inference engine; auto picks litert")
+        model.add_argument(
+            "--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="inference engine; auto picks litert"
+        )
         model.add_argument("--weights", help="NIMA MobileNet HDF5 (local or gs://); default: the seed's weights")
-        model.add_argument("--batch_size", type=int, default=32, help="images per inference call, at most")
+        model.add_argument(
+            "--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="images per inference call, at most"
+        )
         model.add_argument(
             "--inference_threads",
             type=int,
