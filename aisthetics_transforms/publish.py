@@ -46,6 +46,7 @@ from aisthetics_transforms.records import errors_schema, scores_schema
 
 FAULT_ENV = "AISTHETICS_PUBLISH_FAULT"
 MOVE_BATCH = 100  # files per remote move (Beam batches GCS copies and deletes by 100)
+STAGING_TTL_HOURS = 72.0  # staging older than this is a dead run's (longer than any run lives)
 _log = logging.getLogger(__name__)
 
 
@@ -67,7 +68,7 @@ class RunInfo:
     source: str  # the manifest or image glob, for the summary
     previous_partition: Optional[str] = None  # what an incremental run reuses from
     keep_columns: tuple = ()
-    staging_ttl_hours: float = 72.0
+    staging_ttl_hours: float = STAGING_TTL_HOURS
     lock: LockTimes = field(default_factory=LockTimes)
     incremental_reason: Optional[str] = None  # why an --incremental run reuses nothing
 
@@ -80,7 +81,7 @@ class RunInfo:
         source: str,
         previous_partition: Optional[str] = None,
         keep_columns: Sequence[str] = (),
-        staging_ttl_hours: float = 72.0,
+        staging_ttl_hours: float = STAGING_TTL_HOURS,
         lock: Optional[LockTimes] = None,
     ) -> RunInfo:
         now = datetime.now(timezone.utc)

@@ -21,6 +21,8 @@ from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS, FetchLimits
 from aisthetics_transforms.manifest import FORMATS
 from aisthetics_transforms.model import DEFAULT_BATCH_SIZE, DEFAULT_ENGINE, ENGINES
 from aisthetics_transforms.preprocess import DecodeLimits
+from aisthetics_transforms.publish import STAGING_TTL_HOURS
+from aisthetics_transforms.publish_lock import LockTimes
 from aisthetics_transforms.score import ModelSpec
 from pipeline.checks import (
     PROG,
@@ -148,7 +150,7 @@ class AistheticsOptions(PipelineOptions):
         out.add_argument(
             "--staging_ttl_hours",
             type=float,
-            default=72.0,
+            default=STAGING_TTL_HOURS,
             help="later runs delete staging left by runs that started longer ago (longer than any run lives)",
         )
         out.add_argument(
@@ -170,7 +172,7 @@ class AistheticsOptions(PipelineOptions):
         out.add_argument(
             "--publish_lock_ttl_seconds",
             type=float,
-            default=120.0,
+            default=LockTimes.ttl_s,
             help="a run holding the date's claim, or holding or awaiting its publish lock, that shows no sign of "
             "life for this long is presumed dead, and its claim taken over",
         )
