@@ -214,56 +214,63 @@ class AistheticsOptions(PipelineOptions):
 
         limits = parser.add_argument_group("limits")
         limits.add_argument(
-            "--max_image_bytes", type=int, default=50 * 2**20, help="largest image file fetched, in bytes"
+            "--max_image_bytes", type=int, default=FetchLimits.max_bytes, help="largest image file fetched, in bytes"
         )
         limits.add_argument(
             "--max_pixels",
             type=int,
-            default=64_000_000,
+            default=DecodeLimits.max_pixels,
             help="largest image decoded, in pixels (checked before decoding)",
         )
         limits.add_argument(
-            "--max_dimension", type=int, default=20_000, help="longest side of an image decoded, in pixels"
+            "--max_dimension",
+            type=int,
+            default=DecodeLimits.max_dimension,
+            help="longest side of an image decoded, in pixels",
         )
-        limits.add_argument("--http_timeout", type=float, default=15.0, help="seconds of silence allowed per read")
-        limits.add_argument("--http_deadline", type=float, default=60.0, help="seconds per image, retries included")
+        limits.add_argument(
+            "--http_timeout", type=float, default=FetchLimits.read_timeout, help="seconds of silence allowed per read"
+        )
+        limits.add_argument(
+            "--http_deadline", type=float, default=FetchLimits.deadline, help="seconds per image, retries included"
+        )
         limits.add_argument(
             "--allow_private_hosts",
             nargs="?",
             const=True,
-            default=False,
+            default=FetchLimits.allow_private_hosts,
             type=_flag,
             help="also fetch from private networks and loopback (link-local and cloud metadata hosts stay refused)",
         )
         limits.add_argument(
             "--max_connections_per_host",
             type=int,
-            default=8,
+            default=FetchLimits.max_connections_per_host,
             help="requests at once to one host:port per worker process",
         )
         limits.add_argument(
             "--max_bytes_in_flight",
             type=int,
-            default=256 * 2**20,
+            default=FetchLimits.max_bytes_in_flight,
             help="image body bytes being read at once per worker process (at least --max_image_bytes)",
         )
         limits.add_argument(
             "--max_requests_per_second_per_host",
             type=float,
-            default=0.0,
+            default=FetchLimits.max_requests_per_second_per_host,
             help="request starts a second to one host:port per worker process (0: no limit)",
         )
         limits.add_argument(
             "--host_breaker_failures",
             type=int,
-            default=3,
+            default=FetchLimits.breaker_failures,
             help="after this many requests in a row without an answer, a host's remaining uris fail at once "
             "(HostUnavailable) until a probe gets an answer; 0: never",
         )
         limits.add_argument(
             "--host_breaker_cooldown",
             type=float,
-            default=30.0,
+            default=FetchLimits.breaker_cooldown,
             help="seconds a tripped host waits before a probe (doubling while probes go unanswered)",
         )
 

@@ -471,3 +471,14 @@ def test_verbose_travels_with_the_models_spec_to_the_workers(tmp_path):
     given = (f"--manifest={tmp_path}/m.csv", f"--output={tmp_path}/out")
     assert AistheticsOptions([*given, "--verbose"]).view_as(AistheticsOptions).model_spec().verbose is True
     assert AistheticsOptions(list(given)).view_as(AistheticsOptions).model_spec().verbose is False
+
+
+def test_without_flags_the_options_give_the_libraries_own_limits():
+    """The command line's defaults are the limit dataclasses' own (one owner), so a pipeline run
+    and a library caller without options fetch and decode alike."""
+    from aisthetics_transforms.fetch import FetchLimits
+    from aisthetics_transforms.preprocess import DecodeLimits
+
+    opts = AistheticsOptions([]).view_as(AistheticsOptions)
+    assert opts.fetch_limits() == FetchLimits()
+    assert opts.decode_limits() == DecodeLimits()
