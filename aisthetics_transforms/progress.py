@@ -19,7 +19,7 @@ from typing import Optional, TextIO
 
 from tqdm import tqdm
 
-from aisthetics_transforms import layout
+from aisthetics_transforms import storage
 from aisthetics_transforms.counters import (
     CONTENTS_PLANNED,
     DECODE_ERRORS,
@@ -174,7 +174,7 @@ def summary_line(summary: dict, seconds: float, output: str) -> str:
     words (scored + deduplicated + reused + errors = rows), and where the tables are."""
     by_stage = ", ".join(f"{stage} {n:,}" for stage, n in summary.get("errors_by_stage", {}).items() if n)
     date = summary.get("run_date")
-    output = layout.shown(output)
+    output = storage.shown(output)
     return (
         f"aisthetics: {summary['rows']:,} rows in {seconds:.1f} s: {summary['scored']:,} scored, "
         f"{summary['deduplicated']:,} deduplicated, {summary['reused']:,} reused from an earlier night, "

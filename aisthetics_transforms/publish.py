@@ -39,7 +39,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import pyarrow.parquet as pq
 
-from aisthetics_transforms import layout
+from aisthetics_transforms import layout, storage
 from aisthetics_transforms.night_claim import read_claim, release_claim
 from aisthetics_transforms.publish_lock import DateLock, LockTimes, PublishError, no_fault
 from aisthetics_transforms.records import errors_schema, scores_schema
@@ -157,8 +157,8 @@ def _run_of(summary: Optional[dict]) -> Optional[str]:
 
 def _unstage(run: RunInfo) -> None:
     """Remove this run's staging, and the staging folder when it was the last in it."""
-    layout.remove_tree(layout.staging_dir(run.output, run.run_date, run.run_id))
-    layout.remove_empty_dirs(layout.join(run.output, layout.STAGING))
+    storage.remove_tree(layout.staging_dir(run.output, run.run_date, run.run_id))
+    storage.remove_empty_dirs(layout.join(run.output, layout.STAGING))
 
 
 def _refuse_if_superseded(run: RunInfo, published: Optional[dict]) -> None:
@@ -201,15 +201,15 @@ def stage_and_move(run: RunInfo, committed: Sequence[str], fault=no_fault) -> di
     for table in layout.TABLES:
         staged_dir = layout.join(staging, table)
         visible_dir = layout.partition_dir(run.output, table, run.run_date)
-        staged = {e.name: e.path for e in layout.list_dir(staged_dir)}
-        visible = {e.name for e in layout.list_dir(visible_dir)}
-        layout.delete([path for name, path in staged.items() if name not in names[table]])  # failed attempts
+        staged = {e.name: e.path for e in storage.list_dir(staged_dir)}
+        visible = {e.name for e in storage.list_dir(visible_dir)}
+        storage.delete([path for name, path in staged.items() if name not in names[table]])  # failed attempts
         if not names[table]:  # no rows: one empty file with the schema
             empty = f"{run.run_id}-empty.parquet"
             names[table] = {empty}
             if empty not in visible:
                 staged[empty] = layout.join(staged_dir, empty)
-                layout.write_atomic(staged[empty], _empty_parquet(schemas[table]), "application/x-parquet")
+                storage.write_atomic(staged[empty], _empty_parquet(schemas[table]), "application/x-parquet")
         for name in sorted(names[table]):
             if name in staged:
                 moves.append((staged[name], layout.join(visible_dir, name)))
@@ -219,9 +219,9 @@ def stage_and_move(run: RunInfo, committed: Sequence[str], fault=no_fault) -> di
                     f"published (deleted by another hand?); rerun {run.run_date}"
                 )
     fault("staged")
-    batch = 1 if layout.is_local(run.output) else MOVE_BATCH
+    batch = 1 if storage.is_local(run.output) else MOVE_BATCH
     for i, start in enumerate(range(0, len(moves), batch), 1):
-        layout.move(moves[start : start + batch])
+        storage.move(moves[start : start + batch])
         fault(f"moved.{i}")
     return names
 
@@ -239,7 +239,7 @@ def _commit(run: RunInfo, summary: Mapping, expected: dict[str, set], lock: Date
         return current
     _refuse_if_superseded(run, current)
     for table, names in expected.items():
-        missing = names - {e.name for e in layout.list_dir(layout.partition_dir(run.output, table, run.run_date))}
+        missing = names - {e.name for e in storage.list_dir(layout.partition_dir(run.output, table, run.run_date))}
         if missing:
             raise PublishError(
                 f"{len(missing)} files of run {run.run_id} vanished from "
@@ -248,7 +248,7 @@ def _commit(run: RunInfo, summary: Mapping, expected: dict[str, set], lock: Date
             )
     published = {**summary, "run_id": run.run_id, "published_at": datetime.now(timezone.utc).isoformat()}
     data = json.dumps(published, indent=2, sort_keys=True).encode() + b"\n"
-    layout.write_atomic(layout.summary_path(run.output, run.run_date), data, "application/json")
+    storage.write_atomic(layout.summary_path(run.output, run.run_date), data, "application/json")
     fault("committed")
     return published
 
@@ -256,13 +256,13 @@ def _commit(run: RunInfo, summary: Mapping, expected: dict[str, set], lock: Date
 def prune(run: RunInfo, fault=no_fault) -> None:
     """Step 4: the partition directories keep only the files of the run that committed."""
     for table in layout.TABLES:
-        visible = layout.list_dir(layout.partition_dir(run.output, table, run.run_date))
+        visible = storage.list_dir(layout.partition_dir(run.output, table, run.run_date))
         others = [e.path for e in visible if e.name.endswith(".parquet") and not layout.is_run_file(e.name, run.run_id)]
-        layout.delete(others)
+        storage.delete(others)
         fault(f"pruned.{table}")
     runs_dir = layout.partition_dir(run.output, layout.RUNS, run.run_date)
     # Temporary files of summary writes that died (local disk only has them).
-    layout.delete([e.path for e in layout.list_dir(runs_dir) if e.name.startswith(f".{layout.SUMMARY}.")])
+    storage.delete([e.path for e in storage.list_dir(runs_dir) if e.name.startswith(f".{layout.SUMMARY}.")])
 
 
 def remove_old_staging(output: str, ttl_hours: float, now: Optional[datetime] = None) -> list[str]:
@@ -270,18 +270,18 @@ def remove_old_staging(output: str, ttl_hours: float, now: Optional[datetime] = 
     (of any date): their runs are dead. Returns their names."""
     now = now or datetime.now(timezone.utc)
     root = layout.join(output, layout.STAGING)
-    if layout.is_local(output):
+    if storage.is_local(output):
         try:
             runs = [e.name for e in os.scandir(root) if e.is_dir()]
         except FileNotFoundError:
             return []
     else:
-        runs = sorted({e.name.split("/", 1)[0] for e in layout.list_tree(root)})
+        runs = sorted({e.name.split("/", 1)[0] for e in storage.list_tree(root)})
     removed = []
     for name in runs:
         started = layout.run_started(name.partition("_")[2])
         if started is not None and now - started > timedelta(hours=ttl_hours):
-            layout.remove_tree(layout.join(root, name))
+            storage.remove_tree(layout.join(root, name))
             removed.append(name)
-    layout.remove_empty_dirs(root)
+    storage.remove_empty_dirs(root)
     return removed

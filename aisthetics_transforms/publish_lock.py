@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from aisthetics_transforms import layout
+from aisthetics_transforms import layout, storage
 
 CLAIM, ALIVE = ".claim", ".alive"
 _log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class LockTimes:
     def settle(self, output: str) -> float:
         if self.settle_s is not None:
             return self.settle_s
-        return 0.05 if layout.is_local(output) else 2.0
+        return 0.05 if storage.is_local(output) else 2.0
 
 
 class DateLock:
@@ -98,7 +98,7 @@ class DateLock:
     def acquire(self) -> None:
         """Wait for the lock; raise :class:`PublishError` after ``wait_s``. The caller
         releases (or, after a fault, stops the heartbeat) whatever happens here."""
-        layout.create_if_absent(self.claim)
+        storage.create_if_absent(self.claim)
         self._beat()
         self._stop.clear()
         self._heartbeat = threading.Thread(target=self._beating, name=f"publish-lock-{self.run_id}", daemon=True)
@@ -111,7 +111,7 @@ class DateLock:
             if holder == self.run_id:
                 return
             if holder is None:  # our claim was removed as stale: we were paused too long
-                layout.create_if_absent(self.claim)
+                storage.create_if_absent(self.claim)
                 time.sleep(self.times.settle(self.output))
                 continue
             if time.monotonic() > deadline:
@@ -127,13 +127,13 @@ class DateLock:
 
     def release(self) -> None:
         self._stop_heartbeat()
-        layout.delete([self.alive, self.claim])  # a claim left alone goes stale at once
-        layout.remove_empty_dirs(self.directory, layout.join(self.output, layout.PUBLISH))
+        storage.delete([self.alive, self.claim])  # a claim left alone goes stale at once
+        storage.remove_empty_dirs(self.directory, layout.join(self.output, layout.PUBLISH))
 
     def _holder(self, remove_stale: bool) -> Optional[str]:
         """The run that holds the lock now, or None when our own claim is gone."""
         created, alive = {}, {}
-        for entry in layout.list_dir(self.directory):
+        for entry in storage.list_dir(self.directory):
             if entry.name.endswith(CLAIM):
                 created[entry.name[: -len(CLAIM)]] = entry.updated
             elif entry.name.endswith(ALIVE):
@@ -147,17 +147,17 @@ class DateLock:
                 self.times.ttl_s,
                 ", ".join(stale),
             )
-            layout.delete([layout.join(self.directory, r + suffix) for r in stale for suffix in (CLAIM, ALIVE)])
+            storage.delete([layout.join(self.directory, r + suffix) for r in stale for suffix in (CLAIM, ALIVE)])
         orphans = [r for r, t in alive.items() if r not in created and now - t > self.times.ttl_s]
         if orphans and remove_stale:  # heartbeats of runs that died releasing
-            layout.delete([layout.join(self.directory, r + ALIVE) for r in orphans])
+            storage.delete([layout.join(self.directory, r + ALIVE) for r in orphans])
         live = {r: t for r, t in created.items() if r not in stale}
         if self.run_id not in live:
             return None
         return min(live, key=lambda r: (live[r], r))
 
     def _beat(self) -> None:
-        layout.touch(self.alive)
+        storage.touch(self.alive)
 
     def _beating(self) -> None:
         while not self._stop.wait(self.times.ttl_s / 4):

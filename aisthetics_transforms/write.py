@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from aisthetics_transforms import layout
+from aisthetics_transforms import layout, storage
 from aisthetics_transforms.counters import ROWS_WRITTEN, counter
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.publish import RunInfo, publish_night
@@ -107,7 +107,7 @@ def _publish(_, files: list, stats: dict, run: RunInfo) -> dict:
 
 def open_parquet(path: str, schema: pa.Schema):
     """(the file, a snappy ParquetWriter on it) for a new Parquet file at ``path``; close both."""
-    if layout.is_local(path):
+    if storage.is_local(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     parquet = FileSystems.create(path, mime_type="application/x-parquet")
     return parquet, pq.ParquetWriter(parquet, schema, compression="snappy")

@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from aisthetics_transforms import layout, records
+from aisthetics_transforms import layout, records, storage
 
 PROG = "python -m pipeline"
 # Columns of the tables in flight: a kept column of the same name would overwrite one of them.
@@ -83,7 +83,7 @@ def keep_column_problems(keep: Sequence[str]) -> list[str]:
 
 def output_problems(output: str) -> list[str]:
     """A local --output must be a directory, or a path where one can be made."""
-    if not layout.is_local(output):
+    if not storage.is_local(output):
         return []  # gs:// and other stores are checked by writing
     path = os.path.abspath(output)
     if os.path.exists(path) and not os.path.isdir(path):

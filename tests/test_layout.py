@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from aisthetics_transforms import layout
+from aisthetics_transforms import layout, storage
 
 DATE = "2026-11-28"
 
@@ -47,7 +47,7 @@ def test_paths_of_a_night_and_their_inverse():
         assert layout.summary_path(output, DATE) == f"{output}/runs/dt={DATE}/summary.json"
         assert layout.staging_dir(output, DATE, "RUN") == f"{output}/_staging/{DATE}_RUN"
         assert layout.claims_dir(output, DATE) == f"{output}/_publish/{DATE}"
-    assert layout.is_local("/data/out") and layout.is_local("relative/out") and not layout.is_local("gs://b/out")
+    assert storage.is_local("/data/out") and storage.is_local("relative/out") and not storage.is_local("gs://b/out")
 
 
 @pytest.mark.parametrize(
@@ -94,63 +94,63 @@ def test_a_night_is_the_parquet_files_of_its_run():
 
 def test_listing_names_files_relative_to_the_directory(tmp_path):
     for name in ("a.parquet", "sub/b.parquet", "sub/deeper/c.json"):
-        layout.write_atomic(str(tmp_path / "d" / name), name.encode())
-    tree = layout.list_tree(str(tmp_path / "d"))
+        storage.write_atomic(str(tmp_path / "d" / name), name.encode())
+    tree = storage.list_tree(str(tmp_path / "d"))
     assert [e.name for e in tree] == ["a.parquet", "sub/b.parquet", "sub/deeper/c.json"]
     assert all(e.path == str(tmp_path / "d" / e.name) and abs(e.updated - time.time()) < 60 for e in tree)
-    assert [e.name for e in layout.list_dir(str(tmp_path / "d"))] == ["a.parquet"]
-    assert layout.list_tree(str(tmp_path / "absent")) == [] == layout.list_dir(str(tmp_path / "absent"))
+    assert [e.name for e in storage.list_dir(str(tmp_path / "d"))] == ["a.parquet"]
+    assert storage.list_tree(str(tmp_path / "absent")) == [] == storage.list_dir(str(tmp_path / "absent"))
 
 
 def test_an_atomic_write_replaces_the_whole_file_and_leaves_no_temporary_one(tmp_path):
     path = str(tmp_path / "runs" / "summary.json")
-    assert layout.read_bytes(path) is None
-    layout.write_atomic(path, b"old")
-    layout.write_atomic(path, b"new, longer")
-    assert layout.read_bytes(path) == b"new, longer"
+    assert storage.read_bytes(path) is None
+    storage.write_atomic(path, b"old")
+    storage.write_atomic(path, b"new, longer")
+    assert storage.read_bytes(path) == b"new, longer"
     assert os.listdir(tmp_path / "runs") == ["summary.json"]
     assert os.stat(path).st_mode & 0o777 == 0o644  # readable by whoever reads the tables
 
 
 def test_create_if_absent_creates_once(tmp_path):
     claim = str(tmp_path / "_publish" / DATE / "RUN.claim")
-    assert layout.create_if_absent(claim) is True
-    assert layout.create_if_absent(claim) is False
-    assert layout.read_bytes(claim) == b""
+    assert storage.create_if_absent(claim) is True
+    assert storage.create_if_absent(claim) is False
+    assert storage.read_bytes(claim) == b""
 
 
 def test_touch_creates_and_refreshes_without_changing_the_contents(tmp_path):
     beat = tmp_path / "RUN.alive"
-    layout.touch(str(beat))
+    storage.touch(str(beat))
     assert beat.read_bytes() == b""
     beat.write_bytes(b"kept")
     os.utime(beat, (1, 1))
-    layout.touch(str(beat))
+    storage.touch(str(beat))
     assert beat.read_bytes() == b"kept" and time.time() - beat.stat().st_mtime < 60
 
 
 def test_moves_replace_their_destination_and_deletes_accept_what_is_gone(tmp_path):
     staged = [tmp_path / "staging" / f"{i}.parquet" for i in range(3)]
     for i, path in enumerate(staged):
-        layout.write_atomic(str(path), f"new {i}".encode())
+        storage.write_atomic(str(path), f"new {i}".encode())
     published = tmp_path / "scores" / f"dt={DATE}"
-    layout.write_atomic(str(published / "0.parquet"), b"old")
-    layout.move([(str(path), str(published / path.name)) for path in staged])
+    storage.write_atomic(str(published / "0.parquet"), b"old")
+    storage.move([(str(path), str(published / path.name)) for path in staged])
     assert sorted(os.listdir(published)) == ["0.parquet", "1.parquet", "2.parquet"]
     assert (published / "0.parquet").read_bytes() == b"new 0"
     assert os.listdir(tmp_path / "staging") == []
-    layout.move([])
-    layout.delete([str(published / "0.parquet"), str(published / "never-was.parquet")])
-    layout.delete([])
+    storage.move([])
+    storage.delete([str(published / "0.parquet"), str(published / "never-was.parquet")])
+    storage.delete([])
     assert sorted(os.listdir(published)) == ["1.parquet", "2.parquet"]
 
 
 def test_removing_a_tree_and_empty_directories(tmp_path):
-    layout.write_atomic(str(tmp_path / "_staging" / "RUN" / "scores" / "a.parquet"), b"x")
-    layout.write_atomic(str(tmp_path / "_publish" / DATE / "OTHER.claim"), b"")
-    layout.remove_tree(str(tmp_path / "_staging" / "RUN"))
-    layout.remove_tree(str(tmp_path / "_staging" / "RUN"))  # already gone: no error
-    layout.remove_empty_dirs(str(tmp_path / "_staging"), str(tmp_path / "_publish" / DATE), str(tmp_path / "none"))
+    storage.write_atomic(str(tmp_path / "_staging" / "RUN" / "scores" / "a.parquet"), b"x")
+    storage.write_atomic(str(tmp_path / "_publish" / DATE / "OTHER.claim"), b"")
+    storage.remove_tree(str(tmp_path / "_staging" / "RUN"))
+    storage.remove_tree(str(tmp_path / "_staging" / "RUN"))  # already gone: no error
+    storage.remove_empty_dirs(str(tmp_path / "_staging"), str(tmp_path / "_publish" / DATE), str(tmp_path / "none"))
     assert not (tmp_path / "_staging").exists()
     assert (tmp_path / "_publish" / DATE / "OTHER.claim").exists()  # not empty: another run uses it
 
@@ -160,21 +160,21 @@ def test_removing_a_tree_and_empty_directories(tmp_path):
 
 def publish_by_hand(output: str, run_date: str, run_id: str, files: list[str]) -> None:
     for name in files:
-        layout.write_atomic(layout.join(layout.partition_dir(output, "scores", run_date), name), b"PAR1")
-    layout.write_atomic(layout.summary_path(output, run_date), json.dumps({"run_id": run_id, "rows": 1}).encode())
+        storage.write_atomic(layout.join(layout.partition_dir(output, "scores", run_date), name), b"PAR1")
+    storage.write_atomic(layout.summary_path(output, run_date), json.dumps({"run_id": run_id, "rows": 1}).encode())
 
 
 def test_a_nights_files_are_its_summarys_run_and_a_date_without_summary_is_no_night(tmp_path):
     output = str(tmp_path / "out")
     publish_by_hand(output, DATE, "RUNB", ["RUNB-scores-0.parquet", "RUNB-scores-1.parquet"])
-    layout.write_atomic(layout.join(layout.partition_dir(output, "scores", DATE), "RUNA-scores-0.parquet"), b"PAR1")
+    storage.write_atomic(layout.join(layout.partition_dir(output, "scores", DATE), "RUNA-scores-0.parquet"), b"PAR1")
     names = sorted(os.path.basename(p) for p in layout.night_files(output, "scores", DATE))
     assert names == ["RUNB-scores-0.parquet", "RUNB-scores-1.parquet"]
     partition = layout.partition_dir(output, "scores", DATE)
     assert layout.night_pattern(partition) == f"{partition}/RUNB-*.parquet"
     assert layout.night_files(output, "errors", DATE) == []  # no file of that table
 
-    layout.write_atomic(layout.join(layout.partition_dir(output, "scores", "2026-11-29"), "RUNC-x.parquet"), b"PAR1")
+    storage.write_atomic(layout.join(layout.partition_dir(output, "scores", "2026-11-29"), "RUNC-x.parquet"), b"PAR1")
     assert layout.night_files(output, "scores", "2026-11-29") == []
     with pytest.raises(layout.LayoutError, match="has no published night"):
         layout.night_pattern(layout.partition_dir(output, "scores", "2026-11-29"))
@@ -183,7 +183,7 @@ def test_a_nights_files_are_its_summarys_run_and_a_date_without_summary_is_no_ni
 def test_a_summary_that_is_not_an_object_is_named_with_the_fix(tmp_path):
     output = str(tmp_path / "out")
     assert layout.read_summary(output, DATE) is None
-    layout.write_atomic(layout.summary_path(output, DATE), b"[1, 2]")
+    storage.write_atomic(layout.summary_path(output, DATE), b"[1, 2]")
     with pytest.raises(layout.LayoutError, match=f"summary.json is not a run summary .*rerun {DATE}"):
         layout.read_summary(output, DATE)
 
@@ -198,7 +198,7 @@ def test_published_dates_come_from_summaries_under_runs_only(tmp_path):
         "runs/2026-11-24/summary.json",
         "scores/dt=2026-11-23/summary.json",
     ):
-        layout.write_atomic(os.path.join(output, stray), b"{}")
+        storage.write_atomic(os.path.join(output, stray), b"{}")
     assert layout.published_dates(output) == ["2026-11-25", "2026-11-27"]
     assert layout.previous_night(output, "2026-11-27")["run_date"] == "2026-11-25"
     newest = {"run_id": "RUN2026-11-27", "rows": 1, "run_date": "2026-11-27"}

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from gcs_emulator import counting_proxy, gcs  # noqa: F401  (pytest fixture)
 
-from aisthetics_transforms import layout
+from aisthetics_transforms import storage
 from aisthetics_transforms.night_claim import DateClaimed, NightClaim, claim_path, read_claim, release_claim
 
 DATE = "2026-11-28"
@@ -73,8 +73,8 @@ def test_an_expired_claim_or_a_dead_process_is_taken_over(tmp_path):
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
     )
     path = claim_path(output, DATE)
-    claim = {**json.loads(layout.read_bytes(path)), "run_id": "dead-run", "pid": int(dead.stdout)}
-    layout.write_atomic(path, json.dumps(claim).encode())
+    claim = {**json.loads(storage.read_bytes(path)), "run_id": "dead-run", "pid": int(dead.stdout)}
+    storage.write_atomic(path, json.dumps(claim).encode())
     NightClaim(output, DATE, "after-the-dead", ttl_s=120).take()
     assert read_claim(output, DATE).run_id == "after-the-dead"
 
@@ -92,7 +92,7 @@ def test_a_kept_claim_is_renewed_and_one_taken_over_is_not_overwritten(tmp_path)
         assert not renewed.expired(datetime.now(timezone.utc))
     finally:
         claim.stop_keeping()
-    layout.write_atomic(claim_path(output, DATE), json.dumps({**renewed._asdict(), "run_id": "other"}).encode())
+    storage.write_atomic(claim_path(output, DATE), json.dumps({**renewed._asdict(), "run_id": "other"}).encode())
     assert claim.renew() is False and read_claim(output, DATE).run_id == "other"
     release_claim(output, DATE, "keeper")  # not its own: left alone
     assert read_claim(output, DATE).run_id == "other"

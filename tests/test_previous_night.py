@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.pvalue import TaggedOutput
 
-from aisthetics_transforms import buckets, layout
+from aisthetics_transforms import buckets, layout, storage
 from aisthetics_transforms.buckets import first_per_key
 from aisthetics_transforms.contents import REUSED, reuse_or_score
 from aisthetics_transforms.incremental import (
@@ -147,9 +147,9 @@ def test_the_previous_night_is_its_summarys_run_with_its_row_count(tmp_path):
         for name in ("RUNX-scores-1.parquet", "RUNX-scores-0.parquet")
     ]
     for path in files:
-        layout.move([(path, layout.join(partition, path.rsplit("/", 1)[1]))])
-    layout.write_atomic(layout.join(partition, "RUNW-scores-0.parquet"), b"PAR1")  # an older run's leftover
-    layout.write_atomic(layout.summary_path(output, "2026-11-27"), json.dumps({"run_id": "RUNX", "rows": 42}).encode())
+        storage.move([(path, layout.join(partition, path.rsplit("/", 1)[1]))])
+    storage.write_atomic(layout.join(partition, "RUNW-scores-0.parquet"), b"PAR1")  # an older run's leftover
+    storage.write_atomic(layout.summary_path(output, "2026-11-27"), json.dumps({"run_id": "RUNX", "rows": 42}).encode())
     night = find_previous_night(output, "2026-11-28")
     assert (night.run_date, night.run_id, night.partition, night.rows) == ("2026-11-27", "RUNX", partition, 42)
     assert night.files == [layout.join(partition, f"RUNX-scores-{i}.parquet") for i in (0, 1)]

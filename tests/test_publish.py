@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aisthetics_transforms import layout, publish, queries, report
+from aisthetics_transforms import layout, publish, queries, report, storage
 from aisthetics_transforms.incremental import find_previous_night
 from aisthetics_transforms.publish import (
     DateLock,
@@ -84,11 +84,11 @@ def stage(run: RunInfo, ids: tuple, files: int = 2, leftover: bool = True) -> tu
             part = table_ids[i::files]
             if part:
                 path = layout.join(staging, table, f"{run.run_id}-{table}-{uuid.uuid4().hex}.parquet")
-                layout.write_atomic(path, parquet_bytes(_rows(table, part), schemas[table]))
+                storage.write_atomic(path, parquet_bytes(_rows(table, part), schemas[table]))
                 committed.append(path)
         if leftover:
             path = layout.join(staging, table, f"{run.run_id}-{table}-failed-attempt.parquet")
-            layout.write_atomic(path, parquet_bytes(_rows(table, [f"ghost-{table}"]), schemas[table]))
+            storage.write_atomic(path, parquet_bytes(_rows(table, [f"ghost-{table}"]), schemas[table]))
     scores, errors = ids
     summary = {
         "run_date": run.run_date,
@@ -112,7 +112,7 @@ def published(output: str, ids: tuple = OLD, run_date: str = DATE) -> RunInfo:
 def read_ids(paths: list[str]) -> list[str]:
     ids = []
     for path in paths:
-        ids += pq.read_table(io.BytesIO(layout.read_bytes(path))).column("image_id").to_pylist()
+        ids += pq.read_table(io.BytesIO(storage.read_bytes(path))).column("image_id").to_pylist()
     return ids
 
 
@@ -133,7 +133,7 @@ def assert_whole(output: str, runs: dict, run_date: str = DATE) -> str:
 
 
 def visible_files(output: str, run_date: str = DATE) -> list[str]:
-    return [e.name for table in layout.TABLES for e in layout.list_dir(layout.partition_dir(output, table, run_date))]
+    return [e.name for table in layout.TABLES for e in storage.list_dir(layout.partition_dir(output, table, run_date))]
 
 
 def assert_settled(output: str, run_id: str, run_date: str = DATE) -> None:
@@ -141,8 +141,8 @@ def assert_settled(output: str, run_id: str, run_date: str = DATE) -> None:
     night exactly too), its staging is gone, and no claim is left."""
     names = visible_files(output, run_date)
     assert names and all(n.startswith(f"{run_id}-") for n in names), names
-    assert not layout.list_tree(layout.staging_dir(output, run_date, run_id))
-    assert not layout.list_tree(layout.claims_dir(output, run_date))
+    assert not storage.list_tree(layout.staging_dir(output, run_date, run_id))
+    assert not storage.list_tree(layout.claims_dir(output, run_date))
 
 
 class Fault:
@@ -250,7 +250,7 @@ def test_an_older_run_never_replaces_a_newer_runs_night(tmp_path):
     assert "\n" not in message
     assert f"run {older.run_id} of {DATE} superseded by newer run {newer.run_id} published at 20" in message
     assert assert_whole(output, {newer.run_id: NEW, older.run_id: OLD}) == newer.run_id
-    assert not layout.list_tree(layout.staging_dir(output, DATE, older.run_id))  # nothing of it will ever publish
+    assert not storage.list_tree(layout.staging_dir(output, DATE, older.run_id))  # nothing of it will ever publish
     assert_settled(output, newer.run_id)
 
 
@@ -325,7 +325,7 @@ def test_a_waiting_run_gives_up_after_its_wait_with_one_clear_line(tmp_path):
         assert "\n" not in message and f"run {run.run_id} of {DATE} waited 0 s for the publish lock" in message
         assert "held by run 20261128T000000000000Z-holder" in message
         assert layout.read_summary(output, DATE) is None
-        assert layout.list_tree(layout.staging_dir(output, DATE, run.run_id))  # kept: a retry may still publish
+        assert storage.list_tree(layout.staging_dir(output, DATE, run.run_id))  # kept: a retry may still publish
     finally:
         holder.release()
     publish_night(run, *files)  # the lock is free now
@@ -337,7 +337,7 @@ def test_a_dead_runs_claim_expires_and_a_live_one_is_kept(tmp_path):
     output = str(tmp_path / "out")
     claims = layout.claims_dir(output, DATE)
     dead = layout.join(claims, "20261128T000000000000Z-dead00.claim")
-    layout.create_if_absent(dead)
+    storage.create_if_absent(dead)
     past = time.time() - 3600
     os.utime(dead, (past, past))  # its run stopped an hour ago, and never beat since
     run = published(output, NEW)
@@ -363,7 +363,7 @@ def test_a_dead_runs_claim_expires_and_a_live_one_is_kept(tmp_path):
 def _staging_of(output: str, run_date: str, started: datetime) -> str:
     run_id = layout.new_run_id(started)
     directory = layout.staging_dir(output, run_date, run_id)
-    layout.write_atomic(layout.join(directory, "scores", f"{run_id}-scored-x.parquet"), b"PAR1")
+    storage.write_atomic(layout.join(directory, "scores", f"{run_id}-scored-x.parquet"), b"PAR1")
     return f"{run_date}_{run_id}"
 
 
@@ -379,7 +379,7 @@ def test_stale_staging_is_removed_by_age_never_a_young_one(tmp_path):
         _staging_of(output, "2026-11-27", now - timedelta(minutes=1)),
     ]
     foreign = layout.join(output, layout.STAGING, "not-a-run")
-    layout.write_atomic(layout.join(foreign, "file"), b"x")
+    storage.write_atomic(layout.join(foreign, "file"), b"x")
     run = published(output, NEW)
     left = sorted(os.listdir(layout.join(output, layout.STAGING)))
     assert left == sorted([*young, "not-a-run"]), (left, dead)
@@ -399,7 +399,7 @@ def test_readers_see_published_nights_only_even_with_dt_inside_the_output_path(t
     died = make_run(output, "2026-11-28")
     with pytest.raises(PublishFault):
         publish_night(died, *stage(died, NEW), fault=Fault("before_commit"))
-    assert layout.list_dir(layout.partition_dir(output, "scores", "2026-11-28"))
+    assert storage.list_dir(layout.partition_dir(output, "scores", "2026-11-28"))
 
     assert layout.published_dates(output) == ["2026-11-26", "2026-11-27"] == report.nights(output)
     assert layout.night_files(output, "scores", "2026-11-28") == []
@@ -426,9 +426,9 @@ def test_a_summary_without_a_run_id_covers_every_file_and_a_broken_one_is_named(
     output = str(tmp_path / "out")
     directory = layout.partition_dir(output, "scores", DATE)
     for name in ("a.parquet", "b.parquet"):
-        layout.write_atomic(layout.join(directory, name), parquet_bytes(_rows("scores", [name]), scores_schema()))
-    layout.write_atomic(layout.summary_path(output, DATE), b'{"rows": 2}')
+        storage.write_atomic(layout.join(directory, name), parquet_bytes(_rows("scores", [name]), scores_schema()))
+    storage.write_atomic(layout.summary_path(output, DATE), b'{"rows": 2}')
     assert sorted(read_ids(layout.night_files(output, "scores", DATE))) == ["a.parquet", "b.parquet"]
-    layout.write_atomic(layout.summary_path(output, DATE), b'{"rows": 2')
+    storage.write_atomic(layout.summary_path(output, DATE), b'{"rows": 2')
     with pytest.raises(layout.LayoutError, match=f"summary.json is not valid JSON .*rerun {DATE}"):
         layout.night_files(output, "scores", DATE)

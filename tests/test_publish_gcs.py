@@ -26,7 +26,7 @@ from test_publish import (
     visible_files,
 )
 
-from aisthetics_transforms import layout, publish, queries
+from aisthetics_transforms import layout, publish, queries, storage
 from aisthetics_transforms.publish import PublishError, Superseded, publish_night
 
 pytestmark = pytest.mark.slow  # the GCS emulator
@@ -37,7 +37,7 @@ def output(gcs) -> str:
     root = gcs.uri(f"publish-{uuid.uuid4().hex[:8]}")
     yield f"{root}/out"
     # The emulator rewrites its whole object index on every write: keep the bucket small.
-    layout.delete([e.path for e in layout.list_tree(root)])
+    storage.delete([e.path for e in storage.list_tree(root)])
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_an_older_run_never_replaces_a_newer_runs_night(output):
     with pytest.raises(Superseded, match=f"run {older.run_id} of {DATE} superseded by newer run {newer.run_id}"):
         publish_night(older, *older_files)
     assert assert_whole(output, {newer.run_id: NEW, older.run_id: OLD}) == newer.run_id
-    assert not layout.list_tree(layout.staging_dir(output, DATE, older.run_id))
+    assert not storage.list_tree(layout.staging_dir(output, DATE, older.run_id))
 
 
 def test_two_runs_of_one_date_at_once(output):
@@ -112,10 +112,10 @@ def test_two_runs_of_one_date_at_once(output):
 
 def test_a_dead_runs_claim_expires(output):
     dead = layout.join(layout.claims_dir(output, DATE), "20261128T000000000000Z-dead00.claim")
-    layout.create_if_absent(dead)
+    storage.create_if_absent(dead)
     time.sleep(1.2)  # longer than the test runs' ttl, without a heartbeat
     run = published(output, NEW)
-    assert not layout.list_tree(layout.claims_dir(output, DATE))
+    assert not storage.list_tree(layout.claims_dir(output, DATE))
     assert_settled(output, run.run_id)
 
 
@@ -124,7 +124,7 @@ def test_stale_staging_is_removed_by_age_never_a_young_one(output):
     dead = _staging_of(output, DATE, now - timedelta(hours=80))
     young = _staging_of(output, DATE, now - timedelta(hours=70))
     run = published(output, NEW)
-    left = {e.name.split("/", 1)[0] for e in layout.list_tree(layout.join(output, layout.STAGING))}
+    left = {e.name.split("/", 1)[0] for e in storage.list_tree(layout.join(output, layout.STAGING))}
     assert left == {young}, (left, dead)
     assert_settled(output, run.run_id)
 

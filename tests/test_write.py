@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from aisthetics_transforms import layout
+from aisthetics_transforms import layout, storage
 from aisthetics_transforms.publish import RunInfo
 from aisthetics_transforms.records import STAGES, errors_schema, scores_schema
 from aisthetics_transforms.write import WriteParquetFiles, WriteTables, file_counts, sum_counts, summarize
@@ -206,4 +206,4 @@ def test_a_night_without_error_rows_publishes_an_empty_errors_file_with_its_sche
     [empty] = layout.night_files(run.output, "errors", DATE)
     table = pq.read_table(empty)
     assert table.num_rows == 0 and table.schema == errors_schema(KEEP)
-    assert not layout.list_tree(layout.join(run.output, layout.STAGING))
+    assert not storage.list_tree(layout.join(run.output, layout.STAGING))

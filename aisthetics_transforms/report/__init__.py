@@ -27,7 +27,7 @@ import time
 
 import duckdb
 
-from aisthetics_transforms import layout
+from aisthetics_transforms import layout, storage
 from aisthetics_transforms.report.aggregates import DEFAULT_MEMORY_LIMIT, connect, query
 from aisthetics_transforms.report.data import ReportData, ReportError, Thumbnail, find_nights
 from aisthetics_transforms.report.page import render
@@ -107,5 +107,5 @@ def write_report(
     new one) and return its path. Without ``run_date``, the newest night under ``output``."""
     data = collect(output, run_date, top, thumbnails, memory_limit)
     path = report_path(data.output, data.run_date)
-    layout.write_atomic(path, render(data).encode("utf-8"), mime_type="text/html")
+    storage.write_atomic(path, render(data).encode("utf-8"), mime_type="text/html")
     return path
