@@ -33,6 +33,9 @@ import numpy as np
 import pillow_heif
 from PIL import ExifTags, Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
+from aisthetics_transforms import settings
+from aisthetics_transforms.settings import setting
+
 # HEIC/HEIF photos (iPhones) through the maintained pillow-heif plugin; AVIF and WebP
 # are built into Pillow. Thumbnails, depth and auxiliary images are never scored, so
 # they are not read.
@@ -67,15 +70,20 @@ DECODE_ERROR_TYPES = {
 class DecodeLimits:
     """What one image may cost. The declared size is checked before any pixel is decoded."""
 
-    max_pixels: int = 64_000_000  # e.g. 8000x8000; a 60000x60000 "bomb" is refused
-    max_dimension: int = 20_000
+    max_pixels: int = setting(
+        64_000_000,  # e.g. 8000x8000; a 60000x60000 "bomb" is refused
+        least=1,
+        option="max_pixels",
+        help="largest image decoded, in pixels (checked before decoding)",
+    )
+    max_dimension: int = setting(
+        20_000, least=1, option="max_dimension", help="longest side of an image decoded, in pixels"
+    )
     # PNG text chunks (tEXt/zTXt/iTXt) in total, decompressed; never scored, only held.
-    max_metadata_bytes: int = 8 * 2**20
+    max_metadata_bytes: int = setting(8 * 2**20, least=1)
 
     def __post_init__(self):
-        for name in ("max_pixels", "max_dimension", "max_metadata_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DecodeLimits.{name} must be at least 1, got {getattr(self, name)}")
+        settings.check(self)
 
 
 DEFAULT_LIMITS = DecodeLimits()

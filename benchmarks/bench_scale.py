@@ -15,7 +15,7 @@ and every goal is a ratio taken within each round: the goal holds when the media
 - skew: a ``--rows`` manifest over ``--skew-uris`` files on disk, spread evenly, then with half its
   rows on one uri and the other half spread over the rest. Goals: skewed peak RSS <= 1.10x and wall
   <= 1.15x of the even one.
-- dead and busy hosts: ``--good-images`` HTTP images with ``--http_deadline=DEADLINE``; the same plus
+- dead and busy hosts: ``--good-images`` HTTP images with ``--fetch_deadline=DEADLINE``; the same plus
   ``--dead-uris`` uris on a host (127.0.0.2) that accepts connections and never answers; the same plus
   ``--busy-uris`` uris on a host that answers 429 with ``Retry-After: 3600``. Goals: the dead host adds
   at most 3 deadlines of wall time (its breaker trips), the busy host at most 1 (each of its uris ends
@@ -105,7 +105,7 @@ def build_rows(catalog: dict, server: ImageServer, far: ImageServer, dead: list,
     files = catalog["files"]
     paths, cats = [f["uri"] for f in files], [f["category"] for f in files]
     n, u, g = args.images, args.skew_uris, args.good_images
-    deadline = [f"--http_deadline={args.deadline:g}"]
+    deadline = [f"--fetch_deadline={args.deadline:g}"]
     dataflow = ["--decode_threads=1", "--inference_threads=1"]
     good = [server.url(p) for p in paths[:g]]
     return [
@@ -126,7 +126,9 @@ def build_rows(catalog: dict, server: ImageServer, far: ImageServer, dead: list,
             [cats[i] for i in skewed_index(args.rows, u)],
             u,
         ),
-        Row("http_base", f"{g} images over HTTP, --http_deadline={args.deadline:g}", good, cats[:g], g, extra=deadline),
+        Row(
+            "http_base", f"{g} images over HTTP, --fetch_deadline={args.deadline:g}", good, cats[:g], g, extra=deadline
+        ),
         Row(
             "http_dead",
             f"the same + {args.dead_uris} uris on a host that never answers",
@@ -385,7 +387,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--busy-uris", type=int, default=50, help="uris on a host that says Retry-After: 3600 (default 50)"
     )
-    parser.add_argument("--deadline", type=float, default=5.0, help="--http_deadline of the dead-host rows (default 5)")
+    parser.add_argument(
+        "--deadline", type=float, default=5.0, help="--fetch_deadline of the dead-host rows (default 5)"
+    )
     parser.add_argument(
         "--latency", type=float, default=0.05, help="seconds before each answer of the far server (default 0.05)"
     )

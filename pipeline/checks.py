@@ -25,7 +25,9 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from aisthetics_transforms import layout, records, storage
+from aisthetics_transforms import layout, records, settings, storage
+from aisthetics_transforms.fetch import FetchLimits
+from aisthetics_transforms.preprocess import DecodeLimits
 
 PROG = "python -m pipeline"
 # Columns of the tables in flight: a kept column of the same name would overwrite one of them.
@@ -36,20 +38,10 @@ SIMILAR = 0.8
 _IMAGE = re.compile(
     r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[\w][\w.-]{0,127})?(@[a-z0-9]+:[0-9a-f]{32,})?"
 )
-# Least value of each numeric option (the help says what 0 means where it is allowed).
-AT_LEAST = {
-    "host_breaker_failures": 0,
-    "batch_size": 1,
-    "inference_threads": 0,
-    "decode_threads": 0,
-    "fetch_threads": 1,
-    "max_image_bytes": 1,
-    "max_pixels": 1,
-    "max_dimension": 1,
-    "max_connections_per_host": 1,
-    "max_bytes_in_flight": 1,
-}
-POSITIVE_SECONDS = ("http_timeout", "http_deadline", "host_breaker_cooldown")
+# The limits whose fields declare their options and ranges (aisthetics_transforms.settings).
+LIMIT_CLASSES = (FetchLimits, DecodeLimits)
+# Least value of each other numeric option (the help says what 0 means where it is allowed).
+AT_LEAST = {"batch_size": 1, "inference_threads": 0, "decode_threads": 0, "fetch_threads": 1}
 CREDENTIALS_FIX = (
     "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service account key file"
 )
@@ -152,13 +144,8 @@ def number_problems(opts) -> list[str]:
         value = getattr(opts, name)
         if value < least:
             problems.append(f"--{name} must be at least {least}, got {value}")
-    for name in POSITIVE_SECONDS:
-        value = getattr(opts, name)
-        if not (math.isfinite(value) and value > 0):
-            problems.append(f"--{name} must be a number of seconds above 0, got {value}")
-    rate = opts.max_requests_per_second_per_host
-    if not (math.isfinite(rate) and rate >= 0):
-        problems.append(f"--max_requests_per_second_per_host must be 0 (no limit) or more, got {rate}")
+    for cls in LIMIT_CLASSES:
+        problems += settings.option_problems(cls, lambda option: getattr(opts, option))
     if not all(" " <= c <= "~" for c in opts.user_agent_text):
         problems.append(f"--user_agent must be printable ASCII (it is an HTTP header), got {opts.user_agent_text!r}")
     if not (math.isfinite(opts.staging_ttl_hours) and opts.staging_ttl_hours > 0):
@@ -167,11 +154,6 @@ def number_problems(opts) -> list[str]:
         problems.append(f"--night_claim_hours must be more than 0, got {opts.night_claim_hours}")
     if not (math.isfinite(opts.publish_lock_ttl_seconds) and opts.publish_lock_ttl_seconds >= 1):
         problems.append(f"--publish_lock_ttl_seconds must be at least 1, got {opts.publish_lock_ttl_seconds}")
-    if opts.max_bytes_in_flight < opts.max_image_bytes:
-        problems.append(
-            f"--max_bytes_in_flight must be at least --max_image_bytes ({opts.max_image_bytes}), "
-            f"got {opts.max_bytes_in_flight}"
-        )
     if not (math.isfinite(opts.progress_seconds) and (opts.progress_seconds >= 0 or opts.progress_seconds == -1)):
         problems.append(
             f"--progress_seconds must be 0 or more (0: never), or -1 for the default, got {opts.progress_seconds}"

@@ -14,8 +14,7 @@ import textwrap
 from datetime import datetime, timezone
 from typing import Sequence, TypeVar
 
-# Beam's parser class knows add_value_provider_argument, which Beam's own option classes use.
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, _BeamArgumentParser
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS, FetchLimits
 from aisthetics_transforms.manifest import FORMATS
@@ -24,7 +23,9 @@ from aisthetics_transforms.preprocess import DecodeLimits
 from aisthetics_transforms.publish import STAGING_TTL_HOURS
 from aisthetics_transforms.publish_lock import LockTimes
 from aisthetics_transforms.score import ModelSpec
+from aisthetics_transforms.settings import option_fields, option_values
 from pipeline.checks import (
+    LIMIT_CLASSES,
     PROG,
     keep_column_problems,
     misspelt_option_problems,
@@ -53,17 +54,16 @@ class CachedViewOptions(PipelineOptions):
     """PipelineOptions that make each view once.
 
     While a graph is built Beam asks for ``view_as(TypeOptions)`` about four times per
-    transform (~550 times for a night), and every view parses the command line again:
-    0.4 s of a 6 s incremental night. A view holds no values of its own (each reads and
-    writes this object's one dict of values), so one view per class is the same thing;
-    it is remade if that dict was replaced (a copy), and never pickled."""
+    transform (~550 times for a night), and every view parses the command line again
+    (docs/performance.md has what that cost). A view holds no values of its
+    own: each reads and writes the one store of values of the object it was made from, so
+    one view per class is the same thing. A copy (pickle, deepcopy) starts without views."""
 
     def view_as(self, cls: type[OptionsView]) -> OptionsView:
         views = self.__dict__.setdefault("_views", {})
-        view = views.get(cls)
-        if view is None or view._all_options is not self._all_options:
-            view = views[cls] = super().view_as(cls)
-        return view
+        if cls not in views:
+            views[cls] = super().view_as(cls)
+        return views[cls]
 
     def __getstate__(self) -> dict:
         return {key: value for key, value in super().__getstate__().items() if key != "_views"}
@@ -85,6 +85,32 @@ def _flag(value: str) -> bool:
     if value.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
     return value.lower() == "true"
+
+
+def _add_setting_options(group, cls: type) -> None:
+    """One option per field of ``cls`` that names one (:func:`aisthetics_transforms.settings.setting`),
+    its default and help taken from the field; a deprecated alias sets the same value."""
+    for field in option_fields(cls):
+        spec = field.metadata
+        names = [f"--{spec['option']}", *(f"--{alias}" for alias in spec["aliases"])]
+        helped = spec["help"] + "".join(f" (formerly --{alias}, deprecated)" for alias in spec["aliases"])
+        if isinstance(field.default, bool):
+            kinds: dict = {"nargs": "?", "const": True, "type": _flag}
+        else:
+            kinds = {"type": type(field.default)}
+        group.add_argument(*names, dest=spec["option"], default=field.default, help=helped, **kinds)
+
+
+def deprecated_option_warnings(argv: Sequence[str]) -> list[str]:
+    """A line for each deprecated option name in ``argv``, naming the one to write instead."""
+    renamed = {
+        f"--{alias}": f"--{f.metadata['option']}"
+        for cls in LIMIT_CLASSES
+        for f in option_fields(cls)
+        for alias in f.metadata["aliases"]
+    }
+    used = dict.fromkeys(arg.partition("=")[0] for arg in argv if arg.partition("=")[0] in renamed)
+    return [f"{PROG}: {old} is deprecated and goes in the next release; write {renamed[old]}" for old in used]
 
 
 class AistheticsOptions(PipelineOptions):
@@ -213,66 +239,8 @@ class AistheticsOptions(PipelineOptions):
         )
 
         limits = parser.add_argument_group("limits")
-        limits.add_argument(
-            "--max_image_bytes", type=int, default=FetchLimits.max_bytes, help="largest image file fetched, in bytes"
-        )
-        limits.add_argument(
-            "--max_pixels",
-            type=int,
-            default=DecodeLimits.max_pixels,
-            help="largest image decoded, in pixels (checked before decoding)",
-        )
-        limits.add_argument(
-            "--max_dimension",
-            type=int,
-            default=DecodeLimits.max_dimension,
-            help="longest side of an image decoded, in pixels",
-        )
-        limits.add_argument(
-            "--http_timeout", type=float, default=FetchLimits.read_timeout, help="seconds of silence allowed per read"
-        )
-        limits.add_argument(
-            "--http_deadline", type=float, default=FetchLimits.deadline, help="seconds per image, retries included"
-        )
-        limits.add_argument(
-            "--allow_private_hosts",
-            nargs="?",
-            const=True,
-            default=FetchLimits.allow_private_hosts,
-            type=_flag,
-            help="also fetch from private networks and loopback (link-local and cloud metadata hosts stay refused)",
-        )
-        limits.add_argument(
-            "--max_connections_per_host",
-            type=int,
-            default=FetchLimits.max_connections_per_host,
-            help="requests at once to one host:port per worker process",
-        )
-        limits.add_argument(
-            "--max_bytes_in_flight",
-            type=int,
-            default=FetchLimits.max_bytes_in_flight,
-            help="image body bytes being read at once per worker process (at least --max_image_bytes)",
-        )
-        limits.add_argument(
-            "--max_requests_per_second_per_host",
-            type=float,
-            default=FetchLimits.max_requests_per_second_per_host,
-            help="request starts a second to one host:port per worker process (0: no limit)",
-        )
-        limits.add_argument(
-            "--host_breaker_failures",
-            type=int,
-            default=FetchLimits.breaker_failures,
-            help="after this many requests in a row without an answer, a host's remaining uris fail at once "
-            "(HostUnavailable) until a probe gets an answer; 0: never",
-        )
-        limits.add_argument(
-            "--host_breaker_cooldown",
-            type=float,
-            default=FetchLimits.breaker_cooldown,
-            help="seconds a tripped host waits before a probe (doubling while probes go unanswered)",
-        )
+        for limits_class in LIMIT_CLASSES:
+            _add_setting_options(limits, limits_class)
 
     def validate_inputs(self) -> list[str]:
         """Every problem with these options, each naming the option and what it needs."""
@@ -294,23 +262,15 @@ class AistheticsOptions(PipelineOptions):
         problems += remote_runner_problems(self, {**paths, "--weights": self.weights})
         return problems
 
+    def _value(self, option: str):
+        return getattr(self, option)
+
     @property
     def keep_column_list(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.keep_columns.split(",") if c.strip())
 
     def fetch_limits(self) -> FetchLimits:
-        return FetchLimits(
-            max_bytes=self.max_image_bytes,
-            read_timeout=self.http_timeout,
-            deadline=self.http_deadline,
-            allow_private_hosts=self.allow_private_hosts,
-            max_connections_per_host=self.max_connections_per_host,
-            max_bytes_in_flight=self.max_bytes_in_flight,
-            max_requests_per_second_per_host=self.max_requests_per_second_per_host,
-            breaker_failures=self.host_breaker_failures,
-            breaker_cooldown=self.host_breaker_cooldown,
-            user_agent=self.user_agent_text.strip(),
-        )
+        return FetchLimits(**option_values(FetchLimits, self._value), user_agent=self.user_agent_text.strip())
 
     @property
     def user_agent_text(self) -> str:
@@ -319,7 +279,7 @@ class AistheticsOptions(PipelineOptions):
         return self.view_as(SetupOptions).user_agent or ""
 
     def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits(max_pixels=self.max_pixels, max_dimension=self.max_dimension)
+        return DecodeLimits(**option_values(DecodeLimits, self._value))
 
     def model_spec(self, staged_model: str | None = None) -> ModelSpec:
         return ModelSpec(
@@ -330,26 +290,18 @@ class AistheticsOptions(PipelineOptions):
 # --- parsing ---------------------------------------------------------------------------------
 
 
-class _OneLineParser(_BeamArgumentParser):
-    """Beam's argument parser, raising instead of printing a usage block and exiting."""
-
-    def error(self, message: str):
-        raise OptionsError([f"{message} (see {PROG} --help)"])
-
-
-def _all_options_parser() -> _OneLineParser:
-    """Our options and every Beam option class's, as Beam itself parses them."""
-    parser = _OneLineParser(prog=PROG, allow_abbrev=False, add_help=False)
-    classes: dict[str, type[PipelineOptions]] = {}
-    for cls in PipelineOptions.__subclasses__():
-        classes.setdefault(str(cls), cls)  # Beam's rule: a class imported twice is added once
-    for cls in classes.values():
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+def _all_options_parser() -> argparse.ArgumentParser:
+    """Every registered option class's parser (ours and Beam's), exactly as Beam builds it:
+    Beam's public ``get_all_options`` hands it to ``add_extra_args_fn`` before parsing."""
+    parsers: list[argparse.ArgumentParser] = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    parser = parsers[0]
+    parser.exit_on_error = False  # a malformed value raises ArgumentError instead of exiting
     return parser
 
 
 def _option_names(parser: argparse.ArgumentParser) -> list[str]:
-    return [name for action in parser._actions for name in action.option_strings]  # pylint: disable=protected-access
+    return [name for action in parser._actions for name in action.option_strings]
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -386,7 +338,12 @@ def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
         sys.stdout.write(help_text())
         raise SystemExit(0)
     parser = _all_options_parser()
-    _, unknown = parser.parse_known_args(argv)  # a malformed value raises here
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as malformed:
+        raise OptionsError([f"{malformed} (see {PROG} --help)"]) from None
+    for warning in deprecated_option_warnings(argv):
+        print(warning, file=sys.stderr)
     problems = misspelt_option_problems(unknown, _option_names(parser))
     options = CachedViewOptions(argv)
     problems += options.view_as(AistheticsOptions).validate_inputs()

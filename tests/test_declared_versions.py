@@ -47,7 +47,7 @@ def night(manifest: Path, output: Path, run_date: str, *extra: str) -> dict:
             f"--run_date={run_date}",
             "--incremental",
             "--version_column=updated_at",
-            "--http_deadline=10",
+            "--fetch_deadline=10",
             "--allow_private_hosts",
             *extra,
         ]

@@ -140,8 +140,8 @@ def night(manifest: Path, output: Path, run_date: str) -> dict:
             f"--run_date={run_date}",
             "--direct_running_mode=in_memory",
             "--incremental",
-            "--http_deadline=10",
-            "--http_timeout=5",
+            "--fetch_deadline=10",
+            "--fetch_timeout=5",
             "--allow_private_hosts",
         ]
     ).summary

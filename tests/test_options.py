@@ -4,9 +4,9 @@ status, nothing written under --output."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +20,10 @@ import pytest
 from PIL import Image
 
 import pipeline
-from pipeline.checks import AT_LEAST, keep_column_problems, misspelt_option_problems, run_date_problems
+from aisthetics_transforms.fetch import FetchLimits
+from aisthetics_transforms.preprocess import DecodeLimits
+from aisthetics_transforms.settings import option_fields
+from pipeline.checks import keep_column_problems, misspelt_option_problems, run_date_problems
 from pipeline.options import AistheticsOptions, OptionsError, help_text, pipeline_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,28 +102,64 @@ def test_politeness_options_reach_the_fetch_limits_and_bad_values_are_named(tmp_
     problems = validated(
         *given, "--max_requests_per_second_per_host=-1", "--host_breaker_cooldown=0", "--user_agent=a\tb"
     )
-    assert "--max_requests_per_second_per_host must be 0 (no limit) or more, got -1.0" in problems
-    assert "--host_breaker_cooldown must be a number of seconds above 0, got 0.0" in problems
+    assert "--max_requests_per_second_per_host must be at least 0, got -1.0" in problems
+    assert "--host_breaker_cooldown must be more than 0, got 0.0" in problems
     assert any(p.startswith("--user_agent must be printable ASCII") for p in problems)
 
 
+# Each numeric option one step out of its range, and the line that must name it.
+OUT_OF_RANGE = {
+    "--batch_size=0": "--batch_size must be at least 1, got 0",
+    "--inference_threads=-1": "--inference_threads must be at least 0, got -1",
+    "--decode_threads=-1": "--decode_threads must be at least 0, got -1",
+    "--fetch_threads=0": "--fetch_threads must be at least 1, got 0",
+    "--max_image_bytes=0": "--max_image_bytes must be at least 1, got 0",
+    "--max_pixels=0": "--max_pixels must be at least 1, got 0",
+    "--max_dimension=0": "--max_dimension must be at least 1, got 0",
+    "--max_connections_per_host=0": "--max_connections_per_host must be at least 1, got 0",
+    "--max_bytes_in_flight=0": "--max_bytes_in_flight must be at least 1, got 0",
+    "--host_breaker_failures=-1": "--host_breaker_failures must be at least 0, got -1",
+    "--host_breaker_cooldown=-2": "--host_breaker_cooldown must be more than 0, got -2.0",
+    "--max_requests_per_second_per_host=inf": "--max_requests_per_second_per_host must be at least 0, got inf",
+    "--fetch_timeout=0": "--fetch_timeout must be more than 0, got 0.0",
+    "--fetch_deadline=nan": "--fetch_deadline must be more than 0, got nan",
+    "--staging_ttl_hours=0": "--staging_ttl_hours must be more than 0, got 0.0",
+    "--night_claim_hours=-1": "--night_claim_hours must be more than 0, got -1.0",
+    "--publish_lock_ttl_seconds=0.5": "--publish_lock_ttl_seconds must be at least 1, got 0.5",
+}
+
+
 def test_every_number_is_range_checked_and_all_problems_named_at_once(tmp_path):
-    below = [f"--{name}={least - 1}" for name, least in AT_LEAST.items()]
-    problems = validated(
-        f"--manifest={tmp_path}/m.csv",
-        f"--output={tmp_path}/out",
-        *below,
-        "--http_timeout=0",
-        "--http_deadline=nan",
-        "--progress_seconds=-5",
-    )
-    for name, least in AT_LEAST.items():
-        assert f"--{name} must be at least {least}, got {least - 1}" in problems
-    assert "--http_timeout must be a number of seconds above 0, got 0.0" in problems
-    assert "--http_deadline must be a number of seconds above 0, got nan" in problems
-    assert any(p.startswith("--progress_seconds must be 0 or more") for p in problems)
-    assert len(problems) == len(AT_LEAST) + 3
-    assert validated(f"--manifest={tmp_path}/m.csv", f"--output={tmp_path}/out") == []
+    given = (f"--manifest={tmp_path}/m.csv", f"--output={tmp_path}/out")
+    problems = validated(*given, *OUT_OF_RANGE, "--progress_seconds=-5")
+    assert sorted(problems[:-1]) == sorted(OUT_OF_RANGE.values())
+    assert problems[-1].startswith("--progress_seconds must be 0 or more")
+    assert validated(*given) == []
+
+
+def test_one_image_at_the_cap_must_fit_in_the_bytes_in_flight(tmp_path):
+    given = (f"--manifest={tmp_path}/m.csv", f"--output={tmp_path}/out")
+    assert validated(*given, "--max_image_bytes=1000", "--max_bytes_in_flight=999") == [
+        "--max_bytes_in_flight must be at least --max_image_bytes (1000), got 999: one image at the cap must fit"
+    ]
+    assert validated(*given, "--max_image_bytes=1000", "--max_bytes_in_flight=1000") == []
+
+
+def test_renamed_limits_keep_their_old_names_for_a_release_with_a_warning(tmp_path, capsys):
+    given = [f"--images={tmp_path}/*.jpg", f"--output={tmp_path}/out"]
+    options = pipeline_options([*given, "--http_timeout=7", "--http_deadline", "90"])
+    limits = options.view_as(AistheticsOptions).fetch_limits()
+    assert (limits.read_timeout, limits.deadline) == (7.0, 90.0)
+    assert capsys.readouterr().err.splitlines() == [
+        "python -m pipeline: --http_timeout is deprecated and goes in the next release; write --fetch_timeout",
+        "python -m pipeline: --http_deadline is deprecated and goes in the next release; write --fetch_deadline",
+    ]
+    options = pipeline_options([*given, "--fetch_timeout=8", "--fetch_deadline=80"])
+    limits = options.view_as(AistheticsOptions).fetch_limits()
+    assert (limits.read_timeout, limits.deadline) == (8.0, 80.0)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(OptionsError, match="^argument --fetch_timeout/--http_timeout: invalid float value: 'soon'"):
+        pipeline_options([*given, "--http_timeout=soon"])
 
 
 def test_output_must_be_a_directory_or_makeable(tmp_path):
@@ -185,33 +224,46 @@ def test_beams_own_options_pass_and_ours_are_validated(tmp_path):
     ]
 
 
-def test_views_are_made_once_yet_share_every_value_and_survive_copies(tmp_path):
+def test_every_view_shares_the_values_and_a_copy_has_its_own(tmp_path):
     import copy
     import pickle
 
     from apache_beam.options.pipeline_options import StandardOptions, TypeOptions
 
     options = pipeline_options([f"--images={tmp_path}/*.jpg", f"--output={tmp_path}/out", "--runner=FnApiRunner"])
-    assert options.view_as(TypeOptions) is options.view_as(TypeOptions)  # Beam asks hundreds of times
+    options.view_as(TypeOptions)
     options.view_as(StandardOptions).runner = "DataflowRunner"  # a value set through one view...
     assert options.view_as(StandardOptions).runner == "DataflowRunner"  # ...is seen through every other
     assert options.get_all_options()["runner"] == "DataflowRunner"
     for copied in (copy.deepcopy(options), pickle.loads(pickle.dumps(options))):
+        assert copied.view_as(StandardOptions).runner == "DataflowRunner"
         copied.view_as(StandardOptions).runner = "FnApiRunner"  # a copy's views are its own values
         assert copied.get_all_options()["runner"] == "FnApiRunner"
         assert options.view_as(StandardOptions).runner == "DataflowRunner"
-    assert "_views" not in options.__getstate__()
+
+
+def described(help_text: str, option: str) -> str:
+    """What ``--help`` says of ``option``: its lines, joined, after the option's own names."""
+    found = re.search(rf"^  --{option}\b.*?(?=^  -|^\S|\Z)", help_text, re.M | re.S)
+    assert found, f"--{option} is not in the help"
+    words = found.group(0).split()
+    start = next(i for i, w in enumerate(words) if not w.startswith("-") and not w.isupper())
+    return " ".join(words[start:]).replace("- ", "-")  # argparse wraps lines after a hyphen too
 
 
 def test_help_shows_every_option_with_its_help_and_says_beams_are_accepted():
     text = help_text()
     assert text.startswith("usage: python -m pipeline")
-    ours = argparse.ArgumentParser(add_help=False)
-    AistheticsOptions._add_argparse_args(ours)
-    assert len(ours._actions) >= 20
-    for action in ours._actions:
-        assert action.help and action.option_strings[0] in text, action.option_strings
-    assert "(default: 64000000)" in text and "(default: 32)" in text
+    ours = AistheticsOptions([]).get_all_options(current_only=True)
+    assert len(ours) >= 30
+    for name in ours:
+        assert len(described(text, name)) > 10, name
+    for cls in (FetchLimits, DecodeLimits):  # the limits' fields give the options' defaults and help
+        for field in option_fields(cls):
+            said = described(text, field.metadata["option"])
+            assert said.startswith(" ".join(field.metadata["help"].split())), said
+            if not isinstance(field.default, bool) and field.default:
+                assert said.endswith(f"(default: {field.default})"), said
     assert "Any Apache Beam pipeline option is accepted" in text and "Exit status:" in text
 
 
@@ -421,8 +473,8 @@ def test_ctrl_c_mid_run_is_one_line_exit_130_and_publishes_nothing(catalog, tmp_
             "pipeline",
             f"--manifest={manifest}",
             f"--output={output}",
-            "--http_deadline=60",
-            "--http_timeout=60",
+            "--fetch_deadline=60",
+            "--fetch_timeout=60",
             *loopback,
         ],
         stdout=subprocess.PIPE,

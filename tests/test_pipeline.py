@@ -23,7 +23,7 @@ from aisthetics_transforms.model import DEFAULT_WEIGHTS_SHA256
 pytestmark = pytest.mark.slow  # whole-pipeline runs
 
 RUN_DATE = "2026-11-28"
-HTTP_DEADLINE = 3.0
+FETCH_DEADLINE = 3.0
 MAX_BYTES = 2_000_000
 
 
@@ -138,8 +138,8 @@ def run_pipeline(manifest: Path, output: Path, *extra: str):
             f"--run_date={RUN_DATE}",
             "--keep_columns=category",
             "--batch_size=4",
-            f"--http_deadline={HTTP_DEADLINE}",
-            "--http_timeout=2",
+            f"--fetch_deadline={FETCH_DEADLINE}",
+            "--fetch_timeout=2",
             "--allow_private_hosts",  # the catalog's server is on 127.0.0.1
             f"--max_image_bytes={MAX_BYTES}",
             *extra,
@@ -253,7 +253,7 @@ def test_a_stalled_server_is_bounded_by_the_deadline(catalog, first_run):
     [stalled] = [r for r in catalog["rows"] if r["image_id"] == "http-stalled"]
     [row] = [r for r in read_table(first_run["output"], "errors") if r["image_id"] == "http-stalled"]
     assert (row["uri"], row["stage"], row["error_type"]) == (stalled["uri"], "fetch", "DeadlineExceeded")
-    assert f"deadline of {HTTP_DEADLINE:g}s" in row["error_message"] and stalled["uri"] in row["error_message"]
+    assert f"deadline of {FETCH_DEADLINE:g}s" in row["error_message"] and stalled["uri"] in row["error_message"]
     assert row["category"] == stalled["category"]
     assert catalog["server"].hits["/stalled.jpg"] >= 1
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from importlib import metadata
-from typing import NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
+
+from aisthetics_transforms import settings
+from aisthetics_transforms.settings import setting
 
 MiB = 1024 * 1024
 
@@ -55,55 +58,81 @@ FETCH_ERROR_TYPES: tuple[str, ...] = (
 class FetchLimits:
     """Bounds on one image's fetch. Times are in seconds.
 
-    ``max_connections_per_host``: requests at once to one host:port from this process.
-    8, as a crawler's usual allowance per domain (Scrapy's default), keeps one worker
-    process's scoring busy behind a CDN: a new image costs two requests (fetch hashes it,
-    decode reads it again), so 8 connections at 50 ms a request give 80 new images/s,
-    about twice what one vCPU scores. An origin that wants less gets less with this and
-    ``max_requests_per_second_per_host``.
-    ``max_requests_per_second_per_host``: request starts a second to one host:port from
-    this process (0: no limit). ``breaker_failures`` requests in a row without an answer
-    trip a host's breaker (0: never), and ``breaker_cooldown`` seconds pass before a
-    probe (``fetch.hosts``). ``max_bytes_in_flight``: bytes of bodies being read at once
-    in this process.
+    ``max_connections_per_host``: 8, as a crawler's usual allowance per domain (Scrapy's
+    default), keeps one worker process's scoring busy behind a CDN: a new image costs two
+    requests (fetch hashes it, decode reads it again), so 8 connections at 50 ms a request
+    give 80 new images/s, about twice what one vCPU scores. An origin that wants less gets
+    less with this and ``max_requests_per_second_per_host``. ``breaker_failures`` requests
+    in a row without an answer trip a host's breaker, and ``breaker_cooldown`` seconds pass
+    before a probe (``fetch.hosts``).
     """
 
-    max_bytes: int = 50 * MiB
-    connect_timeout: float = 5.0
-    read_timeout: float = 15.0  # longest silence tolerated between two reads
-    deadline: float = 60.0  # total per image: every wait, retries and back-off included
-    retries: int = 3  # further attempts after the first, over the whole fetch
-    backoff: float = 0.5  # base of the jittered exponential back-off
-    max_backoff: float = 30.0  # the back-off's longest wait (a server's Retry-After is honoured whole)
-    max_redirects: int = 5
-    allow_private_hosts: bool = False  # private ranges and loopback (never link-local)
-    max_connections_per_host: int = 8
-    max_bytes_in_flight: int = 256 * MiB
-    max_requests_per_second_per_host: float = 0.0
-    breaker_failures: int = 3
-    breaker_cooldown: float = 30.0
+    max_bytes: int = setting(50 * MiB, least=1, option="max_image_bytes", help="largest image file fetched, in bytes")
+    connect_timeout: float = setting(5.0, above=0)
+    read_timeout: float = setting(
+        15.0,
+        above=0,
+        option="fetch_timeout",
+        aliases=("http_timeout",),
+        help="seconds of silence allowed per read, from any source (http(s), gs://, files)",
+    )
+    deadline: float = setting(
+        60.0,
+        above=0,
+        option="fetch_deadline",
+        aliases=("http_deadline",),
+        help="seconds per image, from any source: every wait, retries and back-off included",
+    )
+    retries: int = setting(3, least=0)  # further attempts after the first, over the whole fetch
+    backoff: float = setting(0.5, least=0)  # base of the jittered exponential back-off
+    max_backoff: float = setting(30.0, least=0)  # its longest wait (a server's Retry-After is honoured whole)
+    max_redirects: int = setting(5, least=0)
+    allow_private_hosts: bool = setting(
+        False,
+        option="allow_private_hosts",
+        help="also fetch from private networks and loopback (link-local and cloud metadata hosts stay refused)",
+    )
+    max_connections_per_host: int = setting(
+        8, least=1, option="max_connections_per_host", help="requests at once to one host:port per worker process"
+    )
+    max_bytes_in_flight: int = setting(
+        256 * MiB,
+        least=1,
+        option="max_bytes_in_flight",
+        help="image body bytes being read at once per worker process (at least --max_image_bytes)",
+    )
+    max_requests_per_second_per_host: float = setting(
+        0.0,
+        least=0,
+        option="max_requests_per_second_per_host",
+        help="request starts a second to one host:port per worker process (0: no limit)",
+    )
+    breaker_failures: int = setting(
+        3,
+        least=0,
+        option="host_breaker_failures",
+        help="after this many requests in a row without an answer, a host's remaining uris fail at once "
+        "(HostUnavailable) until a probe gets an answer; 0: never",
+    )
+    breaker_cooldown: float = setting(
+        30.0,
+        above=0,
+        option="host_breaker_cooldown",
+        help="seconds a tripped host waits before a probe (doubling while probes go unanswered)",
+    )
     user_agent: str = ""  # empty: DEFAULT_USER_AGENT
 
     def __post_init__(self):
-        positive = (
-            "max_bytes",
-            "connect_timeout",
-            "read_timeout",
-            "deadline",
-            "max_connections_per_host",
-            "breaker_cooldown",
-        )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"FetchLimits.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("retries", "backoff", "max_backoff", "max_redirects", "max_requests_per_second_per_host"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"FetchLimits.{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.max_bytes_in_flight < self.max_bytes:
-            raise ValueError(
-                f"FetchLimits.max_bytes_in_flight ({self.max_bytes_in_flight}) must be >= max_bytes "
-                f"({self.max_bytes}): one image at the cap must fit"
-            )
+        settings.check(self)
+
+    @staticmethod
+    def cross_problems(values: Mapping[str, Any], name: Callable[[str], str]) -> list[str]:
+        if values["max_bytes_in_flight"] >= values["max_bytes"]:
+            return []
+        return [
+            f"{name('max_bytes_in_flight')} must be at least {name('max_bytes')} ({values['max_bytes']}), "
+            f"got {values['max_bytes_in_flight']}: one image at the cap must fit"
+        ]
 
 
 DEFAULT_LIMITS = FetchLimits()
