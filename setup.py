@@ -9,7 +9,9 @@ setup(
     name="aisthetics",
     version="0.1.0",
     description="Catalog-wide NIMA image aesthetics scoring with Apache Beam",
-    python_requires=">=3.10,<3.13",
+    # 3.11 and 3.12, both tested. Not 3.10: it reached its end of life in October 2026, and
+    # the pinned numpy 2.4, Keras 3.15 and hypothesis 6.170 no longer install on it.
+    python_requires=">=3.11,<3.13",
     packages=find_packages(include=["aisthetics_transforms", "aisthetics_transforms.*", "pipeline", "pipeline.*"]),
     # The report's stylesheet, read with importlib.resources (wheels and sdists alike).
     package_data={"aisthetics_transforms.report": ["style.css"]},

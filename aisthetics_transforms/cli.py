@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 
 from aisthetics_transforms import storage
+from aisthetics_transforms.console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, handle_interrupt, leave_interrupted
 from aisthetics_transforms.model import DEFAULT_BATCH_SIZE, DEFAULT_ENGINE, ENGINES, WeightsError, show_logs
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 EXIT_STATUS_HELP = (
     "exit status: 0 done; 1 some image could not be scored (score); 2 a usage or input mistake, "
@@ -55,7 +53,7 @@ def _score(args: argparse.Namespace) -> int:
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"aisthetics: {r['error']}", file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -120,18 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupted(signum, frame) -> None:
-    # Leave at once, without joining worker threads, which may be blocked on a slow disk or
-    # a FIFO. Nothing is half-written: results are printed, a report renamed, at the end.
-    print("aisthetics: interrupted", file=sys.stderr, flush=True)
-    os._exit(EXIT_INTERRUPTED)
+def _interrupted(signum=None, frame=None) -> None:
+    # Results are printed, a report renamed, at the end: nothing is half-written.
+    leave_interrupted("aisthetics")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (see the module docstring)."""
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.default_int_handler:  # not when the caller ignores SIGINT
-        signal.signal(signal.SIGINT, _interrupted)
+    handling = handle_interrupt(_interrupted)
     try:
         args = build_parser().parse_args(argv)
         if args.verbose:
@@ -141,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aisthetics: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if previous is signal.default_int_handler:
-            signal.signal(signal.SIGINT, previous)
+        if handling:  # main() may be called again, in-process
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":

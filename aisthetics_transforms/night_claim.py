@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Iterator, NamedTuple, Optional
 
 from aisthetics_transforms import layout, storage
@@ -245,7 +245,7 @@ def read_claim(output: str, run_date: str) -> Optional[Claim]:
     try:
         return Claim(**json.loads(data))
     except (ValueError, TypeError):  # not ours, or cut short: a claim of nobody, expired
-        return Claim("?", "?", 0, None, "?", datetime.fromtimestamp(0, timezone.utc).isoformat())
+        return Claim("?", "?", 0, None, "?", datetime.fromtimestamp(0, UTC).isoformat())
 
 
 def release_claim(output: str, run_date: str, run_id: str) -> None:
@@ -257,7 +257,7 @@ def release_claim(output: str, run_date: str, run_id: str) -> None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _create_local(path: str, data: bytes) -> bool:

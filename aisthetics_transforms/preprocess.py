@@ -34,6 +34,7 @@ import pillow_heif
 from PIL import ExifTags, Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from aisthetics_transforms import settings
+from aisthetics_transforms.console import one_line
 from aisthetics_transforms.settings import setting
 
 # HEIC/HEIF photos (iPhones) through the maintained pillow-heif plugin; AVIF and WebP
@@ -207,8 +208,9 @@ _QUOTED_BYTES = re.compile(r"""b'(?:[^'\\]|\\.)*'|b"(?:[^"\\]|\\.)*\"""")
 
 
 def _library_detail(exc: BaseException) -> str:
-    detail = _QUOTED_BYTES.sub("(bytes)", " ".join(str(exc).split()))[:200]
-    return detail or "the decoder gave no reason"
+    if not str(exc).strip():
+        return "the decoder gave no reason"
+    return _QUOTED_BYTES.sub("(bytes)", one_line(exc))[:200]
 
 
 # --- opening and decoding ------------------------------------------------------------------

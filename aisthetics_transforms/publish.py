@@ -34,7 +34,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Callable, Mapping, Optional, Sequence
 
 import pyarrow.parquet as pq
@@ -84,7 +84,7 @@ class RunInfo:
         staging_ttl_hours: float = STAGING_TTL_HOURS,
         lock: Optional[LockTimes] = None,
     ) -> RunInfo:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return cls(
             output.rstrip("/"),
             run_date,
@@ -174,7 +174,7 @@ def _refuse_if_superseded(run: RunInfo, published: Optional[dict]) -> None:
 def _refuse_if_claimed(run: RunInfo) -> None:
     """A run publishes only while no other run holds the date's claim (``night_claim``)."""
     held = read_claim(run.output, run.run_date)
-    if held is not None and held.run_id != run.run_id and not held.expired(datetime.now(timezone.utc)):
+    if held is not None and held.run_id != run.run_id and not held.expired(datetime.now(UTC)):
         raise Superseded(
             f"run {run.run_id} of {run.run_date} no longer holds the date: {held.describe()} claimed it "
             f"(until {held.expires_at}); nothing of run {run.run_id} was published"
@@ -246,7 +246,7 @@ def _commit(run: RunInfo, summary: Mapping, expected: dict[str, set], lock: Date
                 f"{layout.partition_dir(run.output, table, run.run_date)} before the commit, e.g. "
                 f"{sorted(missing)[0]}; nothing was committed: rerun {run.run_date}"
             )
-    published = {**summary, "run_id": run.run_id, "published_at": datetime.now(timezone.utc).isoformat()}
+    published = {**summary, "run_id": run.run_id, "published_at": datetime.now(UTC).isoformat()}
     data = json.dumps(published, indent=2, sort_keys=True).encode() + b"\n"
     storage.write_atomic(layout.summary_path(run.output, run.run_date), data, "application/json")
     fault("committed")
@@ -268,7 +268,7 @@ def prune(run: RunInfo, fault=no_fault) -> None:
 def remove_old_staging(output: str, ttl_hours: float, now: Optional[datetime] = None) -> list[str]:
     """Delete the staging directories of runs that started more than ``ttl_hours`` ago
     (of any date): their runs are dead. Returns their names."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     root = layout.join(output, layout.STAGING)
     if storage.is_local(output):
         try:

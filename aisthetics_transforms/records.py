@@ -12,7 +12,7 @@ every manifest row ends in exactly one of the two tables.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Sequence, TypedDict
 
 import numpy as np
@@ -202,8 +202,7 @@ def previous_scores(table: pa.Table) -> list[PreviousScore]:
 
     stamps = table.column("scored_at")
     scored_at = [
-        None if at is None else at.replace(tzinfo=timezone.utc)
-        for at in stamps.cast(pa.timestamp(stamps.type.unit)).to_pylist()
+        None if at is None else at.replace(tzinfo=UTC) for at in stamps.cast(pa.timestamp(stamps.type.unit)).to_pylist()
     ]
     scores = [
         Score(mean, sd, tuple(predictions), model, at, orientation)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Optional, Sequence
 
 import apache_beam as beam
@@ -68,7 +68,7 @@ class _ProcessModel:
 
 def _infer(model: LoadedModel, batch: Sequence[DecodedImage]) -> tuple[np.ndarray, datetime]:
     distributions = model.predict(to_model_input([image.pixels for image in batch]))
-    return distributions, datetime.now(timezone.utc)
+    return distributions, datetime.now(UTC)
 
 
 class ScoreBatches(beam.DoFn):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Sequence
 
 import apache_beam as beam
@@ -101,7 +101,7 @@ def sum_counts(dicts) -> dict:
 def _publish(_, files: list, stats: dict, run: RunInfo) -> dict:
     """Runs once, after every bundle that writes has committed (their files are the side input)."""
     summary = summarize(files, stats, run)
-    summary["finished_at"] = datetime.now(timezone.utc).isoformat()
+    summary["finished_at"] = datetime.now(UTC).isoformat()
     return publish_night(run, [f["path"] for f in files], summary)
 
 

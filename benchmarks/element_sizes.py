@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -38,7 +38,7 @@ def records(uri: str) -> dict:
     sha = hashlib.sha256(uri.encode()).hexdigest()
     version, pin = "generation=1732700000123456;size=183456", "1732700000123456"
     distribution = tuple(float(v) for v in np.random.default_rng(0).dirichlet(np.ones(10)).astype(np.float32))
-    score = Score(5.43, 1.41, distribution, "nima-mobilenet-e563ad91b3d4-litert", datetime.now(timezone.utc))
+    score = Score(5.43, 1.41, distribution, "nima-mobilenet-e563ad91b3d4-litert", datetime.now(UTC))
     return {
         "UriTask (a new uri)": UriTask(uri, (1234,)),
         "UriTask (with the earlier night's score)": UriTask(uri, (1234,), PreviousScore(sha, version, score)),
@@ -77,7 +77,7 @@ def tables(uri: str, rows: int) -> dict:
                 scores_schema().field("predictions").type,
             ),
             "model_version": ["nima-mobilenet-e563ad91b3d4-litert"] * rows,
-            "scored_at": pa.array([datetime.now(timezone.utc)] * rows, scores_schema().field("scored_at").type),
+            "scored_at": pa.array([datetime.now(UTC)] * rows, scores_schema().field("scored_at").type),
             "content_sha256": [hashlib.sha256(str(i).encode()).hexdigest() for i in range(rows)],
             "source_version": [f"generation={1732700000000000 + i};size={180000 + i}" for i in range(rows)],
         }

@@ -12,32 +12,30 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
-import signal
 import sys
 import time
 
 from aisthetics_transforms import progress  # cheap: no Beam yet
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from aisthetics_transforms.console import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    first_line,
+    handle_interrupt,
+    leave_interrupted,
+)
 
 
 def interrupted(signum=None, frame=None) -> None:
-    """The SIGINT handler of ``python -m pipeline``: one line, exit status 130, at once.
-    Not an exception: Beam would catch it inside a DoFn, log its traceback and wrap it.
-    Leaving at any point is safe, as a night is published whole or not at all; a remote job
-    already submitted is not this process, and keeps running: the line says how to stop it."""
+    """The SIGINT handler of ``python -m pipeline``: one line, exit status 130, at once. A
+    night is published whole or not at all; a remote job already submitted is not this
+    process, and keeps running: the line says how to stop it."""
     progress.clear()
     launched = sys.modules.get("pipeline.run")
     jobs = getattr(launched, "SUBMITTED", [])
-    line = jobs[-1].left_running() if jobs else "nothing half-written (a night is published whole or not at all)"
-    print(f"pipeline: interrupted; {line}", file=sys.stderr, flush=True)
-    os._exit(EXIT_INTERRUPTED)
-
-
-def _stop_on_interrupt() -> None:
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the caller ignores SIGINT
-        signal.signal(signal.SIGINT, interrupted)
+    left = jobs[-1].left_running() if jobs else "nothing half-written (a night is published whole or not at all)"
+    leave_interrupted("pipeline", left)
 
 
 _started_at = None  # when the run began to say what it does
@@ -53,7 +51,7 @@ def _say_started() -> None:
 
 
 if sys.argv[:1] == ["-m"]:  # ``python -m pipeline`` is importing this package: Beam's imports take a while
-    _stop_on_interrupt()
+    handle_interrupt(interrupted)
     # Beam's imports make hundreds of thousands of objects that live until exit; collecting
     # while they are made only walks them again and again (~0.2 s). main() turns it back on.
     gc.disable()
@@ -74,22 +72,14 @@ __all__ = [
     "RunOutcome",
     "build_pipeline",
     "main",
-    "one_line",
     "run",
 ]
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message as one line. Beam re-raises a worker's exception with the
-    step and a traceback appended: the first line is the message."""
-    lines = str(exc).strip().splitlines() or [type(exc).__name__]
-    return lines[0].split(" [while running")[0]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run one night from the command line. Every mistake a user can make ends in one line
     on stderr and exit status 2; Ctrl-C in one line and 130 (see EXIT_STATUS_HELP)."""
-    _stop_on_interrupt()
+    handle_interrupt(interrupted)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Local workers forward their start-up warnings (no semi-persistent directory...) here.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
@@ -107,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         outcome = run(argv)
     except USAGE_ERRORS as exc:
         progress.clear()
-        print(f"pipeline: {one_line(exc)}", file=sys.stderr)
+        print(f"pipeline: {first_line(exc)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except PublishError as exc:  # superseded by a newer run, or no lock in time: one line, not a traceback
         progress.clear()

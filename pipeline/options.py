@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Sequence, TypeVar
 
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
@@ -78,7 +78,7 @@ class OptionsError(ValueError):
 
 
 def _today() -> str:
-    return datetime.now(timezone.utc).date().isoformat()
+    return datetime.now(UTC).date().isoformat()
 
 
 def _flag(value: str) -> bool:

@@ -4,7 +4,7 @@ without a pipeline: calls gated by events, so each order is forced, not hoped fo
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from apache_beam.coders import FastPrimitivesCoder
@@ -142,7 +142,7 @@ def test_batched_keeps_every_item_in_order_in_batches_of_at_most_size():
 def test_a_batch_crosses_beams_default_coder_as_one_pickle():
     """The coder Beam gives an untyped PCollection encodes a plain list item by item,
     pickling every record alone; a Batch is pickled once, class paths written once."""
-    score = Score(5.5, 1.5, tuple(0.1 for _ in range(10)), "nima-mobilenet", datetime(2026, 11, 1, tzinfo=timezone.utc))
+    score = Score(5.5, 1.5, tuple(0.1 for _ in range(10)), "nima-mobilenet", datetime(2026, 11, 1, tzinfo=UTC))
     earlier = PreviousScore("ab" * 32, "1764547200:4411", score)  # what an incremental night carries
     tasks = [UriTask(f"gs://catalog/listings/{i:08d}/photo-1.jpg", (i % 7, 12), earlier) for i in range(64)]
     coder = FastPrimitivesCoder()

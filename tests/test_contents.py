@@ -8,7 +8,7 @@ import itertools
 import random
 import zlib
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -24,7 +24,7 @@ from aisthetics_transforms.contents import (
 )
 from aisthetics_transforms.records import URIS_PER_ELEMENT, ContentClaim, ContentResult, Failure, Score, UriOutcome
 
-SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
+SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 SCORE = Score(5.5, 1.25, (0.1,) * 10, "nima-test", SCORED_AT, None)
 
 

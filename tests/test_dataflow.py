@@ -17,7 +17,7 @@ import sys
 import tarfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import apache_beam
@@ -216,7 +216,7 @@ def test_dataflow_template_from_image_glob(gcs, photos, tmp_path):
 def scores_partition_bytes(uris: list[str]) -> bytes:
     """A real earlier scores partition: a Parquet file in the scores schema, one row per uri."""
     version = model_version(local_weights(None)[1], engine_name("auto"))
-    scored_at = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
+    scored_at = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
     predictions = [0.0, 0.0, 0.05, 0.15, 0.3, 0.3, 0.15, 0.05, 0.0, 0.0]
     rows = [
         {

@@ -4,7 +4,7 @@ task per uri: test_plan_uris.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 from apache_beam.pvalue import TaggedOutput
@@ -23,7 +23,7 @@ from aisthetics_transforms.records import (
     refs_table,
 )
 
-SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
+SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 SCORE = Score(5.5, 1.25, (0.1,) * 10, "nima-test", SCORED_AT, None)
 
 

@@ -9,7 +9,7 @@ import hashlib
 import os
 import random
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -32,7 +32,7 @@ from aisthetics_transforms.fetch.listing import (
 )
 from aisthetics_transforms.records import OUTCOMES, STATS, PreviousScore, Score, UriTask
 
-SCORE = Score(5.0, 1.5, (0.1,) * 10, "nima-test", datetime(2026, 11, 27, tzinfo=timezone.utc))
+SCORE = Score(5.0, 1.5, (0.1,) * 10, "nima-test", datetime(2026, 11, 27, tzinfo=UTC))
 LIMITS = FetchLimits(deadline=20)
 
 

@@ -4,7 +4,7 @@ wiring bug that must fail loudly rather than lose or double rows."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
@@ -15,7 +15,7 @@ from aisthetics_transforms.join import OUTCOMES_SCHEMA, BucketOutcomes, join_buc
 from aisthetics_transforms.records import ERRORS, Failure, Score, UriOutcome, errors_schema, scores_schema
 
 KEEP = ("category", "brand")
-SCORED_AT = datetime(2026, 11, 28, 2, 0, tzinfo=timezone.utc)
+SCORED_AT = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 
 
 def score(mean: float) -> Score:

@@ -66,7 +66,7 @@ def test_what_is_not_a_partition_is_named_with_the_shape_expected(path):
 
 
 def test_run_ids_sort_by_start_time_and_differ_when_started_together():
-    now = dt.datetime(2026, 11, 28, 3, 4, 5, 678901, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 28, 3, 4, 5, 678901, tzinfo=dt.UTC)
     same = {layout.new_run_id(now) for _ in range(20)}
     assert len(same) == 20
     later = layout.new_run_id(now + dt.timedelta(microseconds=1))

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from gcs_emulator import counting_proxy, gcs  # noqa: F401  (pytest fixture)
@@ -89,7 +89,7 @@ def test_a_kept_claim_is_renewed_and_one_taken_over_is_not_overwritten(tmp_path)
         time.sleep(0.5)
         renewed = read_claim(output, DATE)
         assert renewed.run_id == "keeper" and renewed.expires_at > first.expires_at
-        assert not renewed.expired(datetime.now(timezone.utc))
+        assert not renewed.expired(datetime.now(UTC))
     finally:
         claim.stop_keeping()
     storage.write_atomic(claim_path(output, DATE), json.dumps({**renewed._asdict(), "run_id": "other"}).encode())

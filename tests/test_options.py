@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 import pipeline
+from aisthetics_transforms.console import first_line, one_line
 from aisthetics_transforms.fetch import FetchLimits
 from aisthetics_transforms.preprocess import DecodeLimits
 from aisthetics_transforms.settings import option_fields
@@ -299,10 +300,17 @@ def test_an_error_reaches_the_user_as_its_first_line_without_beams_additions():
         "manifest m.csv: column 'uri' not found [while running 'ReadManifest/Read']\n"
         "Traceback (most recent call last):\n  ..."
     )
-    assert pipeline.one_line(beam_wrapped) == "manifest m.csv: column 'uri' not found"
+    assert first_line(beam_wrapped) == "manifest m.csv: column 'uri' not found"
     problems = ["--batch_size must be at least 1, got 0", "--fetch_threads must be at least 1, got 0"]
-    assert pipeline.one_line(OptionsError(problems)) == "; ".join(problems)
-    assert pipeline.one_line(MemoryError()) == "MemoryError"  # no message: its type says what happened
+    assert first_line(OptionsError(problems)) == "; ".join(problems)
+    assert first_line(MemoryError()) == "MemoryError"  # no message: its type says what happened
+
+
+def test_a_message_is_told_whole_on_one_line_where_it_is_recorded():
+    assert one_line(OSError("disk\n   went  away")) == "disk went away"
+    assert one_line(OSError("disk\nfull"), with_type=True) == "OSError: disk full"
+    assert one_line(ValueError("x" * 500), with_type=True, limit=300) == "ValueError: " + "x" * 300
+    assert one_line(MemoryError(), with_type=True) == one_line(MemoryError()) == "MemoryError"
 
 
 # --- the command a user runs (each a subprocess of ``python -m pipeline``: slow) ------------
@@ -528,8 +536,6 @@ def test_verbose_travels_with_the_models_spec_to_the_workers(tmp_path):
 def test_without_flags_the_options_give_the_libraries_own_limits():
     """The command line's defaults are the limit dataclasses' own (one owner), so a pipeline run
     and a library caller without options fetch and decode alike."""
-    from aisthetics_transforms.fetch import FetchLimits
-    from aisthetics_transforms.preprocess import DecodeLimits
 
     opts = AistheticsOptions([]).view_as(AistheticsOptions)
     assert opts.fetch_limits() == FetchLimits()

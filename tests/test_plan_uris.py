@@ -4,7 +4,7 @@ uri at once, with no task (no request), unless the audit sample picks it."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
@@ -16,7 +16,7 @@ from aisthetics_transforms.plan_uris import DeclaredAudit, plan_uris
 from aisthetics_transforms.progress import TALLY
 from aisthetics_transforms.records import OUTCOMES, STATS, URIS_PER_ELEMENT, UriTask, scores_schema
 
-SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
+SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 
 
 def requests(*pairs: tuple[str, int]) -> bytes:

@@ -5,7 +5,7 @@ per content. (test_incremental.py and test_incremental_http.py run whole nights.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,7 +24,7 @@ from aisthetics_transforms.incremental import (
 from aisthetics_transforms.records import STATS, ContentClaim, ContentTask, previous_scores, scores_schema
 
 TONIGHT, OTHER = "nima-mobilenet-e563ad91b3d4-litert", "nima-mobilenet-e563ad91b3d4-keras"
-SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
+SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 
 
 def earlier(uri: str, sha: str, version: str = TONIGHT, mean: float = 5.0) -> dict:

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -369,7 +369,7 @@ def _staging_of(output: str, run_date: str, started: datetime) -> str:
 
 def test_stale_staging_is_removed_by_age_never_a_young_one(tmp_path):
     output = str(tmp_path / "out")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     dead = [
         _staging_of(output, DATE, now - timedelta(hours=73)),
         _staging_of(output, "2026-11-01", now - timedelta(days=20)),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from gcs_emulator import gcs  # noqa: F401  (pytest fixture)
@@ -120,7 +120,7 @@ def test_a_dead_runs_claim_expires(output):
 
 
 def test_stale_staging_is_removed_by_age_never_a_young_one(output):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     dead = _staging_of(output, DATE, now - timedelta(hours=80))
     young = _staging_of(output, DATE, now - timedelta(hours=70))
     run = published(output, NEW)

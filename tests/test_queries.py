@@ -34,7 +34,7 @@ def write_night(
 ) -> None:
     """One night with the pipeline's exact schemas, split over ``files`` Parquet files
     like Beam's shards. Missing columns get plausible values."""
-    when = dt.datetime(2026, 11, 27, 3, 0, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 11, 27, 3, 0, tzinfo=dt.UTC)
     full = []
     for row in scores:
         full.append(

@@ -4,7 +4,7 @@ of error types, and an earlier night's row as a PreviousScore."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -154,7 +154,7 @@ def earlier_row(**changes) -> dict:
         "sd_score": 1.5,
         "predictions": [0.1] * 10,
         "model_version": "nima-mobilenet-e563ad91b3d4-litert",
-        "scored_at": datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc),
+        "scored_at": datetime(2026, 11, 27, 2, 0, tzinfo=UTC),
         "content_sha256": "ab" * 32,
         "source_version": "size=10;mtime=1.0",
         "reused": False,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ from aisthetics_transforms.preprocess import decode_image_and_orientation, to_mo
 from aisthetics_transforms.records import STATS, ContentResult, DecodedImage
 from aisthetics_transforms.score import ModelSpec, ScoreBatches, content_results
 
-SCORED_AT = datetime(2026, 11, 28, 2, 0, tzinfo=timezone.utc)
+SCORED_AT = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 RATINGS = np.arange(1, 11)
 
 

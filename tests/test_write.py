@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import apache_beam as beam
 import pyarrow as pa
@@ -19,7 +19,7 @@ from aisthetics_transforms.write import WriteParquetFiles, WriteTables, file_cou
 
 DATE = "2026-11-28"
 KEEP = ("category",)
-SCORED_AT = datetime(2026, 11, 28, 2, 0, tzinfo=timezone.utc)
+SCORED_AT = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
 
 
 def score_rows(ids: list[str], reused: bool = False) -> pa.Table:

@@ -40,6 +40,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsDict, TaggedOutput
 
 from aisthetics_transforms.bundles import Batch, batched, in_global_window
+from aisthetics_transforms.console import one_line
 from aisthetics_transforms.counters import FETCH_ERRORS, URIS_UNCHANGED, counter
 from aisthetics_transforms.fetch.connections import watched
 from aisthetics_transforms.fetch.gcs import GcsObject, retry_within, split_gcs_uri, storage_client
@@ -210,7 +211,7 @@ def list_names(bucket: str, names: list[str], limits: FetchLimits) -> Listed:
             if iterator.next_page_token is None:
                 return Listed(found, last, pages)
     except Exception as exc:  # a listing that fails only means checking one by one
-        return Listed(found, through, pages, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        return Listed(found, through, pages, one_line(exc, with_type=True, limit=300))
     return Listed(found, through, pages)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from aisthetics_transforms import records
+from aisthetics_transforms.console import one_line
 from aisthetics_transforms.manifest.csv_format import csv_items, csv_rows
 from aisthetics_transforms.manifest.files import (
     JSONL_RANGE_BYTES,
@@ -125,19 +126,18 @@ def read_split(split: ManifestSplit, spec: ManifestSpec) -> Iterator:
 def _stopped(split: ManifestSplit, spec: ManifestSpec, position: int | None, exc: Exception) -> dict:
     """The error row of a piece whose reading failed after ``position`` (None: before any row)."""
     file = split.file
-    detail = " ".join(str(exc).split()) or "no detail"
     if isinstance(exc, ManifestError):  # the file as a whole: a missing column, a JSON array...
-        error_type, message = "InvalidFile", f"{detail}; none of its rows are read"
+        error_type, message = "InvalidFile", f"{one_line(exc)}; none of its rows are read"
     elif position is None:
         offset = split.byte_range[0] if split.byte_range is not None else split.first_row
         start = "its start" if split.where() == file.path else file.describe(offset)
         error_type = "UnreadableFile"
-        message = f"manifest {file.path} cannot be read from {start}: {type(exc).__name__}: {detail}"
+        message = f"manifest {file.path} cannot be read from {start}: {one_line(exc, with_type=True)}"
     else:
         error_type = "UnreadableFile"
         message = (
             f"manifest {file.path}: reading stopped after {file.describe(position)} (rows up to "
-            f"there are kept): {type(exc).__name__}: {detail}"
+            f"there are kept): {one_line(exc, with_type=True)}"
         )
     ref = ImageRef(printable(split.where()), "", {c: None for c in spec.carried_columns})
     return records.error_row(ref, "manifest", error_type, printable(message))
@@ -186,6 +186,4 @@ def check_manifest_file(file: ManifestFile, spec: ManifestSpec) -> None:
     except ManifestError:
         raise
     except Exception as exc:
-        raise ManifestError(
-            f"manifest {file.path} cannot be read: {type(exc).__name__}: {' '.join(str(exc).split())}"
-        ) from exc
+        raise ManifestError(f"manifest {file.path} cannot be read: {one_line(exc, with_type=True)}") from exc

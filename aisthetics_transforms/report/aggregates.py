@@ -286,7 +286,7 @@ def query(
     return ReportData(
         output=output,
         run_date=night.run_date,
-        generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        generated_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         summary=night.summary,
         table_rows=current.rows_count,
         approximate=current.approximate,
