@@ -63,8 +63,12 @@ def _report(args: argparse.Namespace) -> int:
         raise UsageError(f"aisthetics report needs {exc.name}: pip install 'aisthetics[report]'") from None
 
     try:
+        output = storage.os_path(args.output)
+    except ValueError as exc:  # a file:// uri naming another host
+        raise UsageError(str(exc)) from None
+    try:
         path = write_report(
-            args.output, args.run_date, top=args.top, thumbnails=args.thumbnails, memory_limit=args.memory_limit
+            output, args.run_date, top=args.top, thumbnails=args.thumbnails, memory_limit=args.memory_limit
         )
     except ReportError as exc:
         raise UsageError(str(exc)) from None

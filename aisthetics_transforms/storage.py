@@ -6,10 +6,12 @@ night's files live is ``layout``'s."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
 from typing import NamedTuple, Optional, Sequence
+from urllib.parse import unquote, urlsplit
 
 _GCS_BATCH = 100  # objects per GCS batch request (the API's limit)
 
@@ -20,14 +22,37 @@ class Entry(NamedTuple):
     updated: float  # seconds since the epoch of the last write (creation for files never rewritten)
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def scheme(path: str) -> str:
+    """The scheme of a path or uri, lowercase (``gs``, ``https``, ``file``); ``""`` for a plain path."""
+    match = _SCHEME.match(path)
+    return match.group(1).lower() if match else ""
+
+
 def is_local(path: str) -> bool:
-    """A path on this machine's disk (not gs:// or another store Beam's filesystems reach)."""
-    return "://" not in path
+    """On this machine's disk: a plain path or a ``file://`` uri (not ``gs://`` or another
+    store Beam's filesystems reach)."""
+    return scheme(path) in ("", "file")
+
+
+def os_path(path: str) -> str:
+    """A local path as the operating system takes it: a ``file://`` uri's path (decoded);
+    anything else unchanged. ValueError for a ``file://`` uri naming another host."""
+    if scheme(path) != "file":
+        return path
+    parts = urlsplit(path)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"file uri names host {parts.netloc!r}; only local files can be read: {path}")
+    if not parts.path:
+        raise ValueError(f"file uri has no path: {path}")
+    return unquote(parts.path)
 
 
 def shown(path: str) -> str:
     """``path`` as a message names it: absolute when local, so it opens from anywhere."""
-    return os.path.abspath(path) if is_local(path) else path
+    return os.path.abspath(os_path(path)) if is_local(path) else path
 
 
 _per_thread = threading.local()
@@ -79,6 +104,7 @@ def list_tree(directory: str) -> list[Entry]:
     directory = directory.rstrip("/")
     if not is_local(directory):
         return sorted(e._replace(name=e.path[len(directory) + 1 :]) for e in list_prefix(directory + "/"))
+    directory = os_path(directory)
     found = []
     for root, _, names in os.walk(directory):
         for name in names:
@@ -93,6 +119,7 @@ def list_tree(directory: str) -> list[Entry]:
 def read_bytes(path: str) -> Optional[bytes]:
     """The contents of ``path``, or None when there is no such file."""
     if is_local(path):
+        path = os_path(path)
         try:
             with open(path, "rb") as f:
                 return f.read()
@@ -113,6 +140,7 @@ def read_bytes(path: str) -> Optional[bytes]:
 
 def exists(path: str) -> bool:
     if is_local(path):
+        path = os_path(path)
         return os.path.exists(path)
     return gcs_blob(path).exists() if path.startswith("gs://") else _filesystems().exists(path)
 
@@ -121,6 +149,7 @@ def write_atomic(path: str, data: bytes, mime_type: str = "application/octet-str
     """Readers see the old file or the whole new one: a temporary file in the same directory
     renamed over it locally; one object upload (atomic in GCS) remotely."""
     if is_local(path):
+        path = os_path(path)
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
         with tempfile.NamedTemporaryFile(
@@ -144,6 +173,7 @@ def create_if_absent(path: str) -> bool:
     design must not need; a remote check-then-write races only with a concurrent attempt of
     the same run, which would write the same name."""
     if is_local(path):
+        path = os_path(path)
         for _ in range(2):  # the directory may be removed by a publish that just ended
             os.makedirs(os.path.dirname(path), exist_ok=True)
             try:
@@ -164,6 +194,7 @@ def touch(path: str) -> None:
     """Set ``path``'s modification time to now, creating it empty if needed (no temporary
     file: a process killed here leaves nothing else behind)."""
     if is_local(path):
+        path = os_path(path)
         with open(path, "ab"):
             pass
         os.utime(path)
@@ -183,7 +214,7 @@ def move(pairs: Sequence[tuple[str, str]]) -> None:
     if not pairs:
         return
     if is_local(pairs[0][0]):
-        for source, destination in pairs:
+        for source, destination in ((os_path(s), os_path(d)) for s, d in pairs):
             os.makedirs(os.path.dirname(destination), exist_ok=True)
             os.replace(source, destination)
     elif pairs[0][0].startswith("gs://"):
@@ -202,7 +233,7 @@ def delete(paths: Sequence[str]) -> None:
     if is_local(paths[0]):
         for path in paths:
             try:
-                os.remove(path)
+                os.remove(os_path(path))
             except FileNotFoundError:
                 pass
     elif paths[0].startswith("gs://"):
@@ -220,7 +251,7 @@ def _ignore_missing(function, path, exc_info) -> None:
 def remove_tree(directory: str) -> None:
     """Delete ``directory`` and everything below it."""
     if is_local(directory):
-        shutil.rmtree(directory, onerror=_ignore_missing)
+        shutil.rmtree(os_path(directory), onerror=_ignore_missing)
         return
     delete([e.path for e in list_tree(directory)])
 
@@ -231,6 +262,6 @@ def remove_empty_dirs(*directories: str) -> None:
     for directory in directories:
         if is_local(directory):
             try:
-                os.rmdir(directory)
+                os.rmdir(os_path(directory))
             except OSError:
                 pass  # not empty (another run is using it) or already gone

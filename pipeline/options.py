@@ -16,6 +16,7 @@ from typing import Sequence, TypeVar
 
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
+from aisthetics_transforms import storage
 from aisthetics_transforms.fetch import DEFAULT_FETCH_THREADS, FetchLimits
 from aisthetics_transforms.manifest import FORMATS
 from aisthetics_transforms.model import DEFAULT_BATCH_SIZE, DEFAULT_ENGINE, ENGINES
@@ -265,6 +266,19 @@ class AistheticsOptions(PipelineOptions):
     def _value(self, option: str):
         return getattr(self, option)
 
+    def use_os_paths(self) -> list[str]:
+        """Turn ``file://`` uris given as paths into the paths Beam's filesystems take (Beam
+        knows no ``file://``); one naming another host is a problem."""
+        problems = []
+        for name in ("manifest", "images", "output", "weights"):
+            value = getattr(self, name)
+            if value and storage.scheme(value) == "file":
+                try:
+                    setattr(self, name, storage.os_path(value))
+                except ValueError as exc:
+                    problems.append(f"--{name}: {exc}; give a path on this machine or gs://")
+        return problems
+
     @property
     def keep_column_list(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.keep_columns.split(",") if c.strip())
@@ -346,7 +360,9 @@ def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
         print(warning, file=sys.stderr)
     problems = misspelt_option_problems(unknown, _option_names(parser))
     options = CachedViewOptions(argv)
-    problems += options.view_as(AistheticsOptions).validate_inputs()
+    ours = options.view_as(AistheticsOptions)
+    problems += ours.use_os_paths()
+    problems += ours.validate_inputs()
     if problems:
         raise OptionsError(problems)
     return options

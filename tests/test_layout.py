@@ -205,3 +205,36 @@ def test_published_dates_come_from_summaries_under_runs_only(tmp_path):
     assert layout.previous_night(output, "2026-11-28") == newest
     assert layout.previous_night(output, "2026-11-25") is None
     assert layout.published_dates(str(tmp_path / "nothing-here")) == []
+
+
+@pytest.mark.parametrize(
+    "path, local",
+    [
+        ("/data/out", True),
+        ("relative/out", True),
+        ("file:///data/out", True),
+        ("FILE://localhost/data/out", True),
+        ("gs://bucket/out", False),
+        ("https://cdn.example.com/a.jpg", False),
+    ],
+)
+def test_storage_and_fetch_agree_on_what_is_on_this_machine(path, local):
+    from aisthetics_transforms.fetch import is_local_file
+
+    assert storage.is_local(path) is local
+    assert is_local_file(path) is local
+
+
+def test_a_file_uri_works_wherever_a_local_path_does(tmp_path):
+    from urllib.parse import quote
+
+    plain = str(tmp_path / "a night" / "run 1.json")
+    uri = "file://" + quote(plain)
+    assert storage.os_path(uri) == plain and storage.shown(uri) == plain
+    storage.write_atomic(uri, b"written through a uri")
+    assert storage.read_bytes(plain) == b"written through a uri" == storage.read_bytes(uri)
+    assert [e.path for e in storage.list_tree("file://" + quote(str(tmp_path)))] == [plain]
+    storage.delete([uri])
+    assert not storage.exists(plain)
+    with pytest.raises(ValueError, match="file uri names host 'elsewhere'; only local files can be read"):
+        storage.os_path("file://elsewhere/data/out")

@@ -540,3 +540,15 @@ def test_without_flags_the_options_give_the_libraries_own_limits():
     opts = AistheticsOptions([]).view_as(AistheticsOptions)
     assert opts.fetch_limits() == FetchLimits()
     assert opts.decode_limits() == DecodeLimits()
+
+
+def test_file_uris_given_as_paths_become_the_paths_beam_reads(tmp_path):
+    options = pipeline_options([f"--images=file://{tmp_path}/*.jpg", f"--output=file://localhost{tmp_path}/out"])
+    ours = options.view_as(AistheticsOptions)
+    assert (ours.images, ours.output) == (f"{tmp_path}/*.jpg", f"{tmp_path}/out")
+    with pytest.raises(OptionsError) as refused:
+        pipeline_options([f"--images={tmp_path}/*.jpg", "--output=file://nas/out"])
+    assert refused.value.problems == [
+        "--output: file uri names host 'nas'; only local files can be read: file://nas/out; "
+        "give a path on this machine or gs://"
+    ]

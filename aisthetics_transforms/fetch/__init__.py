@@ -18,13 +18,13 @@ Entry points: :func:`check_version` (the cheap "has it changed?" signal, never r
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import requests
 
+from aisthetics_transforms import storage
 from aisthetics_transforms.fetch.connections import is_guarded, make_http_session
 from aisthetics_transforms.fetch.files import (
     checked_stat,
@@ -64,8 +64,6 @@ __all__ = [
     "make_http_session",
     "refetch",
 ]
-
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 # ---------------------------------------------------------------------------
@@ -147,16 +145,16 @@ def is_local_file(uri: str) -> bool:
     """A local path or ``file://`` uri: bytes that are cheaper to read again than to carry.
     False for a malformed uri, which fetching then reports as InvalidUri."""
     try:
-        return _scheme(uri) in ("", "file")
+        _scheme(uri)
     except FetchError:
         return False
+    return storage.is_local(uri)
 
 
 def _scheme(uri: str) -> str:
     if not isinstance(uri, str) or not uri.strip():
         raise FetchError("InvalidUri", f"uri must be a non-empty string, got {uri!r}")
-    match = _SCHEME.match(uri)
-    scheme = match.group(1).lower() if match else ""
+    scheme = storage.scheme(uri)
     if scheme == "gs":
         split_gcs_uri(uri)
     return scheme

@@ -7,8 +7,8 @@ import functools
 import os
 import stat
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
 
+from aisthetics_transforms import storage
 from aisthetics_transforms.fetch.guards import (
     BYTES_IN_FLIGHT,
     body_buffer,
@@ -27,12 +27,10 @@ _CHUNK = 1 * MiB
 
 
 def file_uri_to_path(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.netloc not in ("", "localhost"):
-        raise FetchError("InvalidUri", f"file uri names host {parts.netloc!r}; only local files can be read: {uri}")
-    if not parts.path:
-        raise FetchError("InvalidUri", f"file uri has no path: {uri}")
-    return unquote(parts.path)
+    try:
+        return storage.os_path(uri)
+    except ValueError as exc:
+        raise FetchError("InvalidUri", str(exc)) from None
 
 
 def file_version(info: os.stat_result) -> str:
