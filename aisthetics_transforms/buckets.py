@@ -14,11 +14,15 @@ the shuffle, and the local runner that holds it in memory, has to carry.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Iterator
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from aisthetics_transforms.bundles import in_global_window
 
 ROWS_PER_BUCKET = 20_000  # rows one element holds at most (a few MB as Arrow), however large the catalog
 MIN_BUCKETS = 4
@@ -129,3 +133,43 @@ def concat(pieces) -> pa.Table | None:
     if not tables:
         return None
     return pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
+
+
+class SplitByBucket(beam.DoFn):
+    """Tables -> ``(bucket, packed rows)`` by the hash of ``column`` into ``n`` buckets (a
+    side input). Pieces of one bucket from several tables of a bundle are packed together
+    up to ``piece_rows`` rows, holding at most ``held_rows`` rows, so a large bucket count
+    does not turn every table into thousands of tiny elements."""
+
+    def __init__(self, column: str, piece_rows: int = 5_000, held_rows: int = 200_000):
+        self.column = column
+        self.piece_rows = piece_rows
+        self.held_rows = held_rows
+
+    def start_bundle(self):
+        self._held: dict[int, list[pa.Table]] = defaultdict(list)
+        self._rows: dict[int, int] = defaultdict(int)
+        self._total = 0
+
+    def process(self, table: pa.Table, n: int):
+        for bucket, piece in split_table(table, self.column, n):
+            self._held[bucket].append(piece)
+            self._rows[bucket] += piece.num_rows
+            self._total += piece.num_rows
+            if self._rows[bucket] >= self.piece_rows:
+                yield from self._flush(bucket)
+        if self._total >= self.held_rows:
+            for bucket in list(self._held):
+                yield from self._flush(bucket)
+
+    def finish_bundle(self):
+        yield from in_global_window([out for bucket in list(self._held) for out in self._flush(bucket)])
+
+    def _flush(self, bucket: int):
+        yield bucket, pack(self._take(bucket))
+
+    def _take(self, bucket: int) -> pa.Table:
+        """The rows held for ``bucket``, in one table, no longer held."""
+        pieces = self._held.pop(bucket)
+        self._total -= self._rows.pop(bucket)
+        return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]

@@ -24,8 +24,8 @@ from apache_beam.pvalue import AsDict, AsSingleton, TaggedOutput
 from aisthetics_transforms import buckets
 from aisthetics_transforms.bundles import batched
 from aisthetics_transforms.counters import CLAIMS_PER_JOIN_ELEMENT, CONTENTS_PLANNED, counter, distribution
-from aisthetics_transforms.dedupe import earlier_scores
 from aisthetics_transforms.fetch import is_local_file
+from aisthetics_transforms.incremental import earlier_scores
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import (
     URIS_PER_ELEMENT,

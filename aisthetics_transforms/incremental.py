@@ -2,7 +2,7 @@
 
 With ``--incremental`` the newest published night before ``--run_date`` is read back
 (only the files of the run its summary names) and reduced to one row per uri and one
-per content, each split into hash buckets for the joins in ``dedupe``. A row is not
+per content, each split into hash buckets for the joins of ``plan_uris`` and ``contents``. A row is not
 inferred again when
 
 - its uri's version signal (size and mtime for files, generation for gs://, ETag or
@@ -22,15 +22,15 @@ import logging
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from aisthetics_transforms import layout
-from aisthetics_transforms.buckets import bucket_count, first_per_key
-from aisthetics_transforms.dedupe import SplitByBucket
-from aisthetics_transforms.records import STATS
+from aisthetics_transforms.buckets import SplitByBucket, bucket_count, concat, first_per_key
+from aisthetics_transforms.records import STATS, previous_scores
 
 PREVIOUS_COLUMNS = (
     "uri",
@@ -161,3 +161,14 @@ def find_previous_night(output: str, run_date: str) -> Optional[PreviousNight]:
         int(summary.get("rows", 0)),
         summary.get("gcs_uris"),
     )
+
+
+def earlier_scores(pieces, key: str, wanted: pa.Array) -> dict:
+    """An earlier night's packed rows -> ``{value: PreviousScore}`` for the ``wanted`` values
+    of ``key`` only, one row each (each row group was reduced on its own, so a value may
+    come back once per row group)."""
+    previous = concat(pieces)
+    if previous is None or not previous.num_rows:
+        return {}
+    hits = first_per_key(previous.filter(pc.is_in(previous.column(key), value_set=wanted)), key)
+    return dict(zip(hits.column(key).to_pylist(), previous_scores(hits)))

@@ -4,7 +4,7 @@ Each uri's UriOutcome is sent to every row bucket that holds rows of it (one per
 however many rows), packed with the others bound for that bucket into Arrow tables
 (:class:`BucketOutcomes`): the outcome of a uri spread over many buckets is a row in a
 few tables, not an element per bucket. Each row bucket (one row per image_id, see
-``dedupe.UniqueImageIds``) then meets its outcome tables, and every row takes its uri's
+``unique_ids.UniqueImageIds``) then meets its outcome tables, and every row takes its uri's
 score or failure, with Arrow. A row without an outcome would be a wiring bug: it fails
 loudly rather than vanish.
 """

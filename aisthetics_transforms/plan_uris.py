@@ -1,6 +1,6 @@
 """Planning each distinct uri: what tonight must do for it, before any request.
 
-The uri requests of the row buckets (``dedupe.uri_requests``) meet, in uri buckets, the
+The uri requests of the row buckets (``unique_ids.uri_requests``) meet, in uri buckets, the
 earlier night's row of each uri (``--incremental``). Each distinct uri then becomes one of
 
 - an outcome at once, with no request at all: the rows of the uri declare a version
@@ -30,10 +30,11 @@ import pyarrow.compute as pc
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from aisthetics_transforms import buckets
+from aisthetics_transforms.buckets import SplitByBucket
 from aisthetics_transforms.bundles import batched
 from aisthetics_transforms.counters import URIS_PLANNED, URIS_UNCHANGED, counter
-from aisthetics_transforms.dedupe import SplitByBucket, earlier_scores
 from aisthetics_transforms.fetch.listing import ListGcsVersions
+from aisthetics_transforms.incremental import earlier_scores
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import OUTCOMES, STATS, URIS_PER_ELEMENT, UriTask, reused
 

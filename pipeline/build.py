@@ -1,17 +1,16 @@
 """The graph of one night: :func:`build_pipeline` wires the stages of ``aisthetics_transforms``,
-in the order the data flows: manifest -> dedupe (ids) -> plan (uris) -> fetch -> dedupe
-(contents) -> decode -> score -> dedupe (results) -> join -> write. Nothing here does work;
-each stage is a transform."""
+in the order the data flows: manifest -> unique ids -> plan (uris) -> fetch -> one task per
+content -> decode -> score -> results to uris -> join -> write. Nothing here does work;
+each stage is a transform (docs/design.md names the module of each)."""
 
 from __future__ import annotations
 
 import apache_beam as beam
 
-from aisthetics_transforms import dedupe
+from aisthetics_transforms import unique_ids
 from aisthetics_transforms.buckets import bucket_count
 from aisthetics_transforms.contents import REUSED, DedupeContent, ResultsToUris
 from aisthetics_transforms.decode import FAILED, DecodeImages
-from aisthetics_transforms.dedupe import UniqueImageIds
 from aisthetics_transforms.fetch.transform import FetchImages
 from aisthetics_transforms.incremental import ReadPreviousNight
 from aisthetics_transforms.join import JoinRows
@@ -19,6 +18,7 @@ from aisthetics_transforms.manifest import ManifestSpec, ReadImageGlob, ReadMani
 from aisthetics_transforms.plan_uris import DeclaredAudit, PlanFetches
 from aisthetics_transforms.records import ERRORS, OUTCOMES, STATS
 from aisthetics_transforms.score import ScoreImages
+from aisthetics_transforms.unique_ids import UniqueImageIds
 from aisthetics_transforms.write import RunInfo, WriteTables
 from pipeline.options import AistheticsOptions
 
@@ -46,7 +46,7 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
     fetch_limits = opts.fetch_limits()
     audit = DeclaredAudit(opts.verify_declared_fraction, run.run_date)
     listing = fetch_limits if opts.list_gcs_versions and previous and previous.may_list else None
-    planned = rows[dedupe.URIS] | "PlanFetches" >> PlanFetches(join_buckets, earlier.get("uri"), audit, listing)
+    planned = rows[unique_ids.URIS] | "PlanFetches" >> PlanFetches(join_buckets, earlier.get("uri"), audit, listing)
     fetched = planned["tasks"] | "FetchImages" >> beam.ParDo(
         FetchImages(fetch_limits, opts.fetch_threads)
     ).with_outputs(OUTCOMES, STATS, main="claims")
@@ -71,7 +71,7 @@ def build_pipeline(p: beam.Pipeline, opts: AistheticsOptions, run: RunInfo, prev
         fetched[OUTCOMES],
         {"claims": fetched.claims, "results": results} | "ResultsToUris" >> ResultsToUris(contents["hot"]),
     ] | "Outcomes" >> beam.Flatten()
-    joined = {"rows": rows[dedupe.ROWS], "outcomes": outcomes} | "JoinRows" >> JoinRows(keep)
+    joined = {"rows": rows[unique_ids.ROWS], "outcomes": outcomes} | "JoinRows" >> JoinRows(keep)
     # each stage's errors are written where they are made, not gathered first
     errors = {"errors_manifest": manifest[ERRORS], "errors_ids": rows[ERRORS], "errors_ids_final": rows["final"]}
     errors["errors_images"] = joined[ERRORS]

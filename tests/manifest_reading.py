@@ -6,11 +6,11 @@ import apache_beam as beam
 import pyarrow as pa
 
 from aisthetics_transforms import buckets, manifest, records
-from aisthetics_transforms.dedupe import ROWS, UniqueImageIds
+from aisthetics_transforms.unique_ids import ROWS, UniqueImageIds
 
 
 def unique_ids(read: dict, files: list, keep: tuple) -> dict:
-    """A manifest's refs through the dedupe stage's image_id check, as the pipeline does:
+    """A manifest's refs through the unique-ids stage, as the pipeline does:
     ``{"refs": ImageRefs, ERRORS: every error row, as a dict}`` (duplicates come as tables)."""
     unique = read["refs"] | "UniqueImageIds" >> UniqueImageIds(files, keep)
     refs = unique[ROWS] | "Unpack" >> beam.FlatMap(lambda kv: records.table_refs(buckets.unpack(kv[1]), keep))

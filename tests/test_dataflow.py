@@ -53,7 +53,7 @@ PACKAGE_FILES = (
     "pipeline/options.py",
     "aisthetics_transforms/score.py",
     "aisthetics_transforms/write.py",
-    "aisthetics_transforms/dedupe.py",
+    "aisthetics_transforms/unique_ids.py",
 )
 
 

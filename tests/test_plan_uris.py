@@ -11,10 +11,10 @@ import pytest
 from apache_beam.pvalue import TaggedOutput
 
 from aisthetics_transforms import buckets
-from aisthetics_transforms.dedupe import uri_requests
 from aisthetics_transforms.plan_uris import DeclaredAudit, plan_uris
 from aisthetics_transforms.progress import TALLY
 from aisthetics_transforms.records import OUTCOMES, STATS, URIS_PER_ELEMENT, UriTask, scores_schema
+from aisthetics_transforms.unique_ids import uri_requests
 
 SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 

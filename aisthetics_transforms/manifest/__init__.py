@@ -36,7 +36,7 @@ from aisthetics_transforms.manifest.pieces import (
     read_manifest_file,
     read_split,
 )
-from aisthetics_transforms.manifest.rows import (
+from aisthetics_transforms.manifest.spec import (
     FORMATS,
     RESERVED_COLUMNS,
     ManifestError,

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import csv as pa_csv
 
-from aisthetics_transforms.manifest.rows import (
+from aisthetics_transforms.manifest.spec import (
     ManifestError,
     RowBuilder,
     check_columns,

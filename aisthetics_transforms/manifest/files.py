@@ -15,7 +15,7 @@ from typing import Any, Callable, cast
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from aisthetics_transforms.manifest.rows import (
+from aisthetics_transforms.manifest.spec import (
     FORMATS,
     ManifestError,
     ManifestFile,

@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from aisthetics_transforms import records
 from aisthetics_transforms.manifest.files import ROWS_PER_TABLE, match_metadata
-from aisthetics_transforms.manifest.rows import (
+from aisthetics_transforms.manifest.spec import (
     ManifestError,
 )
 from aisthetics_transforms.records import ImageRef

@@ -12,7 +12,7 @@ import itertools
 import json
 from typing import Iterator
 
-from aisthetics_transforms.manifest.rows import (
+from aisthetics_transforms.manifest.spec import (
     ManifestError,
     ManifestSpec,
     RowBuilder,

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from aisthetics_transforms.manifest.rows import (
+from aisthetics_transforms.manifest.spec import (
     ManifestError,
     ManifestSpec,
     RowBuilder,

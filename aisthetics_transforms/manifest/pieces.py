@@ -30,7 +30,7 @@ from aisthetics_transforms.manifest.parquet_format import (
     parquet_rows,
     row_group_starts,
 )
-from aisthetics_transforms.manifest.rows import (
+from aisthetics_transforms.manifest.spec import (
     ManifestError,
     ManifestFile,
     ManifestSpec,

@@ -21,7 +21,7 @@ from aisthetics_transforms.manifest.pieces import (
     plan_splits,
     read_split,
 )
-from aisthetics_transforms.manifest.rows import (
+from aisthetics_transforms.manifest.spec import (
     ManifestError,
     ManifestSpec,
     with_declared_versions,
@@ -56,7 +56,7 @@ def _route(items, label: str):
 
 class ReadManifest(beam.PTransform):
     """Manifest files -> ``{"refs": refs tables, records.ERRORS: error rows}``; image_ids
-    are made unique later (``dedupe.UniqueImageIds``).
+    are made unique later (``unique_ids.UniqueImageIds``).
 
     Files -> Reshuffle -> pieces planned per file (:func:`plan_splits`) -> Reshuffle ->
     rows read per piece (:func:`read_split`): both the planning of thousands of files and

@@ -1,4 +1,4 @@
-"""Dedupe stage, rows: every image_id once, and each row bucket's distinct uris.
+"""Unique image ids: every image_id once, in row buckets, and each row bucket's distinct uris.
 
 Rows never ride inside an image's element. They wait in row buckets (Arrow tables hashed
 by image_id, see ``buckets``) until the join stage; what travels per image is small:
@@ -15,7 +15,6 @@ millions of rows is one request per row bucket that holds its rows.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Optional
 
 import apache_beam as beam
@@ -25,13 +24,11 @@ import pyarrow.compute as pc
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from aisthetics_transforms import buckets
-from aisthetics_transforms.bundles import in_global_window
 from aisthetics_transforms.counters import MANIFEST_ERRORS, counter
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.records import (
     ERRORS,
     errors_schema,
-    previous_scores,
 )
 
 ROWS = "rows"  # (row bucket, packed rows): one row per image_id
@@ -40,47 +37,7 @@ ERROR_ROWS_PER_TABLE = 50_000  # DuplicateImageId rows per errors table (one Par
 _DUPLICATES = counter(MANIFEST_ERRORS)
 
 
-class SplitByBucket(beam.DoFn):
-    """Tables -> ``(bucket, packed rows)`` by the hash of ``column`` into ``n`` buckets (a
-    side input). Pieces of one bucket from several tables of a bundle are packed together
-    up to ``piece_rows`` rows, holding at most ``held_rows`` rows, so a large bucket count
-    does not turn every table into thousands of tiny elements."""
-
-    def __init__(self, column: str, piece_rows: int = 5_000, held_rows: int = 200_000):
-        self.column = column
-        self.piece_rows = piece_rows
-        self.held_rows = held_rows
-
-    def start_bundle(self):
-        self._held: dict[int, list[pa.Table]] = defaultdict(list)
-        self._rows: dict[int, int] = defaultdict(int)
-        self._total = 0
-
-    def process(self, table: pa.Table, n: int):
-        for bucket, piece in buckets.split_table(table, self.column, n):
-            self._held[bucket].append(piece)
-            self._rows[bucket] += piece.num_rows
-            self._total += piece.num_rows
-            if self._rows[bucket] >= self.piece_rows:
-                yield from self._flush(bucket)
-        if self._total >= self.held_rows:
-            for bucket in list(self._held):
-                yield from self._flush(bucket)
-
-    def finish_bundle(self):
-        yield from in_global_window([out for bucket in list(self._held) for out in self._flush(bucket)])
-
-    def _flush(self, bucket: int):
-        yield bucket, buckets.pack(self._take(bucket))
-
-    def _take(self, bucket: int) -> pa.Table:
-        """The rows held for ``bucket``, in one table, no longer held."""
-        pieces = self._held.pop(bucket)
-        self._total -= self._rows.pop(bucket)
-        return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
-
-
-class SplitById(SplitByBucket):
+class SplitById(buckets.SplitByBucket):
     """SplitByBucket by image_id that sends on only the first row of each image_id of a piece:
     the others are DuplicateImageId error tables (``ERRORS``) at once, so however many rows
     share an image_id (a manifest without ids, one uri on many rows), a bucket receives at
@@ -254,14 +211,3 @@ class UniqueImageIds(beam.PTransform):
             "final": kept[ERRORS],
             "row_count": row_count,
         }
-
-
-def earlier_scores(pieces, key: str, wanted: pa.Array) -> dict:
-    """An earlier night's packed rows -> ``{value: PreviousScore}`` for the ``wanted`` values
-    of ``key`` only, one row each (each row group was reduced on its own, so a value may
-    come back once per row group)."""
-    previous = buckets.concat(pieces)
-    if previous is None or not previous.num_rows:
-        return {}
-    hits = buckets.first_per_key(previous.filter(pc.is_in(previous.column(key), value_set=wanted)), key)
-    return dict(zip(hits.column(key).to_pylist(), previous_scores(hits)))

@@ -1,6 +1,7 @@
-"""What a manifest row becomes: an ImageRef, or an error row that says where the row is.
+"""The manifest's spec (its columns and format) and what a row becomes under it: an ImageRef,
+or an error row that says where the row is.
 
-Shared by every format reader in ``manifest_*.py``: the manifest's spec and the error
+Shared by every format reader (``csv_format``, ``jsonl_format``, ``parquet_format``): the spec and the error
 it raises, where a row is in its file (:class:`ManifestFile`), the row-by-row builder
 (:class:`RowBuilder`) and its bulk twin for Arrow columns (:func:`plain_rows`). Both give
 the same refs for the same values, so a reader may use either for any row.

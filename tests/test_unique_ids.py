@@ -1,4 +1,4 @@
-"""The dedupe stage's plain functions for rows: the first row of each image_id, and pieces
+"""The unique-ids stage's plain functions for rows: the first row of each image_id, and pieces
 that carry one row per image_id however many share it (contents: test_contents.py; one
 task per uri: test_plan_uris.py)."""
 
@@ -10,9 +10,6 @@ import pyarrow as pa
 from apache_beam.pvalue import TaggedOutput
 
 from aisthetics_transforms import buckets
-from aisthetics_transforms.dedupe import (
-    keep_first_of_each_id,
-)
 from aisthetics_transforms.manifest import ManifestFile
 from aisthetics_transforms.progress import TALLY
 from aisthetics_transforms.records import (
@@ -21,6 +18,9 @@ from aisthetics_transforms.records import (
     Score,
     errors_schema,
     refs_table,
+)
+from aisthetics_transforms.unique_ids import (
+    keep_first_of_each_id,
 )
 
 SCORED_AT = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
@@ -92,7 +92,7 @@ def test_a_piece_sends_on_one_row_per_id_however_many_rows_share_it():
     """The rows of one image_id (a manifest without ids, one uri on many rows) are cut down
     where a bundle splits them into pieces: one row goes on, the others are error tables at
     once, never a Python object per row held for its key."""
-    from aisthetics_transforms.dedupe import ERROR_ROWS_PER_TABLE, SplitById
+    from aisthetics_transforms.unique_ids import ERROR_ROWS_PER_TABLE, SplitById
 
     Tagged = TaggedOutput
 
