@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from aisthetics_transforms import layout, storage
 from aisthetics_transforms.night_claim import read_claim, release_claim
 from aisthetics_transforms.publish_lock import DateLock, LockTimes, PublishError, no_fault
-from aisthetics_transforms.records import errors_schema, scores_schema
+from aisthetics_transforms.records import table_schemas
 
 FAULT_ENV = "AISTHETICS_PUBLISH_FAULT"
 MOVE_BATCH = 100  # files per remote move (Beam batches GCS copies and deletes by 100)
@@ -196,7 +196,7 @@ def stage_and_move(run: RunInfo, committed: Sequence[str], fault=no_fault) -> di
         if not path.startswith(staging + "/") or table not in names or not layout.is_run_file(name, run.run_id):
             raise PublishError(f"{path} is not a staged file of run {run.run_id} under {staging}")
         names[table].add(name)
-    schemas = {"scores": scores_schema(run.keep_columns), "errors": errors_schema(run.keep_columns)}
+    schemas = table_schemas(run.keep_columns)
     moves = []
     for table in layout.TABLES:
         staged_dir = layout.join(staging, table)

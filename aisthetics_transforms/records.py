@@ -307,6 +307,11 @@ def errors_schema(keep_columns: Sequence[str] = ()) -> pa.Schema:
     )
 
 
+def table_schemas(keep_columns: Sequence[str] = ()) -> dict[str, pa.Schema]:
+    """The schema of each output table (``layout.TABLES``) with these kept columns."""
+    return {"scores": scores_schema(keep_columns), "errors": errors_schema(keep_columns)}
+
+
 def reserved_columns() -> frozenset:
     """Names a kept column may not take: the tables' own columns and the partition key."""
-    return frozenset(scores_schema().names) | frozenset(errors_schema().names) | {"dt"}
+    return frozenset(name for schema in table_schemas().values() for name in schema.names) | {"dt"}

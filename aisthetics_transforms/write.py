@@ -28,7 +28,7 @@ from aisthetics_transforms import layout, storage
 from aisthetics_transforms.counters import ROWS_WRITTEN, counter
 from aisthetics_transforms.progress import inc
 from aisthetics_transforms.publish import RunInfo, publish_night
-from aisthetics_transforms.records import STAGES, RunSummary, errors_schema, scores_schema
+from aisthetics_transforms.records import STAGES, RunSummary, table_schemas
 
 ROW_GROUP_ROWS = 50_000  # score rows per Parquet row group (about 10 MB in memory)
 
@@ -188,7 +188,7 @@ class WriteTables(beam.PTransform):
 
     def expand(self, tables):
         staged = layout.staging_dir(self.run.output, self.run.run_date, self.run.run_id)
-        schemas = {"scores": scores_schema(self.run.keep_columns), "errors": errors_schema(self.run.keep_columns)}
+        schemas = table_schemas(self.run.keep_columns)
         writes = [("scores", "WriteScores", tables["scores"])]
         writes += [("errors", f"Write{key.title().replace('_', '')}", tables[key]) for key in error_outputs(tables)]
         files = [

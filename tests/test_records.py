@@ -207,3 +207,14 @@ def test_the_readme_names_every_field_of_summary_json_and_no_other():
     paragraph = README.read_text().split("`runs/dt=DATE/summary.json`:", 1)[1].split("\n\n", 1)[0]
     named = set(re.findall(r"`([a-z_]+)`", paragraph)) - {"incremental", "version_column"}  # options it mentions
     assert named == set(RunSummary.__annotations__), named ^ set(RunSummary.__annotations__)
+
+
+def test_every_table_of_the_layout_has_one_schema_holding_the_kept_columns():
+    from aisthetics_transforms import layout, records
+
+    plain, kept = records.table_schemas(), records.table_schemas(("category", "seller"))
+    assert tuple(plain) == tuple(kept) == layout.TABLES
+    for table in layout.TABLES:
+        assert [n for n in kept[table].names if n not in ("category", "seller")] == plain[table].names, table
+        assert {"category", "seller"} <= set(kept[table].names)
+        assert set(plain[table].names) <= records.reserved_columns()
