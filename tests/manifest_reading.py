@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import apache_beam as beam
 import pyarrow as pa
 
 from aisthetics_transforms import buckets, manifest, records
+from aisthetics_transforms.manifest.csv_format import csv_rows
+from aisthetics_transforms.manifest.files import manifest_format, open_manifest
+from aisthetics_transforms.manifest.jsonl_format import jsonl_lines, jsonl_rows
+from aisthetics_transforms.manifest.parquet_format import open_parquet, parquet_rows
+from aisthetics_transforms.manifest.spec import ManifestFile, ManifestSpec, RowBuilder
 from aisthetics_transforms.unique_ids import ROWS, UniqueImageIds
 
 
@@ -43,3 +50,28 @@ def pieces_as_rows(pieces, spec):
             else:
                 errors.append(item)
     return refs, errors
+
+
+def read_manifest_file(path: str, spec: ManifestSpec) -> Iterator:
+    """Stream the rows of one whole manifest file as ImageRefs, and bad rows as error
+    rows, row by row: the reference the piecewise, bulk reading is tested against.
+
+    Raises :class:`ManifestError` for problems with the file as a whole (a needed
+    column missing from the header, an unknown format, not Parquet).
+    """
+    fmt = manifest_format(path, spec)
+    whole = ManifestFile(0, path, 0, fmt, "row" if fmt == "parquet" else "line")  # one piece: all of it
+    builder = RowBuilder(whole, spec, empty_is_null=fmt == "csv")
+    with open_manifest(path) as stream:
+        if fmt == "csv":
+            yield from csv_rows(stream, builder)
+        elif fmt == "jsonl":
+            yield from jsonl_rows(jsonl_lines(stream, "line"), builder)
+        else:
+            for item in parquet_rows(open_parquet(path, stream, spec), builder):
+                if isinstance(item, pa.Table):
+                    positions = item.column("manifest_line").to_pylist()
+                    for ref, position in zip(records.table_refs(item, spec.carried_columns), positions):
+                        yield ref._replace(source=f"{path}:{position}")
+                else:
+                    yield item

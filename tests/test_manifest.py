@@ -12,7 +12,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from manifest_reading import pieces_as_rows, unique_ids
+from manifest_reading import pieces_as_rows, read_manifest_file, unique_ids
 
 from aisthetics_transforms import manifest, records
 from aisthetics_transforms.manifest import (
@@ -23,7 +23,6 @@ from aisthetics_transforms.manifest import (
     csv_format,
     image_glob_refs,
     list_manifest_files,
-    read_manifest_file,
 )
 from aisthetics_transforms.records import ImageRef
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from manifest_reading import pieces_as_rows
+from manifest_reading import pieces_as_rows, read_manifest_file
 from PIL import Image
 
 from aisthetics_transforms import manifest, records
@@ -118,7 +118,7 @@ def test_invalid_utf8_in_parquet_strings_is_error_rows(tmp_path, large):
         ("id9", "InvalidEncoding", "row 10: 'category'"),
     ]
     assert storable(errors, ("category",))
-    assert list(manifest.read_manifest_file(str(path), spec))  # the row reader does not crash either
+    assert list(read_manifest_file(str(path), spec))  # the row reader does not crash either
 
 
 # --------------------------------------------------------------------------- bad files

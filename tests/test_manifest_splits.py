@@ -13,7 +13,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from manifest_reading import pieces_as_rows, unique_ids
+from manifest_reading import pieces_as_rows, read_manifest_file, unique_ids
 
 from aisthetics_transforms import manifest, records
 from aisthetics_transforms.manifest import ManifestSpec, ManifestSplit, ReadManifest
@@ -84,7 +84,7 @@ def test_planned_jsonl_pieces_give_the_rows_of_one_piece(tmp_path, name):
     by_byte = pieces_as_rows([ManifestSplit(file._replace(unit="byte"), byte_range=(0, len(data)))], spec)
     same = lambda rows: ([(r.image_id, r.uri, r.kept) for r in rows[0]], [e["error_type"] for e in rows[1]])  # noqa: E731
     assert same(by_line) == same(by_byte)
-    assert by_line[0] == [r for r in manifest.read_manifest_file(str(path), spec) if isinstance(r, records.ImageRef)]
+    assert by_line[0] == [r for r in read_manifest_file(str(path), spec) if isinstance(r, records.ImageRef)]
 
 
 def test_byte_positions_point_at_the_line(tmp_path):
@@ -121,7 +121,7 @@ def test_parquet_row_groups_are_pieces_numbered_from_the_footer(tmp_path):
     pieces = list(manifest.plan_splits(file, spec))
     assert [(p.row_group, p.first_row) for p in pieces] == [(0, 1), (1, 6), (2, 11), (3, 16), (4, 21)]
     refs, errors = pieces_as_rows(pieces, spec)
-    whole = list(manifest.read_manifest_file(path, spec))
+    whole = list(read_manifest_file(path, spec))
     assert sorted(refs) == sorted(r for r in whole if isinstance(r, records.ImageRef))
     assert errors == [r for r in whole if isinstance(r, dict)]
     assert len(refs) + len(errors) == 23 and len(errors) == 3  # rows 4, 11, 18 have no uri

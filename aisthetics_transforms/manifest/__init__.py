@@ -33,7 +33,6 @@ from aisthetics_transforms.manifest.pieces import (
     ManifestSplit,
     check_manifest_file,
     plan_splits,
-    read_manifest_file,
     read_split,
 )
 from aisthetics_transforms.manifest.spec import (
@@ -64,6 +63,5 @@ __all__ = [
     "manifest_format",
     "open_manifest",
     "plan_splits",
-    "read_manifest_file",
     "read_split",
 ]

@@ -131,11 +131,6 @@ def open_manifest(path: str):
             yield decompressed
 
 
-def single_file(path: str, fmt: str) -> ManifestFile:
-    """``path`` as a manifest of its own, read whole by lines (or Parquet rows)."""
-    return ManifestFile(0, path, 0, fmt, "row" if fmt == "parquet" else "line")
-
-
 SAMPLE_BYTES = 1 << 20  # of the first file, to estimate a manifest's bytes per row
 COMPRESSED_EXPANSION = 5  # a compressed manifest's bytes, decompressed, about (CSV and JSON under gzip)
 

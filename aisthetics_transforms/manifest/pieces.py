@@ -14,9 +14,7 @@ from aisthetics_transforms.manifest.csv_format import csv_items, csv_rows
 from aisthetics_transforms.manifest.files import (
     JSONL_RANGE_BYTES,
     ROWS_PER_TABLE,
-    manifest_format,
     open_manifest,
-    single_file,
     split_compression,
 )
 from aisthetics_transforms.manifest.jsonl_format import (
@@ -141,30 +139,6 @@ def _stopped(split: ManifestSplit, spec: ManifestSpec, position: int | None, exc
         )
     ref = ImageRef(printable(split.where()), "", {c: None for c in spec.carried_columns})
     return records.error_row(ref, "manifest", error_type, printable(message))
-
-
-def read_manifest_file(path: str, spec: ManifestSpec) -> Iterator:
-    """Stream the rows of one whole manifest file as ImageRefs, and bad rows as error
-    rows, row by row: the reference the piecewise, bulk reading is tested against.
-
-    Raises :class:`ManifestError` for problems with the file as a whole (a needed
-    column missing from the header, an unknown format, not Parquet).
-    """
-    fmt = manifest_format(path, spec)
-    builder = RowBuilder(single_file(path, fmt), spec, empty_is_null=fmt == "csv")
-    with open_manifest(path) as stream:
-        if fmt == "csv":
-            yield from csv_rows(stream, builder)
-        elif fmt == "jsonl":
-            yield from jsonl_rows(jsonl_lines(stream, "line"), builder)
-        else:
-            for item in parquet_rows(open_parquet(path, stream, spec), builder):
-                if isinstance(item, pa.Table):
-                    positions = item.column("manifest_line").to_pylist()
-                    for ref, position in zip(records.table_refs(item, spec.carried_columns), positions):
-                        yield ref._replace(source=f"{path}:{position}")
-                else:
-                    yield item
 
 
 def check_manifest_file(file: ManifestFile, spec: ManifestSpec) -> None:
