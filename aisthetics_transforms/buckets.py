@@ -81,9 +81,9 @@ def bucket_of(value: str, n: int) -> int:
     return int(buckets_of(pa.array([value], pa.string()), n)[0])
 
 
-# Each buffer zstd-compressed by the IPC writer, on Arrow's threads: a manifest's rows 6.7x
-# smaller than the plain stream (lz4: ~4x, measured 1.3x more memory growth), packed 1.7x
-# faster and 12 % smaller than the whole stream compressed in one call.
+# Each buffer zstd-compressed by the IPC writer, on Arrow's threads: smaller than lz4 (less
+# memory growth on the local runner) and faster than compressing the whole stream in one
+# call (docs/performance.md has the figures).
 _PACKED = pa.ipc.IpcWriteOptions(compression="zstd")
 
 

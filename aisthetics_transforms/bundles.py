@@ -29,7 +29,7 @@ T = TypeVar("T")
 class Batch(list):
     """A list of records that crosses a shuffle as one pickle. Beam's default coder encodes a
     plain list item by item and pickles each item that is no primitive (our NamedTuples) on
-    its own, class path and all: for 64 UriTasks that is 5x the time and 7x the bytes.
+    its own, class path and all: several times the time and the bytes (docs/performance.md).
 
     The pickle is made once per Batch and kept: Beam also encodes an element to measure it,
     at every step of a fused chain (a Reshuffle alone has three), and a Batch, like every

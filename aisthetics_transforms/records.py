@@ -195,7 +195,7 @@ def reused(uri: str, previous: PreviousScore) -> UriOutcome:
 def previous_scores(table: pa.Table) -> list[PreviousScore]:
     """An earlier night's scores-table rows as PreviousScores, in row order. Read column by
     column, scored_at as naive UTC timestamps given their zone after: a tz-aware datetime
-    from Arrow costs ~10 us, 70% of turning a row into a PreviousScore."""
+    from Arrow costs most of turning a row into a PreviousScore (docs/performance.md)."""
 
     def column(name: str) -> list:  # exif_orientation, source_version: absent in partitions from before them
         return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows

@@ -53,7 +53,7 @@ def _say_started() -> None:
 if sys.argv[:1] == ["-m"]:  # ``python -m pipeline`` is importing this package: Beam's imports take a while
     handle_interrupt(interrupted)
     # Beam's imports make hundreds of thousands of objects that live until exit; collecting
-    # while they are made only walks them again and again (~0.2 s). main() turns it back on.
+    # while they are made only walks them again and again. main() turns it back on.
     gc.disable()
     if not {"-h", "--help"} & set(sys.argv[1:]):
         _say_started()
@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     # reaches the user once: one line for a ManifestError, the traceback for anything else.
     logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     # Beam's modules and the graph are hundreds of thousands of objects that live until exit:
-    # frozen, the garbage collector stops walking them during the run (~0.1 s) and at
-    # interpreter exit (~0.3 s), a sixth of a local run's fixed cost. Collecting resumes here if
-    # it was paused while ``python -m pipeline`` imported them.
+    # frozen, the garbage collector stops walking them during the run and at interpreter exit
+    # (docs/performance.md: part of a local run's fixed cost). Collecting resumes here if it was
+    # paused while ``python -m pipeline`` imported them.
     gc.freeze()
     gc.enable()
     _say_started()

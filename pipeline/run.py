@@ -38,9 +38,8 @@ USAGE_ERRORS = (OptionsError, ManifestError, WeightsError, DateClaimed)
 
 def _local_defaults(options: beam.options.pipeline_options.PipelineOptions, argv: list[str]) -> None:
     """Local runs use Beam's FnApiRunner directly (the DirectRunner would first try to
-    download Prism), in one process whose LiteRT interpreter uses every core: measured on
-    2 cores, that scores 1.4-1.7x faster than one worker process per core with one thread
-    each, and moves no image bytes between processes. ``--direct_running_mode`` and
+    download Prism), in one process whose LiteRT interpreter uses every core: one copy of the
+    model keeps every core busy, and no image bytes move between processes. ``--direct_running_mode`` and
     ``--direct_num_workers`` still choose otherwise, and the cores are then split between
     the worker processes' interpreters instead of oversubscribed."""
     opts = options.view_as(AistheticsOptions)
