@@ -8,7 +8,7 @@ OUT ?= sample_output/tables
 
 .PHONY: setup test test-fast lint format typecheck check sample report \
         bench-scoring bench-pipeline bench-nightly bench-scale bench-costs bench-hot-keys bench-handler \
-        bench-fetch bench-report image template
+        bench-report image template
 
 setup:  ## a .venv with the package, the report and sample extras and the test tools
 	python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'
@@ -57,8 +57,6 @@ bench-hot-keys:  ## peak memory with one hot key and with bodies refused part-wa
 bench-handler:  ## the pipeline's score step against RunInference(NimaModelHandler()) (~2 min)
 	$(PY) benchmarks/bench_handler.py
 
-bench-fetch:  ## an http catalog fetched one at a time against --fetch_threads (~2 min)
-	$(PY) benchmarks/bench_fetch.py
 
 bench-report:  ## the report on synthetic nights of 100k to 5M rows (~1 min)
 	$(PY) benchmarks/bench_report.py

@@ -18,7 +18,7 @@ HTTP: the same with ``--http-images`` uris on a loopback server that gives ETags
 
 Goals (request counts are exact, not timings): an unchanged image costs at most 0.01 requests with listing
 and none with a declared version, on GCS and over HTTP; every night accounts for every row once, the
-rewritten image is scored again and the deleted one is a NotFound row. Report: benchmarks/results/costs.md.
+rewritten image is scored again and the deleted one is a NotFound row. Report: costs.md (``--out``; ``--reference``: benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from harness import CACHE, REPO, RESULTS
+from harness import CACHE, REPO
 from harness.code import checkout, code_line, source_of
 from harness.corpus import build_catalog
 from harness.machine import machine_info
 from harness.pipeline_runs import accounting_problems, loopback_flags, pipeline_command, read_summary
 from harness.process import child_env, describe, run_timed
-from harness.report import command_line, goal_line, machine_line, write_results
+from harness.report import add_output_options, command_line, goal_line, machine_line, output_path, write_results
 from harness.servers import ImageServer
 from harness.workers import warm_model_cache
 
@@ -45,7 +45,6 @@ sys.path.insert(0, str(REPO / "tests"))
 from gcs_emulator import counting_proxy, seeded_emulator  # noqa: E402  (the tests' emulator helpers)
 
 WORK = CACHE / "costs"
-DEFAULT_OUT = RESULTS / "costs.md"
 NIGHTS = ("2026-11-27", "2026-11-28")
 PREFIXES = ("shoes", "bags", "hats", "watches")
 GOAL_LISTING = 0.01  # requests per unchanged image
@@ -277,7 +276,7 @@ def main(argv=None) -> None:
     parser.add_argument("--gcs-objects", type=int, default=20_000, help="objects of the GCS catalog (default 20,000)")
     parser.add_argument("--http-images", type=int, default=2_000, help="uris of the HTTP catalog (default 2,000)")
     parser.add_argument("--commit", help="measure this commit (extracted with git archive) instead of the working tree")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
+    add_output_options(parser, "costs.md")
     args = parser.parse_args(argv)
     if args.gcs_objects < 100 or args.http_images < 100:
         parser.error("--gcs-objects and --http-images must be at least 100")
@@ -296,7 +295,7 @@ def main(argv=None) -> None:
     }
     data["goal_lines"] = goals(data)
     data["total_wall_s"] = time.perf_counter() - started
-    write_results(Path(args.out), report(data), data)
+    write_results(output_path(args), report(data), data)
 
 
 if __name__ == "__main__":

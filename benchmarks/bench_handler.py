@@ -14,7 +14,7 @@ both ways and is left out); both score in batches of 32 with LiteRT on every cor
 
 Goal (issue 25): the handler within 5% of the DoFn's wall time, after decode; if it is, the pipeline
 scores through it. The step-only pair says whether a difference is the handler's own cost or how the
-step sits after decode. Every run must score every image. Report: benchmarks/results/handler.md.
+step sits after decode. Every run must score every image. Report: handler.md (``--out``; ``--reference``: benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -25,17 +25,25 @@ import sys
 import time
 from pathlib import Path
 
-from harness import CACHE, RESULTS
+from harness import CACHE
 from harness.code import checkout, code_line, source_of
 from harness.corpus import build_catalog
 from harness.machine import disturbed, wait_for_idle
 from harness.process import child_env, describe, emit, run_timed
-from harness.report import finish, goal_line, goals_section, machine_line, noise_cell, noise_note, ratio_text
+from harness.report import (
+    add_output_options,
+    finish,
+    goal_line,
+    goals_section,
+    machine_line,
+    noise_cell,
+    noise_note,
+    ratio_text,
+)
 from harness.rounds import paired, run_rounds
 from harness.workers import warm_model_cache
 
 WORK = CACHE / "handler"
-DEFAULT_OUT = RESULTS / "handler.md"
 GOAL = 1.05  # handler wall / DoFn wall
 BATCH = 32
 DECODE_THREADS = 2
@@ -183,7 +191,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each row once per round (default 3)")
     parser.add_argument("--idle-wait", type=float, default=20.0, help="wait up to this long for quiet cores")
     parser.add_argument("--commit", help="measure this commit (extracted with git archive) instead of the working tree")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
+    add_output_options(parser, "handler.md")
     parser.add_argument("--child", choices=sorted(ROWS), help=argparse.SUPPRESS)
     parser.add_argument("--paths", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

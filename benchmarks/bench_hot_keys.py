@@ -29,7 +29,7 @@ within each round, the median of the rounds.
   read may hold at once. Goal: peak RSS within 1.15x (a body refused part-way is freed at once;
   before, each stayed until the garbage collector ran).
 
-Every run must leave every manifest row in exactly one table, once. Report: results/hot_keys.md.
+Every run must leave every manifest row in exactly one table, once. Report: hot_keys.md (``--out``; ``--reference``: benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -42,19 +42,27 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import CACHE, RESULTS
+from harness import CACHE
 from harness.code import checkout, code_line, source_of
 from harness.corpus import build_catalog, write_manifest
 from harness.machine import disturbed, wait_for_idle
 from harness.pipeline_runs import accounting_problems, loopback_flags, read_summary, summary_counts
 from harness.process import child_env, describe, run_timed
-from harness.report import finish, goal_line, goals_section, machine_line, noise_cell, noise_note, ratio_text
+from harness.report import (
+    add_output_options,
+    finish,
+    goal_line,
+    goals_section,
+    machine_line,
+    noise_cell,
+    noise_note,
+    ratio_text,
+)
 from harness.rounds import paired, run_rounds
 from harness.servers import ImageServer, OversizeServer
 from harness.workers import warm_model_cache
 
 WORK = CACHE / "hot_keys"
-DEFAULT_OUT = RESULTS / "hot_keys.md"
 RUN_DATE = "2026-11-28"
 GOAL_RSS = 1.15
 OVERSIZE_CAP = 8 * 2**20  # --max_image_bytes of the oversize rows
@@ -259,7 +267,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds; each row once per round (default 2)")
     parser.add_argument("--idle-wait", type=float, default=20.0, help="wait up to this long for quiet cores")
     parser.add_argument("--commit", help="measure this commit (extracted with git archive) instead of the working tree")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
+    add_output_options(parser, "hot_keys.md")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     code = checkout(args.commit)

@@ -25,7 +25,7 @@ pipeline in one process, so the profile sees the runner and the SDK side), and o
 more in that mode without the profiler; the report lists the slowest stages (Beam's
 per-transform execution time) and the top functions.
 
-The report is printed and written to benchmarks/results/nightly.md, the raw numbers to
+The report is printed and written to nightly.md (``--out``; ``--reference``: benchmarks/results/), the raw numbers to
 nightly.json.
 """
 
@@ -39,19 +39,27 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from harness import CACHE, MODEL_CACHE, RESULTS
+from harness import CACHE, MODEL_CACHE
 from harness.code import checkout, code_line, source_of
 from harness.corpus import build_catalog, catalog_summary, parse_size, write_manifest
 from harness.machine import NOISE_CORES, busy_elsewhere, disturbed, machine_info, wait_for_idle
 from harness.pipeline_runs import read_summary
 from harness.process import child_env, describe, run_timed
 from harness.profiling import run_profile, stage_of, top_functions
-from harness.report import command_line, goal_line, machine_line, noise_cell, noise_note, write_results
+from harness.report import (
+    add_output_options,
+    command_line,
+    goal_line,
+    machine_line,
+    noise_cell,
+    noise_note,
+    output_path,
+    write_results,
+)
 from harness.rounds import median_run
 from harness.workers import warm_model_cache
 
 WORK = CACHE / "nightly"
-DEFAULT_OUT = RESULTS / "nightly.md"
 
 NIGHT1_DATE = "2026-11-01"
 NIGHT2_DATE = "2026-11-02"
@@ -450,7 +458,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--distinct", type=int, default=4000, help="distinct JPEG files (default 4000)")
     parser.add_argument("--size", default="640x480", help="catalog image size WIDTHxHEIGHT (default 640x480)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
+    add_output_options(parser, "nightly.md")
     parser.add_argument(
         "--night2-runs", type=int, default=3, help="runs of each incremental night; the median is kept (default 3)"
     )
@@ -483,7 +491,7 @@ def main(argv=None) -> None:
     if args.render:
         data = json.loads(Path(args.render).read_text())
         data["goal_lines"] = goals(data)
-        write_results(Path(args.out), report(data), data)
+        write_results(output_path(args), report(data), data)
         return
     if args.small_rows >= args.rows:
         parser.error("--small-rows must be less than --rows")
@@ -550,7 +558,7 @@ def main(argv=None) -> None:
         data["profile"] = profile_night2(manifests["big"], WORK / f"out-{args.rows}", source, args)
     data["goal_lines"] = goals(data)
     data["total_wall_s"] = time.perf_counter() - started
-    write_results(Path(args.out), report(data), data)
+    write_results(output_path(args), report(data), data)
 
 
 if __name__ == "__main__":

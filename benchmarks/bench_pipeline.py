@@ -27,7 +27,7 @@ Then a parity check (20 Parquet rows against ``get_aisthetics_model().predict()`
 of one in_memory run (top 30 by tottime -> results/pipeline-profile.txt) and, if py-spy is
 installed, a py-spy record of one multi_processing run (summary appended to the same file).
 
-Report: benchmarks/results/pipeline.md, raw numbers: pipeline.json.
+Report: pipeline.md (``--out``; ``--reference``: benchmarks/results/), raw numbers: pipeline.json.
 ``--worker NAME`` is the script's own child (one BENCH_RESULT line on stdout).
 """
 
@@ -45,19 +45,27 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from harness import CACHE, MODEL_CACHE, REPO, RESULTS
+from harness import CACHE, MODEL_CACHE, REPO
 from harness.code import checkout
 from harness.corpus import build_catalog, catalog_summary, first_files_manifest, paths_file
 from harness.machine import NOISE_CORES, busy_elsewhere, disturbed, machine_info, wait_for_idle
 from harness.pipeline_runs import pipeline_command, read_summary
 from harness.process import child_env, emit, parse_result, quietest, run_timed
 from harness.profiling import pyspy_record, run_profile, stage_of, top_functions
-from harness.report import command_line, goal_line, machine_line, noise_cell, noise_note, write_results
+from harness.report import (
+    add_output_options,
+    command_line,
+    goal_line,
+    machine_line,
+    noise_cell,
+    noise_note,
+    output_path,
+    write_results,
+)
 from harness.rounds import median_run, run_rounds
 from harness.workers import run_worker, warm_model_cache
 
 WORK = CACHE / "pipeline"
-DEFAULT_OUT = RESULTS / "pipeline.md"
 RUN_DATE = "2026-11-28"
 SIZES = {"800x600": (800, 600), "1600x1200": (1600, 1200)}
 FIXED_COST_IMAGES = 16
@@ -663,7 +671,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="RunInference max batch size (default 32, as ours)")
     parser.add_argument("--parity-images", type=int, default=20)
     parser.add_argument("--no-profile", action="store_true")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
+    add_output_options(parser, "pipeline.md")
     parser.add_argument("--sample-interval", type=float, default=0.5, help="seconds between /proc samples")
     parser.add_argument(
         "--idle-wait",
@@ -793,7 +801,7 @@ def main(argv=None) -> None:
     data["derived"] = derived(data)
     data["images_per_s"] = {k: rate(r) for k, r in rows.items()}
     data["goal_lines"] = goals(data)
-    out = Path(args.out)
+    out = output_path(args)
     write_results(out, report(data), data)  # the table first: the profiles below are diagnostics
 
     if not args.no_profile:

@@ -28,7 +28,7 @@ and every goal is a ratio taken within each round: the goal holds when the media
   decode), and the stage barrier before decode leaves no CPU work to hide that behind.
 
 Every run must leave every manifest row in exactly one table, once (summary.json and the tables'
-image ids are checked; the dead uris must be fetch errors). Report: benchmarks/results/scale.md,
+image ids are checked; the dead uris must be fetch errors). Report: scale.md (``--out``; ``--reference``: benchmarks/results/),
 raw numbers: scale.json.
 """
 
@@ -41,19 +41,28 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import CACHE, RESULTS
+from harness import CACHE
 from harness.code import checkout, code_line, source_of
 from harness.corpus import build_catalog, catalog_summary, write_manifest
 from harness.machine import NOISE_CORES, busy_elsewhere, disturbed, machine_info, wait_for_idle
 from harness.pipeline_runs import accounting_problems, loopback_flags, pipeline_command, read_summary, summary_counts
 from harness.process import child_env, describe, run_timed
-from harness.report import NOISE_EXPLAINED, command_line, goal_line, machine_line, noise_cell, noise_note, write_results
+from harness.report import (
+    NOISE_EXPLAINED,
+    add_output_options,
+    command_line,
+    goal_line,
+    machine_line,
+    noise_cell,
+    noise_note,
+    output_path,
+    write_results,
+)
 from harness.rounds import median, median_run, run_rounds, within_rounds
 from harness.servers import ImageServer, SilentHosts
 from harness.workers import warm_model_cache
 
 WORK = CACHE / "scale"
-DEFAULT_OUT = RESULTS / "scale.md"
 RUN_DATE = "2026-11-28"
 SIZE = (800, 600)
 
@@ -403,7 +412,7 @@ def main(argv=None) -> None:
         "alone (0: never wait)",
     )
     parser.add_argument("--commit", help="measure this commit (extracted with git archive) instead of the working tree")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
+    add_output_options(parser, "scale.md")
     args = parser.parse_args(argv)
     for name in ("images", "rows", "good_images", "dead_uris", "busy_uris", "rounds"):
         if getattr(args, name) < 1:
@@ -460,7 +469,7 @@ def main(argv=None) -> None:
     }
     data["goal_lines"] = goals(data)
     data["total_wall_s"] = time.perf_counter() - started
-    write_results(Path(args.out), report(data), data)
+    write_results(output_path(args), report(data), data)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Every row runs in a fresh subprocess (harness.workers, so imports and peak RSS d
 same corpus: the first N files of the cached 800x600 catalog (harness.corpus, crops of real photos).
 A short warm-up is run and excluded from each timing. The float32 GEMM rate of this machine, divided
 by the FLOPs of one NIMA-MobileNet image, gives the ceiling that LiteRT is compared with. The table
-is printed and written to benchmarks/results/scoring.md, the raw numbers to scoring.json.
+is printed and written to scoring.md (``--out``; ``--reference``: benchmarks/results/), the raw numbers to scoring.json.
 """
 
 from __future__ import annotations
@@ -18,16 +18,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import CACHE, MODEL_CACHE, RESULTS
+from harness import CACHE, MODEL_CACHE
 from harness.code import checkout, source_of
 from harness.corpus import build_catalog, paths_file
 from harness.machine import NOISE_CORES, busy_elsewhere, disturbed, machine_info, wait_for_idle
 from harness.process import RESULT_MARK, child_env, run_timed
-from harness.report import goal_line, machine_line, noise_cell, noise_note, write_results
+from harness.report import (
+    add_output_options,
+    goal_line,
+    machine_line,
+    noise_cell,
+    noise_note,
+    output_path,
+    write_results,
+)
 from harness.workers import WARMUP_IMAGES, run_worker
 
 WORK = CACHE / "scoring"
-DEFAULT_OUT = RESULTS / "scoring.md"
 CORPUS_SIZE = (800, 600)
 
 GOAL_SPEEDUP = 12.0
@@ -247,7 +254,7 @@ def goals(data: dict) -> list[str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=300, help="corpus size (default 300)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown output; the JSON goes beside it")
+    add_output_options(parser, "scoring.md")
     parser.add_argument("--gemm-seconds", type=float, default=4.0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--idle-wait",
@@ -338,7 +345,7 @@ def main(argv=None) -> None:
     }
     data["goal_lines"] = goals(data)
     data["total_wall_s"] = time.perf_counter() - started
-    write_results(Path(args.out), report(data), data)
+    write_results(output_path(args), report(data), data)
 
 
 if __name__ == "__main__":

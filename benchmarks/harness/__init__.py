@@ -12,15 +12,20 @@ The scripts in benchmarks/ are run as ``python benchmarks/bench_x.py``, so this 
 - ``pipeline_runs``: a ``python -m pipeline`` command, what its run left (summary, tables).
 - ``servers``: a loopback HTTP server of images held in memory, and hosts that never answer.
 - ``rounds``: each row once per round, the median run, ratios within each round.
-- ``report``: goal lines, noise cells, the machine line, writing ``results/NAME.md`` and ``.json``.
+- ``report``: goal lines, noise cells, the machine line, the ``--out``/``--reference`` options, writing
+  ``NAME.md`` and ``.json``.
 - ``workers``: the measured children that several scripts run (``python -m harness.workers NAME``).
 - ``profiling``: the pipeline in one process under cProfile, and reading the profile.
 """
 
+import os
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO = BENCH_DIR.parent
 CACHE = BENCH_DIR / ".cache"  # gitignored: corpora, outputs, logs, the converted model
-RESULTS = BENCH_DIR / "results"
+# The reports docs/performance.md cites: written only by a run named the reference (--reference).
+REFERENCE_RESULTS = BENCH_DIR / "results"
+# Every other run's report: outside the repository, so trying a benchmark changes no tracked file.
+SCRATCH_RESULTS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aisthetics" / "benchmark-results"
 MODEL_CACHE = CACHE / "aisthetics"  # AISTHETICS_CACHE_DIR of every child: the model is converted once

@@ -55,6 +55,34 @@ def command_line(script: str, argv: Sequence[str]) -> str:
     return " ".join(["python", f"benchmarks/{Path(script).name}", *argv])
 
 
+def add_output_options(parser, name: str) -> None:
+    """``--out`` (default: NAME.md among the scratch results, outside the repository) and
+    ``--reference`` (write benchmarks/results/NAME.md, the report docs/performance.md cites)."""
+    from . import REFERENCE_RESULTS, SCRATCH_RESULTS
+
+    parser.add_argument(
+        "--out",
+        help=f"markdown output; the JSON goes beside it (default: {SCRATCH_RESULTS / name}, outside the repository)",
+    )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help=f"write {REFERENCE_RESULTS.name}/{name} in benchmarks/: the run docs/performance.md cites",
+    )
+    parser.set_defaults(results_name=name)
+
+
+def output_path(args) -> Path:
+    """Where a run's report goes: ``--out``, the reference file, or the scratch results."""
+    from . import REFERENCE_RESULTS, SCRATCH_RESULTS
+
+    if args.out and args.reference:
+        raise SystemExit("give --out or --reference, not both")
+    if args.out:
+        return Path(args.out)
+    return (REFERENCE_RESULTS if args.reference else SCRATCH_RESULTS) / args.results_name
+
+
 def write_results(out: Path, text: str, data: dict) -> None:
     """``out`` (markdown) and the same name with .json (every raw number); the report is printed."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +106,7 @@ def finish(script: str, argv: Sequence[str], args, code: dict, started: float, g
     data.update(parts)
     data["goal_lines"] = goals(data)
     data["total_wall_s"] = time.perf_counter() - started
-    write_results(Path(args.out), report(data), data)
+    write_results(output_path(args), report(data), data)
 
 
 def ratio_text(values: Sequence[float]) -> tuple[float, str]:

@@ -5,7 +5,7 @@
 Each worker loads what it needs, warms up on a few images (not timed), times its loop ``--passes``
 times (the median pass is its figure) and prints one ``BENCH_RESULT {json}`` line. bench_scoring runs
 every one of them; bench_pipeline runs seed, litert_model and decode for its ideal and its seed row;
-bench_nightly, bench_pipeline, bench_fetch and bench_scale run ``warm`` before timing anything.
+bench_nightly, bench_pipeline and bench_scale run ``warm`` before timing anything.
 """
 
 from __future__ import annotations

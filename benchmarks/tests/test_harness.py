@@ -188,3 +188,28 @@ def test_dead_uris_are_spread_through_the_catalog():
     positions = [uris.index(d) for d in ("d0", "d1", "d2", "d3")]
     assert len(uris) == 404
     assert positions == sorted(positions) and positions[0] > 50 and positions[-1] < 350
+
+
+def test_a_report_goes_outside_the_repository_unless_the_run_is_named_the_reference(tmp_path, monkeypatch):
+    import argparse
+    import importlib
+
+    import harness
+    from harness import report
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    importlib.reload(harness)
+    try:
+        parser = argparse.ArgumentParser()
+        report.add_output_options(parser, "costs.md")
+        scratch = report.output_path(parser.parse_args([]))
+        assert scratch == tmp_path / "cache" / "aisthetics" / "benchmark-results" / "costs.md"
+        assert harness.REPO not in scratch.parents
+        reference = report.output_path(parser.parse_args(["--reference"]))
+        assert reference == harness.REPO / "benchmarks" / "results" / "costs.md"
+        assert report.output_path(parser.parse_args(["--out", str(tmp_path / "x.md")])) == tmp_path / "x.md"
+        with pytest.raises(SystemExit, match="not both"):
+            report.output_path(parser.parse_args(["--out", "x.md", "--reference"]))
+    finally:
+        monkeypatch.undo()
+        importlib.reload(harness)
