@@ -18,12 +18,12 @@ import pytest
 from PIL import Image
 from test_scoring import png_declaring
 
+from aisthetics_transforms.content_kind import content_kind
 from aisthetics_transforms.preprocess import (
     DECODE_ERROR_TYPES,
     DecodeLimits,
     ImageDecodeError,
     _library_detail,
-    content_kind,
     decode_image,
 )
 
