@@ -51,7 +51,7 @@ def _strings(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
 
 
 def write_night(output: Path, night: str, ids: np.ndarray, scores: np.ndarray, photos: list[str], rng) -> None:
-    from aisthetics_transforms.write import errors_schema, scores_schema
+    from aisthetics_transforms.records import errors_schema, scores_schema
 
     n = len(ids)
     keep = ("category", "seller")

@@ -30,7 +30,7 @@ from packaging.specifiers import SpecifierSet
 
 from aisthetics_transforms.model import engine_name, local_weights, model_version
 from aisthetics_transforms.model_cache import cache_dir, litert_file_name
-from aisthetics_transforms.write import scores_schema
+from aisthetics_transforms.records import scores_schema
 
 pytestmark = pytest.mark.slow  # the real DataflowRunner translating the graph, staging to the emulator
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 import pipeline
 from aisthetics_transforms import queries
+from aisthetics_transforms.records import errors_schema, scores_schema
 from aisthetics_transforms.sample import write_sample_catalog
-from aisthetics_transforms.write import errors_schema, scores_schema
 
 NIGHT_A, NIGHT_B = "2026-11-27", "2026-11-28"
 
