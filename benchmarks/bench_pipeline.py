@@ -629,7 +629,7 @@ def report(data: dict) -> str:
         lines += [
             "## Profile",
             "",
-            f"`{profile_path(Path(data['args']['out'])).name}`: cProfile of `{cp['command']}` "
+            f"`{profile_path(Path(data['report_path'])).name}`: cProfile of `{cp['command']}` "
             f"({cp['images']} images), top 30 by tottime; py-spy: "
             f"{'recorded' if data['profile'].get('pyspy', {}).get('available') else 'not available'}. "
             "Stages (Beam execution time under cProfile):",
@@ -802,6 +802,7 @@ def main(argv=None) -> None:
     data["images_per_s"] = {k: rate(r) for k, r in rows.items()}
     data["goal_lines"] = goals(data)
     out = output_path(args)
+    data["report_path"] = str(out)
     write_results(out, report(data), data)  # the table first: the profiles below are diagnostics
 
     if not args.no_profile:
