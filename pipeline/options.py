@@ -110,7 +110,7 @@ def deprecated_option_warnings(argv: Sequence[str]) -> list[str]:
         for f in option_fields(cls)
         for alias in f.metadata["aliases"]
     }
-    used = dict.fromkeys(arg.partition("=")[0] for arg in argv if arg.partition("=")[0] in renamed)
+    used = dict.fromkeys(name for name in (arg.partition("=")[0] for arg in argv) if name in renamed)
     return [f"{PROG}: {old} is deprecated and goes in the next release; write {renamed[old]}" for old in used]
 
 
@@ -263,9 +263,6 @@ class AistheticsOptions(PipelineOptions):
         problems += remote_runner_problems(self, {**paths, "--weights": self.weights})
         return problems
 
-    def _value(self, option: str):
-        return getattr(self, option)
-
     def use_os_paths(self) -> list[str]:
         """Turn ``file://`` uris given as paths into the paths Beam's filesystems take (Beam
         knows no ``file://``); one naming another host is a problem."""
@@ -284,7 +281,8 @@ class AistheticsOptions(PipelineOptions):
         return tuple(c.strip() for c in self.keep_columns.split(",") if c.strip())
 
     def fetch_limits(self) -> FetchLimits:
-        return FetchLimits(**option_values(FetchLimits, self._value), user_agent=self.user_agent_text.strip())
+        values = option_values(FetchLimits, lambda option: getattr(self, option))
+        return FetchLimits(**values, user_agent=self.user_agent_text.strip())
 
     @property
     def user_agent_text(self) -> str:
@@ -293,7 +291,7 @@ class AistheticsOptions(PipelineOptions):
         return self.view_as(SetupOptions).user_agent or ""
 
     def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits(**option_values(DecodeLimits, self._value))
+        return DecodeLimits(**option_values(DecodeLimits, lambda option: getattr(self, option)))
 
     def model_spec(self, staged_model: str | None = None) -> ModelSpec:
         return ModelSpec(
